@@ -1,0 +1,24 @@
+"""stopscope: a graceful way to stop async code, on asyncio, uvloop and trio."""
+
+from ._report import Outcome as Outcome
+from ._report import ShutdownReport as ShutdownReport
+from ._report import StopReason as StopReason
+from ._report import TaskRecord as TaskRecord
+from ._scope import TaskScope as TaskScope
+from ._signal import CallbackHandle as CallbackHandle
+from ._signal import StopSignal as StopSignal
+
+__all__ = [
+    "CallbackHandle",
+    "Outcome",
+    "ShutdownReport",
+    "StopReason",
+    "StopSignal",
+    "TaskRecord",
+    "TaskScope",
+]
+
+# Show the public path in reprs and docs (stopscope.StopSignal, not stopscope._signal...).
+for _name in __all__:
+    globals()[_name].__module__ = __name__
+del _name

@@ -1,0 +1,5 @@
+"""Thread and process members of a TaskScope (being written by the service work)."""
+
+
+class _ServiceMembers:
+    __slots__ = ()

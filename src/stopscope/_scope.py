@@ -1,0 +1,549 @@
+"""TaskScope: a task group whose members are asked to stop, given grace, then cancelled."""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import inspect
+import io
+import math
+import sys
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Coroutine
+from types import FrameType, TracebackType
+from typing import Any, Final, final
+
+import anyio
+import anyio.abc
+
+from ._members import _ServiceMembers
+from ._report import Outcome, ShutdownReport, StopReason, TaskRecord
+from ._signal import (
+    StopSignal,
+    _add_hook,
+    _backend,
+    _get_running_loop,
+    _LoopCall,
+    _remove_hook,
+    logger,
+)
+
+if sys.version_info >= (3, 11):
+    from typing import Self, TypeVarTuple, Unpack
+else:  # anyio depends on both backports on 3.10
+    from exceptiongroup import BaseExceptionGroup, ExceptionGroup
+    from typing_extensions import Self, TypeVarTuple, Unpack
+
+__all__ = ["TaskScope", "current_record"]
+
+PosArgsT = TypeVarTuple("PosArgsT")
+
+#: seconds after cancellation before a member still running is reported (then doubling)
+AFTER_CANCEL_REPORT_DELAY: float = 1.0
+
+_current_record: Final[contextvars.ContextVar[TaskRecord]] = contextvars.ContextVar(
+    "stopscope_current_record"
+)
+
+
+def current_record() -> TaskRecord:
+    """Return the :class:`TaskRecord` of the scope member whose task is running.
+
+    For code that runs a member of another kind (a thread, a subprocess) inside a task
+    started with ``start_soon``/``start``: it may set ``kind``, ``exit_code`` and
+    ``outcome`` (which the scope then keeps).
+
+    :raises RuntimeError: outside a member of a :class:`TaskScope`
+    """
+    try:
+        return _current_record.get()
+    except LookupError:
+        raise RuntimeError("current_record() must be called from a member of a TaskScope") from None
+
+
+def _check_grace(value: float | None, name: str = "grace") -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`{name}` must be a number of seconds or None, got {value!r}")
+    value = float(value)
+    if math.isnan(value) or value < 0:
+        raise ValueError(
+            f"`{name}` must be a non-negative number of seconds (or None to wait forever), "
+            f"got {value!r}"
+        )
+    return None if value == math.inf else value
+
+
+def _callable_name(func: Callable[..., Any]) -> str:
+    while isinstance(func, functools.partial):
+        func = func.func
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None)
+    return name if isinstance(name, str) else repr(func)
+
+
+def _frames_of(coro: Any) -> list[FrameType]:
+    """The frames of a suspended coroutine chain, outermost first."""
+    frames: list[FrameType] = []
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        frame = frame or getattr(coro, "ag_frame", None)
+        if frame is not None:
+            frames.append(frame)
+        nxt = getattr(coro, "cr_await", None)
+        if nxt is None:
+            nxt = getattr(coro, "gi_yieldfrom", None) or getattr(coro, "ag_await", None)
+        coro = nxt
+    return frames
+
+
+def _format_frames(frames: list[FrameType]) -> str:
+    buf = io.StringIO()
+    summary = traceback.StackSummary.extract(
+        ((f, f.f_lineno) for f in frames), limit=None, lookup_lines=True
+    )
+    buf.writelines(summary.format())
+    return buf.getvalue().rstrip()
+
+
+class _Member:
+    __slots__ = ("cs", "grace", "record", "started", "task_coro")
+
+    def __init__(self, record: TaskRecord, grace: float | None) -> None:
+        self.record = record
+        self.grace = grace
+        self.cs = anyio.CancelScope()
+        self.task_coro: Any = None
+        self.started = True
+
+
+class _TaskStatusProxy(anyio.abc.TaskStatus[Any]):
+    """Passes ``started()`` through, and tells the scope the member has started."""
+
+    __slots__ = ("_member", "_status")
+
+    def __init__(self, status: anyio.abc.TaskStatus[Any], member: _Member) -> None:
+        self._status = status
+        self._member = member
+
+    def started(self, value: Any = None) -> None:
+        self._status.started(value)
+        self._member.started = True
+
+
+@final
+class TaskScope(_ServiceMembers):
+    """A task group whose members stop gracefully.
+
+    ::
+
+        async with TaskScope(grace=5.0) as scope:
+            scope.start_soon(poller, scope.signal, name="poller")
+            await serve_until_deploy()
+        # leaving the block stopped the poller: signal set, up to 5 s grace, then cancel
+        print(scope.report)
+
+    Stop is requested by :meth:`stop`, by the parent ``signal``, when the body ends
+    (unless ``stop_on_exit=False``), or when a member or the body raises.  Members
+    and the body then get ``grace`` seconds to return; whatever still runs is
+    cancelled.  Errors are raised together as an :class:`ExceptionGroup`.
+
+    .. warning:: With the default ``stop_on_exit=True``, leaving the body *stops* the
+       members: right for background workers that run until told to stop, wrong for a
+       batch of finite jobs, which would be cut short after their grace.  For jobs that
+       finish on their own, pass ``stop_on_exit=False``: leaving the body then waits
+       for them, as an anyio task group does.
+
+    :param grace: seconds members get between the stop request and cancellation;
+        ``None`` waits forever, ``0`` cancels at once
+    :param signal: a parent :class:`StopSignal`; the scope's signal is its child
+    :param name: a name for log messages
+    :param stop_on_exit: whether the end of the body requests a stop
+    """
+
+    def __init__(
+        self,
+        grace: float | None = 5.0,
+        signal: StopSignal | None = None,
+        name: str | None = None,
+        stop_on_exit: bool = True,
+    ) -> None:
+        self._grace = _check_grace(grace)
+        if signal is not None and not isinstance(signal, StopSignal):
+            raise TypeError(f"`signal` must be a StopSignal or None, got {signal!r}")
+        self._signal = StopSignal() if signal is None else signal.child()
+        self.name = name
+        self._stop_on_exit = bool(stop_on_exit)
+        self._state = "new"
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._records: list[TaskRecord] = []
+        self._live: dict[TaskRecord, _Member] = {}
+        self._errors: list[BaseException] = []
+        self._requested_at: float | None = None
+        self._stop_base: float | None = None  # loop-clock time of the stop request
+        self._clock: Callable[[], float] = time.monotonic
+        self._body_done = False
+        self._idle: anyio.Event | None = None
+        self._supervisor_cs: anyio.CancelScope | None = None
+        self._hooks: tuple[object, object] | None = None
+        self._hard = False  # cancelled from outside: no grace, no laggard warnings
+
+    # -- public surface ----------------------------------------------------------
+
+    @property
+    def signal(self) -> StopSignal:
+        """The :class:`StopSignal` the members watch; set when stop is requested."""
+        return self._signal
+
+    @property
+    def grace(self) -> float | None:
+        return self._grace
+
+    def stop(self, reason: object = None) -> bool:
+        """Request a graceful stop (safe from any thread).  The first reason wins.
+
+        :return: ``True`` if this call requested the stop
+        """
+        return self._signal.set(reason)
+
+    @property
+    def report(self) -> ShutdownReport:
+        """Who did what; final once the ``async with`` block has exited."""
+        return ShutdownReport(
+            reason=self._signal.reason if self._signal.is_set() else None,
+            requested_at=self._requested_at,
+            tasks=tuple(self._records),
+        )
+
+    def __repr__(self) -> str:
+        name = f" {self.name!r}" if self.name else ""
+        return f"<TaskScope{name} {self._state} grace={self._grace} members={len(self._live)}>"
+
+    # -- spawning ----------------------------------------------------------------
+
+    def start_soon(
+        self,
+        func: Callable[[Unpack[PosArgsT]], Awaitable[Any]],
+        *args: Unpack[PosArgsT],
+        name: object = None,
+        grace: float | None = None,
+    ) -> None:
+        """Start ``func(*args)`` as a member, as anyio's ``TaskGroup.start_soon`` does.
+
+        :param name: the member's name in the report and logs (default: the
+            callable's qualified name)
+        :param grace: a shorter grace period for this member (the scope's grace
+            stays the overall budget)
+        :raises RuntimeError: outside the ``async with`` block
+        :raises TypeError: if ``func(*args)`` does not return a coroutine
+        """
+        tg = self._check_open("start_soon")
+        member = self._new_member(func, name, grace)
+        coro = func(*args)
+        if not inspect.iscoroutine(coro):
+            self._records.remove(member.record)
+            raise TypeError(
+                f"start_soon() needs an async function (a callable returning a coroutine); "
+                f"{_callable_name(func)} returned {coro!r}"
+            )
+        self._admit(member)
+        tg.start_soon(self._run_member, member, coro, name=member.record.name)
+
+    async def start(
+        self,
+        func: Callable[..., Awaitable[Any]],
+        *args: object,
+        name: object = None,
+        grace: float | None = None,
+    ) -> Any:
+        """Start ``func(*args, task_status=...)`` and wait until it calls ``started()``.
+
+        As anyio's ``TaskGroup.start``: returns the value passed to
+        ``task_status.started()``; an error raised before that is raised here.
+        """
+        tg = self._check_open("start")
+        member = self._new_member(func, name, grace)
+        member.started = False
+        self._admit(member)
+        return await tg.start(self._run_started, member, func, args, name=member.record.name)
+
+    # -- context manager -----------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._state != "new":
+            raise RuntimeError(
+                "a TaskScope may only be used for a single `async with` block; create a new one"
+            )
+        self._state = "open"
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        self._idle = anyio.Event()
+        if _backend() == "asyncio":
+            loop = _get_running_loop()
+            assert loop is not None
+            self._clock = loop.time
+            call = _LoopCall(self._on_stop, loop, None)
+        else:
+            import trio
+
+            self._clock = trio.current_time
+            call = _LoopCall(self._on_stop, None, trio.lowlevel.current_trio_token())
+        note = self._signal.on_set(self._note_stop)
+        self._hooks = (call, note)
+        if not _add_hook(self._signal, call):
+            self._on_stop()
+        tg.start_soon(self._supervise, name=f"stopscope supervisor of {self._label()}")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        tg = self._tg
+        assert tg is not None
+        self._body_done = True
+        cancelled = anyio.get_cancelled_exc_class()
+        pass_on: BaseException | None = None
+        if exc is None:
+            if self._stop_on_exit:
+                self._signal.set(StopReason.BODY_EXITED)
+        elif isinstance(exc, cancelled):
+            # Ours (grace ran out) or from outside (hard): anyio tells them apart.
+            if not tg.cancel_scope.cancel_called:
+                self._hard = True
+                self._signal.set(StopReason.CANCELLED)
+            pass_on = exc
+        elif isinstance(exc, Exception):
+            # The body's error must not become an immediate cancellation: members get
+            # their grace, and the error is grouped with theirs.
+            self._errors.insert(0, exc)
+            self._signal.set(exc)
+        else:  # KeyboardInterrupt, SystemExit, GeneratorExit: hard, as in anyio
+            self._hard = True
+            self._signal.set(exc)
+            pass_on = exc
+        self._check_idle()
+        try:
+            if pass_on is None:
+                suppressed = await tg.__aexit__(None, None, None)
+            else:
+                suppressed = await tg.__aexit__(type(pass_on), pass_on, pass_on.__traceback__)
+        except BaseException as tg_exc:
+            self._finish()
+            if self._errors and isinstance(tg_exc, cancelled):
+                raise self._group() from None
+            raise
+        self._finish()
+        if self._errors:
+            raise self._group() from None
+        return pass_on is not None and bool(suppressed)
+
+    # -- internals ---------------------------------------------------------------
+
+    def _check_open(self, method: str) -> anyio.abc.TaskGroup:
+        if self._state == "new":
+            raise RuntimeError(f"TaskScope.{method}() must be called inside `async with scope:`")
+        if self._state == "closed" or self._tg is None:
+            raise RuntimeError(
+                f"TaskScope.{method}() called after the scope exited; start members "
+                f"inside the `async with` block"
+            )
+        return self._tg
+
+    def _new_member(self, func: Callable[..., Any], name: object, grace: float | None) -> _Member:
+        grace = _check_grace(grace)
+        if grace is not None and self._grace is not None:
+            grace = min(grace, self._grace)
+        record = TaskRecord(name=_callable_name(func) if name is None else str(name))
+        self._records.append(record)
+        return _Member(record, grace)
+
+    def _admit(self, member: _Member) -> None:
+        self._live[member.record] = member
+        if self._stop_base is not None and member.grace is not None:
+            member.cs.deadline = self._stop_base + member.grace
+
+    def _note_stop(self, reason: object) -> None:
+        # runs inside set(), on whatever thread called it: only record the moment
+        if self._requested_at is None:
+            self._requested_at = time.monotonic()
+
+    def _on_stop(self) -> None:
+        """Runs on the scope's loop once stop is requested: arm the grace deadlines."""
+        if self._state == "closed" or self._tg is None:
+            return
+        if self._requested_at is None:
+            self._requested_at = time.monotonic()
+        base = self._clock() - max(0.0, time.monotonic() - self._requested_at)
+        self._stop_base = base
+        if self._grace is not None:
+            self._tg.cancel_scope.deadline = base + self._grace
+        for member in self._live.values():
+            if member.grace is not None:
+                member.cs.deadline = base + member.grace
+
+    def _check_idle(self) -> None:
+        if self._body_done and not self._live and self._idle is not None:
+            self._idle.set()
+            if self._supervisor_cs is not None and not self._signal.is_set():
+                self._supervisor_cs.cancel()  # done without any stop: nothing to supervise
+
+    async def _run_started(
+        self,
+        member: _Member,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        *,
+        task_status: anyio.abc.TaskStatus[Any],
+    ) -> None:
+        try:
+            coro = func(*args, task_status=_TaskStatusProxy(task_status, member))
+        except BaseException as exc:
+            self._exited(member, Outcome.FAILED, exc)
+            raise
+        if not inspect.iscoroutine(coro):
+            error = TypeError(
+                f"start() needs an async function (a callable returning a coroutine); "
+                f"{_callable_name(func)} returned {coro!r}"
+            )
+            self._exited(member, Outcome.FAILED, error)
+            raise error
+        await self._run_member(member, coro)
+
+    async def _run_member(self, member: _Member, coro: Coroutine[Any, Any, Any]) -> None:
+        record = member.record
+        _current_record.set(record)
+        member.task_coro = coro
+        cancelled_exc = anyio.get_cancelled_exc_class()
+        outcome = Outcome.FINISHED
+        error: BaseException | None = None
+        tg = self._tg
+        assert tg is not None
+        try:
+            with member.cs:
+                try:
+                    await coro
+                except cancelled_exc as exc:
+                    outcome = Outcome.CANCELLED
+                    if not self._hard and (
+                        member.cs.cancel_called or tg.cancel_scope.cancel_called
+                    ):
+                        self._warn_cancelled(member, exc)
+                    raise
+                except Exception as exc:
+                    if not member.started:
+                        self._exited(member, Outcome.FAILED, exc)
+                        raise  # start() raises it, as anyio does
+                    outcome, error = Outcome.FAILED, exc
+                    self._errors.append(exc)
+                    self._signal.set(exc)
+                else:
+                    if not self._hard and (
+                        member.cs.cancel_called or tg.cancel_scope.cancel_called
+                    ):
+                        outcome = Outcome.CANCELLED
+                        record.phase = "after-cancel"
+                        logger.warning(
+                            "%s: member %r returned only after it was cancelled "
+                            "(did it catch the cancellation?)",
+                            self._label(),
+                            record.name,
+                        )
+                    elif self._signal.is_set():
+                        outcome = Outcome.STOPPED
+        finally:
+            if record.outcome is Outcome.RUNNING:
+                self._exited(member, outcome, error)
+
+    def _exited(self, member: _Member, outcome: Outcome, error: BaseException | None) -> None:
+        record = member.record
+        now = time.monotonic()
+        record.exited_at = now
+        if record.outcome is Outcome.RUNNING:
+            record.outcome = outcome
+        if record.error is None:
+            record.error = error
+        if self._requested_at is not None and record.outcome is not Outcome.FINISHED:
+            record.latency = max(0.0, now - self._requested_at)
+        if record.phase == "running":
+            if record.outcome in (Outcome.CANCELLED, Outcome.ABANDONED):
+                record.phase = "cancelled"
+            elif self._requested_at is not None and record.outcome is not Outcome.FINISHED:
+                record.phase = "grace"
+        self._live.pop(record, None)
+        member.task_coro = None
+        self._check_idle()
+
+    def _label(self) -> str:
+        return f"TaskScope {self.name!r}" if self.name else "TaskScope"
+
+    def _warn_cancelled(self, member: _Member, exc: BaseException) -> None:
+        grace = member.grace if member.cs.cancel_called else self._grace
+        stack = "".join(traceback.format_tb(exc.__traceback__)).rstrip()
+        logger.warning(
+            "%s: member %r did not stop within its grace period (%ss) and was cancelled; "
+            "it was waiting at:\n%s",
+            self._label(),
+            member.record.name,
+            grace,
+            stack,
+        )
+
+    async def _supervise(self) -> None:
+        """Wait for the stop; after the grace deadline, report members still running."""
+        idle = self._idle
+        assert idle is not None
+        assert self._tg is not None
+        with anyio.CancelScope() as waiting:
+            self._supervisor_cs = waiting
+            await self._signal.wait()
+        self._supervisor_cs = None
+        if not self._signal.is_set() or self._hard:
+            return
+        if self._stop_base is None:
+            self._on_stop()
+        with anyio.CancelScope(shield=True):
+            # wait for the grace deadline (or for everything to be done)
+            with anyio.move_on_at(self._tg.cancel_scope.deadline):
+                await idle.wait()
+            if idle.is_set():
+                return
+            delay = AFTER_CANCEL_REPORT_DELAY
+            while True:
+                with anyio.move_on_after(delay):
+                    await idle.wait()
+                if idle.is_set():
+                    return
+                for member in list(self._live.values()):
+                    member.record.phase = "after-cancel"
+                    stack = _format_frames(_frames_of(member.task_coro))
+                    logger.warning(
+                        "%s: member %r is still running %.3gs after it was cancelled; it "
+                        "swallows cancellation or blocks the loop; it is at:\n%s",
+                        self._label(),
+                        member.record.name,
+                        delay,
+                        stack or "(no frames)",
+                    )
+                delay = min(delay * 2, 30.0)
+
+    def _group(self) -> BaseExceptionGroup[BaseException]:
+        message = f"{len(self._errors)} error(s) in {self._label()}"
+        errors = [e for e in self._errors if isinstance(e, Exception)]
+        if len(errors) == len(self._errors):
+            return ExceptionGroup(message, errors)
+        return BaseExceptionGroup(message, list(self._errors))
+
+    def _finish(self) -> None:
+        self._state = "closed"
+        if self._hooks is not None:
+            call, note = self._hooks
+            _remove_hook(self._signal, call)
+            note.remove()  # type: ignore[attr-defined]
+            self._hooks = None
+        for member in list(self._live.values()):  # only after a hard exit
+            self._exited(member, Outcome.CANCELLED, None)

@@ -1,0 +1,801 @@
+"""StopSignal: a one-shot, thread-safe stop request that async tasks and threads watch.
+
+How it works, in brief (the why is in the comments below):
+
+* All signals share one re-entrant lock.  Each signal keeps its *hooks* (waiting
+  futures and tasks, blocked threads, callbacks, cancel scopes, and children that
+  must stay alive) in an insertion-ordered dict.  ``set()`` claims the hooks of the
+  whole subtree by swapping the dicts out under the lock, then wakes them outside it.
+* A waiter is woken directly only from inside a task of its own loop.  From anywhere
+  else (another thread, a signal handler while the loop sleeps, a loop callback) the
+  wake goes through the loop's thread-safe call, which also wakes a sleeping selector.
+* A signal handler that interrupts a critical section on the same thread cannot take
+  the lock's protection for granted (the lock is re-entrant).  It only raises the
+  flags and queues the signal; whoever leaves a critical section drains that queue.
+* Children are held weakly by their parent unless they (or a descendant) have hooks;
+  then they are *pinned* (held strongly) until they are set or the hooks go away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import math
+import threading
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager, suppress
+from typing import TYPE_CHECKING, Any, Final, final
+
+import anyio
+
+if TYPE_CHECKING:
+    import trio
+
+__all__ = ["CallbackHandle", "StopSignal"]
+
+logger: Final = logging.getLogger("stopscope")
+
+_sniffio_local: Any
+try:  # trio depends on sniffio and marks its threads through it
+    from sniffio import thread_local as _sniffio_local
+except ImportError:  # pragma: no cover - sniffio comes with trio; without it trio is absent
+    _sniffio_local = None
+
+_lock: Final = threading.RLock()
+# Signals set by a signal handler that interrupted a critical section on this thread:
+# their flags are raised, their hooks wait here until the lock holder leaves.
+_pending: list[StopSignal] = []
+_is_owned: Final[Callable[[], bool]] = _lock._is_owned  # type: ignore[attr-defined]
+_get_running_loop: Final = asyncio._get_running_loop
+_current_task: Final = asyncio.current_task
+_Future: Final = asyncio.Future
+_LockType: Final = type(threading.Lock())
+_new_lock: Final = threading.Lock
+_MISSING: Final = object()
+
+
+def _backend() -> str:
+    """Name the async library running the current task ("asyncio" or "trio")."""
+    if _sniffio_local is not None and _sniffio_local.name == "trio":
+        return "trio"
+    if _get_running_loop() is not None:
+        return "asyncio"
+    raise RuntimeError(
+        "this StopSignal method must be awaited from a task running on asyncio or trio"
+    )
+
+
+def _on_loop_thread() -> bool:
+    return _get_running_loop() is not None or (
+        _sniffio_local is not None and _sniffio_local.name == "trio"
+    )
+
+
+async def _checkpoint(backend: str) -> None:
+    if backend == "trio":
+        import trio
+
+        await trio.lowlevel.checkpoint()
+    else:
+        await asyncio.sleep(0)
+
+
+def _check_duration(value: float, name: str) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"`{name}` must be a number of seconds, got {value!r}") from None
+    if math.isnan(value) or value < 0:
+        raise ValueError(f"`{name}` must be a non-negative number of seconds, got {value!r}")
+    return value
+
+
+# --------------------------------------------------------------------------- hooks
+
+
+class _TrioWaiter:
+    """A trio task parked in ``wait_task_rescheduled`` on a signal."""
+
+    __slots__ = ("task", "token")
+
+    def __init__(self, task: trio.lowlevel.Task, token: trio.lowlevel.TrioToken) -> None:
+        self.task = task
+        self.token = token
+
+
+class _LoopCall:
+    """A function that must run on a given asyncio loop or trio run when a signal is set."""
+
+    __slots__ = ("active", "fn", "loop", "token")
+
+    def __init__(
+        self,
+        fn: Callable[[], object],
+        loop: asyncio.AbstractEventLoop | None,
+        token: trio.lowlevel.TrioToken | None,
+    ) -> None:
+        self.fn = fn
+        self.loop = loop
+        self.token = token
+        self.active = True
+
+    def run(self) -> None:
+        if self.active:
+            self.fn()
+
+
+@final
+class CallbackHandle:
+    """Returned by :meth:`StopSignal.on_set`; :meth:`remove` deregisters the callback."""
+
+    __slots__ = ("_callback", "_signal")
+
+    def __init__(self, signal: StopSignal, callback: Callable[[object], object]) -> None:
+        self._signal = signal
+        self._callback = callback
+
+    @property
+    def callback(self) -> Callable[[object], object]:
+        return self._callback
+
+    def remove(self) -> bool:
+        """Deregister the callback.
+
+        :return: ``True`` if this prevented the callback from running, ``False`` if it
+            has run, is running, or is about to run because the signal was already set
+        """
+        with _lock:
+            removed = _discard_hook(self._signal, self)
+        if _pending:
+            _drain()
+        return removed
+
+    def __repr__(self) -> str:
+        return f"<CallbackHandle {self._callback!r} on {self._signal!r}>"
+
+
+def _run_callback(handle: CallbackHandle, reason: object) -> BaseException | None:
+    """Run one callback; log what it raises. Returns a BaseException to re-raise later."""
+    try:
+        handle._callback(reason)
+    except Exception:
+        logger.exception("stop callback %r raised; other callbacks still run", handle._callback)
+    except BaseException as exc:  # KeyboardInterrupt, SystemExit: log, finish, re-raise
+        logger.exception("stop callback %r raised; other callbacks still run", handle._callback)
+        return exc
+    return None
+
+
+# ---------------------------------------------------------------- tree bookkeeping
+# Everything below with a leading underscore runs with _lock held unless it says not.
+
+
+def _pin_up(sig: StopSignal) -> None:
+    """``sig`` just got its first hook: make each ancestor hold its child strongly."""
+    parent = sig._parent
+    while parent is not None:
+        hooks = parent._hooks
+        if hooks is None:
+            return
+        was_empty = not hooks
+        hooks[sig] = None
+        if not was_empty:
+            return
+        sig, parent = parent, parent._parent
+
+
+def _unpin_up(sig: StopSignal) -> None:
+    """``sig`` lost its last hook: release it (and ancestors that held only it)."""
+    parent = sig._parent
+    while parent is not None:
+        hooks = parent._hooks
+        if hooks is None or hooks.pop(sig, _MISSING) is _MISSING or hooks:
+            return
+        sig, parent = parent, parent._parent
+
+
+def _add_hook(sig: StopSignal, hook: object) -> bool:
+    """Register ``hook`` on ``sig``; ``False`` (nothing registered) if ``sig`` is set."""
+    with _lock:
+        hooks = sig._hooks
+        if hooks is None or sig._flag:
+            added = False
+        else:
+            if hooks:
+                hooks[hook] = None
+            else:
+                hooks[hook] = None
+                _pin_up(sig)
+            added = True
+    if _pending:
+        _drain()
+    return added
+
+
+def _discard_hook(sig: StopSignal, hook: object) -> bool:
+    """Remove ``hook`` if ``set()`` has not claimed it; say whether it was removed."""
+    hooks = sig._hooks
+    if hooks is None or hooks.pop(hook, _MISSING) is _MISSING:
+        return False
+    if not hooks:
+        _unpin_up(sig)
+    return True
+
+
+def _remove_hook(sig: StopSignal, hook: object) -> bool:
+    if sig._hooks is None:  # claimed: it never goes back
+        return False
+    with _lock:
+        removed = _discard_hook(sig, hook)
+    if _pending:
+        _drain()
+    return removed
+
+
+def _claim(root: StopSignal, reason: object) -> list[object]:
+    """Mark the subtree of ``root`` set and take all its hooks."""
+    out: list[object] = []
+    parent = root._parent
+    # root may be pinned in its parent because of hooks it is about to lose
+    if (
+        parent is not None
+        and parent._hooks is not None
+        and parent._hooks.pop(root, _MISSING) is not _MISSING
+        and not parent._hooks
+    ):
+        _unpin_up(parent)
+    stack = [root]
+    while stack:
+        sig = stack.pop()
+        hooks = sig._hooks
+        if hooks is None:
+            continue
+        if not sig._flag:
+            sig._reason = reason
+            sig._flag = True
+        sig._hooks = None
+        kids = sig._kids
+        sig._kids = None
+        for hook in hooks:
+            if type(hook) is StopSignal:
+                stack.append(hook)
+            else:
+                out.append(hook)
+        if kids:
+            for ref in kids:
+                kid = ref()
+                if kid is not None and kid._hooks is not None:
+                    stack.append(kid)
+    return out
+
+
+def _mark_deferred(root: StopSignal, reason: object) -> None:
+    """Raise the flags of a subtree without touching its collections (signal handler)."""
+    stack = [root]
+    while stack:
+        sig = stack.pop()
+        if sig._flag:
+            continue
+        sig._reason = reason
+        sig._flag = True
+        for hook in list(sig._hooks or ()):
+            if type(hook) is StopSignal:
+                stack.append(hook)
+        for ref in list(sig._kids or ()):
+            kid = ref()
+            if kid is not None:
+                stack.append(kid)
+
+
+def _drain() -> None:
+    """Claim and wake what signal handlers queued (called without the lock)."""
+    if _is_owned():
+        return  # re-entered from a handler inside a critical section: the holder drains
+    while _pending:
+        with _lock:
+            roots = _pending[:]
+            del _pending[:]
+            hooks: list[object] = []
+            for root in roots:
+                hooks += _claim(root, root._reason)
+        _fire(hooks)
+
+
+# ------------------------------------------------------------------------- waking
+
+
+def _wake_asyncio(items: list[Any]) -> None:
+    for item in items:
+        if type(item) is _LoopCall:
+            item.run()
+        elif not item.done():
+            item.set_result(True)
+
+
+def _wake_trio(items: list[Any]) -> None:
+    from outcome import Value
+    from trio.lowlevel import reschedule
+
+    for item in items:
+        if type(item) is _LoopCall:
+            item.run()
+        else:
+            reschedule(item.task, Value(True))
+
+
+def _fire(hooks: list[object]) -> None:
+    """Wake every claimed hook, each in the right context (called without the lock)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+    by_token: dict[Any, list[Any]] = {}
+    callbacks: list[CallbackHandle] = []
+    for hook in hooks:
+        kind = type(hook)
+        if kind is _Future or isinstance(hook, _Future):
+            loop = hook.get_loop()  # type: ignore[attr-defined]
+            bucket = by_loop.get(loop)
+            if bucket is None:
+                by_loop[loop] = [hook]
+            else:
+                bucket.append(hook)
+        elif kind is _TrioWaiter or (kind is _LoopCall and hook.token is not None):  # type: ignore[attr-defined]
+            by_token.setdefault(hook.token, []).append(hook)  # type: ignore[attr-defined]
+        elif kind is _LoopCall:
+            by_loop.setdefault(hook.loop, []).append(hook)  # type: ignore[attr-defined]
+        elif kind is _LockType:
+            hook.release()  # type: ignore[attr-defined]
+        elif kind is CallbackHandle:
+            callbacks.append(hook)  # type: ignore[arg-type]
+
+    if by_loop:
+        running = _get_running_loop()
+        in_task = running is not None and _current_task(running) is not None
+        for loop, items in by_loop.items():
+            if in_task and loop is running:
+                _wake_asyncio(items)
+            else:
+                with suppress(RuntimeError):  # the loop is closed: nobody to wake
+                    loop.call_soon_threadsafe(_wake_asyncio, items)
+    if by_token:
+        import trio
+
+        current = None
+        if _sniffio_local is not None and _sniffio_local.name == "trio":
+            try:
+                trio.lowlevel.current_task()
+                current = trio.lowlevel.current_trio_token()
+            except RuntimeError:
+                current = None
+        for token, items in by_token.items():
+            if token is current:
+                _wake_trio(items)
+            else:
+                with suppress(trio.RunFinishedError):  # the run ended: nobody to wake
+                    token.run_sync_soon(_wake_trio, items)
+
+    pending_exc: BaseException | None = None
+    for handle in callbacks:
+        exc = _run_callback(handle, handle._signal._reason)
+        if exc is not None and pending_exc is None:
+            pending_exc = exc
+    if pending_exc is not None:
+        raise pending_exc
+
+
+# ------------------------------------------------------------------ trio timers
+
+
+class _TrioTimer:
+    __slots__ = ("signal", "waiter")
+
+    def __init__(self, signal: StopSignal, waiter: _TrioWaiter) -> None:
+        self.signal: StopSignal | None = signal
+        self.waiter: _TrioWaiter | None = waiter
+
+
+class _TrioTimers:
+    """One timer service per trio run: a heap of deadlines and one system task.
+
+    A cancel scope per timed wait costs several times the wait itself at large fan-out;
+    here a timed wait costs a heap push.  Entries of waits that ended early are
+    deleted lazily, but drop their references at once.
+    """
+
+    def __init__(self) -> None:
+        self.heap: list[tuple[float, int, _TrioTimer]] = []
+        self.seq = 0
+        self.stale = 0
+        self.next_deadline = math.inf
+        self.scope: trio.CancelScope | None = None
+
+    def add(self, deadline: float, signal: StopSignal, waiter: _TrioWaiter) -> _TrioTimer:
+        timer = _TrioTimer(signal, waiter)
+        self.seq += 1
+        heapq.heappush(self.heap, (deadline, self.seq, timer))
+        if deadline < self.next_deadline:
+            self.next_deadline = deadline
+            if self.scope is not None:
+                self.scope.deadline = deadline
+        return timer
+
+    def done(self, timer: _TrioTimer) -> None:
+        if timer.signal is None:
+            return
+        timer.signal = timer.waiter = None
+        self.stale += 1
+        if self.stale > 256 and self.stale * 2 > len(self.heap):
+            self.heap = [entry for entry in self.heap if entry[2].signal is not None]
+            heapq.heapify(self.heap)
+            self.stale = 0
+
+    async def run(self) -> None:
+        import trio
+        from outcome import Value
+
+        heap = self.heap
+        while True:
+            with trio.CancelScope(deadline=self.next_deadline) as scope:
+                self.scope = scope
+                await trio.sleep_forever()
+            self.scope = None
+            now = trio.current_time()
+            heap = self.heap
+            while heap and heap[0][0] <= now:
+                timer = heapq.heappop(heap)[2]
+                sig, waiter = timer.signal, timer.waiter
+                if sig is None or waiter is None:
+                    self.stale -= 1
+                    continue
+                timer.signal = timer.waiter = None
+                with _lock:
+                    claimed = _discard_hook(sig, waiter)
+                if _pending:
+                    _drain()
+                if claimed:
+                    trio.lowlevel.reschedule(waiter.task, Value(False))
+            self.next_deadline = heap[0][0] if heap else math.inf
+
+
+_trio_timers_var: Any = None
+
+
+def _trio_timers() -> _TrioTimers:
+    global _trio_timers_var
+    import trio
+
+    if _trio_timers_var is None:
+        _trio_timers_var = trio.lowlevel.RunVar("stopscope_timers")
+    try:
+        timers: _TrioTimers = _trio_timers_var.get()
+    except LookupError:
+        timers = _TrioTimers()
+        _trio_timers_var.set(timers)
+        trio.lowlevel.spawn_system_task(timers.run, name="stopscope timer service")
+    return timers
+
+
+# ------------------------------------------------------------------------ StopSignal
+
+
+@final
+class StopSignal:
+    """A one-shot stop request, with a reason, that tasks and threads watch.
+
+    ::
+
+        sig = StopSignal()
+
+        async def poller(sig: StopSignal) -> None:
+            async for _ in sig.every(1.0):   # ends the moment sig is set
+                await poll_once()
+
+        sig.set("deploy")                    # from any thread or a signal handler
+
+    A signal can be created with no event loop running.  :meth:`set` is safe from any
+    thread and from a signal handler; waiters on every loop (asyncio, uvloop, trio,
+    several loops in several threads) and blocked threads wake promptly.
+    """
+
+    __slots__ = ("__weakref__", "_flag", "_hooks", "_kids", "_kids_limit", "_parent", "_reason")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._reason: object = None
+        self._hooks: dict[object, None] | None = {}
+        self._kids: list[weakref.ref[StopSignal]] | None = None
+        self._kids_limit = 16
+        self._parent: StopSignal | None = None
+
+    # -- state -----------------------------------------------------------------
+
+    def is_set(self) -> bool:
+        """Return ``True`` once :meth:`set` has been called (here or on an ancestor)."""
+        return self._flag
+
+    @property
+    def reason(self) -> object:
+        """The reason given to the :meth:`set` call that set this signal; ``None`` before."""
+        return self._reason
+
+    def __bool__(self) -> bool:
+        raise TypeError(
+            "a StopSignal has no truth value; call sig.is_set() to test it, "
+            "or `await sig.wait()` to wait for it"
+        )
+
+    def __repr__(self) -> str:
+        if self._flag:
+            return f"<StopSignal set reason={self._reason!r}>"
+        return "<StopSignal not set>"
+
+    # -- setting ---------------------------------------------------------------
+
+    def set(self, reason: object = None) -> bool:
+        """Request a stop; idempotent, and the first reason wins.
+
+        Safe from any thread and from a signal handler.  Once it returns, this signal
+        and all its children read as set.  Callbacks registered with :meth:`on_set`
+        run inside this call; their errors are logged, never raised.
+
+        :param reason: why (kept in :attr:`reason`; children get the same reason)
+        :return: ``True`` only for the call that set the signal
+        """
+        if _is_owned():
+            # A signal handler interrupted a critical section on this thread: the
+            # collections may be mid-update, so only raise flags and queue the rest.
+            if self._flag:
+                return False
+            _mark_deferred(self, reason)
+            _pending.append(self)
+            return True
+        with _lock:
+            if self._flag:
+                return False
+            hooks = _claim(self, reason)
+        if _pending:
+            _drain()
+        if hooks:
+            _fire(hooks)
+        return True
+
+    # -- children --------------------------------------------------------------
+
+    def child(self) -> StopSignal:
+        """Return a new signal that is set when this one is (with the same reason).
+
+        Setting the child leaves this signal alone.  A child of a set signal is born
+        set.  This signal holds the child only weakly, unless the child has waiters or
+        callbacks: ``sig.child().on_set(cb)`` fires.
+        """
+        kid = StopSignal()
+        kid._parent = self
+        with _lock:
+            if self._flag or self._hooks is None:
+                kid._flag = True
+                kid._reason = self._reason
+                kid._hooks = None
+            else:
+                kids = self._kids
+                if kids is None:
+                    kids = self._kids = []
+                elif len(kids) >= self._kids_limit:
+                    kids[:] = [r for r in kids if (k := r()) is not None and k._hooks is not None]
+                    self._kids_limit = max(16, 2 * len(kids))
+                kids.append(weakref.ref(kid))
+        if _pending:
+            _drain()
+        return kid
+
+    # -- callbacks -------------------------------------------------------------
+
+    def on_set(self, callback: Callable[[object], object]) -> CallbackHandle:
+        """Run ``callback(reason)`` once, synchronously, inside the :meth:`set` call.
+
+        If the signal is already set, the callback runs at once.  It may run on any
+        thread, or in a signal handler: keep it short and hop to your loop yourself
+        (``loop.call_soon_threadsafe``, ``TrioToken.run_sync_soon``).  Errors are
+        logged on the ``stopscope`` logger, never raised.
+
+        :return: a handle whose ``remove()`` deregisters the callback
+        """
+        if not callable(callback):
+            raise TypeError(f"`callback` must be callable, got {callback!r}")
+        handle = CallbackHandle(self, callback)
+        if not _add_hook(self, handle):
+            exc = _run_callback(handle, self._reason)
+            if exc is not None:
+                raise exc
+        return handle
+
+    # -- async waiting ---------------------------------------------------------
+
+    async def wait(self) -> None:
+        """Return once the signal is set.  Always a checkpoint, even if already set."""
+        backend = _backend()
+        if self._flag:
+            await _checkpoint(backend)
+        elif backend == "trio":
+            await self._wait_trio(None)
+        else:
+            await self._wait_asyncio(None)
+
+    async def sleep(self, seconds: float) -> bool:
+        """Sleep for ``seconds``, or less if the signal is set meanwhile.
+
+        :return: ``True`` if the signal was set first, ``False`` if the time ran out
+        :raises ValueError: if ``seconds`` is negative or NaN
+        """
+        seconds = _check_duration(seconds, "seconds")
+        backend = _backend()
+        if self._flag or seconds == 0 or seconds == math.inf:
+            if self._flag or seconds == 0:
+                await _checkpoint(backend)
+                return self._flag
+            await self.wait()
+            return True
+        return await self._wait_until_for(backend, seconds)
+
+    async def _wait_until_for(self, backend: str, seconds: float) -> bool:
+        if backend == "trio":
+            import trio
+
+            return await self._wait_trio(trio.current_time() + seconds)
+        loop = _get_running_loop()
+        assert loop is not None
+        return await self._wait_asyncio(loop.time() + seconds)
+
+    async def every(self, period: float) -> AsyncIterator[int]:
+        """Yield 0, 1, 2, ... at a fixed rate until the signal is set.
+
+        The first tick comes at once.  The next deadline is ``max(previous deadline +
+        period, now)``: no drift, and a body that overruns gets the next tick at once
+        with no burst of catch-up ticks.  The loop ends the moment the signal is set,
+        even in the middle of a wait::
+
+            async for tick in sig.every(5.0):
+                await flush()
+
+        :raises ValueError: if ``period`` is not positive
+        """
+        period = _check_duration(period, "period")
+        if period == 0:
+            raise ValueError("`period` must be positive, got 0")
+        backend = _backend()
+        if backend == "trio":
+            import trio
+
+            now: Callable[[], float] = trio.current_time
+            wait_until = self._wait_trio
+        else:
+            loop = _get_running_loop()
+            assert loop is not None
+            now = loop.time
+            wait_until = self._wait_asyncio
+        if self._flag:
+            await _checkpoint(backend)
+            return
+        deadline = now()
+        tick = 0
+        while True:
+            yield tick
+            tick += 1
+            current = now()
+            deadline += period
+            if deadline <= current:
+                deadline = current
+                await _checkpoint(backend)
+                if self.is_set():
+                    return
+            elif self.is_set() or await wait_until(deadline):
+                return
+
+    async def _wait_asyncio(self, deadline: float | None) -> bool:
+        loop = _get_running_loop()
+        assert loop is not None
+        fut = loop.create_future()
+        if not _add_hook(self, fut):
+            await asyncio.sleep(0)
+            return True
+        timer = None if deadline is None else loop.call_at(deadline, _expire, fut)
+        try:
+            result: bool = await fut
+            return result
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if self._hooks is not None:
+                _remove_hook(self, fut)
+
+    async def _wait_trio(self, deadline: float | None) -> bool:
+        import trio
+
+        lowlevel = trio.lowlevel
+        waiter = _TrioWaiter(lowlevel.current_task(), lowlevel.current_trio_token())
+        if not _add_hook(self, waiter):
+            await lowlevel.checkpoint()
+            return True
+        timers = None if deadline is None else _trio_timers()
+        timer = None if timers is None else timers.add(deadline, self, waiter)  # type: ignore[arg-type]
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            with _lock:
+                removed = _discard_hook(self, waiter)
+            if _pending:
+                _drain()
+            # Once set() has claimed this waiter it will reschedule it: refuse.
+            return lowlevel.Abort.SUCCEEDED if removed else lowlevel.Abort.FAILED
+
+        try:
+            result: bool = await lowlevel.wait_task_rescheduled(abort)
+            return result
+        finally:
+            if timer is not None:
+                timers.done(timer)  # type: ignore[union-attr]
+
+    # -- cancel scope ----------------------------------------------------------
+
+    @contextmanager
+    def cancel_scope(self) -> Iterator[anyio.CancelScope]:
+        """An anyio cancel scope that is cancelled when the signal is set.
+
+        Move-on semantics: the block is abandoned at its next checkpoint and execution
+        continues after the ``with``; ``cs.cancelled_caught`` tells whether that
+        happened::
+
+            with sig.cancel_scope() as cs:
+                data = await stream.receive()
+            if cs.cancelled_caught:
+                ...  # stopped while waiting
+        """
+        backend = _backend()
+        with anyio.CancelScope() as scope:
+            if backend == "trio":
+                import trio
+
+                call = _LoopCall(scope.cancel, None, trio.lowlevel.current_trio_token())
+            else:
+                call = _LoopCall(scope.cancel, _get_running_loop(), None)
+            if not _add_hook(self, call):
+                scope.cancel()
+            try:
+                yield scope
+            finally:
+                call.active = False
+                _remove_hook(self, call)
+
+    # -- threads ---------------------------------------------------------------
+
+    def wait_blocking(self, timeout: float | None = None) -> bool:
+        """Block this (non-async) thread until the signal is set or ``timeout`` passes.
+
+        :return: whether the signal is set
+        :raises RuntimeError: if called on a thread that runs an event loop (it would
+            freeze the loop; use ``await sig.wait()`` there)
+        :raises ValueError: if ``timeout`` is negative or NaN
+        """
+        if timeout is not None:
+            timeout = _check_duration(timeout, "timeout")
+        if _on_loop_thread():
+            raise RuntimeError(
+                "wait_blocking() would freeze the event loop running on this thread; "
+                "use `await sig.wait()` here, or call it from a worker thread"
+            )
+        if self._flag:
+            return True
+        lock = _new_lock()
+        lock.acquire()
+        if not _add_hook(self, lock):
+            return True
+        acquired = False
+        try:
+            acquired = lock.acquire(timeout=-1 if timeout is None else min(timeout, 1e9))
+        finally:
+            if not acquired:
+                _remove_hook(self, lock)
+        return self._flag
+
+
+def _expire(fut: asyncio.Future[bool]) -> None:
+    if not fut.done():
+        fut.set_result(False)

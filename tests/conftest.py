@@ -1,0 +1,29 @@
+"""The backend matrix: every test of the public contract runs on all three."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import pytest
+
+BACKENDS = [
+    pytest.param(("asyncio", {"debug": True}), id="asyncio"),
+    pytest.param(
+        ("asyncio", {"use_uvloop": True}),
+        id="asyncio+uvloop",
+        marks=pytest.mark.skipif(sys.platform == "win32", reason="uvloop is POSIX only"),
+    ),
+    pytest.param(("trio", {}), id="trio"),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
+    value: tuple[str, dict[str, Any]] = request.param
+    return value
+
+
+@pytest.fixture
+def anyio_backend_name(anyio_backend: tuple[str, dict[str, Any]]) -> str:
+    return anyio_backend[0]
