@@ -107,8 +107,20 @@ def _format_frames(frames: list[FrameType]) -> str:
     return buf.getvalue().rstrip()
 
 
+class _Stage:
+    """A section of the start order that is stopped as one, after the later sections."""
+
+    __slots__ = ("done", "live", "name", "signal")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.signal = StopSignal()
+        self.live = 0
+        self.done: anyio.Event | None = None
+
+
 class _Member:
-    __slots__ = ("cs", "grace", "record", "started", "task_coro")
+    __slots__ = ("cs", "grace", "record", "stage", "started", "task_coro")
 
     def __init__(self, record: TaskRecord, grace: float | None) -> None:
         self.record = record
@@ -116,6 +128,7 @@ class _Member:
         self.cs = anyio.CancelScope()
         self.task_coro: Any = None
         self.started = True
+        self.stage: _Stage | None = None
 
 
 class _TaskStatusProxy(anyio.abc.TaskStatus[Any]):
@@ -188,6 +201,7 @@ class TaskScope(_ServiceMembers):
         self._supervisor_cs: anyio.CancelScope | None = None
         self._hooks: tuple[object, object] | None = None
         self._hard = False  # cancelled from outside: no grace, no laggard warnings
+        self._stages: list[_Stage] = []
 
     # -- public surface ----------------------------------------------------------
 
@@ -215,6 +229,36 @@ class TaskScope(_ServiceMembers):
             requested_at=self._requested_at,
             tasks=tuple(self._records),
         )
+
+    def stage(self, name: str | None = None) -> StopSignal:
+        """Start a new shutdown stage and return its stop signal (ordered shutdown).
+
+        The members started after this call (until the next ``stage()``) belong to
+        the stage and should watch the returned signal.  When the scope stops, members
+        watching :attr:`signal` stop at once; then the stages are stopped one by one,
+        **the last created first**, each once every member of the later stage has
+        exited.  The scope's grace is one budget for the whole sequence: at its end,
+        whatever still runs is cancelled.  Typical use, started in dependency order::
+
+            async with TaskScope(grace=30) as scope:
+                writer_stop = scope.stage("writer")      # stopped last
+                scope.start_soon(writer, writer_stop, queue)
+                workers_stop = scope.stage("workers")
+                for _ in range(4):
+                    scope.start_soon(worker, workers_stop, queue)
+                listener_stop = scope.stage("listener")  # stopped first
+                await scope.start(listener, listener_stop, queue)
+
+        A stage created while the scope is stopping is stopped at once.
+
+        :param name: a name for logs (default ``"stage N"``)
+        """
+        self._check_open("stage")
+        stage = _Stage(name or f"stage {len(self._stages) + 1}")
+        self._stages.append(stage)
+        if self._signal.is_set():
+            stage.signal.set(self._signal.reason)
+        return stage.signal
 
     def __repr__(self) -> str:
         name = f" {self.name!r}" if self.name else ""
@@ -316,6 +360,7 @@ class TaskScope(_ServiceMembers):
             if not tg.cancel_scope.cancel_called:
                 self._hard = True
                 self._signal.set(StopReason.CANCELLED)
+            self._release_stages()
             pass_on = exc
         elif isinstance(exc, Exception):
             # The body's error must not become an immediate cancellation: members get
@@ -325,6 +370,7 @@ class TaskScope(_ServiceMembers):
         else:  # KeyboardInterrupt, SystemExit, GeneratorExit: hard, as in anyio
             self._hard = True
             self._signal.set(exc)
+            self._release_stages()
             pass_on = exc
         self._check_idle()
         try:
@@ -364,6 +410,9 @@ class TaskScope(_ServiceMembers):
 
     def _admit(self, member: _Member) -> None:
         self._live[member.record] = member
+        if self._stages:
+            member.stage = self._stages[-1]
+            member.stage.live += 1
         if self._stop_base is not None and member.grace is not None:
             member.cs.deadline = self._stop_base + member.grace
 
@@ -476,6 +525,12 @@ class TaskScope(_ServiceMembers):
                 record.phase = "grace"
         self._live.pop(record, None)
         member.task_coro = None
+        stage = member.stage
+        if stage is not None:
+            member.stage = None
+            stage.live -= 1
+            if not stage.live and stage.done is not None:
+                stage.done.set()
         self._check_idle()
 
     def _label(self) -> str:
@@ -506,9 +561,18 @@ class TaskScope(_ServiceMembers):
             return
         if self._stop_base is None:
             self._on_stop()
+        deadline = self._tg.cancel_scope.deadline
         with anyio.CancelScope(shield=True):
+            if self._stages:
+                with anyio.move_on_at(deadline):
+                    for stage in reversed(self._stages):
+                        stage.signal.set(self._signal.reason)
+                        if stage.live:
+                            stage.done = anyio.Event()
+                            await stage.done.wait()
+                self._release_stages()
             # wait for the grace deadline (or for everything to be done)
-            with anyio.move_on_at(self._tg.cancel_scope.deadline):
+            with anyio.move_on_at(deadline):
                 await idle.wait()
             if idle.is_set():
                 return
@@ -538,8 +602,13 @@ class TaskScope(_ServiceMembers):
             return ExceptionGroup(message, errors)
         return BaseExceptionGroup(message, list(self._errors))
 
+    def _release_stages(self) -> None:
+        for stage in self._stages:
+            stage.signal.set(self._signal.reason)
+
     def _finish(self) -> None:
         self._state = "closed"
+        self._release_stages()
         if self._hooks is not None:
             call, note = self._hooks
             _remove_hook(self._signal, call)
