@@ -23,8 +23,9 @@ import heapq
 import logging
 import math
 import threading
+import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, Final, final
 
@@ -54,6 +55,7 @@ _Future: Final = asyncio.Future
 _LockType: Final = type(threading.Lock())
 _new_lock: Final = threading.Lock
 _MISSING: Final = object()
+_TIMEOUT_MAX: Final = threading.TIMEOUT_MAX
 
 
 def _backend() -> str:
@@ -386,40 +388,38 @@ def _fire(hooks: list[object]) -> None:
 # ------------------------------------------------------------------ trio timers
 
 
-class _TrioTimer:
+class _Timer:
+    """A heap entry: drops its references as soon as the wait ends (lazy deletion)."""
+
     __slots__ = ("signal", "waiter")
 
-    def __init__(self, signal: StopSignal, waiter: _TrioWaiter) -> None:
+    def __init__(self, signal: StopSignal, waiter: Any) -> None:
         self.signal: StopSignal | None = signal
-        self.waiter: _TrioWaiter | None = waiter
+        self.waiter: Any = waiter
 
 
-class _TrioTimers:
-    """One timer service per trio run: a heap of deadlines and one system task.
+class _TimerHeap:
+    """Deadlines of timed waits on one loop, with lazy deletion of ended waits."""
 
-    A cancel scope per timed wait costs several times the wait itself at large fan-out;
-    here a timed wait costs a heap push.  Entries of waits that ended early are
-    deleted lazily, but drop their references at once.
-    """
+    __slots__ = ("heap", "next_deadline", "seq", "stale")
 
     def __init__(self) -> None:
-        self.heap: list[tuple[float, int, _TrioTimer]] = []
+        self.heap: list[tuple[float, int, _Timer]] = []
         self.seq = 0
         self.stale = 0
         self.next_deadline = math.inf
-        self.scope: trio.CancelScope | None = None
 
-    def add(self, deadline: float, signal: StopSignal, waiter: _TrioWaiter) -> _TrioTimer:
-        timer = _TrioTimer(signal, waiter)
+    def push(self, deadline: float, signal: StopSignal, waiter: Any) -> tuple[_Timer, bool]:
+        """Add a deadline; also say whether it is now the earliest."""
+        timer = _Timer(signal, waiter)
         self.seq += 1
         heapq.heappush(self.heap, (deadline, self.seq, timer))
         if deadline < self.next_deadline:
             self.next_deadline = deadline
-            if self.scope is not None:
-                self.scope.deadline = deadline
-        return timer
+            return timer, True
+        return timer, False
 
-    def done(self, timer: _TrioTimer) -> None:
+    def done(self, timer: _Timer) -> None:
         if timer.signal is None:
             return
         timer.signal = timer.waiter = None
@@ -429,32 +429,100 @@ class _TrioTimers:
             heapq.heapify(self.heap)
             self.stale = 0
 
+    def expired(self, now: float) -> list[Any]:
+        """Pop the deadlines up to ``now``; return the waiters this claimed."""
+        heap = self.heap
+        claimed: list[Any] = []
+        while heap and heap[0][0] <= now:
+            timer = heapq.heappop(heap)[2]
+            sig, waiter = timer.signal, timer.waiter
+            if sig is None:
+                self.stale -= 1
+                continue
+            timer.signal = timer.waiter = None
+            with _lock:
+                if _discard_hook(sig, waiter):
+                    claimed.append(waiter)
+            if _pending:
+                _drain()
+        self.next_deadline = heap[0][0] if heap else math.inf
+        return claimed
+
+
+class _AsyncioTimers(_TimerHeap):
+    """One timer service per asyncio loop: one loop timer for the earliest deadline.
+
+    A loop TimerHandle per timed wait costs a handle and a cancel per waiter; a heap
+    push and a lazy deletion are cheaper at every fan-out.
+    """
+
+    __slots__ = ("handle", "loop", "resolution")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self.loop = loop
+        self.handle: asyncio.TimerHandle | None = None
+        self.resolution = time.get_clock_info("monotonic").resolution
+
+    def add(self, deadline: float, signal: StopSignal, fut: asyncio.Future[bool]) -> _Timer:
+        timer, earliest = self.push(deadline, signal, fut)
+        if earliest:
+            if self.handle is not None:
+                self.handle.cancel()
+            self.handle = self.loop.call_at(deadline, self.fire)
+        return timer
+
+    def fire(self) -> None:
+        self.handle = None
+        for fut in self.expired(self.loop.time() + self.resolution):
+            if not fut.done():
+                fut.set_result(False)
+        if self.heap:
+            self.handle = self.loop.call_at(self.next_deadline, self.fire)
+
+
+_asyncio_timers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncioTimers] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _timers_of(loop: asyncio.AbstractEventLoop) -> _AsyncioTimers:
+    timers = _asyncio_timers.get(loop)
+    if timers is None:
+        timers = _asyncio_timers[loop] = _AsyncioTimers(loop)
+    return timers
+
+
+class _TrioTimers(_TimerHeap):
+    """One timer service per trio run: a heap of deadlines and one system task.
+
+    A cancel scope per timed wait costs several times the wait itself at large
+    fan-out; here a timed wait costs a heap push.
+    """
+
+    __slots__ = ("scope",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scope: trio.CancelScope | None = None
+
+    def add(self, deadline: float, signal: StopSignal, waiter: _TrioWaiter) -> _Timer:
+        timer, earliest = self.push(deadline, signal, waiter)
+        if earliest and self.scope is not None:
+            self.scope.deadline = deadline
+        return timer
+
     async def run(self) -> None:
         import trio
         from outcome import Value
 
-        heap = self.heap
         while True:
             with trio.CancelScope(deadline=self.next_deadline) as scope:
                 self.scope = scope
                 await trio.sleep_forever()
             self.scope = None
-            now = trio.current_time()
-            heap = self.heap
-            while heap and heap[0][0] <= now:
-                timer = heapq.heappop(heap)[2]
-                sig, waiter = timer.signal, timer.waiter
-                if sig is None or waiter is None:
-                    self.stale -= 1
-                    continue
-                timer.signal = timer.waiter = None
-                with _lock:
-                    claimed = _discard_hook(sig, waiter)
-                if _pending:
-                    _drain()
-                if claimed:
-                    trio.lowlevel.reschedule(waiter.task, Value(False))
-            self.next_deadline = heap[0][0] if heap else math.inf
+            for waiter in self.expired(trio.current_time()):
+                trio.lowlevel.reschedule(waiter.task, Value(False))
 
 
 _trio_timers_var: Any = None
@@ -473,6 +541,65 @@ def _trio_timers() -> _TrioTimers:
         _trio_timers_var.set(timers)
         trio.lowlevel.spawn_system_task(timers.run, name="stopscope timer service")
     return timers
+
+
+# ------------------------------------------------------------------------ every()
+
+
+@final
+class _Every:
+    """The iterator behind :meth:`StopSignal.every`."""
+
+    __slots__ = ("_backend", "_deadline", "_now", "_period", "_signal", "_tick", "_wait")
+
+    def __init__(self, signal: StopSignal, period: float) -> None:
+        self._signal = signal
+        self._period = period
+        self._tick = -1
+        self._deadline = 0.0
+        self._backend = ""
+        self._now: Callable[[], float] = time.monotonic
+        self._wait: Callable[[float], Awaitable[bool]] | None = None
+
+    def __aiter__(self) -> _Every:
+        return self
+
+    async def __anext__(self) -> int:
+        signal = self._signal
+        if self._tick < 0:  # the first tick, at once
+            backend = self._backend = _backend()
+            if backend == "trio":
+                import trio
+
+                self._now = trio.current_time
+                self._wait = signal._wait_trio
+            else:
+                loop = _get_running_loop()
+                assert loop is not None
+                self._now = loop.time
+                self._wait = signal._wait_asyncio
+            if signal._flag:
+                await _checkpoint(backend)
+                raise StopAsyncIteration
+            self._deadline = self._now()
+        elif self._wait is None:
+            raise StopAsyncIteration
+        else:
+            current = self._now()
+            deadline = self._deadline + self._period
+            if deadline <= current:  # the body overran: tick at once, no catch-up burst
+                self._deadline = current
+                await _checkpoint(self._backend)
+                if signal._flag:
+                    self._wait = None
+                    raise StopAsyncIteration
+            else:
+                self._deadline = deadline
+                if signal._flag or await self._wait(deadline):
+                    self._wait = None
+                    raise StopAsyncIteration
+        self._tick += 1
+        return self._tick
 
 
 # ------------------------------------------------------------------------ StopSignal
@@ -645,7 +772,7 @@ class StopSignal:
         assert loop is not None
         return await self._wait_asyncio(loop.time() + seconds)
 
-    async def every(self, period: float) -> AsyncIterator[int]:
+    def every(self, period: float) -> AsyncIterator[int]:
         """Yield 0, 1, 2, ... at a fixed rate until the signal is set.
 
         The first tick comes at once.  The next deadline is ``max(previous deadline +
@@ -656,39 +783,15 @@ class StopSignal:
             async for tick in sig.every(5.0):
                 await flush()
 
-        :raises ValueError: if ``period`` is not positive
+        It is a plain async iterator, not a generator: breaking out of the loop needs
+        no ``aclosing()``.
+
+        :raises ValueError: if ``period`` is not a positive number of seconds
         """
         period = _check_duration(period, "period")
         if period == 0:
-            raise ValueError("`period` must be positive, got 0")
-        backend = _backend()
-        if backend == "trio":
-            import trio
-
-            now: Callable[[], float] = trio.current_time
-            wait_until = self._wait_trio
-        else:
-            loop = _get_running_loop()
-            assert loop is not None
-            now = loop.time
-            wait_until = self._wait_asyncio
-        if self._flag:
-            await _checkpoint(backend)
-            return
-        deadline = now()
-        tick = 0
-        while True:
-            yield tick
-            tick += 1
-            current = now()
-            deadline += period
-            if deadline <= current:
-                deadline = current
-                await _checkpoint(backend)
-                if self.is_set():
-                    return
-            elif self.is_set() or await wait_until(deadline):
-                return
+            raise ValueError("`period` must be a positive number of seconds, got 0")
+        return _Every(self, period)
 
     async def _wait_asyncio(self, deadline: float | None) -> bool:
         loop = _get_running_loop()
@@ -697,13 +800,14 @@ class StopSignal:
         if not _add_hook(self, fut):
             await asyncio.sleep(0)
             return True
-        timer = None if deadline is None else loop.call_at(deadline, _expire, fut)
+        timers = None if deadline is None else _timers_of(loop)
+        timer = None if timers is None else timers.add(deadline, self, fut)  # type: ignore[arg-type]
         try:
             result: bool = await fut
             return result
         finally:
             if timer is not None:
-                timer.cancel()
+                timers.done(timer)  # type: ignore[union-attr]
             if self._hooks is not None:
                 _remove_hook(self, fut)
 
@@ -789,13 +893,8 @@ class StopSignal:
             return True
         acquired = False
         try:
-            acquired = lock.acquire(timeout=-1 if timeout is None else min(timeout, 1e9))
+            acquired = lock.acquire(timeout=-1 if timeout is None else min(timeout, _TIMEOUT_MAX))
         finally:
             if not acquired:
                 _remove_hook(self, lock)
         return self._flag
-
-
-def _expire(fut: asyncio.Future[bool]) -> None:
-    if not fut.done():
-        fut.set_result(False)
