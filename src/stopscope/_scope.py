@@ -76,6 +76,16 @@ def _check_grace(value: float | None, name: str = "grace") -> float | None:
     return None if value == math.inf else value
 
 
+def _check_callable(func: object, method: str) -> None:
+    if inspect.iscoroutine(func):
+        raise TypeError(
+            f"{method}() takes an async function and its arguments, not a coroutine "
+            f"object: pass `fn, arg`, not `fn(arg)`"
+        )
+    if not callable(func):
+        raise TypeError(f"{method}() needs an async function, got {func!r}")
+
+
 def _callable_name(func: Callable[..., Any]) -> str:
     while isinstance(func, functools.partial):
         func = func.func
@@ -283,14 +293,15 @@ class TaskScope(_ServiceMembers):
         :raises TypeError: if ``func(*args)`` does not return a coroutine
         """
         tg = self._check_open("start_soon")
-        member = self._new_member(func, name, grace)
+        grace = _check_grace(grace)
+        _check_callable(func, "start_soon")
         coro = func(*args)
         if not inspect.iscoroutine(coro):
-            self._records.remove(member.record)
             raise TypeError(
                 f"start_soon() needs an async function (a callable returning a coroutine); "
                 f"{_callable_name(func)} returned {coro!r}"
             )
+        member = self._new_member(func, name, grace)
         self._admit(member)
         tg.start_soon(self._run_member, member, coro, name=member.record.name)
 
@@ -307,6 +318,7 @@ class TaskScope(_ServiceMembers):
         ``task_status.started()``; an error raised before that is raised here.
         """
         tg = self._check_open("start")
+        _check_callable(func, "start")
         member = self._new_member(func, name, grace)
         member.started = False
         self._admit(member)
@@ -455,12 +467,11 @@ class TaskScope(_ServiceMembers):
             self._exited(member, Outcome.FAILED, exc)
             raise
         if not inspect.iscoroutine(coro):
-            error = TypeError(
+            self._forget(member)  # misuse, not a member that ran
+            raise TypeError(
                 f"start() needs an async function (a callable returning a coroutine); "
                 f"{_callable_name(func)} returned {coro!r}"
             )
-            self._exited(member, Outcome.FAILED, error)
-            raise error
         await self._run_member(member, coro)
 
     async def _run_member(self, member: _Member, coro: Coroutine[Any, Any, Any]) -> None:
@@ -478,7 +489,12 @@ class TaskScope(_ServiceMembers):
                     await coro
                 except cancelled_exc as exc:
                     outcome = Outcome.CANCELLED
-                    if not self._hard and (
+                    if not self._signal.is_set():
+                        # our own cancellations come only after a stop request: this
+                        # one is hard cancellation from outside, seen here first
+                        self._hard = True
+                        self._signal.set(StopReason.CANCELLED)
+                    elif not self._hard and (
                         member.cs.cancel_called or tg.cancel_scope.cancel_called
                     ):
                         self._warn_cancelled(member, exc)
@@ -533,6 +549,11 @@ class TaskScope(_ServiceMembers):
                 stage.done.set()
         self._check_idle()
 
+    def _forget(self, member: _Member) -> None:
+        self._records.remove(member.record)
+        member.record.outcome = Outcome.FAILED
+        self._exited(member, Outcome.FAILED, None)
+
     def _label(self) -> str:
         return f"TaskScope {self.name!r}" if self.name else "TaskScope"
 
@@ -553,47 +574,54 @@ class TaskScope(_ServiceMembers):
         idle = self._idle
         assert idle is not None
         assert self._tg is not None
-        with anyio.CancelScope() as waiting:
-            self._supervisor_cs = waiting
-            await self._signal.wait()
-        self._supervisor_cs = None
-        if not self._signal.is_set() or self._hard:
-            return
-        if self._stop_base is None:
-            self._on_stop()
-        deadline = self._tg.cancel_scope.deadline
+        # Shielded throughout: grace=0 cancels the task group at once, and this task
+        # must outlive that to report laggards.  It wakes on the stop (hard
+        # cancellation sets the signal too) or is cancelled when the scope goes idle.
         with anyio.CancelScope(shield=True):
-            if self._stages:
-                with anyio.move_on_at(deadline):
-                    for stage in reversed(self._stages):
-                        stage.signal.set(self._signal.reason)
-                        if stage.live:
-                            stage.done = anyio.Event()
-                            await stage.done.wait()
-                self._release_stages()
-            # wait for the grace deadline (or for everything to be done)
+            with anyio.CancelScope() as waiting:
+                self._supervisor_cs = waiting
+                await self._signal.wait()
+            self._supervisor_cs = None
+            if not self._signal.is_set() or self._hard:
+                return
+            if self._stop_base is None:
+                self._on_stop()
+            await self._supervise_stopping(idle)
+
+    async def _supervise_stopping(self, idle: anyio.Event) -> None:
+        assert self._tg is not None
+        deadline = self._tg.cancel_scope.deadline
+        if self._stages:
             with anyio.move_on_at(deadline):
+                for stage in reversed(self._stages):
+                    stage.signal.set(self._signal.reason)
+                    if stage.live:
+                        stage.done = anyio.Event()
+                        await stage.done.wait()
+            self._release_stages()
+        # wait for the grace deadline (or for everything to be done)
+        with anyio.move_on_at(deadline):
+            await idle.wait()
+        if idle.is_set():
+            return
+        delay = AFTER_CANCEL_REPORT_DELAY
+        while True:
+            with anyio.move_on_after(delay):
                 await idle.wait()
             if idle.is_set():
                 return
-            delay = AFTER_CANCEL_REPORT_DELAY
-            while True:
-                with anyio.move_on_after(delay):
-                    await idle.wait()
-                if idle.is_set():
-                    return
-                for member in list(self._live.values()):
-                    member.record.phase = "after-cancel"
-                    stack = _format_frames(_frames_of(member.task_coro))
-                    logger.warning(
-                        "%s: member %r is still running %.3gs after it was cancelled; it "
-                        "swallows cancellation or blocks the loop; it is at:\n%s",
-                        self._label(),
-                        member.record.name,
-                        delay,
-                        stack or "(no frames)",
-                    )
-                delay = min(delay * 2, 30.0)
+            for member in list(self._live.values()):
+                member.record.phase = "after-cancel"
+                stack = _format_frames(_frames_of(member.task_coro))
+                logger.warning(
+                    "%s: member %r is still running %.3gs after it was cancelled; it "
+                    "swallows cancellation or blocks the loop; it is at:\n%s",
+                    self._label(),
+                    member.record.name,
+                    anyio.current_time() - deadline,
+                    stack or "(no frames)",
+                )
+            delay = min(delay * 2, 30.0)
 
     def _group(self) -> BaseExceptionGroup[BaseException]:
         message = f"{len(self._errors)} error(s) in {self._label()}"
