@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import inspect
@@ -135,10 +136,19 @@ class _Member:
     def __init__(self, record: TaskRecord, grace: float | None) -> None:
         self.record = record
         self.grace = grace
-        self.cs = anyio.CancelScope()
+        # a scope of its own only for a member with its own (shorter) grace: the task
+        # group's scope covers the others, and a cancel scope per member is costly
+        self.cs: anyio.CancelScope | None = None if grace is None else anyio.CancelScope()
         self.task_coro: Any = None
         self.started = True
         self.stage: _Stage | None = None
+
+
+_NO_SCOPE: Final = contextlib.nullcontext()
+
+
+def _cancel_called(member: _Member) -> bool:
+    return member.cs is not None and member.cs.cancel_called
 
 
 class _TaskStatusProxy(anyio.abc.TaskStatus[Any]):
@@ -426,7 +436,7 @@ class TaskScope(_ServiceMembers):
             member.stage = self._stages[-1]
             member.stage.live += 1
         if self._stop_base is not None and member.grace is not None:
-            member.cs.deadline = self._stop_base + member.grace
+            member.cs.deadline = self._stop_base + member.grace  # type: ignore[union-attr]
 
     def _note_stop(self, reason: object) -> None:
         # runs inside set(), on whatever thread called it: only record the moment
@@ -445,7 +455,7 @@ class TaskScope(_ServiceMembers):
             self._tg.cancel_scope.deadline = base + self._grace
         for member in self._live.values():
             if member.grace is not None:
-                member.cs.deadline = base + member.grace
+                member.cs.deadline = base + member.grace  # type: ignore[union-attr]
 
     def _check_idle(self) -> None:
         if self._body_done and not self._live and self._idle is not None:
@@ -484,7 +494,7 @@ class TaskScope(_ServiceMembers):
         tg = self._tg
         assert tg is not None
         try:
-            with member.cs:
+            with member.cs or _NO_SCOPE:
                 try:
                     await coro
                 except cancelled_exc as exc:
@@ -495,7 +505,7 @@ class TaskScope(_ServiceMembers):
                         self._hard = True
                         self._signal.set(StopReason.CANCELLED)
                     elif not self._hard and (
-                        member.cs.cancel_called or tg.cancel_scope.cancel_called
+                        _cancel_called(member) or tg.cancel_scope.cancel_called
                     ):
                         self._warn_cancelled(member, exc)
                     raise
@@ -507,9 +517,7 @@ class TaskScope(_ServiceMembers):
                     self._errors.append(exc)
                     self._signal.set(exc)
                 else:
-                    if not self._hard and (
-                        member.cs.cancel_called or tg.cancel_scope.cancel_called
-                    ):
+                    if not self._hard and (_cancel_called(member) or tg.cancel_scope.cancel_called):
                         outcome = Outcome.CANCELLED
                         record.phase = "after-cancel"
                         logger.warning(
@@ -558,7 +566,7 @@ class TaskScope(_ServiceMembers):
         return f"TaskScope {self.name!r}" if self.name else "TaskScope"
 
     def _warn_cancelled(self, member: _Member, exc: BaseException) -> None:
-        grace = member.grace if member.cs.cancel_called else self._grace
+        grace = member.grace if _cancel_called(member) else self._grace
         stack = "".join(traceback.format_tb(exc.__traceback__)).rstrip()
         logger.warning(
             "%s: member %r did not stop within its grace period (%ss) and was cancelled; "
