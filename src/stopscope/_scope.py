@@ -232,7 +232,13 @@ class TaskScope(_ServiceMembers):
 
     @property
     def grace(self) -> float | None:
+        """The grace period in seconds (``None``: wait forever)."""
         return self._grace
+
+    @property
+    def _member_signal(self) -> StopSignal:
+        """The signal a member started now should watch: its stage's, or the scope's."""
+        return self._stages[-1].signal if self._stages else self._signal
 
     def stop(self, reason: object = None) -> bool:
         """Request a graceful stop (safe from any thread).  The first reason wins.
@@ -504,8 +510,10 @@ class TaskScope(_ServiceMembers):
                         # one is hard cancellation from outside, seen here first
                         self._hard = True
                         self._signal.set(StopReason.CANCELLED)
-                    elif not self._hard and (
-                        _cancel_called(member) or tg.cancel_scope.cancel_called
+                    elif (
+                        not self._hard
+                        and record.outcome is not Outcome.ABANDONED  # a thread logs its own
+                        and (_cancel_called(member) or tg.cancel_scope.cancel_called)
                     ):
                         self._warn_cancelled(member, exc)
                     raise
@@ -529,7 +537,7 @@ class TaskScope(_ServiceMembers):
                     elif self._signal.is_set():
                         outcome = Outcome.STOPPED
         finally:
-            if record.outcome is Outcome.RUNNING:
+            if record.exited_at is None:  # a member may have set its outcome itself
                 self._exited(member, outcome, error)
 
     def _exited(self, member: _Member, outcome: Outcome, error: BaseException | None) -> None:
@@ -645,6 +653,18 @@ class TaskScope(_ServiceMembers):
     def _finish(self) -> None:
         self._state = "closed"
         self._release_stages()
+        if self._hard:
+            cut = [
+                r.name for r in self._records if r.outcome in (Outcome.CANCELLED, Outcome.RUNNING)
+            ]
+            if cut:
+                logger.warning(
+                    "%s was cancelled from outside (reason: %r); %d member(s) cut off: %s",
+                    self._label(),
+                    self._signal.reason,
+                    len(cut),
+                    ", ".join(cut),
+                )
         if self._hooks is not None:
             call, note = self._hooks
             _remove_hook(self._signal, call)
