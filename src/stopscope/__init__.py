@@ -5,6 +5,9 @@ from ._report import ShutdownReport as ShutdownReport
 from ._report import StopReason as StopReason
 from ._report import TaskRecord as TaskRecord
 from ._scope import TaskScope as TaskScope
+from ._service import SignalTrap as SignalTrap
+from ._service import run as run
+from ._service import stop_on_signals as stop_on_signals
 from ._signal import CallbackHandle as CallbackHandle
 from ._signal import StopSignal as StopSignal
 
@@ -12,10 +15,13 @@ __all__ = [
     "CallbackHandle",
     "Outcome",
     "ShutdownReport",
+    "SignalTrap",
     "StopReason",
     "StopSignal",
     "TaskRecord",
     "TaskScope",
+    "run",
+    "stop_on_signals",
 ]
 
 # Show the public path in reprs and docs (stopscope.StopSignal, not stopscope._signal...).

@@ -1,5 +1,301 @@
-"""Thread and process members of a TaskScope (being written by the service work)."""
+"""Members of a TaskScope that are not coroutines: threads and subprocesses.
+
+:class:`_ServiceMembers` is a mixin of :class:`~stopscope.TaskScope`; it uses only the
+scope's public surface (``signal``, ``start_soon``, ``start``) and the member hook
+``stopscope._scope.current_record()``.  Each thread or process is watched by an
+ordinary member task, so grace, cancellation and the report work as for any member.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import traceback
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import suppress
+from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio
+import anyio.abc
+
+from ._report import Outcome
+from ._signal import StopSignal, logger
+
+if sys.version_info >= (3, 11):
+    from typing import TypeVarTuple, Unpack
+else:  # anyio depends on typing_extensions on 3.10
+    from typing_extensions import TypeVarTuple, Unpack
+
+if TYPE_CHECKING:
+    from anyio.abc import Process
+
+    StrOrBytesPath = str | bytes | os.PathLike[str] | os.PathLike[bytes]
+
+__all__: list[str] = []
+
+PosArgsT = TypeVarTuple("PosArgsT")
+
+#: threads that ignored their stop and were left running, with their member names
+#: (``run()`` will not wait for them at exit)
+_abandoned_threads: weakref.WeakKeyDictionary[threading.Thread, str] = weakref.WeakKeyDictionary()
+
+
+class _Scope(Protocol):
+    """The part of TaskScope the mixin relies on."""
+
+    @property
+    def signal(self) -> StopSignal: ...
+
+    @property
+    def _member_signal(self) -> StopSignal: ...
+
+    def start_soon(
+        self,
+        func: Callable[..., Awaitable[Any]],
+        *args: Any,
+        name: object = None,
+        grace: float | None = None,
+    ) -> None: ...
+
+    async def start(
+        self,
+        func: Callable[..., Awaitable[Any]],
+        *args: Any,
+        name: object = None,
+        grace: float | None = None,
+    ) -> Any: ...
+
+
+def _command_name(cmd: Any) -> str:
+    if isinstance(cmd, (str, bytes, os.PathLike)):
+        return os.fsdecode(cmd)
+    return shlex.join(os.fsdecode(part) for part in cmd)
 
 
 class _ServiceMembers:
     __slots__ = ()
+
+    def start_thread(
+        self: _Scope,
+        func: Callable[[StopSignal, Unpack[PosArgsT]], object],
+        *args: Unpack[PosArgsT],
+        name: object = None,
+        grace: float | None = None,
+    ) -> None:
+        """Run ``func(signal, *args)`` in a worker thread, as a member of the scope.
+
+        ::
+
+            def tail(signal: StopSignal, path: str) -> None:
+                with open(path) as f:
+                    while not signal.wait_blocking(0.5):
+                        process(f.readlines())
+
+            scope.start_thread(tail, "/var/log/app.log")
+
+        ``func`` must watch ``signal`` (``signal.is_set()``, ``signal.wait_blocking()``)
+        and return once it is set.  A thread cannot be cancelled: one still running
+        when its grace is over is left behind and reported ``ABANDONED``; the scope
+        does not wait for it.  Inside ``func``, ``anyio.from_thread`` works as in any
+        anyio worker thread.  Each thread member has a thread of its own (it does not
+        take a token of anyio's default thread limiter).
+
+        :param name: the member's name (default: the function's qualified name); the
+            thread is named after it while ``func`` runs
+        :param grace: a shorter grace period for this member
+        """
+        from ._scope import _callable_name
+
+        if not callable(func):
+            raise TypeError(f"start_thread() needs a callable, got {func!r}")
+        label = _callable_name(func) if name is None else str(name)
+        call = _ThreadCall(func, self._member_signal, args, label)
+        self.start_soon(_run_thread, call, name=label, grace=grace)
+
+    async def start_process(
+        self: _Scope,
+        cmd: StrOrBytesPath | Sequence[StrOrBytesPath],
+        *,
+        name: object = None,
+        grace: float | None = None,
+        **popen_kwargs: Any,
+    ) -> Process:
+        """Start a subprocess as a member; return once it is running.
+
+        ::
+
+            proc = await scope.start_process(["nginx", "-g", "daemon off;"], grace=10)
+
+        On stop the process gets SIGTERM; if it has not exited when its grace is over
+        it gets SIGKILL, as Kubernetes and systemd do.  In the report it is
+        ``STOPPED`` if it exited within grace (whatever its exit code), ``CANCELLED``
+        if it had to be killed, ``FINISHED`` if it exited 0 before any stop, and
+        ``FAILED`` if it exited non-zero before any stop (the error is a
+        :class:`subprocess.CalledProcessError`, which stops the scope like any
+        member's error).  ``record.exit_code`` holds the exit code (negative: killed
+        by that signal).  The process is always waited for: no zombie is left.
+
+        :param cmd: the command, as for :func:`anyio.open_process` (a string is run
+            by the shell)
+        :param name: the member's name (default: the command line)
+        :param grace: a shorter grace period for this member
+        :param popen_kwargs: passed to :func:`anyio.open_process`; unlike there,
+            ``stdin``, ``stdout`` and ``stderr`` default to ``None`` (inherited), as
+            with :class:`subprocess.Popen`.  Pipes you ask for are yours to read.
+        :return: the running :class:`anyio.abc.Process`
+        :raises OSError: if the process cannot be started (e.g. FileNotFoundError)
+        """
+        for stream in ("stdin", "stdout", "stderr"):
+            popen_kwargs.setdefault(stream, None)
+        label = _command_name(cmd) if name is None else str(name)
+        process: Process = await self.start(
+            _run_process, self._member_signal, cmd, popen_kwargs, name=label, grace=grace
+        )
+        return process
+
+
+# ------------------------------------------------------------------------ threads
+
+
+class _ThreadCall:
+    """One call of a thread member's function, and whether it was left behind."""
+
+    __slots__ = ("args", "func", "lock", "name", "signal", "state", "thread")
+
+    def __init__(
+        self,
+        func: Callable[..., object],
+        signal: StopSignal,
+        args: tuple[Any, ...],
+        name: str,
+    ) -> None:
+        self.func = func
+        self.signal = signal
+        self.args = args
+        self.name = name
+        self.lock = threading.Lock()
+        # queued -> running -> done, or queued -> skipped, or running -> abandoned -> done
+        self.state = "queued"
+        self.thread: threading.Thread | None = None
+
+    def __call__(self) -> object:
+        """Runs in the worker thread."""
+        thread = threading.current_thread()
+        with self.lock:
+            if self.state != "queued":
+                return None  # cancelled before it started: never run it
+            self.state = "running"
+            self.thread = thread
+        old_name = thread.name
+        thread.name = f"stopscope: {self.name}"
+        failed = True
+        try:
+            result = self.func(self.signal, *self.args)
+            failed = False
+            return result
+        except BaseException:
+            with self.lock:
+                abandoned = self.state == "abandoned"
+            if not abandoned:
+                raise
+            # nobody awaits an abandoned thread: log its error, or it would be lost
+            logger.exception("abandoned thread member %r raised", self.name)
+            return None
+        finally:
+            thread.name = old_name
+            with self.lock:
+                abandoned = self.state == "abandoned"
+                self.state = "done"
+            if abandoned:
+                _abandoned_threads.pop(thread, None)
+                if not failed:
+                    logger.info("abandoned thread member %r returned after all", self.name)
+
+    def abandon(self) -> bool:
+        """The member was cancelled: leave the thread behind if it is running."""
+        with self.lock:
+            if self.state == "queued":
+                self.state = "skipped"
+                return False
+            if self.state != "running":
+                return False
+            self.state = "abandoned"
+            assert self.thread is not None
+            _abandoned_threads[self.thread] = self.name
+            return True
+
+
+async def _run_thread(call: _ThreadCall) -> None:
+    from ._scope import current_record
+
+    record = current_record()
+    record.kind = "thread"
+    try:
+        await anyio.to_thread.run_sync(
+            call, abandon_on_cancel=True, limiter=anyio.CapacityLimiter(1)
+        )
+    except anyio.get_cancelled_exc_class():
+        if call.abandon():
+            record.outcome = Outcome.ABANDONED
+            logger.warning(
+                "thread member %r ignored its stop and was abandoned (a thread cannot be "
+                "cancelled); it is at:\n%s",
+                call.name,
+                _thread_stack(call.thread),
+            )
+        raise
+
+
+def _thread_stack(thread: threading.Thread | None) -> str:
+    """Where the thread is now, from the member's function inwards."""
+    frame = sys._current_frames().get(thread.ident) if thread and thread.ident else None
+    frames = []
+    while frame is not None and frame.f_code is not _ThreadCall.__call__.__code__:
+        frames.append((frame, frame.f_lineno))
+        frame = frame.f_back
+    if not frames:
+        return "(no frames)"
+    summary = traceback.StackSummary.extract(reversed(frames))
+    return "".join(summary.format()).rstrip()
+
+
+# ---------------------------------------------------------------------- processes
+
+
+async def _run_process(
+    signal: StopSignal,
+    cmd: Any,
+    popen_kwargs: dict[str, Any],
+    *,
+    task_status: anyio.abc.TaskStatus[Process],
+) -> None:
+    from ._scope import current_record
+
+    record = current_record()
+    record.kind = "process"
+    process = await anyio.open_process(cmd, **popen_kwargs)
+    try:
+        task_status.started(process)
+        with signal.cancel_scope():
+            await process.wait()
+        if process.returncode is None:  # stop requested: ask it to exit
+            with suppress(ProcessLookupError):
+                process.terminate()
+            await process.wait()  # the scope cancels this when grace is over
+        elif not signal.is_set() and process.returncode != 0:
+            record.exit_code = process.returncode
+            raise subprocess.CalledProcessError(process.returncode, cmd)
+    except anyio.get_cancelled_exc_class():
+        if process.returncode is None:
+            with suppress(ProcessLookupError):
+                process.kill()
+            record.outcome = Outcome.CANCELLED
+        raise
+    finally:
+        with anyio.CancelScope(shield=True):
+            await process.wait()  # reap it: no zombie, whatever happened
+        record.exit_code = process.returncode

@@ -1,0 +1,640 @@
+"""The service level: a program that stops gracefully on SIGTERM / SIGINT.
+
+:func:`run` is the ``main()`` of a service; :func:`stop_on_signals` does the same
+inside a program that is already running.  Both follow the contract of orchestrators
+(Kubernetes, systemd, a person at a terminal):
+
+1. the first signal sets a :class:`~stopscope.StopSignal` (the reason is the
+   :class:`signal.Signals` member), and starts the optional ``grace`` timer;
+2. a second signal cancels the block (hard, anyio cancellation);
+3. a third exits the process at once, by that signal, even if the event loop is stuck.
+
+How the signals arrive (the why of the code below):
+
+* One plain :func:`signal.signal` handler per signal counts the signals.  It is the
+  only way to honour the third signal while the loop is stuck in a blocking call:
+  a loop-level handler (``loop.add_signal_handler``, ``trio.open_signal_receiver``)
+  runs only when the loop gets to it.
+* The first two actions still run *on the loop*: the handler only queues the signal
+  and wakes the loop with its signal-safe call (``loop.call_soon_threadsafe``, trio's
+  ``TrioToken.run_sync_soon``).  ``loop.add_signal_handler`` itself is not used: its
+  removal resets the disposition to SIG_DFL before we could restore the previous
+  handler, so a SIGTERM in that window would kill the process.
+* Plain asyncio sets no wake-up fd, so a signal that the kernel hands to another thread
+  would leave the loop asleep until its next timer.  On plain asyncio we set one for
+  the life of the block (uvloop and trio have their own).
+* Removing the handlers restores the previous ones (CPython runs pending handlers
+  before it swaps).  A signal that our handler caught but the loop has not acted on
+  yet when the block ends is raised again, so the previous handler gets it: nothing
+  is lost, nothing is acted on twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import signal
+import socket
+import sys
+import threading
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextlib import suppress
+from types import FrameType, TracebackType
+from typing import Any, Final, Literal, NoReturn, TypeVar, final
+
+import anyio
+
+from ._members import _abandoned_threads
+from ._signal import StopSignal, _backend, logger
+
+if sys.version_info >= (3, 11):
+    from typing import TypeVarTuple, Unpack
+else:  # anyio depends on typing_extensions on 3.10
+    from typing_extensions import TypeVarTuple, Unpack
+
+__all__ = ["DEFAULT_GRACE", "DEFAULT_SIGNALS", "SignalTrap", "run", "stop_on_signals"]
+
+T = TypeVar("T")
+PosArgsT = TypeVarTuple("PosArgsT")
+
+#: What one signal does: set the stop signal, cancel the block, or exit the process.
+Action = Literal["stop", "cancel", "exit"]
+_ACTIONS: Final = ("stop", "cancel", "exit")
+#: first signal stops gracefully, the second cancels, the third (and later) exits at once
+DEFAULT_ESCALATION: Final[tuple[Action, ...]] = ("stop", "cancel", "exit")
+#: the signals :func:`run` handles unless told otherwise
+DEFAULT_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
+#: :func:`run`'s grace (seconds): inside Kubernetes' default terminationGracePeriodSeconds
+#: (30 s), with room left for cancelled code to unwind
+DEFAULT_GRACE: Final = 25.0
+
+_Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+_UNCATCHABLE: Final = frozenset(
+    getattr(signal, name) for name in ("SIGKILL", "SIGSTOP") if hasattr(signal, name)
+)
+
+
+# ------------------------------------------------------------------ argument checks
+
+
+def _check_grace(value: float | None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`grace` must be a number of seconds or None, got {value!r}")
+    value = float(value)
+    if math.isnan(value) or value < 0:
+        raise ValueError(
+            f"`grace` must be a non-negative number of seconds (or None to wait for a "
+            f"second signal), got {value!r}"
+        )
+    return None if value == math.inf else value
+
+
+def _check_signals(signums: Iterable[int]) -> tuple[signal.Signals, ...]:
+    if isinstance(signums, int):
+        raise TypeError("`signals` must be a sequence of signals, such as (SIGINT, SIGTERM)")
+    out: list[signal.Signals] = []
+    for value in signums:
+        try:
+            sig = signal.Signals(value)
+        except ValueError:
+            raise ValueError(f"`signals`: {value!r} is not a signal of this platform") from None
+        if sig in _UNCATCHABLE:
+            raise ValueError(f"`signals`: {sig.name} cannot be caught; leave it out")
+        if sig not in out:
+            out.append(sig)
+    return tuple(out)
+
+
+def _check_escalation(escalation: Sequence[str]) -> tuple[Action, ...]:
+    if isinstance(escalation, str):
+        raise TypeError(
+            "`escalation` must be a sequence of actions such as ('stop', 'cancel', 'exit'), "
+            "not a string"
+        )
+    actions = tuple(escalation)
+    if not actions:
+        raise ValueError("`escalation` must name at least one action: 'stop', 'cancel', 'exit'")
+    for action in actions:
+        if action not in _ACTIONS:
+            raise ValueError(
+                f"`escalation` actions must be 'stop', 'cancel' or 'exit', got {action!r}"
+            )
+    return actions  # type: ignore[return-value]
+
+
+def _ordinal(n: int) -> str:
+    return {1: "first", 2: "second", 3: "third"}.get(n, f"{n}th")
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+# ------------------------------------------------------------------------ exit now
+
+
+def _exit_now(signum: int, count: int) -> NoReturn:
+    """Leave the process at once, killed by ``signum`` as if nobody had handled it.
+
+    Runs in the raw signal handler: no logging (its locks), no flushing (a full pipe
+    would block), only a direct write to fd 2.  Dying by the signal (not ``exit(n)``)
+    is what shells and supervisors understand as "interrupted" (128 + n in a shell).
+    """
+    with suppress(Exception):
+        os.write(
+            2,
+            f"stopscope: {_signal_name(signum)} ({_ordinal(count)} signal): "
+            f"exiting at once\n".encode(),
+        )
+    try:
+        signal.signal(signum, signal.SIG_DFL)
+        signal.raise_signal(signum)
+    finally:
+        os._exit(128 + signum)  # the signal's default action is not to terminate
+
+
+def _redeliver(signums: list[int]) -> None:
+    """Raise each signal again, for the handler that is now installed."""
+    if not signums:
+        return
+    try:
+        signal.raise_signal(signums[0])
+    finally:
+        _redeliver(signums[1:])
+
+
+# ------------------------------------------------------------------- the trap
+
+
+@final
+class SignalTrap:
+    """The async context manager :func:`stop_on_signals` returns.
+
+    After (or during) the block it tells what happened: :attr:`received` and
+    :attr:`cancelled`.  It may be used for a single ``async with`` block.
+    """
+
+    __slots__ = (
+        "_cancel_cause",
+        "_clock",
+        "_count",
+        "_delivered",
+        "_escalation",
+        "_grace",
+        "_grace_armed",
+        "_hop",
+        "_label",
+        "_pending",
+        "_previous",
+        "_received",
+        "_scope",
+        "_signals",
+        "_state",
+        "_stop",
+        "_wakeup",
+    )
+
+    def __init__(
+        self,
+        stop: StopSignal,
+        signals: tuple[signal.Signals, ...],
+        grace: float | None,
+        escalation: tuple[Action, ...],
+        label: str,
+    ) -> None:
+        self._stop = stop
+        self._signals = signals
+        self._grace = grace
+        self._escalation = escalation
+        self._label = label
+        self._state = "new"
+        self._count = 0  # signals seen by the raw handler
+        self._delivered = 0  # signals acted on by the loop
+        self._pending: deque[int] = deque()  # caught, not yet acted on
+        self._received: list[signal.Signals] = []
+        self._previous: dict[signal.Signals, _Handler] = {}
+        self._scope: anyio.CancelScope | None = None
+        self._hop: Callable[[Callable[[], object]], object] | None = None
+        self._clock: Callable[[], float] | None = None
+        self._grace_armed = False
+        self._cancel_cause: str | None = None
+        self._wakeup: tuple[socket.socket, socket.socket, asyncio.AbstractEventLoop] | None = None
+
+    @property
+    def received(self) -> tuple[signal.Signals, ...]:
+        """The signals acted on so far, in order of arrival."""
+        return tuple(self._received)
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether this trap cancelled the block (a second signal, or grace ran out)."""
+        return self._scope is not None and self._scope.cancel_called
+
+    def __repr__(self) -> str:
+        names = ", ".join(s.name for s in self._signals)
+        return f"<SignalTrap {self._state} signals=({names}) received={len(self._received)}>"
+
+    # -- entering and leaving ---------------------------------------------------
+
+    async def __aenter__(self) -> SignalTrap:
+        if self._state != "new":
+            raise RuntimeError(
+                "a stop_on_signals() trap may only be used for a single `async with` block; "
+                "call stop_on_signals() again"
+            )
+        if self._signals and threading.current_thread() is not threading.main_thread():
+            raise RuntimeError(
+                "stop_on_signals() must run in the main thread: Python runs signal handlers "
+                "only there, so run the event loop in the main thread"
+            )
+        if _backend() == "trio":
+            import trio
+
+            self._hop = trio.lowlevel.current_trio_token().run_sync_soon
+            self._clock = trio.current_time
+        else:
+            loop = asyncio.get_running_loop()
+            self._hop = loop.call_soon_threadsafe
+            self._clock = loop.time
+            self._open_wakeup_fd(loop)
+        try:
+            for signum in self._signals:
+                self._previous[signum] = signal.signal(signum, self._on_signal)
+        except BaseException:
+            self._uninstall()
+            raise
+        self._scope = anyio.CancelScope().__enter__()
+        self._state = "open"
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        scope = self._scope
+        assert scope is not None
+        try:
+            suppressed = scope.__exit__(exc_type, exc, tb)
+        finally:
+            self._state = "closed"
+            self._uninstall()
+        if scope.cancelled_caught:
+            cause = self._cancel_cause or (
+                f"it did not finish within grace ({self._grace:g} s) after "
+                f"{self._received[0].name if self._received else 'the signal'}"
+            )
+            logger.warning("%s was cancelled: %s", self._label, cause)
+        return bool(suppressed)
+
+    def _uninstall(self) -> None:
+        # From here on _deliver does nothing; what it did not get to is redelivered.
+        self._state = "closed"
+        for signum, previous in reversed(self._previous.items()):
+            with suppress(OSError, ValueError, TypeError):
+                # None: the previous handler was not installed from Python; SIG_DFL is
+                # the closest we can give back
+                signal.signal(signum, signal.SIG_DFL if previous is None else previous)
+        self._previous.clear()
+        self._close_wakeup_fd()
+        leftover = list(self._pending)
+        self._pending.clear()
+        _redeliver(leftover)
+
+    # -- the wake-up fd (plain asyncio only) ---------------------------------------
+
+    def _open_wakeup_fd(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not type(loop).__module__.startswith("asyncio"):
+            return  # uvloop and others manage their own
+        try:
+            rsock, wsock = socket.socketpair()
+        except OSError:
+            return
+        rsock.setblocking(False)
+        wsock.setblocking(False)
+        try:
+            old = signal.set_wakeup_fd(wsock.fileno(), warn_on_full_buffer=False)
+        except (ValueError, OSError):
+            rsock.close()
+            wsock.close()
+            return
+        if old != -1:  # someone (add_signal_handler) already wakes the loop: keep theirs
+            signal.set_wakeup_fd(old, warn_on_full_buffer=False)
+            rsock.close()
+            wsock.close()
+            return
+        try:
+            loop.add_reader(rsock.fileno(), _drain_socket, rsock)
+        except NotImplementedError:  # e.g. the proactor loop on Windows
+            signal.set_wakeup_fd(-1)
+            rsock.close()
+            wsock.close()
+            return
+        self._wakeup = (rsock, wsock, loop)
+
+    def _close_wakeup_fd(self) -> None:
+        if self._wakeup is None:
+            return
+        rsock, wsock, loop = self._wakeup
+        self._wakeup = None
+        with suppress(ValueError, OSError):
+            current = signal.set_wakeup_fd(-1)
+            if current != wsock.fileno():  # replaced meanwhile: put theirs back
+                signal.set_wakeup_fd(current)
+        with suppress(Exception):
+            loop.remove_reader(rsock.fileno())
+        rsock.close()
+        wsock.close()
+
+    # -- signal handling ---------------------------------------------------------
+
+    def _action(self, n: int) -> Action:
+        return self._escalation[min(n, len(self._escalation)) - 1]
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        """The raw handler: count, exit at once if that is the action, else queue."""
+        self._count += 1
+        if self._action(self._count) == "exit":
+            _exit_now(signum, self._count)
+        self._pending.append(signum)
+        hop = self._hop
+        if hop is not None:
+            # the loop is gone: __aexit__ hands the signal to the previous handler
+            with suppress(Exception):
+                hop(self._deliver)
+
+    def _deliver(self) -> None:
+        """On the loop: act on the queued signals, in order."""
+        while self._state == "open" and self._pending:
+            signum = signal.Signals(self._pending.popleft())
+            self._delivered += 1
+            self._received.append(signum)
+            self._perform(self._action(self._delivered), signum)
+
+    def _perform(self, action: Action, signum: signal.Signals) -> None:
+        scope = self._scope
+        assert scope is not None
+        assert self._clock is not None
+        n = self._delivered
+        after = self._what_next(n + 1)
+        if action == "stop":
+            self._stop.set(signum)
+            if self._grace is not None and not self._grace_armed:
+                self._grace_armed = True
+                scope.deadline = min(scope.deadline, self._clock() + self._grace)
+            if n == 1:
+                limit = "" if self._grace is None else f" (grace {self._grace:g} s)"
+                logger.info(
+                    "%s: stopping %s gracefully%s; %s", signum.name, self._label, limit, after
+                )
+            else:
+                logger.info("%s (%s signal): already stopping; %s", signum.name, _ordinal(n), after)
+        elif action == "cancel":
+            self._stop.set(signum)
+            if self._cancel_cause is None:
+                self._cancel_cause = f"{signum.name} was the {_ordinal(n)} signal"
+            scope.cancel()
+            logger.warning(
+                "%s (%s signal): cancelling %s; %s", signum.name, _ordinal(n), self._label, after
+            )
+
+    def _what_next(self, n: int) -> str:
+        action = self._action(n)
+        which = "a second" if n == 2 else "a third" if n == 3 else "another"
+        if action == "exit":
+            return f"{which} signal exits at once"
+        if action == "cancel":
+            return f"{which} signal cancels it"
+        return "further signals change nothing"
+
+
+def _drain_socket(sock: socket.socket) -> None:
+    with suppress(OSError):
+        while sock.recv(4096):
+            pass
+
+
+def stop_on_signals(
+    sig: StopSignal,
+    *signals: int,
+    grace: float | None = None,
+    escalation: Sequence[Action] = DEFAULT_ESCALATION,
+) -> SignalTrap:
+    """Turn OS signals into a graceful stop for the ``async with`` block.
+
+    ::
+
+        sig = StopSignal()
+        async with stop_on_signals(sig, SIGINT, SIGTERM):
+            async with TaskScope(signal=sig) as scope:
+                scope.start_soon(worker, scope.signal)
+                await sig.wait()
+
+    The first signal sets ``sig`` (the reason is the :class:`signal.Signals` member), a
+    second cancels the block (which then ends as a ``move_on_after`` would: execution
+    continues after it), a third exits the process at once, by that signal, even if
+    the event loop is stuck in a blocking call.  The handlers that were installed
+    before are restored on exit; a signal caught but not yet acted on when the block
+    ends is raised again for them.
+
+    Must run in the main thread (Python delivers signals only there).
+
+    :param signals: the signals to handle (default: SIGINT and SIGTERM)
+    :param grace: after the first signal, cancel the block if it has not ended within
+        this many seconds; ``None`` waits for the next signal
+    :param escalation: what the first, second, ... signal does: ``"stop"``,
+        ``"cancel"`` or ``"exit"``; the last action repeats.  ``("stop",)`` never
+        escalates; ``("stop", "exit")`` skips hard cancellation.
+    :raises ValueError: for a bad ``grace``, ``escalation`` or signal
+    """
+    if not isinstance(sig, StopSignal):
+        raise TypeError(f"stop_on_signals() needs a StopSignal first, got {sig!r}")
+    return SignalTrap(
+        sig,
+        _check_signals(signals or DEFAULT_SIGNALS),
+        _check_grace(grace),
+        _check_escalation(escalation),
+        "the `async with stop_on_signals()` block",
+    )
+
+
+# ------------------------------------------------------------------------- run()
+
+
+class _StderrFallback(logging.Handler):
+    """Under :func:`run`: write stopscope's warnings to stderr if no handler would.
+
+    Checked per record, so an application that configures logging later (inside
+    ``main``) takes over from then on, with no duplicate lines.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.setFormatter(logging.Formatter("%(name)s: %(levelname)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._handled_elsewhere(record):
+            return
+        stream = sys.stderr
+        if stream is None:
+            return
+        try:
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except Exception:
+            self.handleError(record)
+
+    def _handled_elsewhere(self, record: logging.LogRecord) -> bool:
+        current: logging.Logger | None = logging.getLogger(record.name)
+        while current is not None:
+            for handler in current.handlers:
+                if (
+                    handler is not self
+                    and not isinstance(handler, logging.NullHandler)
+                    and record.levelno >= handler.level
+                ):
+                    return True
+            if not current.propagate:
+                break
+            current = current.parent
+        return False
+
+
+def _leave_abandoned_threads(code: int) -> None:
+    """Exit now if abandoned thread members would keep the interpreter from exiting.
+
+    Python waits for non-daemon threads at exit, and asyncio's worker threads are not
+    daemon threads: a thread that ignored its stop would hold the process until the
+    orchestrator kills it.  Nothing can stop such a thread, so leave without it.
+    """
+    alive = sorted(
+        name
+        for thread, name in list(_abandoned_threads.items())
+        if thread.is_alive() and not thread.daemon
+    )
+    if not alive:
+        return
+    logger.warning(
+        "thread member(s) %s ignored the stop and are still running; exiting without "
+        "waiting for them",
+        ", ".join(repr(n) for n in alive),
+    )
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(Exception):
+            if stream is not None:
+                stream.flush()
+    os._exit(code)
+
+
+class _Outcome:
+    __slots__ = ("result", "returned", "trap")
+
+    def __init__(self) -> None:
+        self.returned = False
+        self.result: Any = None
+        self.trap: SignalTrap | None = None
+
+
+def run(
+    main: Callable[[StopSignal, Unpack[PosArgsT]], Awaitable[T]],
+    *args: Unpack[PosArgsT],
+    backend: str = "asyncio",
+    backend_options: dict[str, Any] | None = None,
+    signals: Iterable[int] = DEFAULT_SIGNALS,
+    grace: float | None = DEFAULT_GRACE,
+    escalation: Sequence[Action] = DEFAULT_ESCALATION,
+) -> T:
+    """Run ``main(signal, *args)`` as a service that stops gracefully on SIGINT/SIGTERM.
+
+    ::
+
+        async def main(signal: StopSignal) -> None:
+            async with TaskScope(signal=signal, grace=10) as scope:
+                scope.start_soon(consumer, scope.signal)
+                await signal.wait()
+
+        if __name__ == "__main__":
+            stopscope.run(main, backend="trio")
+
+    The first signal sets ``signal`` (reason: the :class:`signal.Signals` member);
+    ``main`` then has ``grace`` seconds to return before it is cancelled.  A second
+    signal cancels it at once; a third exits the process at once (see
+    :func:`stop_on_signals`).  Previous signal handlers are restored on return.  While
+    ``main`` runs, warnings of the ``stopscope`` logger (members cancelled after their
+    grace, ...) reach stderr even if the application configured no logging.
+
+    Exit status, for systemd and Kubernetes:
+
+    * ``main`` returned (on its own, or after a signal, within grace): ``run()``
+      returns what it returned, and the process exits 0 -- a graceful stop is a
+      success, after SIGTERM and after SIGINT alike.  To exit otherwise, return a
+      status from ``main`` and ``sys.exit(stopscope.run(main))``.
+    * ``main`` had to be cancelled (grace ran out, or a second signal): ``run()``
+      raises ``SystemExit(128 + n)``, ``n`` being the first signal's number (143
+      after SIGTERM, 130 after SIGINT), which systemd and Kubernetes count as a
+      failure: work may have been cut short.
+    * a third signal: the process dies by that signal at once.
+    * ``main`` raised: the exception propagates (status 1).
+
+    If a thread member ignored its stop and is still running when ``main`` is done,
+    ``run()`` exits the process with ``os._exit`` (after flushing stdio and logging)
+    rather than wait for it forever at interpreter exit.
+
+    :param backend: ``"asyncio"`` or ``"trio"``, as for :func:`anyio.run`
+    :param backend_options: as for :func:`anyio.run` (``{"use_uvloop": True}``)
+    :param signals: the signals that stop the service
+    :param grace: seconds ``main`` may take after the first signal; ``None`` waits
+        until a second signal.  Keep it below the orchestrator's limit
+        (``terminationGracePeriodSeconds``, ``TimeoutStopSec``).
+    :param escalation: what successive signals do (see :func:`stop_on_signals`)
+    :raises SystemExit: after a stop that needed cancellation
+    :raises RuntimeError: outside the main thread
+    """
+    signums = _check_signals(signals)
+    grace = _check_grace(grace)
+    actions = _check_escalation(escalation)
+    if signums and threading.current_thread() is not threading.main_thread():
+        raise RuntimeError(
+            "stopscope.run() must be called from the main thread: Python runs signal "
+            "handlers only there (or pass signals=() to handle none)"
+        )
+    label = f"{getattr(main, '__qualname__', None) or 'main'}()"
+    outcome = _Outcome()
+
+    async def runner() -> None:
+        stop = StopSignal()
+        trap = SignalTrap(stop, signums, grace, actions, label)
+        outcome.trap = trap
+        async with trap:
+            outcome.result = await main(stop, *args)
+            outcome.returned = True
+
+    fallback = _StderrFallback()
+    logger.addHandler(fallback)
+    try:
+        try:
+            anyio.run(runner, backend=backend, backend_options=backend_options)
+        except Exception as exc:
+            if _abandoned_threads:
+                sys.excepthook(type(exc), exc, exc.__traceback__)
+                _leave_abandoned_threads(1)
+            raise
+        if outcome.returned:
+            _leave_abandoned_threads(0)
+            return outcome.result  # type: ignore[no-any-return]
+        received = outcome.trap.received if outcome.trap is not None else ()
+        code = 128 + received[0] if received else 1
+        _leave_abandoned_threads(code)
+        raise SystemExit(code)
+    finally:
+        logger.removeHandler(fallback)
