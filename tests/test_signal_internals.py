@@ -4,6 +4,7 @@ references, and children released once set."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import weakref
 
@@ -78,7 +79,9 @@ class TestClaimedWaiter:
 
 class TestTimers:
     @pytest.mark.parametrize("use", ["sleep", "every"])
-    async def test_ended_waits_do_not_keep_references_until_their_deadline(self, use: str) -> None:
+    async def test_ended_waits_do_not_keep_references_until_their_deadline(
+        self, use: str, anyio_backend_name: str
+    ) -> None:
         sig = StopSignal()
         refs: list[weakref.ref[object]] = []
 
@@ -102,8 +105,12 @@ class TestTimers:
             sig.set()
         gc.collect()
         assert all(ref() is None for ref in refs)
-        for heap in (*impl._asyncio_timers.values(),):
-            assert all(entry[2].signal is None for entry in heap.heap)
+        if anyio_backend_name == "trio":
+            heap: impl._TimerHeap = impl._trio_timers()
+        else:
+            heap = impl._timers_of(asyncio.get_running_loop())
+        assert len(heap.heap) == 10  # still there: deleted lazily...
+        assert all(entry[2] is None and entry[3] is None for entry in heap.heap)  # ...but empty
 
 
 class TestChildLinks:

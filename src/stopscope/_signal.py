@@ -25,7 +25,7 @@ import math
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, Final, final
 
@@ -50,7 +50,10 @@ _lock: Final = threading.RLock()
 _pending: list[StopSignal] = []
 _is_owned: Final[Callable[[], bool]] = _lock._is_owned  # type: ignore[attr-defined]
 _get_running_loop: Final = asyncio._get_running_loop
-_current_task: Final = asyncio.current_task
+try:  # C on 3.12+; asyncio.current_task() is Python on 3.10 and 3.11
+    from _asyncio import current_task as _current_task  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - version dependent
+    _current_task = asyncio.tasks._current_tasks.get  # type: ignore[attr-defined]
 _Future: Final = asyncio.Future
 _LockType: Final = type(threading.Lock())
 _new_lock: Final = threading.Lock
@@ -77,9 +80,7 @@ def _on_loop_thread() -> bool:
 
 async def _checkpoint(backend: str) -> None:
     if backend == "trio":
-        import trio
-
-        await trio.lowlevel.checkpoint()
+        await _trio_api().lowlevel.checkpoint()
     else:
         await asyncio.sleep(0)
 
@@ -100,11 +101,22 @@ def _check_duration(value: float, name: str) -> float:
 class _TrioWaiter:
     """A trio task parked in ``wait_task_rescheduled`` on a signal."""
 
-    __slots__ = ("task", "token")
+    __slots__ = ("signal", "task", "token")
 
-    def __init__(self, task: trio.lowlevel.Task, token: trio.lowlevel.TrioToken) -> None:
+    def __init__(
+        self, signal: StopSignal, task: trio.lowlevel.Task, token: trio.lowlevel.TrioToken
+    ) -> None:
+        self.signal = signal
         self.task = task
         self.token = token
+
+    def abort(self, _: object) -> trio.lowlevel.Abort:
+        with _lock:
+            removed = _discard_hook(self.signal, self)
+        if _pending:
+            _drain()
+        # Once set() (or a timer) has claimed this waiter it will reschedule it: refuse.
+        return _trio.lowlevel.Abort.SUCCEEDED if removed else _trio.lowlevel.Abort.FAILED  # type: ignore[no-any-return]
 
 
 class _LoopCall:
@@ -236,9 +248,12 @@ def _remove_hook(sig: StopSignal, hook: object) -> bool:
     return removed
 
 
-def _claim(root: StopSignal, reason: object) -> list[object]:
-    """Mark the subtree of ``root`` set and take all its hooks."""
-    out: list[object] = []
+def _claim(root: StopSignal, reason: object, out: list[dict[object, None]]) -> None:
+    """Mark the subtree of ``root`` set and append each signal's hook dict to ``out``.
+
+    Every child is in its parent's weak ``_kids`` list (pinned children are also in
+    the parent's hooks, only to keep them alive), so the walk needs only the list.
+    """
     parent = root._parent
     # root may be pinned in its parent because of hooks it is about to lose
     if (
@@ -258,19 +273,15 @@ def _claim(root: StopSignal, reason: object) -> list[object]:
             sig._reason = reason
             sig._flag = True
         sig._hooks = None
+        if hooks:
+            out.append(hooks)
         kids = sig._kids
-        sig._kids = None
-        for hook in hooks:
-            if type(hook) is StopSignal:
-                stack.append(hook)
-            else:
-                out.append(hook)
         if kids:
+            sig._kids = None
             for ref in kids:
                 kid = ref()
                 if kid is not None and kid._hooks is not None:
                     stack.append(kid)
-    return out
 
 
 def _mark_deferred(root: StopSignal, reason: object) -> None:
@@ -299,10 +310,10 @@ def _drain() -> None:
         with _lock:
             roots = _pending[:]
             del _pending[:]
-            hooks: list[object] = []
+            groups: list[dict[object, None]] = []
             for root in roots:
-                hooks += _claim(root, root._reason)
-        _fire(hooks)
+                _claim(root, root._reason, groups)
+        _fire(groups)
 
 
 # ------------------------------------------------------------------------- waking
@@ -316,65 +327,107 @@ def _wake_asyncio(items: list[Any]) -> None:
             item.set_result(True)
 
 
-def _wake_trio(items: list[Any]) -> None:
-    from outcome import Value
-    from trio.lowlevel import reschedule
+_trio: Any = None  # the trio module, once a trio waiter has been seen
+_Value: Any = None  # outcome.Value
 
+
+def _trio_api() -> Any:
+    global _trio, _Value
+    if _trio is None:
+        import trio
+        from outcome import Value
+
+        _trio, _Value = trio, Value
+    return _trio
+
+
+def _wake_trio(items: list[Any]) -> None:
+    reschedule, value = _trio.lowlevel.reschedule, _Value
     for item in items:
         if type(item) is _LoopCall:
             item.run()
         else:
-            reschedule(item.task, Value(True))
+            reschedule(item.task, value(True))
 
 
-def _fire(hooks: list[object]) -> None:
-    """Wake every claimed hook, each in the right context (called without the lock)."""
+def _current_trio_token() -> Any:
+    """The token of the trio run whose task is running on this thread, else None."""
+    if _sniffio_local is None or _sniffio_local.name != "trio":
+        return None
+    lowlevel = _trio_api().lowlevel
+    try:
+        lowlevel.current_task()
+        return lowlevel.current_trio_token()
+    except RuntimeError:
+        return None
+
+
+def _fire(groups: list[dict[object, None]]) -> None:
+    """Wake every claimed hook, each in the right context (called without the lock).
+
+    One pass handles the common case (waiters of the loop or trio run whose task
+    called ``set()``); everything else is sorted out afterwards.
+    """
+    running = _get_running_loop()
+    in_task = running is not None and _current_task(running) is not None
+    token: Any = _MISSING
+    rest: list[Any] = []
+    for hooks in groups:
+        for hook in hooks:
+            kind = type(hook)
+            if kind is _Future:
+                if in_task and hook.get_loop() is running:  # type: ignore[attr-defined]
+                    if not hook.done():  # type: ignore[attr-defined]
+                        hook.set_result(True)  # type: ignore[attr-defined]
+                    continue
+            elif kind is _TrioWaiter:
+                if token is _MISSING:
+                    token = _current_trio_token()
+                if hook.token is token:  # type: ignore[attr-defined]
+                    _trio.lowlevel.reschedule(hook.task, _Value(True))  # type: ignore[attr-defined]
+                    continue
+            elif kind is StopSignal:
+                continue  # a pinned child: the claim walk reached it through _kids
+            rest.append(hook)
+    if rest:
+        _fire_rest(rest, running if in_task else None, token)
+
+
+def _fire_rest(hooks: list[Any], running: asyncio.AbstractEventLoop | None, token: Any) -> None:
     by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
     by_token: dict[Any, list[Any]] = {}
     callbacks: list[CallbackHandle] = []
     for hook in hooks:
         kind = type(hook)
-        if kind is _Future or isinstance(hook, _Future):
-            loop = hook.get_loop()  # type: ignore[attr-defined]
-            bucket = by_loop.get(loop)
-            if bucket is None:
-                by_loop[loop] = [hook]
+        if kind is _LoopCall:
+            if hook.token is not None:
+                by_token.setdefault(hook.token, []).append(hook)
             else:
-                bucket.append(hook)
-        elif kind is _TrioWaiter or (kind is _LoopCall and hook.token is not None):  # type: ignore[attr-defined]
-            by_token.setdefault(hook.token, []).append(hook)  # type: ignore[attr-defined]
-        elif kind is _LoopCall:
-            by_loop.setdefault(hook.loop, []).append(hook)  # type: ignore[attr-defined]
+                by_loop.setdefault(hook.loop, []).append(hook)
+        elif kind is _TrioWaiter:
+            by_token.setdefault(hook.token, []).append(hook)
         elif kind is _LockType:
-            hook.release()  # type: ignore[attr-defined]
+            hook.release()
         elif kind is CallbackHandle:
-            callbacks.append(hook)  # type: ignore[arg-type]
-
-    if by_loop:
-        running = _get_running_loop()
-        in_task = running is not None and _current_task(running) is not None
-        for loop, items in by_loop.items():
-            if in_task and loop is running:
-                _wake_asyncio(items)
-            else:
-                with suppress(RuntimeError):  # the loop is closed: nobody to wake
-                    loop.call_soon_threadsafe(_wake_asyncio, items)
+            callbacks.append(hook)
+        elif isinstance(hook, _Future):  # another loop's waiter, or a Future subclass
+            by_loop.setdefault(hook.get_loop(), []).append(hook)
+    for loop, items in by_loop.items():
+        if loop is running:
+            _wake_asyncio(items)
+        else:
+            with suppress(RuntimeError):  # the loop is closed: nobody to wake
+                loop.call_soon_threadsafe(_wake_asyncio, items)
     if by_token:
-        import trio
-
-        current = None
-        if _sniffio_local is not None and _sniffio_local.name == "trio":
-            try:
-                trio.lowlevel.current_task()
-                current = trio.lowlevel.current_trio_token()
-            except RuntimeError:
-                current = None
-        for token, items in by_token.items():
-            if token is current:
+        trio = _trio_api()
+        if token is _MISSING:
+            token = _current_trio_token()
+        for run_token, items in by_token.items():
+            if run_token is token:
                 _wake_trio(items)
             else:
                 with suppress(trio.RunFinishedError):  # the run ended: nobody to wake
-                    token.run_sync_soon(_wake_trio, items)
+                    run_token.run_sync_soon(_wake_trio, items)
 
     pending_exc: BaseException | None = None
     for handle in callbacks:
@@ -388,14 +441,10 @@ def _fire(hooks: list[object]) -> None:
 # ------------------------------------------------------------------ trio timers
 
 
-class _Timer:
-    """A heap entry: drops its references as soon as the wait ends (lazy deletion)."""
-
-    __slots__ = ("signal", "waiter")
-
-    def __init__(self, signal: StopSignal, waiter: Any) -> None:
-        self.signal: StopSignal | None = signal
-        self.waiter: Any = waiter
+# A heap entry is a list [deadline, seq, signal, waiter]: one allocation, and the
+# references are dropped (set to None) as soon as the wait ends; the entry itself is
+# deleted lazily, when it reaches the top of the heap or on compaction.
+_Entry = list[Any]
 
 
 class _TimerHeap:
@@ -404,42 +453,36 @@ class _TimerHeap:
     __slots__ = ("heap", "next_deadline", "seq", "stale")
 
     def __init__(self) -> None:
-        self.heap: list[tuple[float, int, _Timer]] = []
+        self.heap: list[_Entry] = []
         self.seq = 0
         self.stale = 0
         self.next_deadline = math.inf
 
-    def push(self, deadline: float, signal: StopSignal, waiter: Any) -> tuple[_Timer, bool]:
+    def push(self, deadline: float, signal: StopSignal, waiter: Any) -> tuple[_Entry, bool]:
         """Add a deadline; also say whether it is now the earliest."""
-        timer = _Timer(signal, waiter)
-        self.seq += 1
-        heapq.heappush(self.heap, (deadline, self.seq, timer))
-        if deadline < self.next_deadline:
-            self.next_deadline = deadline
-            return timer, True
-        return timer, False
-
-    def done(self, timer: _Timer) -> None:
-        if timer.signal is None:
-            return
-        timer.signal = timer.waiter = None
-        self.stale += 1
         if self.stale > 256 and self.stale * 2 > len(self.heap):
-            self.heap = [entry for entry in self.heap if entry[2].signal is not None]
+            self.heap = [entry for entry in self.heap if entry[2] is not None]
             heapq.heapify(self.heap)
             self.stale = 0
+        self.seq += 1
+        entry = [deadline, self.seq, signal, waiter]
+        heapq.heappush(self.heap, entry)
+        if deadline < self.next_deadline:
+            self.next_deadline = deadline
+            return entry, True
+        return entry, False
 
     def expired(self, now: float) -> list[Any]:
         """Pop the deadlines up to ``now``; return the waiters this claimed."""
         heap = self.heap
         claimed: list[Any] = []
         while heap and heap[0][0] <= now:
-            timer = heapq.heappop(heap)[2]
-            sig, waiter = timer.signal, timer.waiter
+            entry = heapq.heappop(heap)
+            sig, waiter = entry[2], entry[3]
             if sig is None:
                 self.stale -= 1
                 continue
-            timer.signal = timer.waiter = None
+            entry[2] = entry[3] = None
             with _lock:
                 if _discard_hook(sig, waiter):
                     claimed.append(waiter)
@@ -453,43 +496,56 @@ class _AsyncioTimers(_TimerHeap):
     """One timer service per asyncio loop: one loop timer for the earliest deadline.
 
     A loop TimerHandle per timed wait costs a handle and a cancel per waiter; a heap
-    push and a lazy deletion are cheaper at every fan-out.
+    push and a lazy deletion are cheaper at every fan-out.  The service is kept on the
+    loop object itself (asyncio's and uvloop's loops take attributes), so it lives and
+    dies with the loop.
     """
 
-    __slots__ = ("handle", "loop", "resolution")
+    __slots__ = ("handle", "resolution")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.loop = loop
         self.handle: asyncio.TimerHandle | None = None
         self.resolution = time.get_clock_info("monotonic").resolution
 
-    def add(self, deadline: float, signal: StopSignal, fut: asyncio.Future[bool]) -> _Timer:
-        timer, earliest = self.push(deadline, signal, fut)
+    def add(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        deadline: float,
+        signal: StopSignal,
+        fut: asyncio.Future[bool],
+    ) -> _Entry:
+        entry, earliest = self.push(deadline, signal, fut)
         if earliest:
             if self.handle is not None:
                 self.handle.cancel()
-            self.handle = self.loop.call_at(deadline, self.fire)
-        return timer
+            self.handle = loop.call_at(deadline, self.fire, loop)
+        return entry
 
-    def fire(self) -> None:
+    def fire(self, loop: asyncio.AbstractEventLoop) -> None:
         self.handle = None
-        for fut in self.expired(self.loop.time() + self.resolution):
+        for fut in self.expired(loop.time() + self.resolution):
             if not fut.done():
                 fut.set_result(False)
         if self.heap:
-            self.handle = self.loop.call_at(self.next_deadline, self.fire)
+            self.handle = loop.call_at(self.next_deadline, self.fire, loop)
 
 
-_asyncio_timers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncioTimers] = (
+_timers_by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncioTimers] = (
     weakref.WeakKeyDictionary()
 )
 
 
 def _timers_of(loop: asyncio.AbstractEventLoop) -> _AsyncioTimers:
-    timers = _asyncio_timers.get(loop)
+    timers: _AsyncioTimers | None = getattr(loop, "_stopscope_timers", None)
     if timers is None:
-        timers = _asyncio_timers[loop] = _AsyncioTimers(loop)
+        timers = _timers_by_loop.get(loop)
+        if timers is None:
+            timers = _AsyncioTimers()
+            try:
+                loop._stopscope_timers = timers  # type: ignore[attr-defined]
+            except AttributeError:  # a loop class with __slots__
+                _timers_by_loop[loop] = timers
     return timers
 
 
@@ -506,23 +562,21 @@ class _TrioTimers(_TimerHeap):
         super().__init__()
         self.scope: trio.CancelScope | None = None
 
-    def add(self, deadline: float, signal: StopSignal, waiter: _TrioWaiter) -> _Timer:
-        timer, earliest = self.push(deadline, signal, waiter)
+    def add(self, deadline: float, signal: StopSignal, waiter: _TrioWaiter) -> _Entry:
+        entry, earliest = self.push(deadline, signal, waiter)
         if earliest and self.scope is not None:
             self.scope.deadline = deadline
-        return timer
+        return entry
 
     async def run(self) -> None:
-        import trio
-        from outcome import Value
-
+        trio = _trio_api()
         while True:
             with trio.CancelScope(deadline=self.next_deadline) as scope:
                 self.scope = scope
                 await trio.sleep_forever()
             self.scope = None
             for waiter in self.expired(trio.current_time()):
-                trio.lowlevel.reschedule(waiter.task, Value(False))
+                trio.lowlevel.reschedule(waiter.task, _Value(False))
 
 
 _trio_timers_var: Any = None
@@ -530,8 +584,7 @@ _trio_timers_var: Any = None
 
 def _trio_timers() -> _TrioTimers:
     global _trio_timers_var
-    import trio
-
+    trio = _trio_api()
     if _trio_timers_var is None:
         _trio_timers_var = trio.lowlevel.RunVar("stopscope_timers")
     try:
@@ -550,54 +603,58 @@ def _trio_timers() -> _TrioTimers:
 class _Every:
     """The iterator behind :meth:`StopSignal.every`."""
 
-    __slots__ = ("_backend", "_deadline", "_now", "_period", "_signal", "_tick", "_wait")
+    __slots__ = ("_deadline", "_loop", "_now", "_period", "_signal", "_state", "_tick", "_timers")
 
     def __init__(self, signal: StopSignal, period: float) -> None:
         self._signal = signal
         self._period = period
         self._tick = -1
         self._deadline = 0.0
-        self._backend = ""
+        self._state = ""  # "" before the first tick, then the backend, "done" at the end
         self._now: Callable[[], float] = time.monotonic
-        self._wait: Callable[[float], Awaitable[bool]] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timers: _AsyncioTimers | None = None
 
     def __aiter__(self) -> _Every:
         return self
 
     async def __anext__(self) -> int:
         signal = self._signal
-        if self._tick < 0:  # the first tick, at once
-            backend = self._backend = _backend()
-            if backend == "trio":
-                import trio
-
-                self._now = trio.current_time
-                self._wait = signal._wait_trio
+        state = self._state
+        if not state:  # the first tick, at once
+            state = self._state = _backend()
+            if state == "trio":
+                self._now = _trio_api().current_time
             else:
-                loop = _get_running_loop()
+                loop = self._loop = _get_running_loop()
                 assert loop is not None
                 self._now = loop.time
-                self._wait = signal._wait_asyncio
+                self._timers = _timers_of(loop)
             if signal._flag:
-                await _checkpoint(backend)
+                self._state = "done"
+                await _checkpoint(state)
                 raise StopAsyncIteration
             self._deadline = self._now()
-        elif self._wait is None:
+        elif state == "done":
             raise StopAsyncIteration
         else:
             current = self._now()
             deadline = self._deadline + self._period
             if deadline <= current:  # the body overran: tick at once, no catch-up burst
                 self._deadline = current
-                await _checkpoint(self._backend)
-                if signal._flag:
-                    self._wait = None
-                    raise StopAsyncIteration
+                await _checkpoint(state)
+                stopped = signal._flag
             else:
                 self._deadline = deadline
-                if signal._flag or await self._wait(deadline):
-                    self._wait = None
-                    raise StopAsyncIteration
+                if signal._flag:
+                    stopped = True
+                elif state == "trio":
+                    stopped = await signal._wait_trio(deadline)
+                else:
+                    stopped = await signal._wait_asyncio(self._loop, deadline, self._timers)  # type: ignore[arg-type]
+            if stopped:
+                self._state = "done"
+                raise StopAsyncIteration
         self._tick += 1
         return self._tick
 
@@ -676,14 +733,15 @@ class StopSignal:
             _mark_deferred(self, reason)
             _pending.append(self)
             return True
+        groups: list[dict[object, None]] = []
         with _lock:
             if self._flag:
                 return False
-            hooks = _claim(self, reason)
+            _claim(self, reason, groups)
         if _pending:
             _drain()
-        if hooks:
-            _fire(hooks)
+        if groups:
+            _fire(groups)
         return True
 
     # -- children --------------------------------------------------------------
@@ -739,13 +797,25 @@ class StopSignal:
 
     async def wait(self) -> None:
         """Return once the signal is set.  Always a checkpoint, even if already set."""
-        backend = _backend()
-        if self._flag:
-            await _checkpoint(backend)
-        elif backend == "trio":
+        if _sniffio_local is not None and _sniffio_local.name == "trio":
             await self._wait_trio(None)
-        else:
-            await self._wait_asyncio(None)
+            return
+        loop = _get_running_loop()
+        if loop is None:
+            _backend()  # raises the error that says what to do
+        if self._flag:
+            await asyncio.sleep(0)
+            return
+        # the asyncio wait, inline: one coroutine frame less per waiter
+        fut = loop.create_future()  # type: ignore[union-attr]
+        if not _add_hook(self, fut):
+            await asyncio.sleep(0)
+            return
+        try:
+            await fut
+        finally:
+            if self._hooks is not None and (fut.cancelled() or not fut.done()):
+                _remove_hook(self, fut)
 
     async def sleep(self, seconds: float) -> bool:
         """Sleep for ``seconds``, or less if the signal is set meanwhile.
@@ -755,22 +825,17 @@ class StopSignal:
         """
         seconds = _check_duration(seconds, "seconds")
         backend = _backend()
-        if self._flag or seconds == 0 or seconds == math.inf:
-            if self._flag or seconds == 0:
-                await _checkpoint(backend)
-                return self._flag
+        if self._flag or seconds == 0:
+            await _checkpoint(backend)
+            return self._flag
+        if seconds == math.inf:
             await self.wait()
             return True
-        return await self._wait_until_for(backend, seconds)
-
-    async def _wait_until_for(self, backend: str, seconds: float) -> bool:
         if backend == "trio":
-            import trio
-
-            return await self._wait_trio(trio.current_time() + seconds)
+            return await self._wait_trio(_trio.current_time() + seconds)
         loop = _get_running_loop()
         assert loop is not None
-        return await self._wait_asyncio(loop.time() + seconds)
+        return await self._wait_asyncio(loop, loop.time() + seconds, _timers_of(loop))
 
     def every(self, period: float) -> AsyncIterator[int]:
         """Yield 0, 1, 2, ... at a fixed rate until the signal is set.
@@ -793,49 +858,43 @@ class StopSignal:
             raise ValueError("`period` must be a positive number of seconds, got 0")
         return _Every(self, period)
 
-    async def _wait_asyncio(self, deadline: float | None) -> bool:
-        loop = _get_running_loop()
-        assert loop is not None
-        fut = loop.create_future()
+    async def _wait_asyncio(
+        self, loop: asyncio.AbstractEventLoop, deadline: float, timers: _AsyncioTimers
+    ) -> bool:
+        """Wait until set (``True``) or until ``deadline`` on the loop's clock (``False``)."""
+        fut: asyncio.Future[bool] = loop.create_future()
         if not _add_hook(self, fut):
             await asyncio.sleep(0)
             return True
-        timers = None if deadline is None else _timers_of(loop)
-        timer = None if timers is None else timers.add(deadline, self, fut)  # type: ignore[arg-type]
+        entry = timers.add(loop, deadline, self, fut)
         try:
-            result: bool = await fut
-            return result
+            return await fut
         finally:
-            if timer is not None:
-                timers.done(timer)  # type: ignore[union-attr]
-            if self._hooks is not None:
+            if entry[2] is not None:  # the wait ended before its deadline
+                entry[2] = entry[3] = None
+                timers.stale += 1
+            # set() and the timer remove the hook when they claim it; else remove it
+            if self._hooks is not None and (fut.cancelled() or not fut.done()):
                 _remove_hook(self, fut)
 
     async def _wait_trio(self, deadline: float | None) -> bool:
-        import trio
-
-        lowlevel = trio.lowlevel
-        waiter = _TrioWaiter(lowlevel.current_task(), lowlevel.current_trio_token())
+        lowlevel = _trio_api().lowlevel
+        waiter = _TrioWaiter(self, lowlevel.current_task(), lowlevel.current_trio_token())
         if not _add_hook(self, waiter):
             await lowlevel.checkpoint()
             return True
-        timers = None if deadline is None else _trio_timers()
-        timer = None if timers is None else timers.add(deadline, self, waiter)  # type: ignore[arg-type]
-
-        def abort(_: Any) -> trio.lowlevel.Abort:
-            with _lock:
-                removed = _discard_hook(self, waiter)
-            if _pending:
-                _drain()
-            # Once set() has claimed this waiter it will reschedule it: refuse.
-            return lowlevel.Abort.SUCCEEDED if removed else lowlevel.Abort.FAILED
-
+        if deadline is None:
+            result: bool = await lowlevel.wait_task_rescheduled(waiter.abort)
+            return result
+        timers = _trio_timers()
+        entry = timers.add(deadline, self, waiter)
         try:
-            result: bool = await lowlevel.wait_task_rescheduled(abort)
+            result = await lowlevel.wait_task_rescheduled(waiter.abort)
             return result
         finally:
-            if timer is not None:
-                timers.done(timer)  # type: ignore[union-attr]
+            if entry[2] is not None:
+                entry[2] = entry[3] = None
+                timers.stale += 1
 
     # -- cancel scope ----------------------------------------------------------
 
