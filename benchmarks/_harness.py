@@ -12,9 +12,11 @@ import os
 import platform
 import random
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 # --------------------------------------------------------------------------- statistics
 
@@ -42,7 +44,7 @@ def bootstrap_ratio_ci(
     rng: random.Random,
     *,
     paired: bool,
-    resamples: int = 2000,
+    resamples: int = 1000,
     level: float = 0.95,
 ) -> tuple[float, float]:
     """Percentile bootstrap confidence interval of ``median(a) / median(b)``.
@@ -166,9 +168,22 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def run_metadata(argv: Sequence[str], mode: str) -> dict[str, object]:
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        proc = subprocess.run(["git", "-C", str(root), *args], capture_output=True,
+                              text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def run_metadata(argv: Sequence[str], mode: str, root: Path) -> dict[str, object]:
     """The conditions of the run, recorded next to the numbers."""
+    status = _git(root, "status", "--porcelain", "--", "src")
     return {
+        # the library's source: commit, and whether src/ had uncommitted changes
+        "git_commit": _git(root, "rev-parse", "HEAD"),
+        "git_src_dirty": None if status is None else bool(status),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "mode": mode,
         "argv": list(argv),

@@ -26,11 +26,13 @@ import tracemalloc
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from itertools import repeat
-from time import perf_counter
+from time import perf_counter, thread_time
 from types import ModuleType
 from typing import Any
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
 from anyio.lowlevel import checkpoint
 
 try:
@@ -44,6 +46,10 @@ SETTLE_CHECKPOINTS = 3
 GRACE = 60.0
 #: period of every()/sleep()/move_on_after loops while measuring wake latency: never elapses
 PARK_PERIOD = 3600.0
+#: a run is "disturbed" (and run again) when a timed window's wall time exceeds this
+#: thread's CPU time by more than this many seconds plus this fraction of the window
+STOLEN_SLACK = 100e-6
+STOLEN_FRACTION = 0.02
 
 
 @dataclass
@@ -66,6 +72,10 @@ class Probe:
     """Counts parked workers, stamps exits, and holds the timestamps of one run."""
 
     __slots__ = (
+        "c0",
+        "c1",
+        "c_parked",
+        "c_spawn",
         "count",
         "cpu",
         "exits",
@@ -75,6 +85,8 @@ class Probe:
         "memory",
         "n",
         "parked",
+        "profile",
+        "profiler",
         "t0",
         "t1",
         "t_parked",
@@ -93,8 +105,14 @@ class Probe:
         self.memory = memory
         self.idle_window = idle_window
         self.t_spawn = self.t_parked = self.t0 = self.t_set = self.t1 = math.nan
+        # this thread's CPU time at the edges of the timed windows: wall time beyond it
+        # was taken by something else (another process preempting this one)
+        self.c_spawn = self.c_parked = self.c0 = self.c1 = math.nan
         self.mem0 = self.mem1 = 0
         self.cpu = self.wall = math.nan
+        #: optional cProfile.Profile, enabled during one phase ("spawn", "stop" or "idle")
+        self.profiler: Any = None
+        self.profile = ""
 
     def park(self) -> None:
         """Called by each worker right before it blocks."""
@@ -109,11 +127,17 @@ class Probe:
         if self.memory:
             gc.collect()
             self.mem0 = tracemalloc.get_traced_memory()[0]
+        if self.profile == "spawn":
+            self.profiler.enable()
+        self.c_spawn = thread_time()
         self.t_spawn = perf_counter()
 
     async def settle(self, delay: float = 0.0) -> None:
         await self.parked.wait()
         self.t_parked = perf_counter()
+        self.c_parked = thread_time()
+        if self.profile == "spawn":
+            self.profiler.disable()
         if self.memory:
             gc.collect()
             self.mem1 = tracemalloc.get_traced_memory()[0]
@@ -121,18 +145,31 @@ class Probe:
             await checkpoint()
         if self.idle_window:
             ticks = self.ticks
+            if self.profile == "idle":
+                self.profiler.enable()
             c0, w0 = time.process_time(), perf_counter()
             await anyio.sleep(self.idle_window)
             self.cpu, self.wall = time.process_time() - c0, perf_counter() - w0
+            if self.profile == "idle":
+                self.profiler.disable()
             self.ticks -= ticks
         if delay:
             await anyio.sleep(delay)
 
     def start(self) -> None:
+        if self.profile == "stop":
+            self.profiler.enable()
+        self.c0 = thread_time()
         self.t0 = perf_counter()
 
     def stop_requested(self) -> None:
         self.t_set = perf_counter()
+
+    def finish(self) -> None:
+        self.t1 = perf_counter()
+        self.c1 = thread_time()
+        if self.profile == "stop":
+            self.profiler.disable()
 
 
 # --------------------------------------------------------------------------- spawn + join
@@ -153,7 +190,7 @@ async def join_native(
             p.start()
             stop()
             p.stop_requested()
-        p.t1 = perf_counter()
+        p.finish()
     else:
         p.spawning()
         create_task = asyncio.create_task
@@ -164,7 +201,7 @@ async def join_native(
         stop()
         p.stop_requested()
         await joined
-        p.t1 = perf_counter()
+        p.finish()
 
 
 async def join_tg(
@@ -179,7 +216,7 @@ async def join_tg(
         p.start()
         stop()
         p.stop_requested()
-    p.t1 = perf_counter()
+    p.finish()
 
 
 def native_event(env: Env) -> Any:
@@ -270,7 +307,7 @@ async def anyio_cancel(env: Env, p: Probe) -> None:
         p.start()
         tg.cancel_scope.cancel()
         p.stop_requested()
-    p.t1 = perf_counter()
+    p.finish()
 
 
 def _ss_wait_worker(env: Env, p: Probe, sig: Any) -> Worker:
@@ -365,7 +402,7 @@ async def hand_scope(env: Env, p: Probe) -> None:
                 await all_exited.wait()
             if running:
                 tg.cancel_scope.cancel()
-    p.t1 = perf_counter()
+    p.finish()
 
 
 async def native_group(env: Env, p: Probe) -> None:
@@ -399,7 +436,7 @@ async def native_group(env: Env, p: Probe) -> None:
             p.start()
             ev.set()
             p.stop_requested()
-    p.t1 = perf_counter()
+    p.finish()
 
 
 async def taskscope(env: Env, p: Probe) -> None:
@@ -422,7 +459,7 @@ async def taskscope(env: Env, p: Probe) -> None:
         p.start()
         scope.stop()
         p.stop_requested()
-    p.t1 = perf_counter()
+    p.finish()
 
 
 # --------------------------------------------------------------------------- registry
@@ -498,12 +535,25 @@ def available(strategy: Strategy, env: Env) -> str | None:
     return strategy.needs(env)
 
 
+def disturbed(p: Probe) -> bool:
+    """Whether another process took this thread off the CPU during a timed window for
+    longer than scheduling jitter (the runs are CPU-bound: wall time ~ CPU time)."""
+    for wall, cpu in ((p.t1 - p.t0, p.c1 - p.c0), (p.t_parked - p.t_spawn,
+                                                   p.c_parked - p.c_spawn)):
+        if wall - cpu > STOLEN_SLACK + STOLEN_FRACTION * wall:
+            return True
+    return False
+
+
 def summarize_run(p: Probe) -> dict[str, float]:
     """The figures of one latency run (seconds)."""
     if len(p.exits) != p.n:
         raise RuntimeError(f"{len(p.exits)} of {p.n} workers exited")
     lat = sorted(e - p.t0 for e in p.exits)
     return {
+        # wall time of the timed windows that this thread did not run (preempted)
+        "stolen": max(0.0, (p.t1 - p.t0) - (p.c1 - p.c0)),
+        "stolen_spawn": max(0.0, (p.t_parked - p.t_spawn) - (p.c_parked - p.c_spawn)),
         "spawn": p.t_parked - p.t_spawn,
         "set": p.t_set - p.t0,
         "last_exit": lat[-1],
