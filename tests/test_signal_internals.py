@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import subprocess
+import sys
 import weakref
 
 import anyio
@@ -145,3 +147,34 @@ class TestChildLinks:
         assert all(sig._hooks for sig in chain)
         assert handle.remove() is True
         assert all(sig._hooks == {} for sig in chain)
+
+
+class TestFreshProcess:
+    """Entry points that load trio lazily, each as the first trio use of a process."""
+
+    @pytest.mark.parametrize(
+        "body",
+        [
+            "await sig.sleep(0.01)",
+            "await sig.sleep(0)",
+            "await sig.wait()",
+            "[t async for t in sig.every(0.01) if sig.set() or True]",
+            "sig.set(); await sig.wait()",
+            "with sig.cancel_scope():\n        sig.set()\n        await trio.sleep(1)",
+        ],
+    )
+    def test_trio_first_use(self, body: str) -> None:
+        code = (
+            "import trio, threading, stopscope\n"
+            "async def main():\n"
+            "    sig = stopscope.StopSignal()\n"
+            "    threading.Timer(0.05, sig.set).start()\n"
+            f"    {body}\n"
+            "trio.run(main)\n"
+            "print('ok')\n"
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == "ok\n"

@@ -832,7 +832,7 @@ class StopSignal:
             await self.wait()
             return True
         if backend == "trio":
-            return await self._wait_trio(_trio.current_time() + seconds)
+            return await self._wait_trio(_trio_api().current_time() + seconds)
         loop = _get_running_loop()
         assert loop is not None
         return await self._wait_asyncio(loop, loop.time() + seconds, _timers_of(loop))
