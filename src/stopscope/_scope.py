@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import functools
 import inspect
@@ -24,9 +23,13 @@ from ._signal import (
     StopSignal,
     _add_hook,
     _backend,
+    _Entry,
     _get_running_loop,
     _LoopCall,
     _remove_hook,
+    _timers_of,
+    _trio_api,
+    _trio_timers,
     logger,
 )
 
@@ -144,7 +147,10 @@ class _Member:
         self.stage: _Stage | None = None
 
 
-_NO_SCOPE: Final = contextlib.nullcontext()
+_FINISHED: Final = Outcome.FINISHED
+_STOPPED: Final = Outcome.STOPPED
+_CANCELLED: Final = Outcome.CANCELLED
+_FAILED: Final = Outcome.FAILED
 
 
 def _cancel_called(member: _Member) -> bool:
@@ -217,9 +223,13 @@ class TaskScope(_ServiceMembers):
         self._stop_base: float | None = None  # loop-clock time of the stop request
         self._clock: Callable[[], float] = time.monotonic
         self._body_done = False
-        self._idle: anyio.Event | None = None
-        self._supervisor_cs: anyio.CancelScope | None = None
-        self._hooks: tuple[object, object] | None = None
+        self._stop_call: _LoopCall | None = None  # the hook that runs _on_stop on our loop
+        self._call_at: Callable[[float, Callable[[], object]], _Entry] | None = None
+        self._cancel_timer: Callable[[_Entry], None] | None = None
+        self._laggard_timer: _Entry | None = None
+        self._laggard_delay = AFTER_CANCEL_REPORT_DELAY
+        self._stages_cs: anyio.CancelScope | None = None
+        self._cancelled_exc: type[BaseException] = BaseException
         self._hard = False  # cancelled from outside: no grace, no laggard warnings
         self._stages: list[_Stage] = []
 
@@ -279,11 +289,13 @@ class TaskScope(_ServiceMembers):
 
         :param name: a name for logs (default ``"stage N"``)
         """
-        self._check_open("stage")
+        tg = self._check_open("stage")
         stage = _Stage(name or f"stage {len(self._stages) + 1}")
         self._stages.append(stage)
         if self._signal.is_set():
             stage.signal.set(self._signal.reason)
+        elif len(self._stages) == 1:
+            tg.start_soon(self._run_stages, name=f"stopscope stages of {self._label()}")
         return stage.signal
 
     def __repr__(self) -> str:
@@ -319,7 +331,8 @@ class TaskScope(_ServiceMembers):
             )
         member = self._new_member(func, name, grace)
         self._admit(member)
-        tg.start_soon(self._run_member, member, coro, name=member.record.name)
+        run = self._run_member if member.cs is None else self._run_scoped_member
+        tg.start_soon(run, member, coro, name=member.record.name)
 
     async def start(
         self,
@@ -351,22 +364,25 @@ class TaskScope(_ServiceMembers):
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
-        self._idle = anyio.Event()
+        self._cancelled_exc = anyio.get_cancelled_exc_class()
         if _backend() == "asyncio":
             loop = _get_running_loop()
             assert loop is not None
             self._clock = loop.time
+            timers = _timers_of(loop)
+            self._call_at = functools.partial(timers.call_at, loop)
+            self._cancel_timer = timers.cancel
             call = _LoopCall(self._on_stop, loop, None)
         else:
-            import trio
-
+            trio = _trio_api()
             self._clock = trio.current_time
+            trio_timers = _trio_timers()
+            self._call_at = trio_timers.call_at
+            self._cancel_timer = trio_timers.cancel
             call = _LoopCall(self._on_stop, None, trio.lowlevel.current_trio_token())
-        note = self._signal.on_set(self._note_stop)
-        self._hooks = (call, note)
+        self._stop_call = call
         if not _add_hook(self._signal, call):
             self._on_stop()
-        tg.start_soon(self._supervise, name=f"stopscope supervisor of {self._label()}")
         return self
 
     async def __aexit__(
@@ -378,7 +394,7 @@ class TaskScope(_ServiceMembers):
         tg = self._tg
         assert tg is not None
         self._body_done = True
-        cancelled = anyio.get_cancelled_exc_class()
+        cancelled = self._cancelled_exc
         pass_on: BaseException | None = None
         if exc is None:
             if self._stop_on_exit:
@@ -444,30 +460,92 @@ class TaskScope(_ServiceMembers):
         if self._stop_base is not None and member.grace is not None:
             member.cs.deadline = self._stop_base + member.grace  # type: ignore[union-attr]
 
-    def _note_stop(self, reason: object) -> None:
-        # runs inside set(), on whatever thread called it: only record the moment
+    def _stop_moment(self) -> float:
+        """When stop was requested (``time.monotonic()``), as close as we can tell."""
         if self._requested_at is None:
-            self._requested_at = time.monotonic()
+            call = self._stop_call
+            fired = None if call is None else call.fired_at
+            self._requested_at = time.monotonic() if fired is None else fired
+        return self._requested_at
 
     def _on_stop(self) -> None:
         """Runs on the scope's loop once stop is requested: arm the grace deadlines."""
-        if self._state == "closed" or self._tg is None:
+        tg = self._tg
+        if self._state == "closed" or tg is None:
             return
-        if self._requested_at is None:
-            self._requested_at = time.monotonic()
-        base = self._clock() - max(0.0, time.monotonic() - self._requested_at)
+        requested = self._stop_moment()
+        base = self._clock() - max(0.0, time.monotonic() - requested)
         self._stop_base = base
         if self._grace is not None:
-            self._tg.cancel_scope.deadline = base + self._grace
+            # one entry on the signal's timer heap: cheaper than a cancel scope deadline
+            deadline = base + self._grace
+            if deadline <= self._clock():
+                self._grace_expired()
+            else:
+                assert self._call_at is not None
+                self._laggard_timer = self._call_at(deadline, self._grace_expired)
         for member in self._live.values():
             if member.grace is not None:
                 member.cs.deadline = base + member.grace  # type: ignore[union-attr]
 
+    def _grace_expired(self) -> None:
+        """A timer call at the grace deadline: cancel what is left, then watch it."""
+        self._laggard_timer = None
+        tg = self._tg
+        if self._state == "closed" or tg is None:
+            return
+        tg.cancel_scope.cancel()
+        if self._live:
+            assert self._call_at is not None
+            self._laggard_timer = self._call_at(
+                self._clock() + self._laggard_delay, self._report_laggards
+            )
+
+    def _report_laggards(self) -> None:
+        """A timer call: members still running well after the grace deadline."""
+        self._laggard_timer = None
+        if self._state == "closed" or not self._live or self._hard:
+            return
+        assert self._stop_base is not None
+        since = self._clock() - self._stop_base - (self._grace or 0.0)
+        for member in list(self._live.values()):
+            member.record.phase = "after-cancel"
+            stack = _format_frames(_frames_of(member.task_coro))
+            logger.warning(
+                "%s: member %r is still running %.3gs after it was cancelled; it "
+                "swallows cancellation or blocks the loop; it is at:\n%s",
+                self._label(),
+                member.record.name,
+                since,
+                stack or "(no frames)",
+            )
+        self._laggard_delay = min(self._laggard_delay * 2, 30.0)
+        assert self._call_at is not None
+        self._laggard_timer = self._call_at(
+            self._clock() + self._laggard_delay, self._report_laggards
+        )
+
     def _check_idle(self) -> None:
-        if self._body_done and not self._live and self._idle is not None:
-            self._idle.set()
-            if self._supervisor_cs is not None and not self._signal.is_set():
-                self._supervisor_cs.cancel()  # done without any stop: nothing to supervise
+        cs = self._stages_cs
+        if cs is not None and self._body_done and not self._live and not self._signal.is_set():
+            cs.cancel()  # done without any stop: no stage to stop
+
+    async def _run_stages(self) -> None:
+        """Stop the stages one by one, the last created first (a member of the group)."""
+        try:
+            with anyio.CancelScope() as waiting:
+                self._stages_cs = waiting
+                await self._signal.wait()
+            self._stages_cs = None
+            if not self._signal.is_set() or self._hard:
+                return
+            for stage in reversed(self._stages):
+                stage.signal.set(self._signal.reason)
+                if stage.live:
+                    stage.done = anyio.Event()
+                    await stage.done.wait()
+        finally:  # the grace deadline or a hard cancellation ends the sequence
+            self._release_stages()
 
     async def _run_started(
         self,
@@ -488,57 +566,70 @@ class TaskScope(_ServiceMembers):
                 f"start() needs an async function (a callable returning a coroutine); "
                 f"{_callable_name(func)} returned {coro!r}"
             )
-        await self._run_member(member, coro)
+        if member.cs is None:
+            await self._run_member(member, coro)
+        else:
+            await self._run_scoped_member(member, coro)
 
     async def _run_member(self, member: _Member, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run one member and decide its outcome; its error goes to the group, not to
+        anyio (which would cancel the others at once)."""
         record = member.record
         _current_record.set(record)
         member.task_coro = coro
-        cancelled_exc = anyio.get_cancelled_exc_class()
-        outcome = Outcome.FINISHED
+        outcome = _FINISHED
         error: BaseException | None = None
-        tg = self._tg
-        assert tg is not None
         try:
-            with member.cs or _NO_SCOPE:
-                try:
-                    await coro
-                except cancelled_exc as exc:
-                    outcome = Outcome.CANCELLED
-                    if not self._signal.is_set():
-                        # our own cancellations come only after a stop request: this
-                        # one is hard cancellation from outside, seen here first
-                        self._hard = True
-                        self._signal.set(StopReason.CANCELLED)
-                    elif (
-                        not self._hard
-                        and record.outcome is not Outcome.ABANDONED  # a thread logs its own
-                        and (_cancel_called(member) or tg.cancel_scope.cancel_called)
-                    ):
-                        self._warn_cancelled(member, exc)
-                    raise
-                except Exception as exc:
-                    if not member.started:
-                        self._exited(member, Outcome.FAILED, exc)
-                        raise  # start() raises it, as anyio does
-                    outcome, error = Outcome.FAILED, exc
-                    self._errors.append(exc)
-                    self._signal.set(exc)
-                else:
-                    if not self._hard and (_cancel_called(member) or tg.cancel_scope.cancel_called):
-                        outcome = Outcome.CANCELLED
-                        record.phase = "after-cancel"
-                        logger.warning(
-                            "%s: member %r returned only after it was cancelled "
-                            "(did it catch the cancellation?)",
-                            self._label(),
-                            record.name,
-                        )
-                    elif self._signal.is_set():
-                        outcome = Outcome.STOPPED
+            await coro
+        except self._cancelled_exc as exc:
+            outcome = _CANCELLED
+            self._member_cancelled(member, exc)
+            raise
+        except Exception as exc:
+            if not member.started:
+                self._exited(member, _FAILED, exc)
+                raise  # start() raises it, as anyio does
+            outcome, error = _FAILED, exc
+            self._errors.append(exc)
+            self._signal.set(exc)
+        else:
+            if self._signal._flag:
+                outcome = self._returned_after_stop(member)
         finally:
             if record.exited_at is None:  # a member may have set its outcome itself
                 self._exited(member, outcome, error)
+
+    async def _run_scoped_member(self, member: _Member, coro: Coroutine[Any, Any, Any]) -> None:
+        """A member with its own grace: its own cancel scope, with its own deadline."""
+        with member.cs:  # type: ignore[union-attr]
+            await self._run_member(member, coro)
+
+    def _member_cancelled(self, member: _Member, exc: BaseException) -> None:
+        if not self._signal._flag:
+            # our own cancellations come only after a stop request: this one is hard
+            # cancellation from outside, seen here first
+            self._hard = True
+            self._signal.set(StopReason.CANCELLED)
+        elif (
+            not self._hard
+            and member.record.outcome is not Outcome.ABANDONED  # a thread logs its own
+            and (_cancel_called(member) or self._tg.cancel_scope.cancel_called)  # type: ignore[union-attr]
+        ):
+            self._warn_cancelled(member, exc)
+
+    def _returned_after_stop(self, member: _Member) -> Outcome:
+        """STOPPED, unless it returned only after being cancelled (it swallowed it)."""
+        if self._hard or not (
+            _cancel_called(member) or self._tg.cancel_scope.cancel_called  # type: ignore[union-attr]
+        ):
+            return _STOPPED
+        member.record.phase = "after-cancel"
+        logger.warning(
+            "%s: member %r returned only after it was cancelled (did it catch the cancellation?)",
+            self._label(),
+            member.record.name,
+        )
+        return _CANCELLED
 
     def _exited(self, member: _Member, outcome: Outcome, error: BaseException | None) -> None:
         record = member.record
@@ -546,24 +637,25 @@ class TaskScope(_ServiceMembers):
         record.exited_at = now
         if record.outcome is Outcome.RUNNING:
             record.outcome = outcome
-        if record.error is None:
+        else:  # the member decided (a thread, a process)
+            outcome = record.outcome
+        if error is not None:
             record.error = error
-        if self._requested_at is not None and record.outcome is not Outcome.FINISHED:
-            record.latency = max(0.0, now - self._requested_at)
-        if record.phase == "running":
-            if record.outcome in (Outcome.CANCELLED, Outcome.ABANDONED):
-                record.phase = "cancelled"
-            elif self._requested_at is not None and record.outcome is not Outcome.FINISHED:
-                record.phase = "grace"
-        self._live.pop(record, None)
-        member.task_coro = None
+        if outcome is not _FINISHED and self._signal._flag:
+            record.latency = max(0.0, now - (self._requested_at or self._stop_moment()))
+            if record.phase == "running":
+                record.phase = "grace" if outcome is _STOPPED or outcome is _FAILED else "cancelled"
+        elif outcome is _CANCELLED and record.phase == "running":
+            record.phase = "cancelled"
+        live = self._live
+        del live[record]
         stage = member.stage
         if stage is not None:
-            member.stage = None
             stage.live -= 1
             if not stage.live and stage.done is not None:
                 stage.done.set()
-        self._check_idle()
+        if not live and self._body_done:
+            self._check_idle()
 
     def _forget(self, member: _Member) -> None:
         self._records.remove(member.record)
@@ -585,60 +677,6 @@ class TaskScope(_ServiceMembers):
             stack,
         )
 
-    async def _supervise(self) -> None:
-        """Wait for the stop; after the grace deadline, report members still running."""
-        idle = self._idle
-        assert idle is not None
-        assert self._tg is not None
-        # Shielded throughout: grace=0 cancels the task group at once, and this task
-        # must outlive that to report laggards.  It wakes on the stop (hard
-        # cancellation sets the signal too) or is cancelled when the scope goes idle.
-        with anyio.CancelScope(shield=True):
-            with anyio.CancelScope() as waiting:
-                self._supervisor_cs = waiting
-                await self._signal.wait()
-            self._supervisor_cs = None
-            if not self._signal.is_set() or self._hard:
-                return
-            if self._stop_base is None:
-                self._on_stop()
-            await self._supervise_stopping(idle)
-
-    async def _supervise_stopping(self, idle: anyio.Event) -> None:
-        assert self._tg is not None
-        deadline = self._tg.cancel_scope.deadline
-        if self._stages:
-            with anyio.move_on_at(deadline):
-                for stage in reversed(self._stages):
-                    stage.signal.set(self._signal.reason)
-                    if stage.live:
-                        stage.done = anyio.Event()
-                        await stage.done.wait()
-            self._release_stages()
-        # wait for the grace deadline (or for everything to be done)
-        with anyio.move_on_at(deadline):
-            await idle.wait()
-        if idle.is_set():
-            return
-        delay = AFTER_CANCEL_REPORT_DELAY
-        while True:
-            with anyio.move_on_after(delay):
-                await idle.wait()
-            if idle.is_set():
-                return
-            for member in list(self._live.values()):
-                member.record.phase = "after-cancel"
-                stack = _format_frames(_frames_of(member.task_coro))
-                logger.warning(
-                    "%s: member %r is still running %.3gs after it was cancelled; it "
-                    "swallows cancellation or blocks the loop; it is at:\n%s",
-                    self._label(),
-                    member.record.name,
-                    anyio.current_time() - deadline,
-                    stack or "(no frames)",
-                )
-            delay = min(delay * 2, 30.0)
-
     def _group(self) -> BaseExceptionGroup[BaseException]:
         message = f"{len(self._errors)} error(s) in {self._label()}"
         errors = [e for e in self._errors if isinstance(e, Exception)]
@@ -653,6 +691,12 @@ class TaskScope(_ServiceMembers):
     def _finish(self) -> None:
         self._state = "closed"
         self._release_stages()
+        if self._laggard_timer is not None:
+            assert self._cancel_timer is not None
+            self._cancel_timer(self._laggard_timer)
+            self._laggard_timer = None
+        if self._stop_call is not None:
+            _remove_hook(self._signal, self._stop_call)
         if self._hard:
             cut = [
                 r.name for r in self._records if r.outcome in (Outcome.CANCELLED, Outcome.RUNNING)
@@ -665,10 +709,5 @@ class TaskScope(_ServiceMembers):
                     len(cut),
                     ", ".join(cut),
                 )
-        if self._hooks is not None:
-            call, note = self._hooks
-            _remove_hook(self._signal, call)
-            note.remove()  # type: ignore[attr-defined]
-            self._hooks = None
         for member in list(self._live.values()):  # only after a hard exit
             self._exited(member, Outcome.CANCELLED, None)

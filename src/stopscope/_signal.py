@@ -58,6 +58,7 @@ _Future: Final = asyncio.Future
 _LockType: Final = type(threading.Lock())
 _new_lock: Final = threading.Lock
 _MISSING: Final = object()
+_CALL: Final[Any] = object()  # in a timer entry's signal slot: the entry runs a function
 _TIMEOUT_MAX: Final = threading.TIMEOUT_MAX
 
 
@@ -122,7 +123,7 @@ class _TrioWaiter:
 class _LoopCall:
     """A function that must run on a given asyncio loop or trio run when a signal is set."""
 
-    __slots__ = ("active", "fn", "loop", "token")
+    __slots__ = ("active", "fired_at", "fn", "loop", "token")
 
     def __init__(
         self,
@@ -134,10 +135,15 @@ class _LoopCall:
         self.loop = loop
         self.token = token
         self.active = True
+        #: time.monotonic() when set() claimed it (it may run later, on its loop)
+        self.fired_at: float | None = None
 
     def run(self) -> None:
         if self.active:
-            self.fn()
+            try:
+                self.fn()
+            except Exception:  # never stop set() from waking the others
+                logger.exception("stopscope: %r raised while a signal was being set", self.fn)
 
 
 @final
@@ -388,6 +394,10 @@ def _fire(groups: list[dict[object, None]]) -> None:
                     continue
             elif kind is StopSignal:
                 continue  # a pinned child: the claim walk reached it through _kids
+            elif kind is _LoopCall and in_task and hook.loop is running:  # type: ignore[attr-defined]
+                hook.fired_at = time.monotonic()  # type: ignore[attr-defined]
+                hook.run()  # type: ignore[attr-defined]
+                continue
             rest.append(hook)
     if rest:
         _fire_rest(rest, running if in_task else None, token)
@@ -400,6 +410,7 @@ def _fire_rest(hooks: list[Any], running: asyncio.AbstractEventLoop | None, toke
     for hook in hooks:
         kind = type(hook)
         if kind is _LoopCall:
+            hook.fired_at = time.monotonic()
             if hook.token is not None:
                 by_token.setdefault(hook.token, []).append(hook)
             else:
@@ -472,10 +483,17 @@ class _TimerHeap:
             return entry, True
         return entry, False
 
+    def cancel(self, entry: _Entry) -> None:
+        """End a wait or a scheduled call early (its entry is deleted lazily)."""
+        if entry[2] is not None:
+            entry[2] = entry[3] = None
+            self.stale += 1
+
     def expired(self, now: float) -> list[Any]:
-        """Pop the deadlines up to ``now``; return the waiters this claimed."""
+        """Pop the deadlines up to ``now``; run due calls; return the waiters claimed."""
         heap = self.heap
         claimed: list[Any] = []
+        calls: list[Callable[[], object]] = []
         while heap and heap[0][0] <= now:
             entry = heapq.heappop(heap)
             sig, waiter = entry[2], entry[3]
@@ -483,12 +501,20 @@ class _TimerHeap:
                 self.stale -= 1
                 continue
             entry[2] = entry[3] = None
+            if sig is _CALL:
+                calls.append(waiter)
+                continue
             with _lock:
                 if _discard_hook(sig, waiter):
                     claimed.append(waiter)
             if _pending:
                 _drain()
         self.next_deadline = heap[0][0] if heap else math.inf
+        for call in calls:
+            try:
+                call()
+            except Exception:
+                logger.exception("stopscope timer call %r raised", call)
         return claimed
 
 
@@ -521,6 +547,12 @@ class _AsyncioTimers(_TimerHeap):
                 self.handle.cancel()
             self.handle = loop.call_at(deadline, self.fire, loop)
         return entry
+
+    def call_at(
+        self, loop: asyncio.AbstractEventLoop, deadline: float, fn: Callable[[], object]
+    ) -> _Entry:
+        """Run ``fn()`` on the loop at ``deadline`` (loop clock); ``cancel()`` undoes it."""
+        return self.add(loop, deadline, _CALL, fn)  # type: ignore[arg-type]
 
     def fire(self, loop: asyncio.AbstractEventLoop) -> None:
         self.handle = None
@@ -562,11 +594,15 @@ class _TrioTimers(_TimerHeap):
         super().__init__()
         self.scope: trio.CancelScope | None = None
 
-    def add(self, deadline: float, signal: StopSignal, waiter: _TrioWaiter) -> _Entry:
+    def add(self, deadline: float, signal: StopSignal, waiter: Any) -> _Entry:
         entry, earliest = self.push(deadline, signal, waiter)
         if earliest and self.scope is not None:
             self.scope.deadline = deadline
         return entry
+
+    def call_at(self, deadline: float, fn: Callable[[], object]) -> _Entry:
+        """Run ``fn()`` in this run's timer task at ``deadline``; ``cancel()`` undoes it."""
+        return self.add(deadline, _CALL, fn)
 
     async def run(self) -> None:
         trio = _trio_api()
@@ -733,11 +769,18 @@ class StopSignal:
             _mark_deferred(self, reason)
             _pending.append(self)
             return True
-        groups: list[dict[object, None]] = []
         with _lock:
             if self._flag:
                 return False
-            _claim(self, reason, groups)
+            if self._kids is None and self._parent is None:  # a lone signal: no tree
+                self._reason = reason
+                self._flag = True
+                hooks = self._hooks
+                self._hooks = None
+                groups = [hooks] if hooks else None
+            else:
+                groups = []
+                _claim(self, reason, groups)
         if _pending:
             _drain()
         if groups:
