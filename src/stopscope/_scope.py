@@ -685,6 +685,9 @@ class TaskScope(_ServiceMembers):
         return BaseExceptionGroup(message, list(self._errors))
 
     def _release_stages(self) -> None:
+        """Set every stage still running (the sequence ended early, or hard)."""
+        if not self._signal._flag:
+            return  # never stopped: no stage is either
         for stage in self._stages:
             stage.signal.set(self._signal.reason)
 
