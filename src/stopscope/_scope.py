@@ -10,6 +10,7 @@ import math
 import sys
 import time
 import traceback
+import types
 from collections.abc import Awaitable, Callable, Coroutine
 from types import FrameType, TracebackType
 from typing import Any, Final, final
@@ -91,6 +92,8 @@ def _check_callable(func: object, method: str) -> None:
 
 
 def _callable_name(func: Callable[..., Any]) -> str:
+    if type(func) is _FunctionType:
+        return func.__qualname__
     while isinstance(func, functools.partial):
         func = func.func
     name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None)
@@ -147,6 +150,8 @@ class _Member:
         self.stage: _Stage | None = None
 
 
+_CoroutineType: Final = types.CoroutineType
+_FunctionType: Final = types.FunctionType
 _FINISHED: Final = Outcome.FINISHED
 _STOPPED: Final = Outcome.STOPPED
 _CANCELLED: Final = Outcome.CANCELLED
@@ -320,11 +325,17 @@ class TaskScope(_ServiceMembers):
         :raises RuntimeError: outside the ``async with`` block
         :raises TypeError: if ``func(*args)`` does not return a coroutine
         """
-        tg = self._check_open("start_soon")
-        grace = _check_grace(grace)
-        _check_callable(func, "start_soon")
-        coro = func(*args)
-        if not inspect.iscoroutine(coro):
+        tg = self._tg
+        if tg is None or self._state == "closed":
+            tg = self._check_open("start_soon")
+        if grace is not None:
+            _check_grace(grace)  # before making the coroutine, so none is left unawaited
+        try:
+            coro = func(*args)
+        except TypeError:
+            _check_callable(func, "start_soon")  # a clearer error for a common mistake
+            raise
+        if type(coro) is not _CoroutineType and not inspect.iscoroutine(coro):
             raise TypeError(
                 f"start_soon() needs an async function (a callable returning a coroutine); "
                 f"{_callable_name(func)} returned {coro!r}"
@@ -445,9 +456,10 @@ class TaskScope(_ServiceMembers):
         return self._tg
 
     def _new_member(self, func: Callable[..., Any], name: object, grace: float | None) -> _Member:
-        grace = _check_grace(grace)
-        if grace is not None and self._grace is not None:
-            grace = min(grace, self._grace)
+        if grace is not None:
+            grace = _check_grace(grace)
+            if grace is not None and self._grace is not None:
+                grace = min(grace, self._grace)
         record = TaskRecord(name=_callable_name(func) if name is None else str(name))
         self._records.append(record)
         return _Member(record, grace)

@@ -686,8 +686,23 @@ class _Every:
                     stopped = True
                 elif state == "trio":
                     stopped = await signal._wait_trio(deadline)
-                else:
-                    stopped = await signal._wait_asyncio(self._loop, deadline, self._timers)  # type: ignore[arg-type]
+                else:  # _wait_asyncio, inline: one coroutine frame less per tick
+                    loop = self._loop
+                    fut: asyncio.Future[bool] = loop.create_future()  # type: ignore[union-attr]
+                    if not _add_hook(signal, fut):
+                        self._state = "done"
+                        await asyncio.sleep(0)
+                        raise StopAsyncIteration
+                    timers = self._timers
+                    entry = timers.add(loop, deadline, signal, fut)  # type: ignore[union-attr, arg-type]
+                    try:
+                        stopped = await fut
+                    finally:
+                        if entry[2] is not None:  # the wait ended before its deadline
+                            entry[2] = entry[3] = None
+                            timers.stale += 1  # type: ignore[union-attr]
+                        if signal._hooks is not None and (fut.cancelled() or not fut.done()):
+                            _remove_hook(signal, fut)
             if stopped:
                 self._state = "done"
                 raise StopAsyncIteration
@@ -778,6 +793,18 @@ class StopSignal:
                 hooks = self._hooks
                 self._hooks = None
                 groups = [hooks] if hooks else None
+                if hooks and len(hooks) == 1:  # one waiter: the commonest case of all
+                    for hook in hooks:
+                        if type(hook) is _Future:
+                            loop = _get_running_loop()
+                            if (
+                                loop is not None
+                                and hook.get_loop() is loop
+                                and _current_task(loop) is not None
+                            ):
+                                groups = None
+                                if not hook.done():
+                                    hook.set_result(True)
             else:
                 groups = []
                 _claim(self, reason, groups)
