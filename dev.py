@@ -25,18 +25,34 @@ ROOT = Path(__file__).resolve().parent
 
 
 def _find_python(version: str | None) -> str:
+    """A python X.Y that runs: pyenv's install directories first, then PATH.
+
+    pyenv's shims are on PATH even for versions that are installed but not selected,
+    and then they fail, so every candidate is tried before it is used.
+    """
     if version is None:
         return sys.executable
-    names = [f"python{version}"]
     pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
-    candidates = sorted(pyenv_root.glob(f"versions/{version}*/bin/python{version}"), reverse=True)
-    for name in names:
-        found = shutil.which(name)
-        if found:
-            return found
-    if candidates:
-        return str(candidates[0])
-    raise SystemExit(f"dev.py: no python{version} found on PATH or under {pyenv_root}")
+    candidates = [
+        str(p)
+        for p in sorted(pyenv_root.glob(f"versions/{version}.*/bin/python{version}"), reverse=True)
+    ]
+    found = shutil.which(f"python{version}")
+    if found:
+        candidates.append(found)
+    for candidate in candidates:
+        probe = subprocess.run(
+            [candidate, "-c", "import sys, venv; print(sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if (
+            probe.returncode == 0
+            and probe.stdout.strip() == str(tuple(map(int, version.split("."))))
+        ):
+            return candidate
+    raise SystemExit(f"dev.py: no working python{version} on PATH or under {pyenv_root}/versions")
 
 
 def ensure_env(python_version: str | None, extras: str) -> Path:
