@@ -67,15 +67,16 @@ def current_record() -> TaskRecord:
         raise RuntimeError("current_record() must be called from a member of a TaskScope") from None
 
 
-def _check_grace(value: float | None, name: str = "grace") -> float | None:
+def _check_grace(value: float | None, none_means: str = "to wait forever") -> float | None:
+    """Validate a ``grace`` argument; ``inf`` becomes ``None``."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"`{name}` must be a number of seconds or None, got {value!r}")
+        raise TypeError(f"`grace` must be a number of seconds or None, got {value!r}")
     value = float(value)
     if math.isnan(value) or value < 0:
         raise ValueError(
-            f"`{name}` must be a non-negative number of seconds (or None to wait forever), "
+            f"`grace` must be a non-negative number of seconds (or None {none_means}), "
             f"got {value!r}"
         )
     return None if value == math.inf else value

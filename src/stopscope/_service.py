@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import signal
 import socket
@@ -48,6 +47,7 @@ from typing import Any, Final, Literal, NoReturn, TypeVar, final
 import anyio
 
 from ._members import _abandoned_threads
+from ._scope import _check_grace as _check_grace_of_scope
 from ._signal import StopSignal, _backend, logger
 
 if sys.version_info >= (3, 11):
@@ -81,17 +81,7 @@ _UNCATCHABLE: Final = frozenset(
 
 
 def _check_grace(value: float | None) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"`grace` must be a number of seconds or None, got {value!r}")
-    value = float(value)
-    if math.isnan(value) or value < 0:
-        raise ValueError(
-            f"`grace` must be a non-negative number of seconds (or None to wait for a "
-            f"second signal), got {value!r}"
-        )
-    return None if value == math.inf else value
+    return _check_grace_of_scope(value, none_means="to wait for a second signal")
 
 
 def _check_signals(signums: Iterable[int]) -> tuple[signal.Signals, ...]:
