@@ -236,6 +236,7 @@ class TaskScope(_ServiceMembers):
         self._laggard_delay = AFTER_CANCEL_REPORT_DELAY
         self._stages_cs: anyio.CancelScope | None = None
         self._cancelled_exc: type[BaseException] = BaseException
+        self._cancelling = False  # the grace ran out and the group was cancelled
         self._hard = False  # cancelled from outside: no grace, no laggard warnings
         self._stages: list[_Stage] = []
 
@@ -507,6 +508,7 @@ class TaskScope(_ServiceMembers):
         tg = self._tg
         if self._state == "closed" or tg is None:
             return
+        self._cancelling = True
         tg.cancel_scope.cancel()
         if self._live:
             assert self._call_at is not None
@@ -607,7 +609,11 @@ class TaskScope(_ServiceMembers):
             self._signal.set(exc)
         else:
             if self._signal._flag:
-                outcome = self._returned_after_stop(member)
+                # STOPPED, unless it had been cancelled already (rare: a flag says so)
+                if self._cancelling or member.cs is not None:
+                    outcome = self._returned_after_stop(member)
+                else:
+                    outcome = _STOPPED
         finally:
             if record.exited_at is None:  # a member may have set its outcome itself
                 self._exited(member, outcome, error)
@@ -655,7 +661,10 @@ class TaskScope(_ServiceMembers):
         if error is not None:
             record.error = error
         if outcome is not _FINISHED and self._signal._flag:
-            record.latency = max(0.0, now - (self._requested_at or self._stop_moment()))
+            requested = self._requested_at
+            if requested is None:
+                requested = self._stop_moment()
+            record.latency = now - requested if now > requested else 0.0
             if record.phase == "running":
                 record.phase = "grace" if outcome is _STOPPED or outcome is _FAILED else "cancelled"
         elif outcome is _CANCELLED and record.phase == "running":
