@@ -394,10 +394,17 @@ def _fire(groups: list[dict[object, None]]) -> None:
                     continue
             elif kind is StopSignal:
                 continue  # a pinned child: the claim walk reached it through _kids
-            elif kind is _LoopCall and in_task and hook.loop is running:  # type: ignore[attr-defined]
-                hook.fired_at = time.monotonic()  # type: ignore[attr-defined]
-                hook.run()  # type: ignore[attr-defined]
-                continue
+            elif kind is _LoopCall:
+                if hook.token is not None:  # type: ignore[attr-defined]
+                    if token is _MISSING:
+                        token = _current_trio_token()
+                    here = hook.token is token  # type: ignore[attr-defined]
+                else:
+                    here = in_task and hook.loop is running  # type: ignore[attr-defined]
+                if here:
+                    hook.fired_at = time.monotonic()  # type: ignore[attr-defined]
+                    hook.run()  # type: ignore[attr-defined]
+                    continue
             rest.append(hook)
     if rest:
         _fire_rest(rest, running if in_task else None, token)
