@@ -232,7 +232,7 @@ class TaskScope(_ServiceMembers):
         self._stop_call: _LoopCall | None = None  # the hook that runs _on_stop on our loop
         self._call_at: Callable[[float, Callable[[], object]], _Entry] | None = None
         self._cancel_timer: Callable[[_Entry], None] | None = None
-        self._laggard_timer: _Entry | None = None
+        self._timer: _Entry | None = None  # the grace deadline, then the laggard reports
         self._laggard_delay = AFTER_CANCEL_REPORT_DELAY
         self._stages_cs: anyio.CancelScope | None = None
         self._cancelled_exc: type[BaseException] = BaseException
@@ -497,14 +497,14 @@ class TaskScope(_ServiceMembers):
                 self._grace_expired()
             else:
                 assert self._call_at is not None
-                self._laggard_timer = self._call_at(deadline, self._grace_expired)
+                self._timer = self._call_at(deadline, self._grace_expired)
         for member in self._live.values():
             if member.grace is not None:
                 member.cs.deadline = base + member.grace  # type: ignore[union-attr]
 
     def _grace_expired(self) -> None:
         """A timer call at the grace deadline: cancel what is left, then watch it."""
-        self._laggard_timer = None
+        self._timer = None
         tg = self._tg
         if self._state == "closed" or tg is None:
             return
@@ -512,13 +512,11 @@ class TaskScope(_ServiceMembers):
         tg.cancel_scope.cancel()
         if self._live:
             assert self._call_at is not None
-            self._laggard_timer = self._call_at(
-                self._clock() + self._laggard_delay, self._report_laggards
-            )
+            self._timer = self._call_at(self._clock() + self._laggard_delay, self._report_laggards)
 
     def _report_laggards(self) -> None:
         """A timer call: members still running well after the grace deadline."""
-        self._laggard_timer = None
+        self._timer = None
         if self._state == "closed" or not self._live or self._hard:
             return
         assert self._stop_base is not None
@@ -536,9 +534,7 @@ class TaskScope(_ServiceMembers):
             )
         self._laggard_delay = min(self._laggard_delay * 2, 30.0)
         assert self._call_at is not None
-        self._laggard_timer = self._call_at(
-            self._clock() + self._laggard_delay, self._report_laggards
-        )
+        self._timer = self._call_at(self._clock() + self._laggard_delay, self._report_laggards)
 
     def _check_idle(self) -> None:
         cs = self._stages_cs
@@ -555,6 +551,7 @@ class TaskScope(_ServiceMembers):
             if not self._signal.is_set() or self._hard:
                 return
             for stage in reversed(self._stages):
+                logger.debug("%s: stopping %s (%d members)", self._label(), stage.name, stage.live)
                 stage.signal.set(self._signal.reason)
                 if stage.live:
                     stage.done = anyio.Event()
@@ -681,8 +678,7 @@ class TaskScope(_ServiceMembers):
 
     def _forget(self, member: _Member) -> None:
         self._records.remove(member.record)
-        member.record.outcome = Outcome.FAILED
-        self._exited(member, Outcome.FAILED, None)
+        self._exited(member, Outcome.FAILED, None)  # out of the live set and its stage
 
     def _label(self) -> str:
         return f"TaskScope {self.name!r}" if self.name else "TaskScope"
@@ -716,16 +712,16 @@ class TaskScope(_ServiceMembers):
     def _finish(self) -> None:
         self._state = "closed"
         self._release_stages()
-        if self._laggard_timer is not None:
+        if self._timer is not None:
             assert self._cancel_timer is not None
-            self._cancel_timer(self._laggard_timer)
-            self._laggard_timer = None
+            self._cancel_timer(self._timer)
+            self._timer = None
         if self._stop_call is not None:
             _remove_hook(self._signal, self._stop_call)
+        for member in list(self._live.values()):  # only after a hard exit
+            self._exited(member, Outcome.CANCELLED, None)
         if self._hard:
-            cut = [
-                r.name for r in self._records if r.outcome in (Outcome.CANCELLED, Outcome.RUNNING)
-            ]
+            cut = [r.name for r in self._records if r.outcome is Outcome.CANCELLED]
             if cut:
                 logger.warning(
                     "%s was cancelled from outside (reason: %r); %d member(s) cut off: %s",
@@ -734,5 +730,3 @@ class TaskScope(_ServiceMembers):
                     len(cut),
                     ", ".join(cut),
                 )
-        for member in list(self._live.values()):  # only after a hard exit
-            self._exited(member, Outcome.CANCELLED, None)

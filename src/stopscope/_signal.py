@@ -112,11 +112,8 @@ class _TrioWaiter:
         self.token = token
 
     def abort(self, _: object) -> trio.lowlevel.Abort:
-        with _lock:
-            removed = _discard_hook(self.signal, self)
-        if _pending:
-            _drain()
         # Once set() (or a timer) has claimed this waiter it will reschedule it: refuse.
+        removed = _remove_hook(self.signal, self)
         return _trio.lowlevel.Abort.SUCCEEDED if removed else _trio.lowlevel.Abort.FAILED  # type: ignore[no-any-return]
 
 
@@ -166,11 +163,7 @@ class CallbackHandle:
         :return: ``True`` if this prevented the callback from running, ``False`` if it
             has run, is running, or is about to run because the signal was already set
         """
-        with _lock:
-            removed = _discard_hook(self._signal, self)
-        if _pending:
-            _drain()
-        return removed
+        return _remove_hook(self._signal, self)
 
     def __repr__(self) -> str:
         return f"<CallbackHandle {self._callback!r} on {self._signal!r}>"
@@ -245,6 +238,7 @@ def _discard_hook(sig: StopSignal, hook: object) -> bool:
 
 
 def _remove_hook(sig: StopSignal, hook: object) -> bool:
+    """Remove ``hook`` unless ``set()`` or a timer claimed it; say whether it was removed."""
     if sig._hooks is None:  # claimed: it never goes back
         return False
     with _lock:
@@ -291,7 +285,10 @@ def _claim(root: StopSignal, reason: object, out: list[dict[object, None]]) -> N
 
 
 def _mark_deferred(root: StopSignal, reason: object) -> None:
-    """Raise the flags of a subtree without touching its collections (signal handler)."""
+    """Raise the flags of a subtree without touching its collections (signal handler).
+
+    As in :func:`_claim`, every child is in its parent's ``_kids`` list.
+    """
     stack = [root]
     while stack:
         sig = stack.pop()
@@ -299,9 +296,6 @@ def _mark_deferred(root: StopSignal, reason: object) -> None:
             continue
         sig._reason = reason
         sig._flag = True
-        for hook in list(sig._hooks or ()):
-            if type(hook) is StopSignal:
-                stack.append(hook)
         for ref in list(sig._kids or ()):
             kid = ref()
             if kid is not None:
@@ -991,9 +985,8 @@ class StopSignal:
         backend = _backend()
         with anyio.CancelScope() as scope:
             if backend == "trio":
-                import trio
-
-                call = _LoopCall(scope.cancel, None, trio.lowlevel.current_trio_token())
+                token = _trio_api().lowlevel.current_trio_token()
+                call = _LoopCall(scope.cancel, None, token)
             else:
                 call = _LoopCall(scope.cancel, _get_running_loop(), None)
             if not _add_hook(self, call):
