@@ -48,7 +48,7 @@ class StopReason(enum.Enum):
 
 
 #: the phase of the shutdown a member left in
-Phase = Literal["running", "grace", "cancelled", "after-cancel"]
+Phase = Literal["running", "grace", "cancelled", "after-cancel", "cancelled-from-outside"]
 
 
 @dataclass(slots=True, eq=False)
@@ -67,8 +67,9 @@ class TaskRecord:
     latency: float | None = None
     #: the exception the member raised, if it failed
     error: BaseException | None = None
-    #: the phase it left in: before any stop, within grace, after being cancelled, or
-    #: only after a second look (it kept running after cancellation)
+    #: the phase it left in: before any stop, within grace, after being cancelled, only
+    #: after a second look (it kept running after cancellation), or cut off by a
+    #: cancellation from outside the scope (hard, no grace)
     phase: Phase = "running"
     #: a subprocess member's exit code (negative: killed by that signal)
     exit_code: int | None = None

@@ -19,7 +19,7 @@ import anyio
 import anyio.abc
 
 from ._members import _ServiceMembers
-from ._report import Outcome, ShutdownReport, StopReason, TaskRecord
+from ._report import Outcome, Phase, ShutdownReport, StopReason, TaskRecord
 from ._signal import (
     StopSignal,
     _add_hook,
@@ -163,6 +163,34 @@ def _cancel_called(member: _Member) -> bool:
     return member.cs is not None and member.cs.cancel_called
 
 
+def _split(
+    exc: BaseException, cancelled: type[BaseException]
+) -> tuple[BaseException | None, BaseException | None]:
+    """Split ``exc`` into its cancellation part and the rest (either may be None).
+
+    A group is split leaf by leaf, as anyio and trio decide "is this only
+    cancellation?"; the cancellation part is returned as one bare exception (the first
+    leaf), which is what a task may raise to say "I was cancelled" on every backend.
+    """
+    if isinstance(exc, cancelled):
+        return exc, None
+    if not isinstance(exc, BaseExceptionGroup):
+        return None, exc
+    cancels, rest = exc.split(cancelled)
+    first: BaseException | None = None
+    if cancels is not None:
+        first = cancels
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+    return first, rest
+
+
+def _in_cancelled_scope() -> bool:
+    """Whether the current task is inside a cancel scope that has been cancelled."""
+    deadline = anyio.current_effective_deadline()
+    return deadline == -math.inf or deadline <= anyio.current_time()
+
+
 class _TaskStatusProxy(anyio.abc.TaskStatus[Any]):
     """Passes ``started()`` through, and tells the scope the member has started."""
 
@@ -236,9 +264,15 @@ class TaskScope(_ServiceMembers):
         self._laggard_delay = AFTER_CANCEL_REPORT_DELAY
         self._stages_cs: anyio.CancelScope | None = None
         self._cancelled_exc: type[BaseException] = BaseException
-        self._cancelling = False  # the grace ran out and the group was cancelled
-        self._hard = False  # cancelled from outside: no grace, no laggard warnings
+        # the scope cancelled its own group: the grace ran out, or a BaseException
+        # (KeyboardInterrupt, SystemExit...) stopped it at once
+        self._cancelling = False
+        # stopped without grace (from outside, or by a BaseException): no grace warnings
+        self._hard = False
+        self._outside = False  # the hard stop came from an enclosing cancel scope
+        self._hard_cause: BaseException | None = None  # the BaseException that did it
         self._stages: list[_Stage] = []
+        self._final: ShutdownReport | None = None  # the report, frozen at exit
 
     # -- public surface ----------------------------------------------------------
 
@@ -266,7 +300,17 @@ class TaskScope(_ServiceMembers):
 
     @property
     def report(self) -> ShutdownReport:
-        """Who did what; final once the ``async with`` block has exited."""
+        """Who did what; frozen once the ``async with`` block has exited.
+
+        Read inside the block, it is a snapshot of the moment (members still running
+        have ``Outcome.RUNNING``).  After exit it never changes, even if the parent
+        signal is set later.
+        """
+        if self._final is not None:
+            return self._final
+        return self._snapshot()
+
+    def _snapshot(self) -> ShutdownReport:
         return ShutdownReport(
             reason=self._signal.reason if self._signal.is_set() else None,
             requested_at=self._requested_at,
@@ -302,7 +346,11 @@ class TaskScope(_ServiceMembers):
         if self._signal.is_set():
             stage.signal.set(self._signal.reason)
         elif len(self._stages) == 1:
+            # made here, not in the task: the body may end (and want the sequence
+            # called off) before the task has run once
+            self._stages_cs = anyio.CancelScope()
             tg.start_soon(self._run_stages, name=f"stopscope stages of {self._label()}")
+            self._check_idle()
         return stage.signal
 
     def __repr__(self) -> str:
@@ -407,43 +455,48 @@ class TaskScope(_ServiceMembers):
         tg = self._tg
         assert tg is not None
         self._body_done = True
-        cancelled = self._cancelled_exc
+        # anyio's group only ever sees cancellation: every error is collected here,
+        # so that none is lost and each comes out once, in our group
         pass_on: BaseException | None = None
-        if exc is None:
-            if self._stop_on_exit:
-                self._signal.set(StopReason.BODY_EXITED)
-        elif isinstance(exc, cancelled):
-            # Ours (grace ran out) or from outside (hard): anyio tells them apart.
-            if not tg.cancel_scope.cancel_called:
-                self._hard = True
-                self._signal.set(StopReason.CANCELLED)
-            self._release_stages()
-            pass_on = exc
-        elif isinstance(exc, Exception):
-            # The body's error must not become an immediate cancellation: members get
-            # their grace, and the error is grouped with theirs.
-            self._errors.insert(0, exc)
-            self._signal.set(exc)
-        else:  # KeyboardInterrupt, SystemExit, GeneratorExit: hard, as in anyio
-            self._hard = True
-            self._signal.set(exc)
-            self._release_stages()
-            pass_on = exc
-        self._check_idle()
+        rest: BaseException | None = None
         try:
-            if pass_on is None:
-                suppressed = await tg.__aexit__(None, None, None)
+            if exc is None:
+                if self._stop_on_exit:
+                    self._signal.set(StopReason.BODY_EXITED)
             else:
-                suppressed = await tg.__aexit__(type(pass_on), pass_on, pass_on.__traceback__)
-        except BaseException as tg_exc:
+                pass_on, rest = _split(exc, self._cancelled_exc)
+                if pass_on is not None and not self._cancelling:
+                    self._cancelled_from_outside()  # not ours: hard, as anyio users expect
+                if rest is not None:
+                    self._errors.insert(0, rest)
+                    if isinstance(rest, Exception):
+                        # The body's error must not become an immediate cancellation:
+                        # members get their grace, and the error is grouped with theirs.
+                        self._signal.set(rest)
+                    else:  # KeyboardInterrupt, SystemExit...: at once, as in anyio
+                        self._stop_hard(rest)
+            self._check_idle()
+            try:
+                if pass_on is None:
+                    suppressed = await tg.__aexit__(None, None, None)
+                else:
+                    suppressed = await tg.__aexit__(type(pass_on), pass_on, pass_on.__traceback__)
+            except BaseException as tg_exc:
+                self._finish()
+                rest = _split(tg_exc, self._cancelled_exc)[1]
+                if rest is not None:  # nothing but cancellation should get here: keep it
+                    self._errors.append(rest)
+                if self._errors:
+                    # errors win over a cancellation, as in anyio's task group
+                    raise self._group() from None
+                raise
             self._finish()
-            if self._errors and isinstance(tg_exc, cancelled):
+            if self._errors:
                 raise self._group() from None
-            raise
-        self._finish()
-        if self._errors:
-            raise self._group() from None
-        return pass_on is not None and bool(suppressed)
+            return pass_on is not None and bool(suppressed)
+        finally:
+            # no reference cycle through this frame (anyio's group leaves none either)
+            del exc, pass_on, rest, tb
 
     # -- internals ---------------------------------------------------------------
 
@@ -544,8 +597,9 @@ class TaskScope(_ServiceMembers):
     async def _run_stages(self) -> None:
         """Stop the stages one by one, the last created first (a member of the group)."""
         try:
-            with anyio.CancelScope() as waiting:
-                self._stages_cs = waiting
+            waiting = self._stages_cs
+            assert waiting is not None
+            with waiting:  # cancelled by _check_idle if the scope ends with no stop
                 await self._signal.wait()
             self._stages_cs = None
             if not self._signal.is_set() or self._hard:
@@ -570,22 +624,33 @@ class TaskScope(_ServiceMembers):
         try:
             coro = func(*args, task_status=_TaskStatusProxy(task_status, member))
         except BaseException as exc:
-            self._exited(member, Outcome.FAILED, exc)
-            raise
+            if not member.started:
+                self._exited(member, Outcome.FAILED, exc)
+                raise  # start() raises it, as anyio does
+            # a sync wrapper that called started() and then raised: a member's error,
+            # which stops the others gracefully, whatever shape the callable has
+            error = self._member_error(member, exc)
+            self._exited(member, Outcome.FAILED, error, before_stop=self._caused_stop(error))
+            return
         if not inspect.iscoroutine(coro):
-            self._forget(member)  # misuse, not a member that ran
-            raise TypeError(
+            error = TypeError(
                 f"start() needs an async function (a callable returning a coroutine); "
                 f"{_callable_name(func)} returned {coro!r}"
             )
+            if not member.started:
+                self._forget(member)  # misuse, not a member that ran
+                raise error
+            self._member_error(member, error)
+            self._exited(member, Outcome.FAILED, error, before_stop=self._caused_stop(error))
+            return
         if member.cs is None:
             await self._run_member(member, coro)
         else:
             await self._run_scoped_member(member, coro)
 
     async def _run_member(self, member: _Member, coro: Coroutine[Any, Any, Any]) -> None:
-        """Run one member and decide its outcome; its error goes to the group, not to
-        anyio (which would cancel the others at once)."""
+        """Run one member and decide its outcome; its error goes to the scope's group,
+        never to anyio's (which would cancel the others at once)."""
         record = member.record
         _current_record.set(record)
         member.task_coro = coro
@@ -594,51 +659,137 @@ class TaskScope(_ServiceMembers):
         try:
             await coro
         except self._cancelled_exc as exc:
-            outcome = _CANCELLED
-            self._member_cancelled(member, exc)
-            raise
+            if not _in_cancelled_scope():
+                # nobody cancelled this member (asyncio: it awaited a task that someone
+                # else cancelled): its own failure, not a cancellation of the scope
+                outcome, error = _FAILED, self._stray_cancellation(member, exc)
+            else:
+                outcome = _CANCELLED
+                self._member_cancelled(member, exc)
+                raise
         except Exception as exc:
             if not member.started:
                 self._exited(member, _FAILED, exc)
                 raise  # start() raises it, as anyio does
-            outcome, error = _FAILED, exc
-            self._errors.append(exc)
-            self._signal.set(exc)
+            outcome, error = _FAILED, self._member_error(member, exc)
+        except BaseException as exc:
+            if not member.started:
+                self._exited(member, _FAILED, exc)
+                raise
+            # KeyboardInterrupt, SystemExit, or a group: a raw nursery in the member
+            # cancelled with it, whose children may also have raised
+            cancel, rest = _split(exc, self._cancelled_exc)
+            if cancel is not None and not _in_cancelled_scope():
+                cancel, rest = None, exc  # nobody cancelled it: all of it is its failure
+            if rest is None:
+                assert cancel is not None
+                outcome = _CANCELLED
+                self._member_cancelled(member, cancel)
+                raise cancel from None
+            if cancel is not None:
+                record.phase = self._cut_phase(member)
+            outcome, error = _FAILED, self._member_error(member, rest)
+            if cancel is not None:
+                self._exited(member, outcome, error)
+                raise cancel from None  # the member was cancelled too: say so to anyio
         else:
             if self._signal._flag:
-                # STOPPED, unless it had been cancelled already (rare: a flag says so)
-                if self._cancelling or member.cs is not None:
+                if (
+                    self._cancelling
+                    or self._hard
+                    or member.cs is not None
+                    or self._tg.cancel_scope.cancel_called  # type: ignore[union-attr]
+                ):
                     outcome = self._returned_after_stop(member)
                 else:
                     outcome = _STOPPED
+            elif _in_cancelled_scope():  # it swallowed a cancellation from outside
+                outcome = self._returned_after_stop(member)
         finally:
             if record.exited_at is None:  # a member may have set its outcome itself
-                self._exited(member, outcome, error)
+                first = error is not None and self._caused_stop(error)
+                self._exited(member, outcome, error, before_stop=first)
 
     async def _run_scoped_member(self, member: _Member, coro: Coroutine[Any, Any, Any]) -> None:
         """A member with its own grace: its own cancel scope, with its own deadline."""
         with member.cs:  # type: ignore[union-attr]
             await self._run_member(member, coro)
 
-    def _member_cancelled(self, member: _Member, exc: BaseException) -> None:
-        if not self._signal._flag:
-            # our own cancellations come only after a stop request: this one is hard
-            # cancellation from outside, seen here first
+    def _caused_stop(self, error: BaseException) -> bool:
+        """Whether this member error is what requested the stop (it ran, then failed)."""
+        return self._signal._flag and self._signal._reason is error
+
+    def _member_error(self, member: _Member, error: BaseException) -> BaseException:
+        """Collect a member's error and stop the scope: gracefully for an ``Exception``,
+        at once for a ``KeyboardInterrupt``, ``SystemExit`` or other BaseException."""
+        record = member.record
+        if record.phase == "running" and self._signal._flag:
+            record.phase = self._cut_phase(member) if self._was_cancelled(member) else "grace"
+        self._errors.append(error)
+        if isinstance(error, Exception):
+            self._signal.set(error)
+        else:
+            self._stop_hard(error)
+        return error
+
+    def _stray_cancellation(self, member: _Member, exc: BaseException) -> BaseException:
+        error = RuntimeError(
+            f"member {member.record.name!r} raised {type(exc).__name__} without being "
+            f"cancelled (did it await a task that something else cancelled?)"
+        )
+        error.__cause__ = exc
+        return self._member_error(member, error)
+
+    def _was_cancelled(self, member: _Member) -> bool:
+        return self._cancelling or self._outside or _cancel_called(member)
+
+    def _cut_phase(self, member: _Member) -> Phase:
+        """The phase of a member that was cancelled: by us, or from outside."""
+        if self._outside and not (self._cancelling or _cancel_called(member)):
+            return "cancelled-from-outside"
+        return "cancelled"
+
+    def _stop_hard(self, cause: BaseException) -> None:
+        """Stop at once, without grace (a KeyboardInterrupt, SystemExit...), as anyio."""
+        self._hard = True
+        if self._hard_cause is None:
+            self._hard_cause = cause
+        self._signal.set(cause)
+        self._release_stages()
+        tg = self._tg
+        if tg is not None and self._state != "closed" and not self._cancelling:
+            self._cancelling = True
+            tg.cancel_scope.cancel()
+
+    def _cancelled_from_outside(self) -> None:
+        """An enclosing cancel scope cancelled us: hard, no grace, named as such."""
+        if not self._outside:
+            self._outside = True
             self._hard = True
             self._signal.set(StopReason.CANCELLED)
-        elif (
-            not self._hard
-            and member.record.outcome is not Outcome.ABANDONED  # a thread logs its own
-            and (_cancel_called(member) or self._tg.cancel_scope.cancel_called)  # type: ignore[union-attr]
-        ):
-            self._warn_cancelled(member, exc)
+            self._release_stages()
+
+    def _member_cancelled(self, member: _Member, exc: BaseException) -> None:
+        if self._cancelling or _cancel_called(member):
+            # ours: the grace ran out (or a BaseException stopped the scope at once)
+            if not self._hard and member.record.outcome is not Outcome.ABANDONED:
+                self._warn_cancelled(member, exc)  # a thread logs its own
+        else:
+            self._cancelled_from_outside()
+            member.record.phase = "cancelled-from-outside"
 
     def _returned_after_stop(self, member: _Member) -> Outcome:
         """STOPPED, unless it returned only after being cancelled (it swallowed it)."""
-        if self._hard or not (
-            _cancel_called(member) or self._tg.cancel_scope.cancel_called  # type: ignore[union-attr]
-        ):
-            return _STOPPED
+        ours = self._cancelling or _cancel_called(member)
+        if not ours:
+            if not _in_cancelled_scope():
+                return _STOPPED
+            # it swallowed a cancellation from outside
+            self._cancelled_from_outside()
+            member.record.phase = "cancelled-from-outside"
+            return _CANCELLED
+        if self._hard:  # stopped at once by a BaseException: no accusation
+            return _CANCELLED
         member.record.phase = "after-cancel"
         logger.warning(
             "%s: member %r returned only after it was cancelled (did it catch the cancellation?)",
@@ -647,7 +798,13 @@ class TaskScope(_ServiceMembers):
         )
         return _CANCELLED
 
-    def _exited(self, member: _Member, outcome: Outcome, error: BaseException | None) -> None:
+    def _exited(
+        self,
+        member: _Member,
+        outcome: Outcome,
+        error: BaseException | None,
+        before_stop: bool = False,
+    ) -> None:
         record = member.record
         now = time.monotonic()
         record.exited_at = now
@@ -657,13 +814,18 @@ class TaskScope(_ServiceMembers):
             outcome = record.outcome
         if error is not None:
             record.error = error
-        if outcome is not _FINISHED and self._signal._flag:
+        if before_stop:
+            pass  # its own failure requested the stop: it left while running
+        elif outcome is not _FINISHED and self._signal._flag:
             requested = self._requested_at
             if requested is None:
                 requested = self._stop_moment()
             record.latency = now - requested if now > requested else 0.0
             if record.phase == "running":
-                record.phase = "grace" if outcome is _STOPPED or outcome is _FAILED else "cancelled"
+                if outcome is _STOPPED or outcome is _FAILED:
+                    record.phase = "grace"
+                else:
+                    record.phase = self._cut_phase(member)
         elif outcome is _CANCELLED and record.phase == "running":
             record.phase = "cancelled"
         live = self._live
@@ -720,13 +882,22 @@ class TaskScope(_ServiceMembers):
             _remove_hook(self._signal, self._stop_call)
         for member in list(self._live.values()):  # only after a hard exit
             self._exited(member, Outcome.CANCELLED, None)
+        self._final = self._snapshot()
         if self._hard:
             cut = [r.name for r in self._records if r.outcome is Outcome.CANCELLED]
-            if cut:
+            if self._outside:
                 logger.warning(
-                    "%s was cancelled from outside (reason: %r); %d member(s) cut off: %s",
+                    "%s was cancelled from outside (stop reason: %r); %d member(s) cut off%s",
                     self._label(),
                     self._signal.reason,
+                    len(cut),
+                    ": " + ", ".join(cut) if cut else "",
+                )
+            elif cut:
+                logger.warning(
+                    "%s was stopped at once, without grace, by %r; %d member(s) cut off: %s",
+                    self._label(),
+                    self._hard_cause,
                     len(cut),
                     ", ".join(cut),
                 )
