@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import functools
 import inspect
-import io
+import logging
 import math
+import os
 import sys
 import time
 import traceback
@@ -82,6 +84,18 @@ def _check_grace(value: float | None, none_means: str = "to wait forever") -> fl
     return None if value == math.inf else value
 
 
+def _seconds(value: float | None) -> str:
+    return "none: it waits forever" if value is None else f"{value:g} s"
+
+
+def _reason_text(reason: object) -> str:
+    if isinstance(reason, StopReason):
+        return reason.value
+    if isinstance(reason, BaseException):
+        return f"{type(reason).__name__}: {reason}" if str(reason) else type(reason).__name__
+    return repr(reason) if not isinstance(reason, str) else reason
+
+
 def _check_callable(func: object, method: str) -> None:
     if inspect.iscoroutine(func):
         raise TypeError(
@@ -116,13 +130,47 @@ def _frames_of(coro: Any) -> list[FrameType]:
     return frames
 
 
-def _format_frames(frames: list[FrameType]) -> str:
-    buf = io.StringIO()
-    summary = traceback.StackSummary.extract(
+def _library_dirs() -> tuple[str, ...]:
+    """Directories whose frames are ours or the async libraries' (left out of logs)."""
+    dirs = {os.path.dirname(__file__), os.path.dirname(asyncio.__file__)}
+    for name in ("anyio", "trio", "outcome", "sniffio", "uvloop", "exceptiongroup"):
+        module = sys.modules.get(name)
+        file = getattr(module, "__file__", None)
+        if file:
+            dirs.add(os.path.dirname(file))
+    return tuple(d + os.sep for d in dirs)
+
+
+def _is_library_frame(filename: str, dirs: tuple[str, ...]) -> bool:
+    return filename.startswith(dirs) or filename.startswith("<frozen ")
+
+
+def _describe_stack(summary: traceback.StackSummary) -> tuple[str, str]:
+    """Where the member is (its innermost own frame) and its stack, outermost first.
+
+    Frames of stopscope, anyio, trio and asyncio are left out unless the ``stopscope``
+    logger is enabled for DEBUG: the first line a user reads is their own code.
+    """
+    if not logger.isEnabledFor(logging.DEBUG):
+        dirs = _library_dirs()
+        own = [f for f in summary if not _is_library_frame(f.filename, dirs)]
+        if own:
+            summary = traceback.StackSummary.from_list(own)
+    if not summary:
+        return "an unknown place", ""
+    last = summary[-1]
+    where = f"{last.filename}:{last.lineno} in {last.name}()"
+    if last.line:
+        where += f": {last.line.strip()}"
+    if len(summary) == 1:
+        return where, ""  # the headline says it all
+    return where, "\nIts stack, outermost first:\n" + "".join(summary.format()).rstrip()
+
+
+def _stack_of_frames(frames: list[FrameType]) -> traceback.StackSummary:
+    return traceback.StackSummary.extract(
         ((f, f.f_lineno) for f in frames), limit=None, lookup_lines=True
     )
-    buf.writelines(summary.format())
-    return buf.getvalue().rstrip()
 
 
 class _Stage:
@@ -576,14 +624,15 @@ class TaskScope(_ServiceMembers):
         since = self._clock() - self._stop_base - (self._grace or 0.0)
         for member in list(self._live.values()):
             member.record.phase = "after-cancel"
-            stack = _format_frames(_frames_of(member.task_coro))
+            where, stack = _describe_stack(_stack_of_frames(_frames_of(member.task_coro)))
             logger.warning(
-                "%s: member %r is still running %.3gs after it was cancelled; it "
-                "swallows cancellation or blocks the loop; it is at:\n%s",
+                "%s: member %r is still running %.3g s after it was cancelled, at %s; it "
+                "swallows cancellation or blocks the loop.%s",
                 self._label(),
                 member.record.name,
                 since,
-                stack or "(no frames)",
+                where,
+                stack,
             )
         self._laggard_delay = min(self._laggard_delay * 2, 30.0)
         assert self._call_at is not None
@@ -847,14 +896,43 @@ class TaskScope(_ServiceMembers):
 
     def _warn_cancelled(self, member: _Member, exc: BaseException) -> None:
         grace = member.grace if _cancel_called(member) else self._grace
-        stack = "".join(traceback.format_tb(exc.__traceback__)).rstrip()
+        where, stack = _describe_stack(traceback.extract_tb(exc.__traceback__))
         logger.warning(
-            "%s: member %r did not stop within its grace period (%ss) and was cancelled; "
-            "it was waiting at:\n%s",
+            "%s: member %r did not stop within its grace period (%s) and was cancelled at %s%s",
             self._label(),
             member.record.name,
-            grace,
+            _seconds(grace),
+            where,
             stack,
+        )
+
+    def _log_summary(self) -> None:
+        """One INFO line per stop: reason, grace, members by outcome, the slowest."""
+        if self._requested_at is None or not logger.isEnabledFor(logging.INFO):
+            return
+        records = self._records
+        counts: dict[str, int] = {}
+        for record in records:
+            counts[record.outcome.value] = counts.get(record.outcome.value, 0) + 1
+        tally = ", ".join(f"{n} {outcome}" for outcome, n in counts.items()) or "no members"
+        timed = [r for r in records if r.latency is not None]
+        slowest = ""
+        if timed:
+            worst = max(timed, key=lambda r: r.latency or 0.0)
+            slowest = f"; slowest {worst.name!r} {(worst.latency or 0.0) * 1000:.1f} ms"
+        took = ""
+        ends = [r.exited_at for r in records if r.exited_at is not None]
+        if ends:
+            took = f" in {max(0.0, max(ends) - self._requested_at) * 1000:.1f} ms"
+        logger.info(
+            "%s stopped%s (reason: %s; grace %s): %d member(s): %s%s",
+            self._label(),
+            took,
+            _reason_text(self._signal.reason),
+            _seconds(self._grace),
+            len(records),
+            tally,
+            slowest,
         )
 
     def _group(self) -> BaseExceptionGroup[BaseException]:
@@ -883,6 +961,7 @@ class TaskScope(_ServiceMembers):
         for member in list(self._live.values()):  # only after a hard exit
             self._exited(member, Outcome.CANCELLED, None)
         self._final = self._snapshot()
+        self._log_summary()
         if self._hard:
             cut = [r.name for r in self._records if r.outcome is Outcome.CANCELLED]
             if self._outside:
