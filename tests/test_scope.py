@@ -1,4 +1,4 @@
-"""Conformance tests for :class:`stopscope.TaskScope`, written from the contract (DESIGN.md).
+"""Conformance tests for :class:`stopscope.TaskScope`, from the contract (docs/contract.md).
 
 Every test runs on asyncio (debug), asyncio+uvloop and trio. No test asserts wall-clock
 time or orders anything with sleeps: ordering comes from events and

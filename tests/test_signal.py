@@ -1,4 +1,4 @@
-"""Conformance tests for ``StopSignal``, written from the contract in DESIGN.md.
+"""Conformance tests for ``StopSignal``, written from the contract (docs/contract.md).
 
 Every test of the public contract runs on asyncio (debug), asyncio+uvloop and trio
 through the ``anyio_backend`` fixture.  No test orders tasks with sleeps or compares
