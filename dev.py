@@ -5,9 +5,12 @@
     python3 dev.py test           # the whole suite: pytest on 3 backends, mypy --strict, ruff
 
 Only the standard library is used here, so this works on a fresh machine with
-nothing but Python >= 3.10 and access to the package registry.  The
-environment lives in ``.venv`` (``.venv-3.X`` for ``--python 3.X``) and is
-rebuilt whenever ``pyproject.toml`` changes.
+nothing but Python >= 3.10 and access to the package registry.  Both jobs share
+one environment, ``.venv`` (``.venv-3.X`` for ``--python 3.X``): stopscope in
+editable mode with its ``trio`` and ``uvloop`` extras, plus the ``dev``
+dependency group of ``pyproject.toml``.  It is built on first use (pip shows
+each download) and refreshed whenever ``pyproject.toml`` changes, never by
+switching between jobs.
 """
 
 from __future__ import annotations
@@ -55,26 +58,48 @@ def _find_python(version: str | None) -> str:
     raise SystemExit(f"dev.py: no working python{version} on PATH or under {pyenv_root}/versions")
 
 
-def ensure_env(python_version: str | None, extras: str) -> Path:
-    """Create (or refresh) the virtual environment and return its python."""
+def ensure_env(python_version: str | None, group: str = "dev") -> Path:
+    """Create (or refresh) the development environment and return its python.
+
+    One environment serves every job, so switching between them never rebuilds it:
+    the package in editable mode with the extras users install (``trio``,
+    ``uvloop``) and a dependency group of ``pyproject.toml`` (``dev``: test, bench
+    and release tools).  pip runs without ``-q``, so a first build shows its
+    progress.
+    """
     name = ".venv" if python_version is None else f".venv-{python_version}"
     env_dir = ROOT / name
     py = env_dir / "bin" / "python"
     stamp = env_dir / ".stopscope-stamp"
-    want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extras.encode()).hexdigest()
+    want = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + group.encode()).hexdigest()
     if py.exists() and stamp.exists() and stamp.read_text() == want:
         return py
     base = _find_python(python_version)
-    print(f"dev.py: preparing {name} with {base} (extras: {extras})", flush=True)
-    if not py.exists():
+    fresh = not py.exists()
+    what = f"stopscope[trio,uvloop] and the {group!r} dependency group"
+    print(
+        f"dev.py: {'building' if fresh else 'refreshing'} {name} with {base}: {what}"
+        + (" (the first build downloads about 100 MB; a minute or two)" if fresh else ""),
+        flush=True,
+    )
+    if fresh:
+        print(f"dev.py: [1/3] creating the virtual environment {env_dir}", flush=True)
         if python_version is None and Path(base).resolve() == Path(sys.executable).resolve():
             venv.EnvBuilder(with_pip=True).create(env_dir)
         else:
             subprocess.run([base, "-m", "venv", str(env_dir)], check=True)
-    pip = [str(py), "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "install", "--upgrade", "pip"], check=True)
-    subprocess.run([*pip, "install", "-e", f"{ROOT}[{extras}]"], check=True)
+    pip = [str(py), "-m", "pip", "--disable-pip-version-check"]
+    # dependency groups (--group) need pip >= 25.1
+    print("dev.py: [2/3] upgrading pip", flush=True)
+    subprocess.run([*pip, "install", "-q", "--upgrade", "pip>=25.1"], check=True)
+    print(f"dev.py: [3/3] installing {what}", flush=True)
+    subprocess.run(
+        [*pip, "install", "--progress-bar", "off", "-e", ".[trio,uvloop]", "--group", group],
+        cwd=ROOT,
+        check=True,
+    )
     stamp.write_text(want)
+    print(f"dev.py: {name} is ready", flush=True)
     return py
 
 
@@ -91,18 +116,37 @@ def cmd_test(args: argparse.Namespace, extra: list[str]) -> int:
         versions = [args.python]
     failed: list[str] = []
     for version in versions:
-        py = ensure_env(version, "test")
+        py = ensure_env(version)
         label = version or f"{sys.version_info[0]}.{sys.version_info[1]}"
-        code = run([str(py), "-m", "pytest", *extra])
+        # Branch coverage is measured and gated on the default Python only: the gate
+        # is about what our tests reach, not about the Python version.  Child Python
+        # processes are measured too ([tool.coverage.run] in pyproject.toml).
+        measure = version is None and not args.no_cov
+        if measure:
+            run([str(py), "-m", "coverage", "erase"])
+            code = run([str(py), "-m", "coverage", "run", "-m", "pytest", *extra])
+        else:
+            code = run([str(py), "-m", "pytest", *extra])
         if code == 5:
             print("dev.py: pytest collected no tests; that is a failure here", flush=True)
         if code != 0:
             failed.append(f"pytest on {label} (exit {code})")
+        elif measure:
+            # `coverage report` exits 2 below [tool.coverage.report] fail_under
+            if run([str(py), "-m", "coverage", "combine", "--quiet"]) != 0:
+                failed.append("coverage combine")
+            elif run([str(py), "-m", "coverage", "report"]) != 0:
+                failed.append(f"branch coverage on {label} (see the report above)")
         if version in (None, versions[-1]) and not args.no_lint:
             if run([str(py), "-m", "mypy"]) != 0:
                 failed.append(f"mypy on {label}")
             if run([str(py), "-m", "ruff", "check", "."]) != 0:
                 failed.append("ruff")
+        if version in (None, versions[-1]):  # the docs site, warnings as errors (mkdocs.yml)
+            site = ["--site-dir", str(ROOT / "build" / "site")]
+            env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}  # Material's end-of-life notice
+            if run([str(py), "-m", "mkdocs", "build", "--strict", "--quiet", *site], env=env):
+                failed.append("docs build (mkdocs build --strict)")
     if failed:
         print("dev.py: FAILED: " + "; ".join(failed), flush=True)
         return 1
@@ -111,8 +155,15 @@ def cmd_test(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, extra: list[str]) -> int:
-    py = ensure_env(args.python, "bench,test")
+    py = ensure_env(args.python)
     mode = [] if args.full else ["--quick"]
+    print(
+        "dev.py: measuring "
+        + ("(full run: about 6 minutes)" if args.full
+           else "(quick mode: about 45 s on a quiet 2-core machine)")
+        + "; a progress line per step, then the table",
+        flush=True,
+    )
     return run([str(py), "benchmarks/bench_stop_latency.py", *mode, *extra])
 
 
@@ -121,10 +172,19 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     sub = parser.add_subparsers(dest="job", required=True)
-    t = sub.add_parser("test", help="pytest on every backend, then mypy --strict and ruff")
+    t = sub.add_parser(
+        "test",
+        help="pytest on every backend under branch coverage (gate: [tool.coverage.report] "
+        "fail_under), then mypy --strict and ruff",
+    )
     t.add_argument("--python", help="run under python X.Y (found on PATH or under pyenv)")
     t.add_argument("--all-pythons", action="store_true", help="run pytest under 3.10 to 3.13")
     t.add_argument("--no-lint", action="store_true", help="skip mypy and ruff")
+    t.add_argument(
+        "--no-cov",
+        action="store_true",
+        help="skip coverage (for a subset of the tests, which the gate would fail)",
+    )
     b = sub.add_parser("bench", help="the stop-latency benchmark (quick mode unless --full)")
     b.add_argument("--python", help="run under python X.Y")
     b.add_argument("--full", action="store_true", help="the full run whose results are committed")

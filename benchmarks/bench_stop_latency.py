@@ -23,6 +23,7 @@ import json
 import math
 import random
 import sys
+import textwrap
 import time
 import tracemalloc
 from collections import defaultdict
@@ -588,11 +589,12 @@ def render(cfg: Config, meta: dict[str, Any], results: Results, summary: dict[st
     w(f"stopscope stop-latency benchmark ({cfg.mode} mode), {meta['date']}")
     w(f"Python {meta['python']} ({meta['implementation']}), {meta['platform']}, "
       f"{meta['cpu_count']} CPUs")
-    commit = meta.get("git_commit")
-    src = f" (git {commit[:10]}{', src/ modified' if meta.get('git_src_dirty') else ''})"
+    commit = meta.get("git_commit")  # None outside a git checkout (an unpacked sdist)
+    src = (f" (git {commit[:10]}{', src/ modified' if meta.get('git_src_dirty') else ''})"
+           if commit else "")
     w(", ".join(f"{k} {v[k] or 'not installed'}" for k in ("stopscope", "anyio", "trio",
                                                             "uvloop"))
-      + (src if commit else ""))
+      + src)
     reps = ", ".join(f"N={n:,}: {r}" for n, r in cfg.reps.items())
     w(f"repetitions ({reps}) in {cfg.rounds} round(s), +{cfg.warmup} warm-up per N; "
       f"strategies interleaved in random order; gc collected before and off during each run")
@@ -757,6 +759,140 @@ def render(cfg: Config, meta: dict[str, Any], results: Results, summary: dict[st
     return "\n".join(out)
 
 
+#: where a newcomer reads what each figure means and why each MISS is what it is
+RESULTS_PAGE = "docs/benchmarks.md"
+#: the compact table's width limit (quick mode, N <= 1,000, three backends)
+COMPACT_WIDTH = 100
+
+
+def _ratio_cell(ratio: float | None, flag: str = "", unit: str = "") -> str:
+    if ratio is None or math.isnan(ratio):
+        return "-"
+    text = f"{ratio:.2f}" if ratio < 10 else f"{ratio:.1f}" if ratio < 100 else f"{ratio:.0f}"
+    return text + unit + flag
+
+
+def render_compact(cfg: Config, meta: dict[str, Any], results: Results,
+                   summary: dict[str, Any], targets: list[dict[str, Any]]) -> str:
+    """One table of at most 100 columns: the ratios the targets judge, per backend and N,
+    with the misses flagged, then a line per figure that has no N and a pointer to the
+    page that explains them.  The full tables stay in the JSON file (``table_full``)."""
+    v = meta["versions"]
+    out: list[str] = []
+    w = out.append
+    w(f"stopscope stop-latency benchmark, {cfg.mode} mode, {meta['date']}")
+    w(f"Python {meta['python']} ({meta['implementation']}), {meta['cpu_count']} CPUs; "
+      + ", ".join(f"{k} {v[k] or 'not installed'}"
+                  for k in ("stopscope", "anyio", "trio", "uvloop")))
+    for note in cfg.notes:
+        w(textwrap.fill(f"NOTE: {note}", width=COMPACT_WIDTH, subsequent_indent="  "))
+    for why in sorted(set(results.skipped.values())):
+        w(textwrap.fill(f"skipped: {why}", width=COMPACT_WIDTH, subsequent_indent="  "))
+
+    lat = {(r["backend"], r["n"], r["strategy"]): r for r in summary["latency"]}
+    backends = [b for b in cfg.backends if any(k[0] == b for k in lat)]
+    ns = sorted({k[1] for k in lat})
+    verdict = {(t["target"], t["backend"], t["n"]): t for t in targets}
+
+    def judged(key: str, b: str, n: int | None, fig: dict[str, Any] | None,
+               unit: str = "") -> str:
+        if not fig:
+            return "-"
+        t = verdict.get((key, b, n))
+        flag = "" if t is None or t["pass"] else ("*" if t["sure"] else "*?")
+        return _ratio_cell(fig.get("ratio"), flag, unit)
+
+    def latency_row(label: str, limit: str, strategy: str, figname: str,
+                    key: str | None) -> list[str]:
+        cells = []
+        for b in backends:
+            for n in ns:
+                fig = lat.get((b, n, strategy), {}).get(figname)
+                if key is None:
+                    cells.append(_ratio_cell(fig.get("ratio")) if fig else "-")
+                else:
+                    cells.append(judged(key, b, n, fig))
+        return [label, limit, *cells]
+
+    floor = ["backend's own Event (time)", "", *[
+        fmt_time(lat.get((b, n, "native-floor"), {}).get("last_exit", {}).get("median",
+                                                                                math.nan))
+        for b in backends for n in ns]]
+    rows = [
+        floor,
+        latency_row(f"seed's {cfg.seed_interval:g}s loop / Event", "", "seed-poll",
+                    "last_exit", None),
+        latency_row("sig.wait() / Event", "1.5", "ss-wait", "last_exit", "ss-wait"),
+        latency_row("sig.sleep() / Event", "1.5", "ss-sleep", "last_exit", "ss-sleep"),
+        latency_row("sig.every() / Event", "1.5", "ss-every", "last_exit", "ss-every"),
+        latency_row("TaskScope / by hand", "1.2", "taskscope", "scope_exit", "taskscope"),
+        latency_row("TaskScope / native group", "(2)", "taskscope",
+                    "scope_exit_vs_native_group", "taskscope-native"),
+        latency_row("spawn / anyio task", "1.2", "taskscope", "spawn", "spawn"),
+    ]
+    mem = {r["backend"]: r for r in summary["memory"] if r["strategy"] == "taskscope"}
+    if mem and cfg.memory_n in ns:
+        rows.append(["memory / anyio task", "1.2", *[
+            judged("memory", b, None, mem.get(b)) if n == cfg.memory_n else ""
+            for b in backends for n in ns]])
+
+    cell_w = max(6, *(len(c) for r in rows for c in r[2:]))
+    group = len(ns) * cell_w + (len(ns) - 1)
+    label_w = max(len(r[0]) for r in rows)
+    limit_w = len("limit")
+
+    def line(label: str, limit: str, groups: list[str]) -> str:
+        return (f"{label.ljust(label_w)}  {limit.rjust(limit_w)}  "
+                + "  ".join(g.ljust(group) for g in groups)).rstrip()
+
+    def cells(row: list[str]) -> list[str]:
+        it = iter(row[2:])
+        return [" ".join(next(it).rjust(cell_w) for _ in ns) for _ in backends]
+
+    w("")
+    w("Stop request -> last worker exited (TaskScope: scope exited), median ratio to the "
+      "reference,")
+    w("measured in the same run; limit: the performance contract's ('*' above it, '?' "
+      "not significant).")
+    w(line("", "", backends))
+    w(line("", "limit", [" ".join(f"N={n:,}" if i == 0 else f"{n:,}".rjust(cell_w)
+                                  for i, n in enumerate(ns)).rjust(group) for _ in backends]))
+    for row in rows:
+        w(line(row[0], row[1], cells(row)))
+
+    def per_backend(rows_: list[dict[str, Any]], key: str, strategy_field: str,
+                    strategy: str, fig: str | None = None) -> str:
+        by_b = {r["backend"]: r for r in rows_ if r.get(strategy_field) == strategy}
+        return " / ".join(
+            judged(key, b, by_b[b].get("n") if key == "idle" else None,
+                   by_b[b][fig] if fig else by_b[b], "x")
+            for b in backends if b in by_b)
+
+    w("")
+    thread = per_backend(summary["thread_wake"], "thread", "strategy", "ss-set")
+    if thread:
+        w(f"set() from another thread -> waiter runs: {thread} the backend's own call "
+          "(limit 2)")
+    idle = per_backend(summary["idle_cpu"], "idle", "strategy", "ss-every", "cpu_per_tick")
+    if idle:
+        w(f"idle CPU per tick of every(): {idle} the seed's loop (limit 1)")
+    micro = {r["object"]: r for r in summary["micro"]}
+    if "StopSignal" in micro and micro["StopSignal"]["is_set"]:
+        w("is_set() in a hot loop: "
+          + judged("is_set", "-", None, micro["StopSignal"]["is_set"], "x")
+          + " asyncio.Event.is_set() (limit 1.2)")
+
+    misses = [t for t in targets if not t["pass"]]
+    sure = [t for t in misses if t["sure"]]
+    w("")
+    w(f"Targets: {len(targets) - len(misses)} of {len(targets)} verdicts PASS; "
+      f"{len(misses)} MISS ({len(sure)} significant; "
+      f"{sum(1 for t in misses if t['stretch'])} on the stretch goal, in parentheses).")
+    w(f"What each figure measures and why each MISS is what it is: {RESULTS_PAGE}")
+    w("(the full run, with p50/p99/max and N=10,000: python3 dev.py bench --full).")
+    return "\n".join(out)
+
+
 # --------------------------------------------------------------------------- plot
 
 
@@ -875,6 +1011,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed-interval", type=float, help="the seed loop's sleep interval")
     parser.add_argument("--seed", type=int, default=20240601, help="random seed (order)")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    parser.add_argument(
+        "--table", choices=["compact", "full"],
+        help="what stdout shows: one table of <= 100 columns (the default in --quick and "
+             "--smoke) or every table (the default in the full run); the JSON has both")
     args = parser.parse_args(argv)
 
     cfg = make_config(args)
@@ -885,13 +1025,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if why:
         progress(why)
         cfg.notes.append(why)
+    progress(f"measuring, {cfg.mode} mode: {', '.join(cfg.backends)}; "
+             f"N={', '.join(f'{n:,}' for n in cfg.ns)}; a line per step")
     t0 = time.perf_counter()
     results = measure(cfg, ss, progress)
     meta["seconds"] = round(time.perf_counter() - t0, 1)
     progress("analysing")
     summary = analyze(cfg, results)
     targets = evaluate_targets(summary)
-    table = render(cfg, meta, results, summary, targets)
+    table_full = render(cfg, meta, results, summary, targets)
+    style = args.table or ("full" if cfg.mode == "full" else "compact")
+    table = (table_full if style == "full"
+             else render_compact(cfg, meta, results, summary, targets))
     print(table, flush=True)
 
     out: Path = args.out or default_out(cfg, args.name)
@@ -911,7 +1056,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "idle_cpu": results.idle_cpu},
         "summary": summary,
         "targets": targets,
-        "table": table,
+        "table": table,  # what stdout showed
+        "table_full": table_full,
     }
     out.write_text(dump_json(doc))
     print(f"\nresults written to {out} ({meta['seconds']}s of measuring)", file=sys.stderr)

@@ -84,15 +84,8 @@ async def main(signal: StopSignal, path: Path) -> None:
         scope.start_soon(consumer, receive, path, name="consumer")
         scope.start_thread(heartbeat, path, name="heartbeat")
         await signal.wait()
-    for record in scope.report.tasks:
-        latency = "-" if record.latency is None else f"{record.latency * 1000:.0f} ms"
-        log.info(
-            "report: %-9s %-6s %-8s stopped in %s",
-            record.name,
-            record.kind,
-            record.outcome.name,
-            latency,
-        )
+    for line in str(scope.report).splitlines():  # the report prints as a small table
+        log.info("report: %s", line)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,10 @@ class TestExports:
 
     def test_py_typed_is_shipped(self) -> None:
         assert (Path(stopscope.__file__).parent / "py.typed").is_file()
+
+    def test_version_comes_from_the_package_metadata(self) -> None:
+        assert stopscope.__version__ == importlib.metadata.version("stopscope")
+        assert "__version__" not in stopscope.__all__  # a string, not an API name
 
 
 class TestSeedExample:

@@ -1,5 +1,8 @@
 """stopscope: a graceful way to stop async code, on asyncio, uvloop and trio."""
 
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
+from importlib.metadata import version as _version
+
 from ._report import Outcome as Outcome
 from ._report import ShutdownReport as ShutdownReport
 from ._report import StopReason as StopReason
@@ -23,6 +26,12 @@ __all__ = [
     "run",
     "stop_on_signals",
 ]
+
+try:
+    #: the installed distribution's version (PEP 440), from the package metadata
+    __version__: str = _version("stopscope")
+except _PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 # Show the public path in reprs and docs (stopscope.StopSignal, not stopscope._signal...).
 for _name in __all__:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = ["Outcome", "ShutdownReport", "StopReason", "TaskRecord"]
 
@@ -76,6 +77,37 @@ class TaskRecord:
     #: monotonic time of the exit
     exited_at: float | None = field(default=None, repr=False)
 
+    def __str__(self) -> str:
+        """One line: ``poller (task): stopped in 0.1 ms``."""
+        text = f"{self.name} ({self.kind}): {_outcome_text(self)}"
+        if self.latency is not None:
+            text += f" in {_ms(self.latency)} ms"
+        if self.error is not None:
+            text += f": {_error_text(self.error)}"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as plain JSON types (for ``json.dumps``, logs, metrics).
+
+        ``outcome`` is the outcome's value (``"stopped"``), ``latency`` and ``exited_at``
+        are seconds (``None`` when unknown), ``error`` is the exception's ``repr()`` and
+        ``error_type`` its qualified class name (both ``None`` if it did not fail).
+
+        .. versionadded:: 0.1
+        """
+        error = self.error
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "outcome": self.outcome.value,
+            "latency": self.latency,
+            "error": None if error is None else repr(error),
+            "error_type": None if error is None else _type_name(error),
+            "phase": self.phase,
+            "exit_code": self.exit_code,
+            "exited_at": self.exited_at,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class ShutdownReport:
@@ -104,3 +136,111 @@ class ShutdownReport:
     def needed_cancellation(self) -> tuple[TaskRecord, ...]:
         """The members that did not stop within their grace period."""
         return tuple(r for r in self.tasks if r.outcome in (Outcome.CANCELLED, Outcome.ABANDONED))
+
+    def __str__(self) -> str:
+        """A small aligned table, one row per member, under a line with the reason::
+
+            stop reason: 'deploy' (requested at 7316.204 on the monotonic clock)
+            name       kind    outcome    latency ms  error
+            ---------  ------  ---------  ----------  -----
+            producer   task    stopped           0.2
+            heartbeat  thread  stopped          12.6
+            consumer   task    cancelled      2001.3
+
+        Latency is from the stop request to the member's exit (``-``: it finished
+        before any stop); ``print(scope.report)`` shows it.
+
+        .. versionadded:: 0.1
+        """
+        if self.requested_at is None:
+            head = "stop never requested (every member finished on its own)"
+        else:
+            head = (
+                f"stop reason: {_reason_text(self.reason)} "
+                f"(requested at {self.requested_at:.3f} on the monotonic clock)"
+            )
+        if not self.tasks:
+            return f"{head}\n(no members)"
+        header = ("name", "kind", "outcome", "latency ms", "error")
+        rows = [
+            (
+                r.name,
+                r.kind,
+                _outcome_text(r),
+                "-" if r.latency is None else _ms(r.latency),
+                "" if r.error is None else _error_text(r.error),
+            )
+            for r in self.tasks
+        ]
+        widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+
+        def line(cells: tuple[str, ...]) -> str:
+            padded = [
+                cell.rjust(widths[i]) if i == 3 else cell.ljust(widths[i])
+                for i, cell in enumerate(cells)
+            ]
+            return "  ".join(padded).rstrip()
+
+        rule = tuple("-" * w for w in widths)
+        return "\n".join([head, line(header), line(rule), *(line(row) for row in rows)])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as plain JSON types: ``json.dumps(scope.report.to_dict())`` works.
+
+        ``reason`` stays as it is when it is a string, number, boolean or ``None``; an
+        enum member becomes ``"Class.NAME"`` (``"StopReason.BODY_EXITED"``,
+        ``"Signals.SIGTERM"``), an exception its ``repr()``, anything else ``str()``.
+        ``tasks`` is a list of :meth:`TaskRecord.to_dict`.
+
+        .. versionadded:: 0.1
+        """
+        return {
+            "reason": _reason_json(self.reason),
+            "requested_at": self.requested_at,
+            "tasks": [r.to_dict() for r in self.tasks],
+        }
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f}"
+
+
+def _type_name(error: BaseException) -> str:
+    cls = type(error)
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+def _error_text(error: BaseException) -> str:
+    """``ValueError: boom``, as the last line of a traceback reads, on one line."""
+    message = str(error).replace("\n", " ")
+    name = type(error).__name__
+    return f"{name}: {message}" if message else name
+
+
+def _outcome_text(record: TaskRecord) -> str:
+    if record.phase == "cancelled-from-outside":
+        return f"{record.outcome.value} (from outside)"
+    if record.phase == "after-cancel":
+        return f"{record.outcome.value} (returned late)"
+    return record.outcome.value
+
+
+def _reason_text(reason: object) -> str:
+    if isinstance(reason, enum.Enum):
+        return f"{type(reason).__name__}.{reason.name}"
+    if isinstance(reason, BaseException):
+        return _error_text(reason)
+    return repr(reason)
+
+
+def _reason_json(reason: object) -> object:
+    if isinstance(reason, enum.Enum):  # before int: signal.Signals is an IntEnum
+        return f"{type(reason).__name__}.{reason.name}"
+    if reason is None or type(reason) in (str, bool, int):
+        return reason
+    if type(reason) is float and math.isfinite(reason):
+        return reason
+    if isinstance(reason, BaseException):
+        return repr(reason)
+    return str(reason)
