@@ -12,6 +12,10 @@ How it works, in brief (the why is in the comments below):
 * A signal handler that interrupts a critical section on the same thread cannot take
   the lock's protection for granted (the lock is re-entrant).  It only raises the
   flags and queues the signal; whoever leaves a critical section drains that queue.
+  Which call sets a signal (the one ``set()`` that returns ``True``) is decided by one
+  ``dict`` operation in ``_claims``, which a Python signal handler cannot split.
+* A callback is run by whoever pops it from its handle's one-item list: ``set()``
+  (it runs) or ``remove()`` (it never will).
 * Children are held weakly by their parent unless they (or a descendant) have hooks;
   then they are *pinned* (held strongly) until they are set or the hooks go away.
 """
@@ -50,6 +54,7 @@ _lock: Final = threading.RLock()
 _pending: list[StopSignal] = []
 _is_owned: Final[Callable[[], bool]] = _lock._is_owned  # type: ignore[attr-defined]
 _get_running_loop: Final = asyncio._get_running_loop
+_get_ident: Final = threading.get_ident
 try:  # C on 3.12+; asyncio.current_task() is Python on 3.10 and 3.11
     from _asyncio import current_task as _current_task  # type: ignore[attr-defined]
 except ImportError:  # pragma: no cover - version dependent
@@ -60,6 +65,19 @@ _new_lock: Final = threading.Lock
 _MISSING: Final = object()
 _CALL: Final[Any] = object()  # in a timer entry's signal slot: the entry runs a function
 _TIMEOUT_MAX: Final = threading.TIMEOUT_MAX
+
+# The signals being set right now, each mapped to the call that is setting it.  A
+# signal handler runs between two bytecodes, so a check of ``_flag`` followed by its
+# write can be split by a handler that sets the same signal: both calls would win.
+# The winner is decided instead by one dict operation (a handler cannot split it):
+# store a token, check the flag again, write it, delete the entry.  A call that
+# holds the lock and did not re-enter (a "main" call) has no rival below it on its
+# stack, so it stores the constant ``_MAIN``; a handler's call (the lock is owned by
+# the code it interrupted) uses ``setdefault`` with a token of its own and loses to
+# whatever is there.  Entries live only while a flag is being written: no memory per
+# signal.
+_claims: dict[StopSignal, object] = {}
+_MAIN: Final = object()
 
 
 def _backend() -> str:
@@ -87,10 +105,22 @@ async def _checkpoint(backend: str) -> None:
 
 
 def _check_duration(value: float, name: str) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"`{name}` must be a number of seconds, got {value!r}") from None
+    """Validate a duration: an int, a float or another real number (``__float__``).
+
+    A ``str``, ``bytes`` or ``bool`` raises ``TypeError`` (``float("1")`` would accept
+    a string), as does anything else without ``__float__``.
+    """
+    if type(value) is not float:
+        if isinstance(value, bool) or not (
+            isinstance(value, int) or hasattr(type(value), "__float__")
+        ):
+            raise TypeError(f"`{name}` must be a number of seconds, got {value!r}")
+        try:
+            value = float(value)
+        except OverflowError:  # an int too large for a float: as good as forever
+            value = math.inf if value > 0 else -math.inf
+        except (TypeError, ValueError):
+            raise TypeError(f"`{name}` must be a number of seconds, got {value!r}") from None
     if math.isnan(value) or value < 0:
         raise ValueError(f"`{name}` must be a non-negative number of seconds, got {value!r}")
     return value
@@ -102,7 +132,7 @@ def _check_duration(value: float, name: str) -> float:
 class _TrioWaiter:
     """A trio task parked in ``wait_task_rescheduled`` on a signal."""
 
-    __slots__ = ("signal", "task", "token")
+    __slots__ = ("aborted", "signal", "task", "token")
 
     def __init__(
         self, signal: StopSignal, task: trio.lowlevel.Task, token: trio.lowlevel.TrioToken
@@ -110,11 +140,19 @@ class _TrioWaiter:
         self.signal = signal
         self.task = task
         self.token = token
+        #: the task was cancelled before its wake: whoever claimed it must not wake it
+        self.aborted = False
 
     def abort(self, _: object) -> trio.lowlevel.Abort:
-        # Once set() (or a timer) has claimed this waiter it will reschedule it: refuse.
-        removed = _remove_hook(self.signal, self)
-        return _trio.lowlevel.Abort.SUCCEEDED if removed else _trio.lowlevel.Abort.FAILED  # type: ignore[no-any-return]
+        # trio calls this only while the task is still parked (reschedule() clears
+        # the task's abort function), so a waiter that set() or a timer has claimed
+        # has not been woken yet: the cancellation wins, as it does on asyncio (the
+        # future's result is set, then task.cancel() wins).  The claimer skips it.
+        # abort, reschedule and every wake below run on the run's own thread (the
+        # wake from elsewhere goes through run_sync_soon), so a plain flag will do.
+        _remove_hook(self.signal, self)
+        self.aborted = True
+        return _trio.lowlevel.Abort.SUCCEEDED  # type: ignore[no-any-return]
 
 
 class _LoopCall:
@@ -147,38 +185,96 @@ class _LoopCall:
 class CallbackHandle:
     """Returned by :meth:`StopSignal.on_set`; :meth:`remove` deregisters the callback."""
 
-    __slots__ = ("_callback", "_signal")
+    __slots__ = ("_callback", "_cell", "_runner", "_signal")
 
     def __init__(self, signal: StopSignal, callback: Callable[[object], object]) -> None:
         self._signal = signal
         self._callback = callback
+        # Whoever pops the callback from this list decides: set() runs it, remove()
+        # prevents it.  list.pop() is one C call: neither a thread switch nor a
+        # signal handler can split it.
+        self._cell = [callback]
+        #: (thread id, lock held until it returns) while set() runs the callback
+        self._runner: tuple[int, Any] | None = None
 
     @property
     def callback(self) -> Callable[[object], object]:
         return self._callback
 
     def remove(self) -> bool:
-        """Deregister the callback.
+        """Deregister the callback: once this returns, it is not running and never will.
+
+        A callback that :meth:`StopSignal.set` has claimed but not started yet is
+        prevented too.  If ``set()`` is running it on another thread right now, this
+        waits until it returns (as C++ ``std::stop_callback``'s destructor does), so
+        what the callback uses may be freed afterwards.  Called from inside the
+        callback itself, or from a signal handler that interrupted it, it returns at
+        once (waiting would deadlock); the callback is then still running below.  So
+        does a call from a signal handler that interrupted this library's own
+        bookkeeping on its thread (the callback might need the lock held there).
 
         :return: ``True`` if this prevented the callback from running, ``False`` if it
-            has run, is running, or is about to run because the signal was already set
+            has run (or is running on this thread), or was removed already
         """
-        return _remove_hook(self._signal, self)
+        sig = self._signal
+        # In a signal handler that interrupted a critical section on this thread the
+        # hook collections may be mid-update: leave the hook in place, inert (taking
+        # the callback below is enough to keep it from ever running).
+        in_section = _is_owned()
+        if sig._hooks is not None and not in_section:
+            with _lock:
+                discarded = _discard_hook(sig, self)
+            if _pending:
+                _drain()
+            if discarded:  # no set() will see it; another remove() may race for it
+                return self._take()
+        if self._take():  # claimed by set(), not started: it never will be
+            return True
+        runner = self._runner
+        # set() runs it on another thread: wait for it, unless this is a signal
+        # handler that interrupted a critical section here (the callback could need
+        # the lock this thread holds: waiting might never end)
+        if runner is not None and runner[0] != _get_ident() and not in_section:
+            runner[1].acquire()
+            runner[1].release()
+        return False
+
+    def _take(self) -> bool:
+        try:
+            self._cell.pop()
+        except IndexError:
+            return False
+        return True
 
     def __repr__(self) -> str:
         return f"<CallbackHandle {self._callback!r} on {self._signal!r}>"
 
 
 def _run_callback(handle: CallbackHandle, reason: object) -> BaseException | None:
-    """Run one callback; log what it raises. Returns a BaseException to re-raise later."""
+    """Run one callback unless removed; log what it raises.
+
+    Returns a BaseException to re-raise later.  The runner is published before the
+    callback is taken, so a ``remove()`` that fails to take it finds whom to wait for.
+    """
+    done = _new_lock()
+    done.acquire()
+    handle._runner = (_get_ident(), done)
     try:
-        handle._callback(reason)
-    except Exception:
-        logger.exception("stop callback %r raised; other callbacks still run", handle._callback)
-    except BaseException as exc:  # KeyboardInterrupt, SystemExit: log, finish, re-raise
-        logger.exception("stop callback %r raised; other callbacks still run", handle._callback)
-        return exc
-    return None
+        try:
+            callback = handle._cell.pop()
+        except IndexError:  # remove() took it after set() claimed it
+            return None
+        try:
+            callback(reason)
+        except Exception:
+            logger.exception("stop callback %r raised; other callbacks still run", callback)
+        except BaseException as exc:  # KeyboardInterrupt, SystemExit: log, finish, re-raise
+            logger.exception("stop callback %r raised; other callbacks still run", callback)
+            return exc
+        return None
+    finally:
+        handle._runner = None
+        done.release()
 
 
 # ---------------------------------------------------------------- tree bookkeeping
@@ -270,8 +366,13 @@ def _claim(root: StopSignal, reason: object, out: list[dict[object, None]]) -> N
         if hooks is None:
             continue
         if not sig._flag:
-            sig._reason = reason
-            sig._flag = True
+            _claims[sig] = _MAIN  # a handler's set() of this signal now loses
+            try:
+                if not sig._flag:  # (unless it won just before)
+                    sig._reason = reason
+                    sig._flag = True
+            finally:  # never left behind, even by a KeyboardInterrupt
+                del _claims[sig]
         sig._hooks = None
         if hooks:
             out.append(hooks)
@@ -284,22 +385,34 @@ def _claim(root: StopSignal, reason: object, out: list[dict[object, None]]) -> N
                     stack.append(kid)
 
 
-def _mark_deferred(root: StopSignal, reason: object) -> None:
+def _mark_deferred(root: StopSignal, reason: object) -> bool:
     """Raise the flags of a subtree without touching its collections (signal handler).
 
-    As in :func:`_claim`, every child is in its parent's ``_kids`` list.
+    As in :func:`_claim`, every child is in its parent's ``_kids`` list.  A signal that
+    a call lower on this thread's stack is setting is left to it (with its subtree).
+
+    :return: whether this call set ``root``
     """
+    token = object()
+    won = False
     stack = [root]
     while stack:
         sig = stack.pop()
-        if sig._flag:
+        if sig._flag or _claims.setdefault(sig, token) is not token:
             continue
-        sig._reason = reason
-        sig._flag = True
+        try:
+            if sig.is_set():  # set by a call that finished just before the claim
+                continue
+            sig._reason = reason
+            sig._flag = True
+        finally:  # never left behind, even by a KeyboardInterrupt
+            del _claims[sig]
+        won = won or sig is root
         for ref in list(sig._kids or ()):
             kid = ref()
             if kid is not None:
                 stack.append(kid)
+    return won
 
 
 def _drain() -> None:
@@ -346,7 +459,7 @@ def _wake_trio(items: list[Any]) -> None:
     for item in items:
         if type(item) is _LoopCall:
             item.run()
-        else:
+        elif not item.aborted:
             reschedule(item.task, value(True))
 
 
@@ -384,7 +497,8 @@ def _fire(groups: list[dict[object, None]]) -> None:
                 if token is _MISSING:
                     token = _current_trio_token()
                 if hook.token is token:  # type: ignore[attr-defined]
-                    _trio.lowlevel.reschedule(hook.task, _Value(True))  # type: ignore[attr-defined]
+                    if not hook.aborted:  # type: ignore[attr-defined]
+                        _trio.lowlevel.reschedule(hook.task, _Value(True))  # type: ignore[attr-defined]
                     continue
             elif kind is StopSignal:
                 continue  # a pinned child: the claim walk reached it through _kids
@@ -560,7 +674,9 @@ class _AsyncioTimers(_TimerHeap):
         for fut in self.expired(loop.time() + self.resolution):
             if not fut.done():
                 fut.set_result(False)
-        if self.heap:
+        # A due call may have added an earliest deadline, which scheduled a loop
+        # timer already (add() does when none is pending): never schedule a second.
+        if self.heap and self.handle is None:
             self.handle = loop.call_at(self.next_deadline, self.fire, loop)
 
 
@@ -613,7 +729,8 @@ class _TrioTimers(_TimerHeap):
                 await trio.sleep_forever()
             self.scope = None
             for waiter in self.expired(trio.current_time()):
-                trio.lowlevel.reschedule(waiter.task, _Value(False))
+                if not waiter.aborted:
+                    trio.lowlevel.reschedule(waiter.task, _Value(False))
 
 
 _trio_timers_var: Any = None
@@ -697,7 +814,7 @@ class _Every:
                     timers = self._timers
                     entry = timers.add(loop, deadline, signal, fut)  # type: ignore[union-attr, arg-type]
                     try:
-                        stopped = await fut
+                        stopped = await fut or signal._flag  # decided on resume
                     finally:
                         if entry[2] is not None:  # the wait ended before its deadline
                             entry[2] = entry[3] = None
@@ -780,40 +897,52 @@ class StopSignal:
         if _is_owned():
             # A signal handler interrupted a critical section on this thread: the
             # collections may be mid-update, so only raise flags and queue the rest.
-            if self._flag:
+            # If the interrupted code is setting this very signal, it wins and this
+            # returns False (the flag reads True once that call goes on).
+            if self._flag or not _mark_deferred(self, reason):
                 return False
-            _mark_deferred(self, reason)
             _pending.append(self)
             return True
+        groups: list[dict[object, None]] | None = None
         with _lock:
             if self._flag:
-                return False
-            if self._kids is None and self._parent is None:  # a lone signal: no tree
-                self._reason = reason
-                self._flag = True
-                hooks = self._hooks
-                self._hooks = None
-                groups = [hooks] if hooks else None
-                if hooks and len(hooks) == 1:  # one waiter: the commonest case of all
-                    for hook in hooks:
-                        if type(hook) is _Future:
-                            loop = _get_running_loop()
-                            if (
-                                loop is not None
-                                and hook.get_loop() is loop
-                                and _current_task(loop) is not None
-                            ):
-                                groups = None
-                                if not hook.done():
-                                    hook.set_result(True)
+                won = False
             else:
-                groups = []
-                _claim(self, reason, groups)
+                # No set() is in progress below this one on this thread (the lock was
+                # not owned): a plain store claims the signal against handlers.
+                _claims[self] = _MAIN
+                try:
+                    won = not self._flag  # False if a handler set it before the claim
+                    if won:
+                        self._reason = reason
+                        self._flag = True
+                        if self._kids is None and self._parent is None:  # a lone signal
+                            hooks = self._hooks
+                            self._hooks = None
+                            if hooks:
+                                groups = [hooks]
+                                if len(hooks) == 1:  # one waiter: the commonest case
+                                    for hook in hooks:
+                                        if type(hook) is _Future:
+                                            loop = _get_running_loop()
+                                            if (
+                                                loop is not None
+                                                and hook.get_loop() is loop
+                                                and _current_task(loop) is not None
+                                            ):
+                                                groups = None
+                                                if not hook.done():
+                                                    hook.set_result(True)
+                        else:
+                            groups = []
+                            _claim(self, reason, groups)
+                finally:
+                    del _claims[self]
         if _pending:
             _drain()
         if groups:
             _fire(groups)
-        return True
+        return won
 
     # -- children --------------------------------------------------------------
 
@@ -891,7 +1020,15 @@ class StopSignal:
     async def sleep(self, seconds: float) -> bool:
         """Sleep for ``seconds``, or less if the signal is set meanwhile.
 
-        :return: ``True`` if the signal was set first, ``False`` if the time ran out
+        The result is decided when the sleeping task runs again: if the signal is set
+        by then, it is ``True``, even if the time ran out in the same loop turn (so
+        ``sleep()`` never returns ``False`` while :meth:`is_set` is already ``True``).
+
+        :param seconds: an ``int``, a ``float`` or another real number (one with
+            ``__float__``); ``math.inf`` waits until set
+        :return: ``True`` if the signal is set, ``False`` if the time ran out first
+        :raises TypeError: if ``seconds`` is not a number (a ``str``, ``bytes`` or
+            ``bool`` included)
         :raises ValueError: if ``seconds`` is negative or NaN
         """
         seconds = _check_duration(seconds, "seconds")
@@ -914,7 +1051,9 @@ class StopSignal:
         The first tick comes at once.  The next deadline is ``max(previous deadline +
         period, now)``: no drift, and a body that overruns gets the next tick at once
         with no burst of catch-up ticks.  The loop ends the moment the signal is set,
-        even in the middle of a wait::
+        even in the middle of a wait.  Whether to tick is decided when the waiting task
+        runs again: if the signal is set by then, the loop ends without another tick,
+        even if the tick fell due in the same loop turn as the stop::
 
             async for tick in sig.every(5.0):
                 await flush()
@@ -922,6 +1061,8 @@ class StopSignal:
         It is a plain async iterator, not a generator: breaking out of the loop needs
         no ``aclosing()``.
 
+        :raises TypeError: if ``period`` is not a number (``str``, ``bytes`` and
+            ``bool`` included)
         :raises ValueError: if ``period`` is not a positive number of seconds
         """
         period = _check_duration(period, "period")
@@ -939,7 +1080,8 @@ class StopSignal:
             return True
         entry = timers.add(loop, deadline, self, fut)
         try:
-            return await fut
+            # decided on resume: a timeout loses to a set() made before the task runs
+            return await fut or self._flag
         finally:
             if entry[2] is not None:  # the wait ended before its deadline
                 entry[2] = entry[3] = None
@@ -960,8 +1102,9 @@ class StopSignal:
         timers = _trio_timers()
         entry = timers.add(deadline, self, waiter)
         try:
+            # decided on resume: a timeout loses to a set() made before the task runs
             result = await lowlevel.wait_task_rescheduled(waiter.abort)
-            return result
+            return result or self._flag
         finally:
             if entry[2] is not None:
                 entry[2] = entry[3] = None
@@ -1005,6 +1148,8 @@ class StopSignal:
         :return: whether the signal is set
         :raises RuntimeError: if called on a thread that runs an event loop (it would
             freeze the loop; use ``await sig.wait()`` there)
+        :raises TypeError: if ``timeout`` is not a number or None (``str``, ``bytes``
+            and ``bool`` included)
         :raises ValueError: if ``timeout`` is negative or NaN
         """
         if timeout is not None:
