@@ -889,7 +889,9 @@ class StopSignal:
 
         Safe from any thread and from a signal handler.  Once it returns, this signal
         and all its children read as set.  Callbacks registered with :meth:`on_set`
-        run inside this call; their errors are logged, never raised.
+        run inside this call; an ``Exception`` they raise is logged, never raised (a
+        ``KeyboardInterrupt`` or ``SystemExit`` is logged too, and re-raised once every
+        other callback has run: swallowing it would break Ctrl-C).
 
         :param reason: why (kept in :attr:`reason`; children get the same reason)
         :return: ``True`` only for the call that set the signal
