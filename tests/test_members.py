@@ -242,11 +242,15 @@ class TestStartThread:
 # ---------------------------------------------------------------------- processes
 
 
+# SIGTERM is blocked and taken with sigwait(): a Python handler around time.sleep()
+# would lose a signal that lands just before the sleep starts (it would run only when
+# the sleep ends, 60 s later)
 CHILD_EXITS_ON_SIGTERM = """
-import signal, sys, time
-signal.signal(signal.SIGTERM, lambda *args: sys.exit(0))
+import signal, sys
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
 print("ready", flush=True)
-time.sleep(60)
+signal.sigtimedwait({signal.SIGTERM}, 60)
+sys.exit(0)
 """
 
 CHILD_IGNORES_SIGTERM = """

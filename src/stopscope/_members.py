@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal as _signal
 import subprocess
 import sys
 import threading
@@ -138,6 +139,19 @@ class _ServiceMembers:
         :class:`subprocess.CalledProcessError`, which stops the scope like any
         member's error).  ``record.exit_code`` holds the exit code (negative: killed
         by that signal).  The process is always waited for: no zombie is left.
+
+        Under :func:`~stopscope.run` or :func:`~stopscope.stop_on_signals`, a signal
+        sent to the whole process group (Ctrl-C in a terminal, ``tini -g``,
+        supervisord's ``stopasgroup``, systemd's ``KillMode=control-group``) reaches
+        the process too, and it may exit before the service has acted on the signal.
+        It is then ``STOPPED``, not ``FAILED``, and the service stops at once, as for
+        any signal, when: the service caught that signal (acted on or not yet), and
+        the exit status says the process ended by it: killed by it (``-n``), exit
+        status ``128 + n`` (a shell's 130 after SIGINT, a JVM's 143 after SIGTERM),
+        or 0.  Any other status (1, or killed by SIGKILL or by a signal the service
+        does not handle or never got) is still ``FAILED``.  A Python child that does
+        not handle SIGINT dies of it (``-2``, after printing the KeyboardInterrupt
+        traceback); one that catches ``KeyboardInterrupt`` and exits 1 fails.
 
         :param cmd: the command, as for :func:`anyio.open_process` (a string is run
             by the shell)
@@ -283,19 +297,61 @@ async def _run_process(
         with signal.cancel_scope():
             await process.wait()
         if process.returncode is None:  # stop requested: ask it to exit
-            with suppress(ProcessLookupError):
-                process.terminate()
+            _send(process, _SIGTERM)
             await process.wait()  # the scope cancels this when grace is over
-        elif not signal.is_set() and process.returncode != 0:
-            record.exit_code = process.returncode
-            raise subprocess.CalledProcessError(process.returncode, cmd)
+        elif not signal.is_set():  # it exited before any stop of this member
+            if _ended_by_the_services_signal(process.returncode, record.name):
+                record.outcome = Outcome.STOPPED
+            elif process.returncode != 0:
+                record.exit_code = process.returncode
+                raise subprocess.CalledProcessError(process.returncode, cmd)
     except anyio.get_cancelled_exc_class():
         if process.returncode is None:
-            with suppress(ProcessLookupError):
-                process.kill()
+            _send(process, _SIGKILL)
             record.outcome = Outcome.CANCELLED
         raise
     finally:
         with anyio.CancelScope(shield=True):
             await process.wait()  # reap it: no zombie, whatever happened
         record.exit_code = process.returncode
+
+
+_SIGTERM: int = _signal.SIGTERM
+_SIGKILL: int = getattr(_signal, "SIGKILL", _signal.SIGTERM)  # Windows: both terminate
+
+
+def _send(process: Process, signum: int) -> None:
+    """Send ``signum`` (SIGTERM or SIGKILL) to a process not known to have exited.
+
+    On POSIX with :func:`os.kill`, not ``terminate()``/``kill()``: on asyncio these go
+    to :meth:`subprocess.Popen.send_signal`, which first reaps a child that has just
+    died (``poll()``), and asyncio's child watcher, which waits for the same pid, then
+    reports status 255 ("Unknown child process pid") instead of the real one.  That is
+    the usual case when a process-group signal killed the child just as the service
+    stops on the same signal.
+    """
+    with suppress(ProcessLookupError):
+        if sys.platform != "win32":
+            os.kill(process.pid, signum)
+        elif signum == _SIGTERM:
+            process.terminate()
+        else:
+            process.kill()
+
+
+def _ended_by_the_services_signal(returncode: int, name: str) -> bool:
+    """Whether an exit before any stop is the stop of a service (``run()``,
+    ``stop_on_signals()``) whose signal reached the process too; see ``start_process``."""
+    from ._service import _signal_behind_exit
+
+    signum = _signal_behind_exit(returncode)
+    if signum is None:
+        return False
+    logger.info(
+        "process member %r exited (status %s) on %s, which the service is stopping on: "
+        "stopped, not failed",
+        name,
+        returncode,
+        signum.name,
+    )
+    return True

@@ -27,11 +27,18 @@ How the signals arrive (the why of the code below):
   before it swaps).  A signal that our handler caught but the loop has not acted on
   yet when the block ends is raised again, so the previous handler gets it: nothing
   is lost, nothing is acted on twice.
+* A signal sent to the whole process group (Ctrl-C, ``tini -g``, systemd's
+  ``KillMode=control-group``) also reaches the process members, which may die of it
+  before the loop has acted on it.  A trap is known to the tasks of its block (a
+  context variable), so a process member that dies of a signal the trap has caught
+  asks the trap to act on it at once and is reported STOPPED, not FAILED
+  (:func:`_signal_behind_exit`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import signal
@@ -189,6 +196,7 @@ class SignalTrap:
         "_signals",
         "_state",
         "_stop",
+        "_token",
         "_wakeup",
     )
 
@@ -217,6 +225,7 @@ class SignalTrap:
         self._grace_armed = False
         self._cancel_cause: str | None = None
         self._wakeup: tuple[socket.socket, socket.socket, asyncio.AbstractEventLoop] | None = None
+        self._token: contextvars.Token[tuple[SignalTrap, ...]] | None = None
 
     @property
     def received(self) -> tuple[signal.Signals, ...]:
@@ -263,6 +272,7 @@ class SignalTrap:
             raise
         self._scope = anyio.CancelScope().__enter__()
         self._state = "open"
+        self._token = _open_traps.set((*_open_traps.get(), self))
         return self
 
     async def __aexit__(
@@ -278,6 +288,7 @@ class SignalTrap:
         finally:
             self._state = "closed"
             self._uninstall()
+            self._leave_context()
         if scope.cancelled_caught:
             cause = self._cancel_cause or (
                 f"it did not finish within grace ({self._grace:g} s) after "
@@ -299,6 +310,15 @@ class SignalTrap:
         leftover = list(self._pending)
         self._pending.clear()
         _redeliver(leftover)
+
+    def _leave_context(self) -> None:
+        token, self._token = self._token, None
+        if token is None:
+            return
+        try:
+            _open_traps.reset(token)
+        except (ValueError, RuntimeError):  # left in another context than it was entered
+            _open_traps.set(tuple(t for t in _open_traps.get() if t is not self))
 
     # -- the wake-up fd (plain asyncio only) ---------------------------------------
 
@@ -397,6 +417,16 @@ class SignalTrap:
                 "%s (%s signal): cancelling %s; %s", signum.name, _ordinal(n), self._label, after
             )
 
+    def _explains(self, returncode: int) -> signal.Signals | None:
+        """The signal this trap caught (acted on or not yet) that a child's exit status
+        says it ended by: killed by it (``-n``), ``128 + n`` (a shell, a JVM), or 0."""
+        if self._state != "open":
+            return None
+        for signum in (*self._received, *tuple(self._pending)):
+            if returncode in (0, -signum, 128 + signum):
+                return signal.Signals(signum)
+        return None
+
     def _what_next(self, n: int) -> str:
         action = self._action(n)
         which = "a second" if n == 2 else "a third" if n == 3 else "another"
@@ -405,6 +435,47 @@ class SignalTrap:
         if action == "cancel":
             return f"{which} signal cancels it"
         return "further signals change nothing"
+
+
+#: the open traps whose block the running task is in, innermost last; a task started in
+#: the block inherits them with its context
+_open_traps: Final[contextvars.ContextVar[tuple[SignalTrap, ...]]] = contextvars.ContextVar(
+    "stopscope_open_traps", default=()
+)
+
+
+def _signal_behind_exit(returncode: int) -> signal.Signals | None:
+    """Whether a process member that exited before its stop ended by a signal that the
+    service (a trap around the calling task) is stopping on; if so, act on it now.
+
+    Exact, not timed.  A signal sent to a process group (``kill(-pgid)``, a terminal's
+    Ctrl-C) is queued on every process of the group before any of them can be reported
+    dead (Linux holds the task list lock across the whole group), and a supervisor
+    that signals one process at a time (systemd) signals the main process first.  So
+    signal n is pending here before the child's death can wake the loop; the kernel
+    runs the C-level handler on the main thread (its first choice) before that thread
+    returns to user code, so only the Python handler (:meth:`SignalTrap._on_signal`)
+    may still be pending.  The no-op ``pthread_sigmask()`` makes CPython run pending
+    Python handlers before it returns; after it, a trap that caught n holds n queued
+    (not yet acted on) or in ``received`` (acted on).  The trap then acts on its queue
+    at once, from this task, so the member's scope is stopping when the member exits.
+
+    Returns the signal, or ``None`` (then nothing happened): outside any trap, or for
+    a status no caught signal explains (SIGKILL, a signal the trap does not handle, a
+    signal nobody sent to this process, exit status 1).
+    """
+    traps = _open_traps.get()
+    if not traps:
+        return None
+    if hasattr(signal, "pthread_sigmask"):
+        # changes no mask; CPython runs the pending Python signal handlers before it returns
+        signal.pthread_sigmask(signal.SIG_BLOCK, ())
+    for trap in reversed(traps):
+        signum = trap._explains(returncode)
+        if signum is not None:
+            trap._deliver()
+            return signum
+    return None
 
 
 def _drain_socket(sock: socket.socket) -> None:
