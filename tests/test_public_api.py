@@ -25,6 +25,18 @@ class TestExports:
         obj = getattr(stopscope, name)
         assert getattr(obj, "__module__", "stopscope") == "stopscope"
 
+    @pytest.mark.parametrize("name", stopscope.__all__)
+    def test_no_private_base_in_help_or_type_errors(self, name: str) -> None:
+        """help() and type checkers name a class's bases: none may be private."""
+        obj = getattr(stopscope, name)
+        if not isinstance(obj, type):
+            return
+        private = [c.__qualname__ for c in obj.__mro__ if c.__qualname__.startswith("_")]
+        assert private == []
+        import pydoc
+
+        assert "_ServiceMembers" not in pydoc.render_doc(obj)
+
     def test_py_typed_is_shipped(self) -> None:
         assert (Path(stopscope.__file__).parent / "py.typed").is_file()
 

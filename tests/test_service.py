@@ -269,7 +269,7 @@ class TestStopOnSignals:
         assert trap.cancelled
         assert trap.received == (signal.Signals(USR1),)
         warnings = [r.getMessage() for r in caplog.records if r.name == "stopscope"]
-        assert any("did not finish within grace" in m for m in warnings), warnings
+        assert any("did not finish within the service's grace (" in m for m in warnings), warnings
 
     async def test_a_block_that_ends_within_grace_is_not_cancelled(
         self, recorders: tuple[Recorder, Recorder]

@@ -1,9 +1,10 @@
 """Members of a TaskScope that are not coroutines: threads and subprocesses.
 
-:class:`_ServiceMembers` is a mixin of :class:`~stopscope.TaskScope`; it uses only the
-scope's public surface (``signal``, ``start_soon``, ``start``) and the member hook
-``stopscope._scope.current_record()``.  Each thread or process is watched by an
-ordinary member task, so grace, cancellation and the report work as for any member.
+:meth:`TaskScope.start_thread` and :meth:`TaskScope.start_process` call the functions
+here, which use only the scope's member surface (``_member_signal``, ``start_soon``,
+``start``) and :func:`~stopscope._report.current_record`.  Each thread or process is
+watched by an ordinary member task, so grace, cancellation and the report work as for
+any member.
 """
 
 from __future__ import annotations
@@ -23,13 +24,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 import anyio.abc
 
-from ._report import Outcome
+from ._report import Outcome, _callable_name, current_record
 from ._signal import StopSignal, logger
-
-if sys.version_info >= (3, 11):
-    from typing import TypeVarTuple, Unpack
-else:  # anyio depends on typing_extensions on 3.10
-    from typing_extensions import TypeVarTuple, Unpack
 
 if TYPE_CHECKING:
     from anyio.abc import Process
@@ -38,7 +34,6 @@ if TYPE_CHECKING:
 
 __all__: list[str] = []
 
-PosArgsT = TypeVarTuple("PosArgsT")
 
 #: threads that ignored their stop and were left running, with their member names
 #: (``run()`` will not wait for them at exit)
@@ -77,99 +72,36 @@ def _command_name(cmd: Any) -> str:
     return shlex.join(os.fsdecode(part) for part in cmd)
 
 
-class _ServiceMembers:
-    __slots__ = ()
+def start_thread(
+    scope: _Scope,
+    func: Callable[..., object],
+    args: tuple[Any, ...],
+    name: object,
+    grace: float | None,
+) -> None:
+    """:meth:`TaskScope.start_thread`: a member task that runs ``func`` in a thread."""
+    if not callable(func):
+        raise TypeError(f"start_thread() needs a callable, got {func!r}")
+    label = _callable_name(func) if name is None else str(name)
+    call = _ThreadCall(func, scope._member_signal, args, label)
+    scope.start_soon(_run_thread, call, name=label, grace=grace)
 
-    def start_thread(
-        self: _Scope,
-        func: Callable[[StopSignal, Unpack[PosArgsT]], object],
-        *args: Unpack[PosArgsT],
-        name: object = None,
-        grace: float | None = None,
-    ) -> None:
-        """Run ``func(signal, *args)`` in a worker thread, as a member of the scope.
 
-        ::
-
-            def tail(signal: StopSignal, path: str) -> None:
-                with open(path) as f:
-                    while not signal.wait_blocking(0.5):
-                        process(f.readlines())
-
-            scope.start_thread(tail, "/var/log/app.log")
-
-        ``func`` must watch ``signal`` (``signal.is_set()``, ``signal.wait_blocking()``)
-        and return once it is set.  A thread cannot be cancelled: one still running
-        when its grace is over is left behind and reported ``ABANDONED``; the scope
-        does not wait for it.  Inside ``func``, ``anyio.from_thread`` works as in any
-        anyio worker thread.  Each thread member has a thread of its own (it does not
-        take a token of anyio's default thread limiter).
-
-        :param name: the member's name (default: the function's qualified name); the
-            thread is named after it while ``func`` runs
-        :param grace: a shorter grace period for this member
-        """
-        from ._scope import _callable_name
-
-        if not callable(func):
-            raise TypeError(f"start_thread() needs a callable, got {func!r}")
-        label = _callable_name(func) if name is None else str(name)
-        call = _ThreadCall(func, self._member_signal, args, label)
-        self.start_soon(_run_thread, call, name=label, grace=grace)
-
-    async def start_process(
-        self: _Scope,
-        cmd: StrOrBytesPath | Sequence[StrOrBytesPath],
-        *,
-        name: object = None,
-        grace: float | None = None,
-        **popen_kwargs: Any,
-    ) -> Process:
-        """Start a subprocess as a member; return once it is running.
-
-        ::
-
-            proc = await scope.start_process(["nginx", "-g", "daemon off;"], grace=10)
-
-        On stop the process gets SIGTERM; if it has not exited when its grace is over
-        it gets SIGKILL, as Kubernetes and systemd do.  In the report it is
-        ``STOPPED`` if it exited within grace (whatever its exit code), ``CANCELLED``
-        if it had to be killed, ``FINISHED`` if it exited 0 before any stop, and
-        ``FAILED`` if it exited non-zero before any stop (the error is a
-        :class:`subprocess.CalledProcessError`, which stops the scope like any
-        member's error).  ``record.exit_code`` holds the exit code (negative: killed
-        by that signal).  The process is always waited for: no zombie is left.
-
-        Under :func:`~stopscope.run` or :func:`~stopscope.stop_on_signals`, a signal
-        sent to the whole process group (Ctrl-C in a terminal, ``tini -g``,
-        supervisord's ``stopasgroup``, systemd's ``KillMode=control-group``) reaches
-        the process too, and it may exit before the service has acted on the signal.
-        It is then ``STOPPED``, not ``FAILED``, and the service stops at once, as for
-        any signal, when: the service caught that signal (acted on or not yet), and
-        the exit status says the process ended by it: killed by it (``-n``), exit
-        status ``128 + n`` (a shell's 130 after SIGINT, a JVM's 143 after SIGTERM),
-        or 0.  Any other status (1, or killed by SIGKILL or by a signal the service
-        does not handle or never got) is still ``FAILED``.  A Python child that does
-        not handle SIGINT dies of it (``-2``, after printing the KeyboardInterrupt
-        traceback); one that catches ``KeyboardInterrupt`` and exits 1 fails.
-
-        :param cmd: the command, as for :func:`anyio.open_process` (a string is run
-            by the shell)
-        :param name: the member's name (default: the command line)
-        :param grace: a shorter grace period for this member
-        :param popen_kwargs: passed to :func:`anyio.open_process`; unlike there,
-            ``stdin``, ``stdout`` and ``stderr`` default to ``None`` (inherited), as
-            with :class:`subprocess.Popen`.  Pipes you ask for are yours to read.
-        :return: the running :class:`anyio.abc.Process`
-        :raises OSError: if the process cannot be started (e.g. FileNotFoundError)
-        """
-        for stream in ("stdin", "stdout", "stderr"):
-            popen_kwargs.setdefault(stream, None)
-        label = _command_name(cmd) if name is None else str(name)
-        process: Process = await self.start(
-            _run_process, self._member_signal, cmd, popen_kwargs, name=label, grace=grace
-        )
-        return process
+async def start_process(
+    scope: _Scope,
+    cmd: StrOrBytesPath | Sequence[StrOrBytesPath],
+    name: object,
+    grace: float | None,
+    popen_kwargs: dict[str, Any],
+) -> Process:
+    """:meth:`TaskScope.start_process`: a member task that owns a subprocess."""
+    for stream in ("stdin", "stdout", "stderr"):
+        popen_kwargs.setdefault(stream, None)
+    label = _command_name(cmd) if name is None else str(name)
+    process: Process = await scope.start(
+        _run_process, scope._member_signal, cmd, popen_kwargs, name=label, grace=grace
+    )
+    return process
 
 
 # ------------------------------------------------------------------------ threads
@@ -244,7 +176,6 @@ class _ThreadCall:
 
 
 async def _run_thread(call: _ThreadCall) -> None:
-    from ._scope import current_record
 
     record = current_record()
     record.kind = "thread"
@@ -287,7 +218,6 @@ async def _run_process(
     *,
     task_status: anyio.abc.TaskStatus[Process],
 ) -> None:
-    from ._scope import current_record
 
     record = current_record()
     record.kind = "process"

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextvars
 import enum
+import functools
 import math
+import types
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 __all__ = ["Outcome", "ShutdownReport", "StopReason", "TaskRecord"]
 
@@ -244,3 +248,38 @@ def _reason_json(reason: object) -> object:
     if isinstance(reason, BaseException):
         return repr(reason)
     return str(reason)
+
+
+# ----------------------------------------------------------- the member running now
+
+_current_record: Final[contextvars.ContextVar[TaskRecord]] = contextvars.ContextVar(
+    "stopscope_current_record"
+)
+
+
+def current_record() -> TaskRecord:
+    """Return the :class:`TaskRecord` of the scope member whose task is running.
+
+    For code that runs a member of another kind (a thread, a subprocess) inside a task
+    started with ``start_soon``/``start``: it may set ``kind``, ``exit_code`` and
+    ``outcome`` (which the scope then keeps).
+
+    :raises RuntimeError: outside a member of a :class:`TaskScope`
+    """
+    try:
+        return _current_record.get()
+    except LookupError:
+        raise RuntimeError("current_record() must be called from a member of a TaskScope") from None
+
+
+_FunctionType: Final = types.FunctionType
+
+
+def _callable_name(func: Callable[..., Any]) -> str:
+    """The name a member gets in the report when none is given."""
+    if type(func) is _FunctionType:
+        return func.__qualname__
+    while isinstance(func, functools.partial):
+        func = func.func
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None)
+    return name if isinstance(name, str) else repr(func)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import inspect
 import logging
@@ -13,15 +12,24 @@ import sys
 import time
 import traceback
 import types
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from types import FrameType, TracebackType
-from typing import Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 import anyio
 import anyio.abc
 
-from ._members import _ServiceMembers
-from ._report import Outcome, Phase, ShutdownReport, StopReason, TaskRecord
+from . import _members
+from ._report import (
+    Outcome,
+    Phase,
+    ShutdownReport,
+    StopReason,
+    TaskRecord,
+    _callable_name,
+    _current_record,
+    current_record,
+)
 from ._signal import (  # type: ignore[attr-defined]
     StopSignal,
     _add_hook,
@@ -43,31 +51,17 @@ else:  # anyio depends on both backports on 3.10
     from exceptiongroup import BaseExceptionGroup, ExceptionGroup
     from typing_extensions import Self, TypeVarTuple, Unpack
 
+if TYPE_CHECKING:
+    from anyio.abc import Process
+
+    from ._members import StrOrBytesPath
+
 __all__ = ["TaskScope", "current_record"]
 
 PosArgsT = TypeVarTuple("PosArgsT")
 
 #: seconds after cancellation before a member still running is reported (then doubling)
 AFTER_CANCEL_REPORT_DELAY: float = 1.0
-
-_current_record: Final[contextvars.ContextVar[TaskRecord]] = contextvars.ContextVar(
-    "stopscope_current_record"
-)
-
-
-def current_record() -> TaskRecord:
-    """Return the :class:`TaskRecord` of the scope member whose task is running.
-
-    For code that runs a member of another kind (a thread, a subprocess) inside a task
-    started with ``start_soon``/``start``: it may set ``kind``, ``exit_code`` and
-    ``outcome`` (which the scope then keeps).
-
-    :raises RuntimeError: outside a member of a :class:`TaskScope`
-    """
-    try:
-        return _current_record.get()
-    except LookupError:
-        raise RuntimeError("current_record() must be called from a member of a TaskScope") from None
 
 
 def _check_grace(value: float | None, none_means: str = "to wait forever") -> float | None:
@@ -105,15 +99,6 @@ def _check_callable(func: object, method: str) -> None:
         )
     if not callable(func):
         raise TypeError(f"{method}() needs an async function, got {func!r}")
-
-
-def _callable_name(func: Callable[..., Any]) -> str:
-    if type(func) is _FunctionType:
-        return func.__qualname__
-    while isinstance(func, functools.partial):
-        func = func.func
-    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None)
-    return name if isinstance(name, str) else repr(func)
 
 
 def _frames_of(coro: Any) -> list[FrameType]:
@@ -290,7 +275,7 @@ class _TaskStatusProxy(anyio.abc.TaskStatus[Any]):
 
 
 @final
-class TaskScope(_ServiceMembers):
+class TaskScope:
     """A task group whose members stop gracefully.
 
     ::
@@ -498,6 +483,85 @@ class TaskScope(_ServiceMembers):
         member.started = False
         self._admit(member)
         return await tg.start(self._run_started, member, func, args, name=member.record.name)
+
+    def start_thread(
+        self,
+        func: Callable[[StopSignal, Unpack[PosArgsT]], object],
+        *args: Unpack[PosArgsT],
+        name: object = None,
+        grace: float | None = None,
+    ) -> None:
+        """Run ``func(signal, *args)`` in a worker thread, as a member of the scope.
+
+        ::
+
+            def tail(signal: StopSignal, path: str) -> None:
+                with open(path) as f:
+                    while not signal.wait_blocking(0.5):
+                        process(f.readlines())
+
+            scope.start_thread(tail, "/var/log/app.log")
+
+        ``func`` must watch ``signal`` (``signal.is_set()``, ``signal.wait_blocking()``)
+        and return once it is set.  A thread cannot be cancelled: one still running
+        when its grace is over is left behind and reported ``ABANDONED``; the scope
+        does not wait for it.  Inside ``func``, ``anyio.from_thread`` works as in any
+        anyio worker thread.  Each thread member has a thread of its own (it does not
+        take a token of anyio's default thread limiter).
+
+        :param name: the member's name (default: the function's qualified name); the
+            thread is named after it while ``func`` runs
+        :param grace: a shorter grace period for this member
+        """
+        _members.start_thread(self, func, args, name, grace)
+
+    async def start_process(
+        self,
+        cmd: StrOrBytesPath | Sequence[StrOrBytesPath],
+        *,
+        name: object = None,
+        grace: float | None = None,
+        **popen_kwargs: Any,
+    ) -> Process:
+        """Start a subprocess as a member; return once it is running.
+
+        ::
+
+            proc = await scope.start_process(["nginx", "-g", "daemon off;"], grace=10)
+
+        On stop the process gets SIGTERM; if it has not exited when its grace is over
+        it gets SIGKILL, as Kubernetes and systemd do.  In the report it is
+        ``STOPPED`` if it exited within grace (whatever its exit code), ``CANCELLED``
+        if it had to be killed, ``FINISHED`` if it exited 0 before any stop, and
+        ``FAILED`` if it exited non-zero before any stop (the error is a
+        :class:`subprocess.CalledProcessError`, which stops the scope like any
+        member's error).  ``record.exit_code`` holds the exit code (negative: killed
+        by that signal).  The process is always waited for: no zombie is left.
+
+        Under :func:`~stopscope.run` or :func:`~stopscope.stop_on_signals`, a signal
+        sent to the whole process group (Ctrl-C in a terminal, ``tini -g``,
+        supervisord's ``stopasgroup``, systemd's ``KillMode=control-group``) reaches
+        the process too, and it may exit before the service has acted on the signal.
+        It is then ``STOPPED``, not ``FAILED``, and the service stops at once, as for
+        any signal, when: the service caught that signal (acted on or not yet), and
+        the exit status says the process ended by it: killed by it (``-n``), exit
+        status ``128 + n`` (a shell's 130 after SIGINT, a JVM's 143 after SIGTERM),
+        or 0.  Any other status (1, or killed by SIGKILL or by a signal the service
+        does not handle or never got) is still ``FAILED``.  A Python child that does
+        not handle SIGINT dies of it (``-2``, after printing the KeyboardInterrupt
+        traceback); one that catches ``KeyboardInterrupt`` and exits 1 fails.
+
+        :param cmd: the command, as for :func:`anyio.open_process` (a string is run
+            by the shell)
+        :param name: the member's name (default: the command line)
+        :param grace: a shorter grace period for this member
+        :param popen_kwargs: passed to :func:`anyio.open_process`; unlike there,
+            ``stdin``, ``stdout`` and ``stderr`` default to ``None`` (inherited), as
+            with :class:`subprocess.Popen`.  Pipes you ask for are yours to read.
+        :return: the running :class:`anyio.abc.Process`
+        :raises OSError: if the process cannot be started (e.g. FileNotFoundError)
+        """
+        return await _members.start_process(self, cmd, name, grace, popen_kwargs)
 
     # -- context manager -----------------------------------------------------------
 

@@ -291,7 +291,7 @@ class SignalTrap:
             self._leave_context()
         if scope.cancelled_caught:
             cause = self._cancel_cause or (
-                f"it did not finish within grace ({self._grace:g} s) after "
+                f"it did not finish within the service's grace ({self._grace:g} s) after "
                 f"{self._received[0].name if self._received else 'the signal'}"
             )
             logger.warning("%s was cancelled: %s", self._label, cause)
@@ -402,7 +402,12 @@ class SignalTrap:
                 self._grace_armed = True
                 scope.deadline = min(scope.deadline, self._clock() + self._grace)
             if n == 1:
-                limit = "" if self._grace is None else f" (grace {self._grace:g} s)"
+                limit = (
+                    ""
+                    if self._grace is None
+                    else f" (it has {self._grace:g} s, the service's grace, before it is "
+                    f"cancelled; each TaskScope inside keeps its own grace)"
+                )
                 logger.info(
                     "%s: stopping %s gracefully%s; %s", signum.name, self._label, limit, after
                 )
