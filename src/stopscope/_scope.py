@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import functools
 import inspect
 import logging
@@ -86,6 +87,8 @@ def _seconds(value: float | None) -> str:
 def _reason_text(reason: object) -> str:
     if isinstance(reason, StopReason):
         return reason.value
+    if isinstance(reason, enum.Enum):  # signal.Signals.SIGINT, as the report prints it
+        return f"{type(reason).__name__}.{reason.name}"
     if isinstance(reason, BaseException):
         return f"{type(reason).__name__}: {reason}" if str(reason) else type(reason).__name__
     return repr(reason) if not isinstance(reason, str) else reason
@@ -1076,17 +1079,17 @@ class TaskScope:
             cut = [r.name for r in self._records if r.outcome is Outcome.CANCELLED]
             if self._outside:
                 logger.warning(
-                    "%s was cancelled from outside (stop reason: %r); %d member(s) cut off%s",
+                    "%s was cancelled from outside (stop reason: %s); %d member(s) cut off%s",
                     self._label(),
-                    self._signal.reason,
+                    _reason_text(self._signal.reason),
                     len(cut),
                     ": " + ", ".join(cut) if cut else "",
                 )
             elif cut:
                 logger.warning(
-                    "%s was stopped at once, without grace, by %r; %d member(s) cut off: %s",
+                    "%s was stopped at once, without grace, by %s; %d member(s) cut off: %s",
                     self._label(),
-                    self._hard_cause,
+                    _reason_text(self._hard_cause),
                     len(cut),
                     ", ".join(cut),
                 )

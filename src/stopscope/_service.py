@@ -405,8 +405,8 @@ class SignalTrap:
                 limit = (
                     ""
                     if self._grace is None
-                    else f" (it has {self._grace:g} s, the service's grace, before it is "
-                    f"cancelled; each TaskScope inside keeps its own grace)"
+                    else f" within the service's grace of {self._grace:g} s (each TaskScope "
+                    f"inside keeps its own)"
                 )
                 logger.info(
                     "%s: stopping %s gracefully%s; %s", signum.name, self._label, limit, after
