@@ -7,6 +7,16 @@ from typing import Any
 
 import pytest
 
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--long",
+        action="store_true",
+        default=False,
+        help="run the long profiles: the scope fuzzer (10,000 examples per backend) and soak",
+    )
+
+
 BACKENDS = [
     pytest.param(("asyncio", {"debug": True}), id="asyncio"),
     pytest.param(

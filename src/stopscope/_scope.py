@@ -950,6 +950,11 @@ class TaskScope:
             return _CANCELLED
         if self._hard:  # stopped at once by a BaseException: no accusation
             return _CANCELLED
+        if not self._cancel_probe():
+            # asyncio: anyio had not delivered the cancellation yet (the member was
+            # already scheduled to run, woken in the same loop turn): it stopped on
+            # its own and caught nothing
+            return _STOPPED
         member.record.phase = "after-cancel"
         logger.warning(
             "%s: member %r returned only after it was cancelled (did it catch the cancellation?)",

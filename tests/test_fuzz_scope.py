@@ -1,0 +1,156 @@
+"""The model-checked fuzzer of whole scopes (issue 7): CI profile, ``--long`` profile, and
+the shrunk plans it found, kept as regression tests.
+
+Each hypothesis example is a whole :class:`~stopscope.TaskScope` run with its own
+``anyio.run`` on the backend of the ``anyio_backend`` fixture; ``fuzz_model`` holds the
+plans, the reference model and the invariants checked on every run.  A failure prints
+the plan, what the model said and what happened.
+
+``python tests/fuzz_model.py trio 10000`` runs the same plans without stopping at the
+first failure and prints each kind of difference once, with its smallest plan.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from fuzz_model import Member, Plan, check, plans, run_and_check, run_plan
+
+#: examples per backend in the CI profile (deterministic: derandomized, no database);
+#: trio runs grace periods in virtual time, so it affords more
+CI_EXAMPLES = {"asyncio": 250, "trio": 1200}
+#: examples per backend with --long
+LONG_EXAMPLES = 10_000
+
+
+def test_fuzz_scope(anyio_backend: tuple[str, dict[str, Any]], pytestconfig: pytest.Config) -> None:
+    """Whole scopes, generated: the model's prediction and the invariants hold."""
+    long = bool(pytestconfig.getoption("--long"))
+
+    @settings(
+        max_examples=LONG_EXAMPLES if long else CI_EXAMPLES[anyio_backend[0]],
+        deadline=None,
+        derandomize=not long,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        print_blob=True,
+    )
+    @given(plan=plans())
+    def fuzz(plan: Plan) -> None:
+        run_and_check(plan, anyio_backend)
+
+    fuzz()
+
+
+# ------------------------------------------------------------------ shrunk failures
+
+BACKENDS = {
+    "asyncio": ("asyncio", {"debug": True}),
+    "asyncio+uvloop": ("asyncio", {"use_uvloop": True}),
+    "trio": ("trio", {}),
+}
+ALL = tuple(BACKENDS)
+#: runs of a plan per test: defects that show in a fraction of runs (trio schedules
+#: ready tasks in random order) still fail every time
+REPEAT = 30
+
+
+def _cases(plan: Plan, failing: tuple[str, ...] = (), reason: str = "") -> list[Any]:
+    """The plan on every backend, marked xfail (strict) where the defect shows today."""
+    cases = []
+    for backend in ALL:
+        marks = [pytest.mark.xfail(strict=True, reason=reason)] if backend in failing else []
+        if backend == "asyncio+uvloop":
+            marks.append(pytest.mark.skipif(sys.platform == "win32", reason="uvloop is POSIX only"))
+        cases.append(pytest.param(plan, backend, id=backend, marks=marks))
+    return cases
+
+
+def _run_repeatedly(plan: Plan, backend: str) -> None:
+    for attempt in range(REPEAT):
+        obs, exp = run_plan(plan, BACKENDS[backend])
+        problems = check(plan, obs, exp)
+        if problems:
+            lines = "\n  ".join(problems)
+            raise AssertionError(f"{plan!r} on {backend}, run {attempt + 1}:\n  {lines}")
+
+
+# Fixed by d296267 ("TaskScope: fuzzer findings on hard cancellation and late stops"):
+# each failed on 5ed1694 as its docstring says, and passes since.
+
+OUTER_GRACE0_SWALLOW = Plan(
+    "zero", True, False, "outer", (Member("swallow_once", "sleep_forever"),)
+)
+OUTER_GRACE0_OBEY = Plan("zero", True, False, "outer", (Member("obey"), Member("ignore", "event")))
+OUTER_RAISE_ON_CANCEL = Plan(
+    "none", True, False, "outer", (Member("raise_on_cancel", "sleep_forever"),)
+)
+THREAD_STOP_NO_MEMBERS = Plan("none", True, False, "thread", ())
+DRAIN_CUT_SWALLOWED = Plan(
+    "none", True, False, "drain_outer", (Member("swallow_always", "sleep_forever"),)
+)
+
+
+@pytest.mark.parametrize(("plan", "backend"), _cases(OUTER_GRACE0_SWALLOW))
+def test_outer_cancel_grace0_swallow_once_is_from_outside(plan: Plan, backend: str) -> None:
+    """grace=0, the body cancels an enclosing cancel scope; the member catches the first
+    cancellation, then is cancelled again.  Model: CANCELLED, phase
+    "cancelled-from-outside" (the only stop was the outer cancel).  Was (issue 7
+    defect 6): phase "cancelled", every backend, every run."""
+    _run_repeatedly(plan, backend)
+
+
+@pytest.mark.parametrize(("plan", "backend"), _cases(OUTER_GRACE0_OBEY))
+def test_outer_cancel_grace0_parked_members_are_from_outside(plan: Plan, backend: str) -> None:
+    """grace=0, an outer cancel; one member parked in ``wait()``, one ignoring the signal.
+    Model: both CANCELLED, phase "cancelled-from-outside", and no "did not stop within
+    its grace period" in the log.  Was (defect 6): the obeying member's phase
+    "cancelled", asyncio and uvloop every run, trio about a third of the runs."""
+    _run_repeatedly(plan, backend)
+
+
+@pytest.mark.parametrize(("plan", "backend"), _cases(OUTER_RAISE_ON_CANCEL))
+def test_outer_cancel_member_raising_on_cancel(plan: Plan, backend: str) -> None:
+    """An outer cancel; the member raises from its ``except`` of the cancellation.  Model:
+    FAILED with its error (raised out of the scope once), in a cancelled phase with a
+    latency; reason StopReason.CANCELLED (no stop had been requested before).  Was
+    (defect 13): phase "running", latency None and the error as the reason, as if it
+    had failed before any stop: asyncio and uvloop every run, trio half the runs."""
+    _run_repeatedly(plan, backend)
+
+
+@pytest.mark.parametrize(("plan", "backend"), _cases(THREAD_STOP_NO_MEMBERS))
+def test_stop_from_thread_report_has_requested_at(plan: Plan, backend: str) -> None:
+    """``stop()`` from another thread; the body waits for the signal and ends.  Model:
+    reason "by-thread" with a ``requested_at``.  Was (defect 9): on trio,
+    ``requested_at`` None in about a third of the runs (the hop to the loop ran after
+    the scope had closed, and did nothing)."""
+    _run_repeatedly(plan, backend)
+
+
+@pytest.mark.parametrize(("plan", "backend"), _cases(DRAIN_CUT_SWALLOWED))
+def test_drain_cut_from_outside_member_swallows(plan: Plan, backend: str) -> None:
+    """grace=None, ``stop()``, the body ends; while the scope drains, an outer cancel
+    scope is cancelled; the member catches that cancellation and returns.  Model:
+    CANCELLED, phase "cancelled-from-outside" (or "after-cancel").  Was (defect 13):
+    on trio STOPPED, phase "grace", every run (no Cancelled reaches the scope there:
+    anyio's own task group on trio lets the outer cancel go the same way)."""
+    _run_repeatedly(plan, backend)
+
+
+THREAD_STOP_GRACE0_THREAD_MEMBER = Plan("zero", False, False, "thread", (Member("thread_obey"),))
+
+
+@pytest.mark.parametrize(("plan", "backend"), _cases(THREAD_STOP_GRACE0_THREAD_MEMBER))
+def test_grace0_thread_member_is_not_accused(plan: Plan, backend: str) -> None:
+    """grace=0 and ``stop()`` from a foreign thread; the thread member returns from
+    ``wait_blocking()`` at once.  Model: no "did it catch the cancellation?" warning (a
+    thread cannot catch a cancellation).  Was (defect 7 family): on asyncio (debug) that
+    warning in about a quarter of the runs, the record CANCELLED with phase
+    "after-cancel": the member was already scheduled when the grace expired, so anyio
+    had not delivered the cancellation."""
+    _run_repeatedly(plan, backend)
