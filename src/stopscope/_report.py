@@ -65,7 +65,7 @@ class TaskRecord:
 
     #: the name given to ``start_soon()`` / ``start()``, or the callable's qualified name
     name: str
-    #: ``"task"``, ``"thread"`` or ``"process"``
+    #: ``"task"``, ``"thread"``, ``"process"`` or ``"server"`` (a server member)
     kind: str = "task"
     outcome: Outcome = Outcome.RUNNING
     #: seconds from the stop request to the member's exit; ``None`` if it finished first

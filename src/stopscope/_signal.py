@@ -285,6 +285,9 @@ def _pin_up(sig: StopSignal) -> None:
     """``sig`` just got its first hook: make each ancestor hold its child strongly."""
     parent = sig._parent
     while parent is not None:
+        if sig._links is not None:  # several parents: walk them all
+            _pin_links(sig)
+            return
         hooks = parent._hooks
         if hooks is None:
             return
@@ -299,10 +302,66 @@ def _unpin_up(sig: StopSignal) -> None:
     """``sig`` lost its last hook: release it (and ancestors that held only it)."""
     parent = sig._parent
     while parent is not None:
+        if sig._links is not None:
+            _unpin_links(sig)
+            return
         hooks = parent._hooks
         if hooks is None or hooks.pop(sig, _MISSING) is _MISSING or hooks:
             return
         sig, parent = parent, parent._parent
+
+
+def _parents_of(sig: StopSignal) -> tuple[StopSignal, ...]:
+    parent, links = sig._parent, sig._links
+    if parent is None:
+        return ()
+    return (parent,) if links is None else (parent, *links)
+
+
+def _pin_links(sig: StopSignal) -> None:
+    """:func:`_pin_up` for a linked signal: every parent, and theirs, hold it strongly."""
+    stack = [sig]
+    while stack:
+        node = stack.pop()
+        for parent in _parents_of(node):
+            hooks = parent._hooks
+            if hooks is None:  # set: it holds nothing any more
+                continue
+            was_empty = not hooks
+            hooks[node] = None
+            if was_empty:  # the parent just got its first hook: pin it in turn
+                stack.append(parent)
+
+
+def _unpin_links(sig: StopSignal) -> None:
+    """:func:`_unpin_up` for a linked signal: release it from every parent."""
+    stack = [sig]
+    while stack:
+        node = stack.pop()
+        for parent in _parents_of(node):
+            hooks = parent._hooks
+            if hooks is None or hooks.pop(node, _MISSING) is _MISSING or hooks:
+                continue
+            stack.append(parent)  # it held only this one: release it in turn
+
+
+def _unlink(sig: StopSignal) -> None:
+    """``sig`` is being set: no parent needs to hold it for its hooks any more."""
+    for parent in _parents_of(sig):
+        hooks = parent._hooks
+        if hooks is not None and hooks.pop(sig, _MISSING) is not _MISSING and not hooks:
+            _unpin_up(parent)
+
+
+def _add_kid(parent: StopSignal, kid: StopSignal) -> None:
+    """List ``kid`` (weakly) among the children ``set()`` walks; prune dead ones."""
+    kids = parent._kids
+    if kids is None:
+        kids = parent._kids = []
+    elif len(kids) >= parent._kids_limit:
+        kids[:] = [r for r in kids if (k := r()) is not None and k._hooks is not None]
+        parent._kids_limit = max(16, 2 * len(kids))
+    kids.append(weakref.ref(kid))
 
 
 def _add_hook(sig: StopSignal, hook: object) -> bool:
@@ -352,7 +411,9 @@ def _claim(root: StopSignal, reason: object, out: list[dict[object, None]]) -> N
     """
     parent = root._parent
     # root may be pinned in its parent because of hooks it is about to lose
-    if (
+    if root._links is not None:
+        _unlink(root)
+    elif (
         parent is not None
         and parent._hooks is not None
         and parent._hooks.pop(root, _MISSING) is not _MISSING
@@ -365,6 +426,8 @@ def _claim(root: StopSignal, reason: object, out: list[dict[object, None]]) -> N
         hooks = sig._hooks
         if hooks is None:
             continue
+        if sig._links is not None and sig is not root:
+            _unlink(sig)  # reached through one parent: the others must let it go
         if not sig._flag:
             _claims[sig] = _MAIN  # a handler's set() of this signal now loses
             try:
@@ -850,7 +913,16 @@ class StopSignal:
     several loops in several threads) and blocked threads wake promptly.
     """
 
-    __slots__ = ("__weakref__", "_flag", "_hooks", "_kids", "_kids_limit", "_parent", "_reason")
+    __slots__ = (
+        "__weakref__",
+        "_flag",
+        "_hooks",
+        "_kids",
+        "_kids_limit",
+        "_links",
+        "_parent",
+        "_reason",
+    )
 
     def __init__(self) -> None:
         self._flag = False
@@ -859,6 +931,8 @@ class StopSignal:
         self._kids: list[weakref.ref[StopSignal]] | None = None
         self._kids_limit = 16
         self._parent: StopSignal | None = None
+        #: the parents after the first, for a signal made by linked()
+        self._links: tuple[StopSignal, ...] | None = None
 
     # -- state -----------------------------------------------------------------
 
@@ -963,13 +1037,52 @@ class StopSignal:
                 kid._reason = self._reason
                 kid._hooks = None
             else:
-                kids = self._kids
-                if kids is None:
-                    kids = self._kids = []
-                elif len(kids) >= self._kids_limit:
-                    kids[:] = [r for r in kids if (k := r()) is not None and k._hooks is not None]
-                    self._kids_limit = max(16, 2 * len(kids))
-                kids.append(weakref.ref(kid))
+                _add_kid(self, kid)
+        if _pending:
+            _drain()
+        return kid
+
+    @classmethod
+    def linked(cls, *parents: StopSignal) -> StopSignal:
+        """Return a new signal that is set when any of ``parents`` is (with its reason).
+
+        ::
+
+            stop = StopSignal.linked(service_signal, client_gone)
+            await download(stop)          # ends on a deploy or when the client leaves
+
+        As .NET's ``CancellationTokenSource.CreateLinkedTokenSource``.  Setting it
+        leaves the parents alone.  If a parent is already set, it is born set, with
+        that parent's reason (the first such parent's).  The same no-leak rules as
+        :meth:`child`: the parents hold it only weakly, unless it has waiters or
+        callbacks (then every parent holds it until it is set or they go away), so
+        ``StopSignal.linked(a, b).on_set(cb)`` fires, and a million short-lived
+        linked signals that nobody waits on leave nothing behind.
+
+        :raises TypeError: with no parent, or one that is not a :class:`StopSignal`
+
+        .. versionadded:: 0.1
+        """
+        if not parents:
+            raise TypeError("StopSignal.linked() needs at least one parent signal")
+        for parent in parents:
+            if not isinstance(parent, StopSignal):
+                raise TypeError(f"StopSignal.linked() takes StopSignal parents, got {parent!r}")
+        unique = tuple(dict.fromkeys(parents))  # the same parent twice is one parent
+        kid = cls()
+        with _lock:
+            for parent in unique:
+                if parent._flag or parent._hooks is None:
+                    kid._flag = True
+                    kid._reason = parent._reason
+                    kid._hooks = None
+                    break
+            else:
+                kid._parent = unique[0]
+                if len(unique) > 1:
+                    kid._links = unique[1:]
+                for parent in unique:
+                    _add_kid(parent, kid)
         if _pending:
             _drain()
         return kid

@@ -1,0 +1,194 @@
+"""What the server members share: arguments, the grace budget, the drain sequence."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Final
+
+import anyio
+
+from .._report import Outcome
+from .._scope import TaskScope, _check_grace, current_record
+from .._signal import CallbackHandle, StopSignal, logger
+from ._readiness import ASGIApp, Readiness, ReadinessMiddleware
+
+__all__ = ["RESERVE_FRACTION", "RESERVE_MAX", "ServerInfo"]
+
+#: part of what is left of the grace kept back from the server's own drain timeout, for
+#: the application's lifespan shutdown and for cancelled requests to unwind ...
+RESERVE_FRACTION: Final = 0.1
+#: ... but never more than this many seconds
+RESERVE_MAX: Final = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServerInfo:
+    """Where a server member listens, and its readiness (what ``start_*()`` returns).
+
+    .. versionadded:: 0.1
+    """
+
+    #: the member's name in the scope's report
+    name: str
+    #: the host (address) the listener is bound to
+    host: str
+    #: the port the listener is bound to (the real one when 0 was asked for)
+    port: int
+    #: the server's readiness state (also answered on the readiness path)
+    readiness: Readiness
+
+    @property
+    def url(self) -> str:
+        """``http://host:port`` (IPv6 hosts in brackets)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+def check_drain_delay(value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`drain_delay` must be a number of seconds, got {value!r}")
+    value = float(value)
+    if math.isnan(value) or value < 0 or value == math.inf:
+        raise ValueError(
+            f"`drain_delay` must be a finite, non-negative number of seconds, got {value!r}"
+        )
+    return value
+
+
+def check_port(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`port` must be an int, got {value!r}")
+    if not 0 <= value <= 65535:
+        raise ValueError(f"`port` must be between 0 and 65535 (0: any free port), got {value}")
+    return value
+
+
+def check_scope(scope: object, function: str) -> TaskScope:
+    if not isinstance(scope, TaskScope):
+        raise TypeError(
+            f"{function}() needs the TaskScope to start the server in first, got {scope!r}"
+        )
+    return scope
+
+
+def refuse_options(options: dict[str, object], refused: dict[str, str], server: str) -> None:
+    for key, instead in refused.items():
+        if key in options:
+            raise ValueError(f"do not pass `{key}` to the {server} member: {instead}")
+
+
+class Drain:
+    """One server member's stop sequence, from the stop request to the server's timeout.
+
+    The grace budget counts from the moment the *scope* was asked to stop (its signal,
+    or the member's own signal if that is set first): the readiness turns "not ready"
+    then; the server keeps serving until the drain delay is over; then it closes its
+    listener and gets what is left of the grace, less a reserve, to finish in-flight
+    requests; then it cancels them itself.
+    """
+
+    def __init__(
+        self,
+        scope: TaskScope,
+        signal: StopSignal,
+        readiness: Readiness,
+        drain_delay: float,
+        grace: float | None,
+        label: str,
+    ) -> None:
+        budget = scope.grace
+        if grace is not None:
+            grace = _check_grace(grace)
+            budget = grace if budget is None or grace is None else min(budget, grace)
+        if budget is not None and drain_delay and drain_delay >= budget:
+            raise ValueError(
+                f"`drain_delay` ({drain_delay:g} s) must be shorter than the grace "
+                f"({budget:g} s): the server needs time after it to finish in-flight requests"
+            )
+        self.scope = scope
+        self.signal = signal
+        self.readiness = readiness
+        self.drain_delay = drain_delay
+        self.budget = budget
+        self.label = label
+        self.stopped_at: float | None = None  # time.monotonic() of the stop request
+        self._handles: list[CallbackHandle] = []
+        self.middleware: ReadinessMiddleware | None = None
+
+    def wrap(self, app: ASGIApp, path: str | None, request_signals: bool) -> ASGIApp:
+        if not callable(app):
+            raise TypeError(f"`app` must be an ASGI application, got {app!r}")
+        self.middleware = ReadinessMiddleware(
+            app, self.readiness, path=path, request_signals=request_signals
+        )
+        return self.middleware
+
+    def open(self) -> None:
+        """Watch for the stop request (synchronously, in ``set()``: any thread)."""
+        if self.scope.signal.is_set():
+            self.stopped_at = self.scope.report.requested_at or time.monotonic()
+            self.readiness.mark_stopping()
+        for signal in (self.scope.signal, self.signal):
+            self._handles.append(signal.on_set(self._on_stop))
+
+    def _on_stop(self, reason: object) -> None:
+        if self.stopped_at is None:
+            self.stopped_at = time.monotonic()
+        self.readiness.mark_stopping()
+
+    def close(self) -> None:
+        handles, self._handles = self._handles, []
+        for handle in handles:
+            handle.remove()
+
+    async def wait_for_stop(self) -> None:
+        """Return when the server should close its listener: stop, then the drain delay."""
+        await self.signal.wait()
+        assert self.stopped_at is not None  # _on_stop ran inside set()
+        left = self.stopped_at + self.drain_delay - time.monotonic()
+        if left > 0:
+            logger.info(
+                "%s: stop requested; not ready, still serving for the drain delay (%.3g s)",
+                self.label,
+                left,
+            )
+            await anyio.sleep(left)
+
+    def timeout(self, overhead: float = 0.0) -> float | None:
+        """Seconds the server may take to finish in-flight requests (``None``: no limit).
+
+        :param overhead: what the server itself spends around its timeout (uvicorn
+            sleeps 0.1 s before it starts the clock, and polls every 0.1 s)
+        """
+        if self.budget is None:
+            return None
+        assert self.stopped_at is not None
+        left = self.stopped_at + self.budget - time.monotonic()
+        reserve = min(RESERVE_MAX, RESERVE_FRACTION * max(left, 0.0))
+        return max(0.0, left - reserve - overhead)
+
+    def draining(self, timeout: float | None) -> None:
+        self.readiness.mark_draining()
+        logger.info(
+            "%s: closing the listener; in-flight requests have %s to finish",
+            self.label,
+            "all the time they need" if timeout is None else f"{timeout:.3g} s",
+        )
+
+    def finished(self) -> None:
+        """After the server returned: report requests cut short by its timeout."""
+        middleware = self.middleware
+        if middleware is None or not middleware.cancelled:
+            return
+        logger.warning(
+            "%s: %d request(s) did not finish within the grace period and were cancelled",
+            self.label,
+            middleware.cancelled,
+        )
+        try:
+            record = current_record()
+        except RuntimeError:  # pragma: no cover - a member always has a record
+            return
+        record.outcome = Outcome.CANCELLED

@@ -1,0 +1,195 @@
+"""hypercorn as a member of a TaskScope (asyncio, uvloop and trio)."""
+
+from __future__ import annotations
+
+import math
+import socket
+import sys
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from .._scope import TaskScope, current_record
+from .._signal import StopSignal, _backend
+from ._drain import Drain, ServerInfo, check_drain_delay, check_port, check_scope, refuse_options
+from ._readiness import ASGIApp, Readiness
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
+__all__ = ["start_hypercorn"]
+
+_REFUSED = {
+    "bind": "pass start_hypercorn(host=..., port=...)",
+    "insecure_bind": "pass start_hypercorn(host=..., port=...)",
+    "quic_bind": "the member serves HTTP/1 and HTTP/2 over TCP",
+    "graceful_timeout": (
+        "the member derives it from the scope's grace (less the drain delay); set "
+        "`grace` on the scope or on start_hypercorn()"
+    ),
+}
+
+
+def _import_hypercorn() -> Any:
+    try:
+        import hypercorn.config
+    except ImportError:
+        raise RuntimeError(
+            "start_hypercorn() needs hypercorn: pip install 'stopscope[hypercorn]'"
+        ) from None
+    return hypercorn.config
+
+
+async def start_hypercorn(
+    scope: TaskScope,
+    app: ASGIApp,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    drain_delay: float = 0.0,
+    readiness_path: str | None = "/readyz",
+    request_signals: bool = True,
+    readiness: Readiness | None = None,
+    signal: StopSignal | None = None,
+    grace: float | None = None,
+    name: str = "hypercorn",
+    **options: Any,
+) -> ServerInfo:
+    """Start a hypercorn server as a member of ``scope``; return once it accepts connections.
+
+    ::
+
+        async with TaskScope(signal=signal, grace=20) as scope:
+            server = await start_hypercorn(scope, app, port=8000, drain_delay=5)
+            print(f"listening on {server.url}")
+            await signal.wait()
+
+    The same stop sequence as :func:`start_uvicorn` (not ready at once, serve for
+    ``drain_delay``, close the listener, finish in-flight requests within what is left
+    of the grace, cancel the rest), on asyncio, uvloop and trio alike: hypercorn's
+    ``graceful_timeout`` is set from the grace at the moment the listener closes, so
+    it never has to be lined up by hand.  hypercorn installs no signal handler when
+    it is given a shutdown trigger, which this member always does.
+
+    :param options: set on :class:`hypercorn.config.Config` (``keep_alive_timeout``,
+        ``h11_max_incomplete_size``, ``accesslog``, ...)
+
+    The other parameters are those of :func:`start_uvicorn`.
+
+    :raises RuntimeError: if hypercorn is not installed, or the server could not start
+    :raises TypeError: for an option hypercorn's ``Config`` does not have
+    """
+    scope = check_scope(scope, "start_hypercorn")
+    config_module = _import_hypercorn()
+    refuse_options(options, _REFUSED, "hypercorn")
+    port = check_port(port)
+    delay = check_drain_delay(drain_delay)
+    if signal is None:
+        signal = scope._member_signal
+    elif not isinstance(signal, StopSignal):
+        raise TypeError(f"`signal` must be a StopSignal or None, got {signal!r}")
+    readiness = Readiness() if readiness is None else readiness
+    drain = Drain(
+        scope,
+        signal,
+        readiness,
+        delay,
+        grace,
+        name if name == "hypercorn" else f"{name} (hypercorn)",
+    )
+    wrapped = drain.wrap(app, readiness_path, request_signals)
+    config = config_module.Config()
+    for key, value in options.items():
+        if not hasattr(config, key):
+            raise TypeError(f"hypercorn's Config has no option {key!r}")
+        setattr(config, key, value)
+    info: ServerInfo = await scope.start(
+        _serve, wrapped, config, (host, port), drain, name, name=name, grace=grace
+    )
+    return info
+
+
+def _bind(address: tuple[str, int]) -> Any:
+    """Our own listening socket, handed to hypercorn: a bind error is raised here, as
+    it is, and nothing is left open."""
+    from hypercorn.config import Sockets
+
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind(address)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[])
+
+
+async def _serve(
+    app: ASGIApp,
+    config: Any,
+    address: tuple[str, int],
+    drain: Drain,
+    name: str,
+    *,
+    task_status: anyio.abc.TaskStatus[ServerInfo],
+) -> None:
+    current_record().kind = "server"
+    trio = _backend() == "trio"
+    if trio:
+        from hypercorn.trio import serve
+    else:
+        from hypercorn.asyncio import serve  # type: ignore[assignment]
+    sockets = _bind(address)
+    sock: socket.socket = sockets.insecure_sockets[0]
+    config.create_sockets = lambda: sockets  # hypercorn listens on it
+    listening = anyio.Event()
+    stop_now = anyio.Event()
+
+    async def shutdown_trigger() -> None:
+        # hypercorn calls it once every listener accepts connections
+        listening.set()
+        await stop_now.wait()
+
+    failure: list[BaseException] = []
+    drain.open()
+    try:
+        async with anyio.create_task_group() as tg:
+
+            async def run_server() -> None:
+                try:
+                    await serve(app, config, shutdown_trigger=shutdown_trigger, mode="asgi")  # type: ignore[arg-type]
+                except Exception as exc:
+                    failure.append(exc)
+                finally:
+                    tg.cancel_scope.cancel()
+
+            tg.start_soon(run_server)
+            await listening.wait()
+            host, port = sock.getsockname()[:2]
+            drain.readiness.mark_ready()
+            task_status.started(ServerInfo(name, host, port, drain.readiness))
+            await drain.wait_for_stop()
+            timeout = drain.timeout()
+            # read by hypercorn once the trigger returns and the listeners are closed
+            config.graceful_timeout = (math.inf if trio else None) if timeout is None else timeout
+            drain.draining(timeout)
+            stop_now.set()
+    finally:
+        drain.close()
+        sock.close()  # closed already by hypercorn, unless it failed before it listened
+    if failure:
+        raise _unwrap(failure[0])
+    if not listening.is_set():
+        raise RuntimeError("hypercorn stopped before it listened")
+    drain.finished()
+
+
+def _unwrap(error: BaseException) -> BaseException:
+    """The one error inside trio's nested nursery groups, as it was raised."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
