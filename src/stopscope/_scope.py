@@ -695,7 +695,13 @@ class TaskScope:
         if self._state == "closed" or tg is None:
             return
         requested = self._stop_moment()
-        base = self._clock() - max(0.0, time.monotonic() - requested)
+        call = self._stop_call
+        if call is None or call.fired_at is None:
+            # we run inside set(), on our own loop: the stop is now, on the loop's clock
+            # (which may be virtual: real time must not leak into the deadline)
+            base = self._clock()
+        else:  # set from another thread or a handler: we run later; count the delay
+            base = self._clock() - max(0.0, time.monotonic() - requested)
         self._stop_base = base
         if self._hard:
             return  # cancelled from outside, or a BaseException: no grace to time

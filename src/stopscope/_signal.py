@@ -170,7 +170,8 @@ class _LoopCall:
         self.loop = loop
         self.token = token
         self.active = True
-        #: time.monotonic() when set() claimed it (it may run later, on its loop)
+        #: time.monotonic() when set() claimed it to run later, on its loop (a thread
+        #: or a handler set the signal); None if it ran inline, inside set()
         self.fired_at: float | None = None
 
     def run(self) -> None:
@@ -572,8 +573,7 @@ def _fire(groups: list[dict[object, None]]) -> None:
                     here = hook.token is token  # type: ignore[attr-defined]
                 else:
                     here = in_task and hook.loop is running  # type: ignore[attr-defined]
-                if here:
-                    hook.fired_at = time.monotonic()  # type: ignore[attr-defined]
+                if here:  # runs now: fired_at stays None, "no delay to account for"
                     hook.run()  # type: ignore[attr-defined]
                     continue
             rest.append(hook)

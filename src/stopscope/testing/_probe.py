@@ -1,0 +1,961 @@
+"""Probe one worker's stop, and explore every scheduling point at which a stop can land."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import math
+import os
+import random
+import sys
+import traceback
+from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Final, final
+
+import anyio
+
+from .._report import Outcome, ShutdownReport, TaskRecord
+from .._scope import TaskScope
+from .._signal import StopSignal, _backend
+from ._clock import ThreadGuard, running_virtual
+
+if TYPE_CHECKING:
+    import trio
+
+if sys.version_info >= (3, 11):
+    from typing import TypeVarTuple, Unpack
+else:  # anyio depends on both backports on 3.10
+    from exceptiongroup import ExceptionGroup
+    from typing_extensions import TypeVarTuple, Unpack
+
+__all__ = [
+    "Exploration",
+    "ProbeResult",
+    "Scenario",
+    "StopKit",
+    "StopRequirementError",
+    "explore",
+    "probe",
+]
+
+PosArgsT = TypeVarTuple("PosArgsT")
+
+#: the scheduling points :func:`explore` tries when not told otherwise (0 to this)
+DEFAULT_MAX_POINTS: Final = 200
+#: seconds without a scheduling point after which a worker that has not reached the
+#: point of its run is taken to wait for ever (it has no more points): on a virtual
+#: clock, and on a real one
+DEFAULT_IDLE_VIRTUAL: Final = 3600.0
+DEFAULT_IDLE_REAL: Final = 1.0
+
+_Stack = list[tuple[FrameType, int]]
+
+
+class StopRequirementError(AssertionError):
+    """A worker did not stop the way the test requires; the message says how and where."""
+
+
+# ------------------------------------------------------------------------ scenario
+
+
+@final
+class Scenario:
+    """One worker to run, with its arguments and the invariants to check afterwards.
+
+    ::
+
+        def scenario() -> Scenario:
+            queue = FakeQueue(["a", "b", "c"])
+            return Scenario(consume, queue, invariants=[queue.nothing_lost])
+
+    The worker is called as ``worker(signal, *args)``, with the :class:`StopSignal`
+    it must watch.  Each invariant is called once the run is over (plain or async,
+    no arguments); it fails by raising (``assert`` is fine) or by returning ``False``.
+
+    :param worker: an async function taking the stop signal first
+    :param args: the worker's other arguments
+    :param invariants: checks that must hold after every run
+    :param name: the worker's name in reports (default: its qualified name)
+    """
+
+    __slots__ = ("args", "invariants", "name", "worker")
+
+    def __init__(
+        self,
+        worker: Callable[[StopSignal, Unpack[PosArgsT]], Awaitable[object]],
+        *args: Unpack[PosArgsT],
+        invariants: Iterable[Callable[[], object]] = (),
+        name: str | None = None,
+    ) -> None:
+        if inspect.iscoroutine(worker) or not callable(worker):
+            raise TypeError(
+                f"`worker` must be an async function taking the stop signal first "
+                f"(pass `fn, arg`, not `fn(arg)`), got {worker!r}"
+            )
+        self.worker: Callable[..., Awaitable[object]] = worker
+        self.args: tuple[Any, ...] = tuple(args)
+        self.invariants: tuple[Callable[[], object], ...] = tuple(invariants)
+        for check in self.invariants:
+            if not callable(check):
+                raise TypeError(f"each invariant must be callable, got {check!r}")
+        self.name = name if name is not None else _callable_name(worker)
+
+    def __repr__(self) -> str:
+        return f"<Scenario {self.name} args={self.args!r}>"
+
+
+def _callable_name(func: object) -> str:
+    while hasattr(func, "func") and not hasattr(func, "__qualname__"):  # partials
+        func = func.func
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None)
+    if not isinstance(name, str):
+        return repr(func)
+    return name.rpartition("<locals>.")[2]  # a local function: its own name reads best
+
+
+# -------------------------------------------------------------------------- stacks
+
+
+def _library_dirs() -> tuple[str, ...]:
+    import stopscope
+
+    dirs = {os.path.dirname(m.__file__ or "") for m in (anyio, asyncio, stopscope)}
+    for name in ("trio", "outcome", "sniffio", "exceptiongroup", "looptime"):
+        module = sys.modules.get(name)
+        if module is not None and getattr(module, "__file__", None):
+            dirs.add(os.path.dirname(module.__file__ or ""))
+    return tuple(sorted(d + os.sep for d in dirs if d))
+
+
+_LIBRARY_DIRS: tuple[str, ...] | None = None
+_STDLIB_FILES: Final = {contextlib.__file__}
+
+
+def _is_library(filename: str) -> bool:
+    global _LIBRARY_DIRS
+    if _LIBRARY_DIRS is None:
+        _LIBRARY_DIRS = _library_dirs()
+    return filename in _STDLIB_FILES or filename.startswith(_LIBRARY_DIRS)
+
+
+def _capture(coro: object) -> _Stack:
+    """The frames (and their current lines) of a suspended coroutine chain, outermost first."""
+    stack: _Stack = []
+    obj: Any = coro
+    while obj is not None:
+        frame = getattr(obj, "cr_frame", None) or getattr(obj, "gi_frame", None)
+        frame = frame or getattr(obj, "ag_frame", None)
+        if frame is not None:
+            stack.append((frame, frame.f_lineno))
+        nxt = getattr(obj, "cr_await", None)
+        if nxt is None:
+            nxt = getattr(obj, "gi_yieldfrom", None) or getattr(obj, "ag_await", None)
+        obj = nxt
+    return stack
+
+
+def _summary(stack: _Stack) -> traceback.StackSummary:
+    return traceback.StackSummary.extract(iter(stack), limit=None, lookup_lines=True)
+
+
+def _where(stack: _Stack) -> str:
+    """The worker's own line, and the innermost line of user code under it if another:
+    "`line` (file:N, in fn) -> `line` (file:N, in fn)"."""
+    summary = _summary(stack)
+    if not len(summary):
+        return "before its first step"
+    user = [f for f in summary if not _is_library(f.filename)] or [summary[-1]]
+    outer, inner = summary[0], user[-1]
+
+    def show(frame: traceback.FrameSummary) -> str:
+        code = (frame.line or "").strip() or "?"
+        return f"`{code}` ({os.path.basename(frame.filename)}:{frame.lineno}, in {frame.name})"
+
+    if inner is outer or _is_library(outer.filename):
+        return show(inner)
+    return f"{show(outer)} -> {show(inner)}"
+
+
+def _format(stack: _Stack) -> str:
+    """The worker's frames, down to the first library frame it awaits."""
+    summary = _summary(stack)
+    last_user = max((i for i, f in enumerate(summary) if not _is_library(f.filename)), default=None)
+    if last_user is not None:
+        summary = traceback.StackSummary.from_list(list(summary)[: last_user + 2])
+    return "".join(summary.format()).rstrip()
+
+
+# -------------------------------------------------------------------------- tracer
+
+
+class _Tracer:
+    """Counts the worker's scheduling points and lands the stop after the k-th one.
+
+    A scheduling point is a suspension of the worker's task: every await that yields
+    to the loop.  On asyncio (and uvloop) a wrapper around the worker's coroutine sees
+    each yield; on trio an instrument sees each step of the worker's task.
+    """
+
+    __slots__ = (
+        "coro",
+        "exit_time",
+        "exited",
+        "grace",
+        "last",
+        "now",
+        "points",
+        "raised",
+        "returned",
+        "scope",
+        "stop_points",
+        "stop_stack",
+        "stop_time",
+        "stuck_stack",
+        "target",
+        "task",
+        "unreached",
+        "wake",
+    )
+
+    def __init__(
+        self, scope: TaskScope, target: int | None, grace: float | None, now: Callable[[], float]
+    ) -> None:
+        self.scope = scope
+        self.target = target
+        self.grace = grace
+        self.now = now
+        self.coro: Any = None
+        self.task: object = None  # the worker's trio task
+        self.points = 0
+        self.stop_points: int | None = None
+        self.last: _Stack = []
+        self.stop_time: float | None = None
+        self.stop_stack: _Stack | None = None
+        self.stuck_stack: _Stack | None = None
+        self.exit_time: float | None = None
+        self.exited = False
+        self.returned = False
+        self.raised: BaseException | None = None
+        self.unreached = False  # the worker waited for ever before the target point
+        self.wake = StopSignal()  # the probe's body waits on it: stop landed, or exit
+
+    def suspended(self) -> None:
+        if self.exited:
+            return
+        self.points += 1
+        self.last = _capture(self.coro)
+        if self.points == self.target and self.stop_time is None:
+            self.request_stop(f"stopscope.testing: stop at scheduling point {self.points}")
+
+    def resumed(self) -> None:
+        """Runs in the worker's task context, as it resumes."""
+        if self.stuck_stack is None and self.stop_time is not None and self.grace is not None:
+            # resumed by the grace period's cancellation: where it was is where it
+            # was stuck (a cancel scope of its own is no reason, hence the time test;
+            # the scope dates the stop a little earlier than the kit does)
+            slack = 0.01 * self.grace + 0.002
+            if (
+                self.now() >= self.stop_time + self.grace - slack
+                and anyio.current_effective_deadline() == -math.inf
+            ):
+                self.stuck_stack = self.last
+
+    def request_stop(self, reason: str) -> None:
+        self.stop_time = self.now()
+        self.stop_points = self.points
+        self.stop_stack = self.last
+        self.scope.stop(reason)
+        self.wake.set()
+
+    async def run(
+        self, signal: StopSignal, worker: Callable[..., Awaitable[object]], args: tuple[Any, ...]
+    ) -> None:
+        backend = _backend()
+        coro = worker(signal, *args)
+        if not inspect.iscoroutine(coro):
+            self.exited = True
+            self.wake.set()
+            raise TypeError(
+                f"the worker must be an async function; {_callable_name(worker)} returned {coro!r}"
+            )
+        self.coro = coro
+        try:
+            if backend == "trio":
+                import trio
+
+                self.task = trio.lowlevel.current_task()
+                await coro
+            else:
+                await _Counted(coro, self)
+        except BaseException as exc:
+            self.raised = exc
+            raise
+        else:
+            self.returned = True
+        finally:
+            self.exited = True
+            self.exit_time = self.now()
+            self.wake.set()
+
+
+class _Counted:
+    """Drives a coroutine for asyncio's task, telling the tracer about each yield."""
+
+    __slots__ = ("_coro", "_tracer")
+
+    def __init__(self, coro: Any, tracer: _Tracer) -> None:
+        self._coro = coro
+        self._tracer = tracer
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, tracer = self._coro, self._tracer
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                if error is None:
+                    yielded = coro.send(value)
+                else:
+                    yielded, error = coro.throw(error), None
+            except StopIteration as done:
+                return done.value
+            tracer.suspended()
+            try:
+                value = yield yielded
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # cancellation, thrown in by the task
+                value, error = None, exc
+            tracer.resumed()
+
+
+class _TrioInstrument:
+    """Counts the worker task's steps on trio, and drives the virtual-time thread guard."""
+
+    def __init__(self, tracer: _Tracer, guard: ThreadGuard | None) -> None:
+        self._tracer = tracer
+        self._guard = guard
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self._tracer.task:
+            self._tracer.resumed()
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self._tracer.task:
+            self._tracer.suspended()
+
+    def before_io_wait(self, timeout: float) -> None:
+        if self._guard is not None:
+            self._guard.before_io_wait()
+
+
+# -------------------------------------------------------------------------- results
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.3g} ms" if seconds < 1 else f"{seconds:.3g} s"
+
+
+@final
+@dataclass(frozen=True, slots=True, eq=False)
+class ProbeResult:
+    """What happened when the kit stopped one worker.
+
+    Times are on the loop's clock (virtual under :func:`virtual_time`).
+    """
+
+    #: the worker's name
+    worker: str
+    #: ``"asyncio"`` or ``"trio"``
+    backend: str
+    #: whether the loop's clock was virtual
+    virtual: bool
+    #: when the stop was requested, in words ("at scheduling point 3", ...)
+    moment: str
+    #: the scheduling point after which the stop landed (``None``: not by point)
+    point: int | None
+    #: whether a stop was requested at all (``False``: the worker finished first)
+    requested: bool
+    #: how the worker ended, as the scope's report says
+    outcome: Outcome
+    #: seconds from the stop request to the worker's exit; ``None`` if not requested
+    latency: float | None
+    #: what the worker raised (not counting the scope's cancellation)
+    error: BaseException | None
+    #: the worker was cancelled and returned normally instead of letting it propagate
+    swallowed_cancellation: bool
+    #: the grace period the worker had
+    grace: float | None
+    #: the stop latency the test requires (``None``: none given)
+    within: float | None
+    #: scheduling points the worker went through before the stop landed (or in all)
+    points: int
+    #: where the worker was when the stop landed (a formatted stack)
+    stack_at_stop: str = field(repr=False)
+    #: where the worker was when its grace period ran out, if it was still running
+    stack_at_grace: str | None = field(repr=False)
+    #: the invariants that failed, each as a message
+    invariant_failures: tuple[str, ...]
+    #: the worker's record in the scope's report
+    record: TaskRecord = field(repr=False)
+    #: the scope's report
+    report: ShutdownReport = field(repr=False)
+    #: the worker's line when the stop landed, in short ("`line` (file:N, in fn)")
+    where_at_stop: str
+    #: the worker's line when its grace period ran out, in short, if it was still running
+    where_at_grace: str | None
+
+    @property
+    def needed_cancellation(self) -> bool:
+        """Whether the worker did not stop by itself within its grace period."""
+        return self.outcome in (Outcome.CANCELLED, Outcome.ABANDONED)
+
+    @property
+    def failures(self) -> tuple[str, ...]:
+        """Each way this run misses the requirement, in words; empty if it meets it."""
+        out: list[str] = []
+        if self.swallowed_cancellation:
+            out.append(
+                f"the worker swallowed the cancellation: still at {self.where_at_grace or '?'} "
+                f"after the {self.grace:g} s grace, it was cancelled and returned normally "
+                f"instead of letting the cancellation propagate"
+            )
+        elif self.needed_cancellation:
+            out.append(
+                f"the worker needed cancellation: still at {self.where_at_grace or '?'} "
+                f"after the {self.grace:g} s grace"
+            )
+        elif self.within is not None and self.latency is not None and self.latency > self.within:
+            out.append(
+                f"the worker took {_ms(self.latency)} to stop, more than the "
+                f"{_ms(self.within)} allowed"
+            )
+        if self.error is not None:
+            out.append(f"the worker raised {type(self.error).__name__}: {self.error}")
+        out.extend(self.invariant_failures)
+        return tuple(out)
+
+    @property
+    def ok(self) -> bool:
+        """Whether the run meets the requirement (see :attr:`failures`)."""
+        return not self.failures
+
+    def describe(self) -> str:
+        """The run in words: how the stop was requested, what went wrong, and where."""
+        clock = "virtual" if self.virtual else "real"
+        lines = [f"{self.worker} on {self.backend} ({clock} time), stop requested {self.moment}:"]
+        if not self.requested and self.outcome is Outcome.FINISHED:
+            lines.append(
+                f"  the worker finished after {self.points} scheduling points, before any stop"
+            )
+        elif not self.requested:
+            lines.append(
+                f"  after its scheduling point {self.points} the worker waited for something "
+                f"only a stop could end (outcome {self.outcome.name} once stopped)"
+            )
+        else:
+            latency = "-" if self.latency is None else _ms(self.latency)
+            lines.append(f"  outcome {self.outcome.name}, stop latency {latency}")
+        lines.extend(f"  - {failure}" for failure in self.failures)
+        if self.requested and self.stack_at_stop:
+            lines.append(f"  when the stop landed the worker was at {self.where_at_stop}:")
+            lines.extend("  " + line for line in self.stack_at_stop.splitlines())
+        elif self.requested:
+            lines.append("  the stop landed before the worker's first step")
+        return "\n".join(lines)
+
+    def _check(self, failures: Sequence[str]) -> None:
+        if failures:
+            raise StopRequirementError("\n".join([*failures, "", self.describe()]))
+
+    def assert_stopped_within(self, seconds: float) -> None:
+        """Fail unless the worker exited by itself within *seconds* of the stop request."""
+        if self.needed_cancellation:
+            self._check(self.failures[:1])
+        if self.latency is not None and self.latency > seconds:
+            took = _ms(self.latency)
+            self._check([f"the worker took {took} to stop, more than the {_ms(seconds)} allowed"])
+
+    def assert_no_cancellation(self) -> None:
+        """Fail if the worker had to be cancelled (or swallowed the cancellation)."""
+        if self.needed_cancellation:
+            self._check(self.failures[:1])
+
+    def assert_no_error(self) -> None:
+        """Fail if the worker raised."""
+        if self.error is not None:
+            self._check([f"the worker raised {type(self.error).__name__}: {self.error}"])
+
+    def assert_ok(self) -> None:
+        """Fail with every miss: latency over ``within``, cancellation, error, invariants."""
+        self._check(self.failures)
+
+    def __str__(self) -> str:
+        return self.describe()
+
+
+@final
+@dataclass(frozen=True, slots=True, eq=False)
+class Exploration:
+    """The runs of :func:`explore`: one per scheduling point tried, in order."""
+
+    #: the worker's name
+    worker: str
+    #: one result per point tried, up to the first failure
+    runs: tuple[ProbeResult, ...]
+    #: the first run that missed the requirement, if any
+    failure: ProbeResult | None
+    #: whether the worker ran out of scheduling points before the limit
+    exhausted: bool
+    #: the highest point that could have been tried
+    limit: int
+    #: the seed of the random mode (``None``: every point in order)
+    seed: int | None
+    #: how to run only the failing point again
+    replay: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+    @property
+    def points(self) -> tuple[int, ...]:
+        """The scheduling points tried, in order (0: stop before the first step)."""
+        return tuple(r.point for r in self.runs if r.point is not None)
+
+    def describe(self) -> str:
+        """The exploration in words; for a failure, the failing run and how to replay it."""
+        tried = self.points
+        span = f"{len(tried)} stop points" + (
+            f" (seed {self.seed})" if self.seed is not None else ""
+        )
+        end = (
+            "the worker ran out of scheduling points"
+            if self.exhausted
+            else f"stopped at the limit of {self.limit} points"
+        )
+        if self.failure is None:
+            return f"{self.worker}: every stop point passed ({span}; {end})"
+        before = [p for p in tried if p != self.failure.point]
+        passed = f"; points {_ranges(before)} pass" if before else ""
+        lines = [
+            f"{self.worker} fails when the stop lands at scheduling point "
+            f"{self.failure.point}{passed}",
+            self.failure.describe(),
+        ]
+        if self.replay:
+            lines.append(f"replay just this run: {self.replay}")
+        return "\n".join(lines)
+
+    def assert_ok(self) -> None:
+        """Fail with the first failing point, its stack, and how to replay it."""
+        if self.failure is not None:
+            raise StopRequirementError(self.describe())
+
+    def __str__(self) -> str:
+        return self.describe()
+
+
+def _ranges(points: Sequence[int]) -> str:
+    if not points:
+        return "-"
+    out: list[str] = []
+    start = prev = points[0]
+    for p in [*points[1:], None]:
+        if p is not None and p == prev + 1:
+            prev = p
+            continue
+        out.append(str(start) if start == prev else f"{start}-{prev}")
+        if p is not None:
+            start = prev = p
+    return ", ".join(out)
+
+
+# ---------------------------------------------------------------------------- runs
+
+
+def _check_seconds(value: float | None, name: str, allow_none: bool = True) -> float | None:
+    if value is None:
+        if allow_none:
+            return None
+        raise TypeError(f"`{name}` must be a number of seconds, got None")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`{name}` must be a number of seconds, got {value!r}")
+    if math.isnan(value) or value < 0:
+        raise ValueError(f"`{name}` must be a non-negative number of seconds, got {value!r}")
+    return float(value)
+
+
+def _check_point(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`{name}` must be an int, got {value!r}")
+    if value < 0:
+        raise ValueError(f"`{name}` must be a non-negative scheduling point, got {value!r}")
+    return value
+
+
+async def _invariant_failures(scenario: Scenario) -> tuple[str, ...]:
+    out: list[str] = []
+    for check in scenario.invariants:
+        name = _callable_name(check)
+        try:
+            result = check()
+            if inspect.isawaitable(result):
+                result = await result
+        except Exception as exc:
+            detail = (str(exc) or type(exc).__name__).replace("\n", "\n    ")
+            out.append(f"invariant {name} failed: {detail}")
+        else:
+            if result is False:
+                out.append(f"invariant {name} failed: it returned False")
+    return tuple(out)
+
+
+async def _run(
+    scenario: Scenario,
+    *,
+    at_point: int | None,
+    after: float | None,
+    grace: float | None,
+    within: float | None,
+    idle: float | None = None,
+) -> ProbeResult:
+    backend = _backend()
+    virtual = running_virtual()
+    if idle is None:
+        idle = DEFAULT_IDLE_VIRTUAL if virtual else DEFAULT_IDLE_REAL
+    if backend == "trio":
+        import trio
+
+        now: Callable[[], float] = trio.current_time
+    else:
+        now = asyncio.get_running_loop().time
+    scope = TaskScope(grace=grace, name="stopscope.testing")
+    tracer = _Tracer(scope, at_point, grace, now)
+    guard = ThreadGuard() if virtual else None
+    instrument: _TrioInstrument | None = None
+    if backend == "trio":
+        instrument = _TrioInstrument(tracer, guard)
+        trio.lowlevel.add_instrument(instrument)  # type: ignore[arg-type]
+    elif guard is not None:
+        guard.install_asyncio(asyncio.get_running_loop())
+    try:
+        async with anyio.create_task_group() as helpers:
+            if guard is not None and backend == "trio":
+                helpers.start_soon(guard.run_trio, name="stopscope.testing thread guard")
+            try:
+                async with scope:
+                    scope.start_soon(
+                        tracer.run, scope.signal, scenario.worker, scenario.args, name=scenario.name
+                    )
+                    if at_point == 0:
+                        tracer.request_stop("stopscope.testing: stop before the first step")
+                    elif at_point is not None:
+                        await _until_point(tracer, idle)
+                    elif after is not None:
+                        await tracer.wake.sleep(after)
+                        if not tracer.exited:
+                            tracer.request_stop(f"stopscope.testing: stop after {after:g} s")
+                    else:
+                        await anyio.wait_all_tasks_blocked()
+                        if not tracer.exited:
+                            tracer.request_stop("stopscope.testing: stop once the worker waits")
+            except ExceptionGroup:
+                pass  # the worker's error: it is in the record
+            finally:
+                helpers.cancel_scope.cancel()
+    finally:
+        if instrument is not None:
+            trio.lowlevel.remove_instrument(instrument)  # type: ignore[arg-type]
+
+    report = scope.report
+    record = report.tasks[0]
+    requested = (
+        tracer.stop_time is not None
+        and record.outcome is not Outcome.FINISHED
+        and not tracer.unreached
+    )
+    latency = None
+    if requested and tracer.exit_time is not None and tracer.stop_time is not None:
+        latency = max(0.0, tracer.exit_time - tracer.stop_time)
+    error = record.error
+    swallowed = record.outcome is Outcome.CANCELLED and tracer.returned
+    if tracer.unreached:
+        moment = f"at scheduling point {at_point}, which it never reached"
+    elif at_point is not None:
+        moment = "before its first step" if at_point == 0 else f"at scheduling point {at_point}"
+    elif after is not None:
+        moment = f"after {after:g} s"
+    else:
+        moment = "once it was waiting"
+    stop_stack = tracer.stop_stack or []
+    stuck = None
+    if record.outcome in (Outcome.CANCELLED, Outcome.ABANDONED):
+        stuck = tracer.stuck_stack or tracer.last  # else: its last await before the exit
+    return ProbeResult(
+        worker=scenario.name,
+        backend=backend,
+        virtual=virtual,
+        moment=moment,
+        point=at_point if requested else None,
+        requested=requested,
+        outcome=record.outcome,
+        latency=latency,
+        error=error,
+        swallowed_cancellation=swallowed,
+        grace=grace,
+        within=within,
+        points=tracer.points if tracer.stop_points is None else tracer.stop_points,
+        stack_at_stop=_format(stop_stack) if stop_stack else "",
+        stack_at_grace=None if stuck is None else _format(stuck),
+        invariant_failures=await _invariant_failures(scenario),
+        record=record,
+        report=report,
+        where_at_stop=_where(stop_stack),
+        where_at_grace=None if stuck is None else _where(stuck),
+    )
+
+
+async def _until_point(tracer: _Tracer, idle: float) -> None:
+    """Wait until the stop has landed at its point, or the worker exited; a worker
+    that goes *idle* seconds without a scheduling point waits for something only a
+    stop can end: it has no more points, and is stopped to end the run."""
+    while not tracer.wake.is_set():
+        points = tracer.points
+        if not await tracer.wake.sleep(idle) and tracer.points == points:
+            tracer.unreached = True
+            tracer.request_stop("stopscope.testing: no more scheduling points")
+
+
+def _scenario(
+    worker: Callable[..., Awaitable[object]] | Scenario, args: tuple[Any, ...]
+) -> Scenario:
+    if isinstance(worker, Scenario):
+        if args:
+            raise TypeError("pass the worker's arguments to Scenario(), not after it")
+        return worker
+    return Scenario(worker, *args)
+
+
+async def probe(
+    worker: Callable[..., Awaitable[object]] | Scenario,
+    *args: object,
+    at_point: int | None = None,
+    after: float | None = None,
+    grace: float | None = 1.0,
+    within: float | None = None,
+    idle: float | None = None,
+) -> ProbeResult:
+    """Run *worker* in a scope, request its stop, and say what happened.
+
+    ::
+
+        result = await probe(consume, queue, grace=0.05)
+        result.assert_no_cancellation()
+
+    The stop is requested once the worker waits (every task is blocked), unless
+    *at_point* or *after* says otherwise (a worker that never waits needs one of
+    them).  Only one of them may be given.
+
+    :param worker: an async function called as ``worker(signal, *args)``, or a
+        :class:`Scenario`
+    :param at_point: request the stop right after the worker's N-th scheduling point
+        (``0``: before it starts)
+    :param after: request the stop after this many seconds (loop clock)
+    :param grace: the scope's grace period (``None``: wait forever)
+    :param within: the stop latency :meth:`ProbeResult.assert_ok` requires
+    :param idle: with *at_point*: seconds without a scheduling point after which the
+        worker is taken to wait for ever, and stopped (default: an hour of virtual
+        time, one second of real time); the result then says it never reached the point
+    :raises ValueError: for a negative point or duration, or both *at_point* and *after*
+    """
+    scenario = _scenario(worker, args)
+    if at_point is not None:
+        at_point = _check_point(at_point, "at_point")
+    after = _check_seconds(after, "after")
+    if at_point is not None and after is not None:
+        raise ValueError("give `at_point` or `after`, not both")
+    grace = _check_seconds(grace, "grace")
+    within = _check_seconds(within, "within")
+    idle = _check_seconds(idle, "idle")
+    return await _run(
+        scenario, at_point=at_point, after=after, grace=grace, within=within, idle=idle
+    )
+
+
+async def explore(
+    setup: Callable[[], Scenario | Awaitable[Scenario]],
+    *,
+    within: float,
+    grace: float | None = None,
+    max_points: int = DEFAULT_MAX_POINTS,
+    points: Iterable[int] | None = None,
+    sample: int | None = None,
+    seed: int | None = None,
+    idle: float | None = None,
+) -> Exploration:
+    """Stop the worker at every scheduling point in turn, and check each run.
+
+    ::
+
+        def scenario() -> Scenario:
+            queue = FakeQueue(["a", "b", "c"])
+            return Scenario(consume, queue, invariants=[queue.nothing_lost])
+
+        (await explore(scenario, within=0.05)).assert_ok()
+
+    Run N requests the stop right after the worker's N-th scheduling point (every
+    await that yields to the loop; 0 is before its first step), with a fresh
+    scenario from *setup*.  A run passes if the worker exits by itself within
+    *within* seconds, never needs cancellation, raises nothing, and every invariant
+    holds.  Exploration ends at the first failing run, when the worker runs out of
+    points (it finishes, or waits for something only a stop can end, for *idle*
+    seconds, before its N-th point), or after *max_points*.
+
+    :param setup: makes a fresh :class:`Scenario` for each run (plain or async)
+    :param within: the longest stop latency allowed, in seconds (loop clock)
+    :param grace: the scope's grace period (default: twice *within*)
+    :param max_points: the highest point tried
+    :param points: try exactly these points (to replay one run: ``points=[7]``)
+    :param sample: random mode: try this many points drawn from 0..*max_points*
+    :param seed: the random mode's seed (default: a fresh one, shown in the report)
+    :param idle: seconds without a scheduling point after which a worker that has not
+        reached the run's point is taken to wait for ever (default: an hour of virtual
+        time, one second of real time)
+    :raises ValueError: for a negative duration or limit, or *points* with *sample*
+    """
+    return await _explore(setup, within, grace, max_points, points, sample, seed, idle, None)
+
+
+async def _explore(
+    setup: Callable[[], Scenario | Awaitable[Scenario]],
+    within: float,
+    grace: float | None,
+    max_points: int,
+    points: Iterable[int] | None,
+    sample: int | None,
+    seed: int | None,
+    idle: float | None,
+    replay_hint: str | None,
+) -> Exploration:
+    idle = _check_seconds(idle, "idle")
+    within_s = _check_seconds(within, "within", allow_none=False)
+    assert within_s is not None
+    grace = 2 * within_s if grace is None else _check_seconds(grace, "grace")
+    limit = _check_point(max_points, "max_points")
+    if points is not None:
+        if sample is not None:
+            raise ValueError("give `points` or `sample`, not both")
+        plan = sorted({_check_point(p, "points") for p in points})
+        if not plan:
+            raise ValueError("`points` must name at least one scheduling point")
+    elif sample is not None:
+        count = _check_point(sample, "sample")
+        if seed is None:
+            seed = random.SystemRandom().randrange(2**32)
+        rng = random.Random(seed)
+        plan = sorted(rng.sample(range(limit + 1), min(count, limit + 1)))
+    else:
+        plan = list(range(limit + 1))
+    runs: list[ProbeResult] = []
+    failure: ProbeResult | None = None
+    exhausted = False
+    name = "worker"
+    for point in plan:
+        scenario = setup()
+        if inspect.isawaitable(scenario):
+            scenario = await scenario
+        if not isinstance(scenario, Scenario):
+            raise TypeError(f"`setup` must return a Scenario, got {scenario!r}")
+        name = scenario.name
+        result = await _run(
+            scenario, at_point=point, after=None, grace=grace, within=within_s, idle=idle
+        )
+        if not result.requested:
+            exhausted = True  # the worker finished before this point: no more points
+            break
+        runs.append(result)
+        if not result.ok:
+            failure = result
+            break
+    replay = None
+    if failure is not None:
+        replay = f"explore(..., points=[{failure.point}])"
+        if replay_hint:
+            replay = f"{replay_hint.format(point=failure.point)} (or {replay})"
+    return Exploration(
+        worker=name,
+        runs=tuple(runs),
+        failure=failure,
+        exhausted=exhausted,
+        limit=limit,
+        seed=seed if sample is not None else None,
+        replay=replay,
+    )
+
+
+@final
+class StopKit:
+    """The ``stop_kit`` fixture: :func:`probe` and :func:`explore` for the running test.
+
+    ::
+
+        async def test_consumer_stops_well(stop_kit: StopKit) -> None:
+            def scenario() -> Scenario:
+                queue = FakeQueue(["a", "b", "c"])
+                return Scenario(consume, queue, invariants=[queue.nothing_lost])
+            (await stop_kit.explore(scenario, within=0.05)).assert_ok()
+
+    A failure names the pytest command that replays only the failing point
+    (``--stopscope-point=N``); with that option, :meth:`explore` runs that point alone.
+    """
+
+    __slots__ = ("_nodeid", "_point", "_seed")
+
+    def __init__(
+        self, nodeid: str | None = None, point: int | None = None, seed: int | None = None
+    ) -> None:
+        self._nodeid = nodeid
+        self._point = point
+        self._seed = seed
+
+    async def probe(
+        self,
+        worker: Callable[..., Awaitable[object]] | Scenario,
+        *args: object,
+        at_point: int | None = None,
+        after: float | None = None,
+        grace: float | None = 1.0,
+        within: float | None = None,
+        idle: float | None = None,
+    ) -> ProbeResult:
+        """:func:`probe`, for this test."""
+        return await probe(
+            worker, *args, at_point=at_point, after=after, grace=grace, within=within, idle=idle
+        )
+
+    async def explore(
+        self,
+        setup: Callable[[], Scenario | Awaitable[Scenario]],
+        *,
+        within: float,
+        grace: float | None = None,
+        max_points: int = DEFAULT_MAX_POINTS,
+        points: Iterable[int] | None = None,
+        sample: int | None = None,
+        seed: int | None = None,
+        idle: float | None = None,
+    ) -> Exploration:
+        """:func:`explore`, for this test (``--stopscope-point`` replays one point)."""
+        if points is None and self._point is not None:
+            points, sample = [self._point], None
+        if seed is None:
+            seed = self._seed
+        hint = None
+        if self._nodeid:
+            hint = f"pytest '{self._nodeid}' --stopscope-point={{point}}"
+        return await _explore(setup, within, grace, max_points, points, sample, seed, idle, hint)
