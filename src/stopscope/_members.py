@@ -5,12 +5,31 @@ here, which use only the scope's member surface (``_member_signal``, ``start_soo
 ``start``) and :func:`~stopscope._report.current_record`.  Each thread or process is
 watched by an ordinary member task, so grace, cancellation and the report work as for
 any member.
+
+Two options of process members serve orchestrators (the why of the code below):
+
+* ``process_group=True``: the child leads a group of its own (``setsid()``, through
+  anyio's ``start_new_session``, the one way every backend offers); the stop's SIGTERM
+  and the SIGKILL after grace go to the whole group, and the member lasts until the
+  group is empty, so a grandchild cannot outlive its member.
+* ``die_with_parent=True``: the child stops when this process dies, even by SIGKILL.
+  ``PR_SET_PDEATHSIG`` set in the child is not enough: Linux ties it to the *thread*
+  that forked, and trio forks in a worker thread that exits after 10 idle seconds
+  (which would kill a healthy child); ``preexec_fn`` is unsafe with threads.  So the
+  command is started through a tiny Python launcher that forks a guard and then execs
+  the command (same pid, same exit status).  The guard holds the read end of a pipe
+  whose only write end this process holds: the kernel closes it when this process
+  dies, however it dies, and the guard then sends SIGTERM to the command (its group
+  with ``process_group``) and SIGKILL after the member's grace.  The guard dies with
+  the command (``PR_SET_PDEATHSIG`` on Linux, whose forking thread is the command's
+  main thread, else a poll of ``getppid()``).
 """
 
 from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal as _signal
 import subprocess
 import sys
@@ -24,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 import anyio.abc
 
-from ._report import Outcome, _callable_name, current_record
+from ._report import Outcome, ShutdownReport, _callable_name, current_record
 from ._signal import StopSignal, logger
 
 if TYPE_CHECKING:
@@ -65,6 +84,9 @@ class _Scope(Protocol):
         grace: float | None = None,
     ) -> Any: ...
 
+    @property
+    def grace(self) -> float | None: ...
+
 
 def _command_name(cmd: Any) -> str:
     if isinstance(cmd, (str, bytes, os.PathLike)):
@@ -94,14 +116,38 @@ async def start_process(
     grace: float | None,
     popen_kwargs: dict[str, Any],
 ) -> Process:
-    """:meth:`TaskScope.start_process`: a member task that owns a subprocess."""
+    """:meth:`TaskScope.start_process`: a member task that owns a subprocess.
+
+    Besides :func:`anyio.open_process`'s keywords, ``popen_kwargs`` may hold
+    ``process_group`` and ``die_with_parent`` (booleans; see the module docstring).
+    """
+    group = _flag(popen_kwargs.pop("process_group", False), "process_group")
+    guarded = _flag(popen_kwargs.pop("die_with_parent", False), "die_with_parent")
     for stream in ("stdin", "stdout", "stderr"):
         popen_kwargs.setdefault(stream, None)
     label = _command_name(cmd) if name is None else str(name)
+    if (group or guarded) and sys.platform == "win32":
+        raise RuntimeError("`process_group` and `die_with_parent` need a POSIX system")
+    if group:
+        if popen_kwargs.get("start_new_session", True) is not True:
+            raise ValueError(
+                "`process_group=True` starts a new session; leave out `start_new_session`"
+            )
+        popen_kwargs["start_new_session"] = True
+    if guarded:
+        own = grace if grace is not None else scope.grace
+        cmd = _guarded_command(cmd, popen_kwargs, group, _GUARD_KILL_AFTER if own is None else own)
+    options = _ProcessOptions(group=group)
     process: Process = await scope.start(
-        _run_process, scope._member_signal, cmd, popen_kwargs, name=label, grace=grace
+        _run_process, scope._member_signal, cmd, popen_kwargs, options, name=label, grace=grace
     )
     return process
+
+
+def _flag(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be True or False, got {value!r}")
+    return value
 
 
 # ------------------------------------------------------------------------ threads
@@ -211,10 +257,18 @@ def _thread_stack(thread: threading.Thread | None) -> str:
 # ---------------------------------------------------------------------- processes
 
 
+class _ProcessOptions:
+    __slots__ = ("group",)
+
+    def __init__(self, *, group: bool) -> None:
+        self.group = group  # the child leads its own process group: signal all of it
+
+
 async def _run_process(
     signal: StopSignal,
     cmd: Any,
     popen_kwargs: dict[str, Any],
+    options: _ProcessOptions,
     *,
     task_status: anyio.abc.TaskStatus[Process],
 ) -> None:
@@ -222,36 +276,96 @@ async def _run_process(
     record = current_record()
     record.kind = "process"
     process = await anyio.open_process(cmd, **popen_kwargs)
+    pgid = process.pid if options.group else None
+    killed = False
     try:
         task_status.started(process)
         with signal.cancel_scope():
             await process.wait()
-        if process.returncode is None:  # stop requested: ask it to exit
-            _send(process, _SIGTERM)
-            await process.wait()  # the scope cancels this when grace is over
+            if pgid is not None and process.returncode == 0:
+                await _group_gone(pgid)  # the member is the whole group
+        if process.returncode is None or (pgid is not None and signal.is_set()):
+            # stop requested: ask it (and its group) to exit
+            _send(process, _SIGTERM, pgid)
+            await process.wait()  # the scope cancels these when grace is over
+            if pgid is not None:
+                await _group_gone(pgid)
         elif not signal.is_set():  # it exited before any stop of this member
             if _ended_by_the_services_signal(process.returncode, record.name):
                 record.outcome = Outcome.STOPPED
+                if pgid is not None and signal.is_set():  # the rest of its group too
+                    _send(process, _SIGTERM, pgid)
+                    await _group_gone(pgid)
             elif process.returncode != 0:
                 record.exit_code = process.returncode
                 raise subprocess.CalledProcessError(process.returncode, cmd)
     except anyio.get_cancelled_exc_class():
-        if process.returncode is None:
-            _send(process, _SIGKILL)
+        if process.returncode is None or (pgid is not None and _group_alive(pgid)):
+            _send(process, _SIGKILL, pgid)
+            killed = True
             record.outcome = Outcome.CANCELLED
         raise
     finally:
         with anyio.CancelScope(shield=True):
             await process.wait()  # reap it: no zombie, whatever happened
         record.exit_code = process.returncode
+        if pgid is not None and not killed and _group_alive(pgid):
+            # the leader failed, or its member ended otherwise: nothing outlives it
+            logger.warning(
+                "process member %r: its leader exited; killing what is left of its group",
+                record.name,
+            )
+            with suppress(OSError):
+                os.killpg(pgid, _SIGKILL)
+
+
+#: how often a member polls whether its process group is empty (seconds)
+_GROUP_POLL = 0.02
+
+
+async def _group_gone(pgid: int) -> None:
+    """Return once no live process is left in the group (polled; cancellable)."""
+    while _group_alive(pgid):
+        await anyio.sleep(_GROUP_POLL)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether the process group holds a process that has not exited (zombies, which
+    an init that does not reap can leave for ever, do not count on Linux)."""
+    if sys.platform.startswith("linux"):
+        try:
+            entries = os.listdir("/proc")
+        except OSError:
+            entries = []
+        if entries:
+            for entry in entries:
+                if not entry.isdigit():
+                    continue
+                try:
+                    with open(f"/proc/{entry}/stat", "rb") as stat:
+                        fields = stat.read().rsplit(b")", 1)[1].split()
+                except (OSError, IndexError):
+                    continue  # gone meanwhile
+                # fields: state, ppid, pgrp, ...
+                if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+                    return True
+            return False
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 _SIGTERM: int = _signal.SIGTERM
 _SIGKILL: int = getattr(_signal, "SIGKILL", _signal.SIGTERM)  # Windows: both terminate
 
 
-def _send(process: Process, signum: int) -> None:
-    """Send ``signum`` (SIGTERM or SIGKILL) to a process not known to have exited.
+def _send(process: Process, signum: int, pgid: int | None = None) -> None:
+    """Send ``signum`` (SIGTERM or SIGKILL) to a process not known to have exited, or
+    to its whole process group ``pgid``.
 
     On POSIX with :func:`os.kill`, not ``terminate()``/``kill()``: on asyncio these go
     to :meth:`subprocess.Popen.send_signal`, which first reaps a child that has just
@@ -261,7 +375,9 @@ def _send(process: Process, signum: int) -> None:
     stops on the same signal.
     """
     with suppress(ProcessLookupError):
-        if sys.platform != "win32":
+        if pgid is not None:
+            os.killpg(pgid, signum)
+        elif sys.platform != "win32":
             os.kill(process.pid, signum)
         elif signum == _SIGTERM:
             process.terminate()
@@ -285,3 +401,115 @@ def _ended_by_the_services_signal(returncode: int, name: str) -> bool:
         signum.name,
     )
     return True
+
+
+# ------------------------------------------------------------- die with the parent
+
+#: seconds between the guard's SIGTERM and its SIGKILL when the member has no grace
+_GUARD_KILL_AFTER = 10.0
+
+#: the launcher: argv = [fd, group (0/1), kill_after, command...].  It forks the guard,
+#: then execs the command in its own pid.  Kept to the standard library, run with -I -S.
+_LAUNCHER = r"""
+import os, signal, sys
+fd, group, kill_after, argv = int(sys.argv[1]), sys.argv[2] == "1", float(sys.argv[3]), sys.argv[4:]
+leader = os.getpid()
+if os.fork() == 0:
+    try:
+        try:
+            import ctypes
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except Exception:
+            pass
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.closerange(0, fd)
+        os.closerange(fd + 1, 65536)
+        import select
+        while os.getppid() == leader:
+            if select.select([fd], [], [], 1.0)[0] and not os.read(fd, 1):
+                break  # EOF: the service that started the command is gone
+        else:
+            os._exit(0)  # the command is gone
+        send = (lambda s: os.killpg(leader, s)) if group else (lambda s: os.kill(leader, s))
+        send(signal.SIGTERM)
+        import time
+        deadline = time.monotonic() + kill_after
+        while os.getppid() == leader and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if os.getppid() == leader or group:
+            send(signal.SIGKILL)
+    except BaseException:
+        pass
+    os._exit(0)
+os.close(fd)
+for name in ("SIGPIPE", "SIGXFSZ"):  # Python ignores these; give the command the defaults
+    if hasattr(signal, name):
+        signal.signal(getattr(signal, name), signal.SIG_DFL)
+try:
+    os.execvp(argv[0], argv)
+except OSError as exc:
+    sys.stderr.write(f"stopscope: cannot run {argv[0]!r}: {exc}\n")
+    os._exit(127)
+"""
+
+_alive_pipe: tuple[int, int, int] | None = None  # (pid, read end, write end)
+_alive_lock = threading.Lock()
+
+
+def _parent_alive_fd() -> int:
+    """The read end of a pipe whose only write end this process holds (non-inheritable):
+    it reads EOF once this process is gone, however it died."""
+    global _alive_pipe
+    with _alive_lock:
+        if _alive_pipe is None or _alive_pipe[0] != os.getpid():  # none yet, or forked
+            read_end, write_end = os.pipe()
+            _alive_pipe = (os.getpid(), read_end, write_end)
+        return _alive_pipe[1]
+
+
+def _guarded_command(
+    cmd: Any, popen_kwargs: dict[str, Any], group: bool, kill_after: float
+) -> list[str | bytes | os.PathLike[str] | os.PathLike[bytes]]:
+    """The command line that runs ``cmd`` through the launcher (``die_with_parent``)."""
+    argv: list[Any]
+    if isinstance(cmd, (str, bytes)):
+        argv = ["/bin/sh", "-c", cmd]  # what anyio does with a string: the shell
+    elif isinstance(cmd, os.PathLike):
+        argv = [cmd]
+    else:
+        argv = list(cmd)
+        if not argv:
+            raise ValueError("`cmd` must not be empty")
+    _check_executable(argv[0], popen_kwargs)
+    fd = _parent_alive_fd()
+    popen_kwargs["pass_fds"] = (*popen_kwargs.get("pass_fds", ()), fd)
+    launcher = [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(fd), "1" if group else "0"]
+    return [*launcher, repr(float(kill_after)), *argv]
+
+
+def _check_executable(program: Any, popen_kwargs: dict[str, Any]) -> None:
+    """Raise as Popen would if ``program`` cannot be found: the launcher could only
+    exit 127 once it is running."""
+    name = os.fsdecode(program)
+    if os.sep in name:
+        cwd = popen_kwargs.get("cwd")
+        path = os.path.join(os.fsdecode(cwd), name) if cwd is not None else name
+        if not os.access(path, os.X_OK):
+            raise FileNotFoundError(2, "No such file or directory (or not executable)", name)
+        return
+    env = popen_kwargs.get("env")
+    search = env.get("PATH", os.defpath) if env is not None else None
+    if shutil.which(name, path=search) is None:
+        raise FileNotFoundError(2, "No such file or directory", name)
+
+
+# ------------------------------------------------------------------ scope reports
+
+
+def scope_exited(report: ShutdownReport) -> None:
+    """Called by every TaskScope as it exits, in the task that ran its block: hands the
+    frozen report to the services (``run()``, ``stop_on_signals()``) around that task,
+    for ``run(fail_if_cut_short=True)``."""
+    from ._service import _note_scope_report
+
+    _note_scope_report(report)

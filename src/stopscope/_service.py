@@ -33,6 +33,16 @@ How the signals arrive (the why of the code below):
   context variable), so a process member that dies of a signal the trap has caught
   asks the trap to act on it at once and is reported STOPPED, not FAILED
   (:func:`_signal_behind_exit`).
+* The same context variable tells a :class:`~stopscope.TaskScope` which traps it runs
+  under: each scope hands its frozen report to them as it exits
+  (:func:`_note_scope_report`; they keep a count of the members that needed
+  cancellation and the first few, not the reports), so ``run(fail_if_cut_short=True)``
+  knows whether any member, at any depth, had to be cancelled or abandoned.
+* systemd notification (``NOTIFY_SOCKET``) is one datagram per state change, sent on
+  the loop (never from the raw signal handler): ``READY=1`` as ``main`` starts (or when
+  it calls ``task_status.started()``), ``STOPPING=1`` and ``EXTEND_TIMEOUT_USEC`` when
+  the first signal is acted on.  A notification that cannot be sent is logged once and
+  never stops the service.
 """
 
 from __future__ import annotations
@@ -52,8 +62,10 @@ from types import FrameType, TracebackType
 from typing import Any, Final, Literal, NoReturn, TypeVar, final
 
 import anyio
+import anyio.abc
 
 from ._members import _abandoned_threads
+from ._report import ShutdownReport, TaskRecord
 from ._scope import _check_grace as _check_grace_of_scope
 from ._signal import StopSignal, _backend, logger
 
@@ -62,7 +74,14 @@ if sys.version_info >= (3, 11):
 else:  # anyio depends on typing_extensions on 3.10
     from typing_extensions import TypeVarTuple, Unpack
 
-__all__ = ["DEFAULT_GRACE", "DEFAULT_SIGNALS", "SignalTrap", "run", "stop_on_signals"]
+__all__ = [
+    "DEFAULT_GRACE",
+    "DEFAULT_SIGNALS",
+    "EXIT_CUT_SHORT",
+    "SignalTrap",
+    "run",
+    "stop_on_signals",
+]
 
 T = TypeVar("T")
 PosArgsT = TypeVarTuple("PosArgsT")
@@ -77,6 +96,17 @@ DEFAULT_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
 #: :func:`run`'s grace (seconds): inside Kubernetes' default terminationGracePeriodSeconds
 #: (30 s), with room left for cancelled code to unwind
 DEFAULT_GRACE: Final = 25.0
+#: :func:`run`'s exit status with ``fail_if_cut_short=True`` when ``main`` returned but a
+#: member of a scope inside it had to be cancelled or was abandoned (``EX_SOFTWARE`` of
+#: sysexits.h: a member did not honour its stop, which is a defect to look at)
+EXIT_CUT_SHORT: Final = 70
+#: what :func:`run` adds to its grace in ``EXTEND_TIMEOUT_USEC``: room for cancelled code
+#: to unwind once the grace is over
+_UNWIND_ALLOWANCE: Final = 5.0
+#: how many cut-short members a trap keeps to name (it counts them all)
+_CUT_RECORDS_KEPT: Final = 10
+#: when :func:`run` tells systemd it is ready
+Ready = Literal["at_start", "task_status"]
 
 _Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 _UNCATCHABLE: Final = frozenset(
@@ -183,12 +213,15 @@ class SignalTrap:
         "_cancel_cause",
         "_clock",
         "_count",
+        "_cut_count",
+        "_cut_records",
         "_delivered",
         "_escalation",
         "_grace",
         "_grace_armed",
         "_hop",
         "_label",
+        "_notifier",
         "_pending",
         "_previous",
         "_received",
@@ -207,8 +240,14 @@ class SignalTrap:
         grace: float | None,
         escalation: tuple[Action, ...],
         label: str,
+        notifier: _SystemdNotifier | None = None,
     ) -> None:
         self._stop = stop
+        self._notifier = notifier
+        # members of the scopes that exited in the block that needed cancellation: how
+        # many, and the first few (a long-running service may open scopes per request)
+        self._cut_count = 0
+        self._cut_records: list[TaskRecord] = []
         self._signals = signals
         self._grace = grace
         self._escalation = escalation
@@ -388,6 +427,8 @@ class SignalTrap:
             signum = signal.Signals(self._pending.popleft())
             self._delivered += 1
             self._received.append(signum)
+            if self._delivered == 1 and self._notifier is not None:
+                self._notify_stopping(signum)
             self._perform(self._action(self._delivered), signum)
 
     def _perform(self, action: Action, signum: signal.Signals) -> None:
@@ -421,6 +462,19 @@ class SignalTrap:
             logger.warning(
                 "%s (%s signal): cancelling %s; %s", signum.name, _ordinal(n), self._label, after
             )
+
+    def _notify_stopping(self, signum: signal.Signals) -> None:
+        assert self._notifier is not None
+        fields = ["STOPPING=1", f"STATUS=stopping on {signum.name}"]
+        if self._action(1) == "stop" and self._grace is not None:
+            # the drain is legitimate for the grace, and cancelled code needs to unwind
+            usec = int((self._grace + _UNWIND_ALLOWANCE) * 1_000_000)
+            fields.append(f"EXTEND_TIMEOUT_USEC={usec}")
+        self._notifier.send(*fields)
+
+    def _note_cut_short(self, records: tuple[TaskRecord, ...]) -> None:
+        self._cut_count += len(records)
+        self._cut_records.extend(records[: max(0, _CUT_RECORDS_KEPT - len(self._cut_records))])
 
     def _explains(self, returncode: int) -> signal.Signals | None:
         """The signal this trap caught (acted on or not yet) that a child's exit status
@@ -481,6 +535,86 @@ def _signal_behind_exit(returncode: int) -> signal.Signals | None:
             trap._deliver()
             return signum
     return None
+
+
+def _note_scope_report(report: ShutdownReport) -> None:
+    """A TaskScope exited in the calling task: every trap around it keeps its report."""
+    cut = report.needed_cancellation
+    if not cut:
+        return
+    for trap in _open_traps.get():
+        if trap._state == "open":
+            trap._note_cut_short(cut)
+
+
+# ------------------------------------------------------------ systemd notification
+
+
+@final
+class _SystemdNotifier:
+    """Sends ``sd_notify`` datagrams to ``NOTIFY_SOCKET`` (a path, or ``@name`` for an
+    abstract socket).  Never raises: a service must not fail because its manager went
+    away; the first failure is logged."""
+
+    __slots__ = ("_address", "_failed", "_sock")
+
+    def __init__(self, address: str | bytes) -> None:
+        self._address = address
+        self._sock: socket.socket | None = None
+        self._failed = False
+
+    @classmethod
+    def from_environment(cls) -> _SystemdNotifier | None:
+        value = os.environ.get("NOTIFY_SOCKET", "")
+        if not value or not hasattr(socket, "AF_UNIX"):
+            return None
+        if value.startswith("@"):
+            return cls("\0" + value[1:])  # abstract namespace (Linux)
+        if value.startswith("/"):
+            return cls(value)
+        logger.warning(
+            "NOTIFY_SOCKET=%r is not a unix socket path or @name; not notifying systemd",
+            value,
+        )
+        return None
+
+    def send(self, *fields: str) -> bool:
+        """Send one datagram of ``KEY=value`` lines; whether it was sent."""
+        payload = "\n".join(fields).encode()
+        try:
+            if self._sock is None:
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                self._sock.setblocking(False)
+            self._sock.sendto(payload, self._address)
+        except OSError as exc:
+            if not self._failed:
+                self._failed = True
+                logger.warning("could not notify systemd (%s): %s", ", ".join(fields), exc)
+            return False
+        return True
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+
+@final
+class _ReadyStatus(anyio.abc.TaskStatus[None]):
+    """The ``task_status`` :func:`run` gives ``main`` with ``ready="task_status"``."""
+
+    __slots__ = ("_notifier", "_started")
+
+    def __init__(self, notifier: _SystemdNotifier | None) -> None:
+        self._notifier = notifier
+        self._started = False
+
+    def started(self, value: None = None) -> None:
+        if self._started:
+            raise RuntimeError("task_status.started() was already called")
+        self._started = True
+        if self._notifier is not None:
+            self._notifier.send("READY=1", "STATUS=ready")
 
 
 def _drain_socket(sock: socket.socket) -> None:
@@ -619,6 +753,8 @@ def run(
     signals: Iterable[int] = DEFAULT_SIGNALS,
     grace: float | None = DEFAULT_GRACE,
     escalation: Sequence[Action] = DEFAULT_ESCALATION,
+    fail_if_cut_short: bool = False,
+    ready: Ready = "at_start",
 ) -> T:
     """Run ``main(signal, *args)`` as a service that stops gracefully on SIGINT/SIGTERM.
 
@@ -649,8 +785,25 @@ def run(
       raises ``SystemExit(128 + n)``, ``n`` being the first signal's number (143
       after SIGTERM, 130 after SIGINT), which systemd and Kubernetes count as a
       failure: work may have been cut short.
+    * ``main`` returned, but with ``fail_if_cut_short=True`` a member of a
+      :class:`~stopscope.TaskScope` inside it (at any depth) had to be cancelled after
+      its grace or was abandoned (``ShutdownReport.needed_cancellation``): ``run()``
+      logs who and raises ``SystemExit(70)`` (:data:`EXIT_CUT_SHORT`, ``EX_SOFTWARE``),
+      so that an orchestrator can alert on it.  The default (``False``) keeps status 0:
+      the scope already logged a warning for each such member.
     * a third signal: the process dies by that signal at once.
     * ``main`` raised: the exception propagates (status 1).
+
+    systemd (``Type=notify``): when ``NOTIFY_SOCKET`` is set (a path, or ``@name``),
+    ``run()`` sends ``READY=1`` once ``main`` has started -- as it is called with
+    ``ready="at_start"`` (the signal handlers are already in place), or when it calls
+    ``task_status.started()`` with ``ready="task_status"``: ``main`` then takes a
+    keyword ``task_status`` as an :meth:`anyio.abc.TaskGroup.start` target does (call
+    it once the service accepts work, e.g. when the server listens).  On the first
+    signal it sends ``STOPPING=1`` and, when ``main`` has a ``grace``,
+    ``EXTEND_TIMEOUT_USEC`` for the grace plus 5 s to unwind, so that a
+    ``TimeoutStopSec`` shorter than the drain does not kill it midway.  Without
+    ``NOTIFY_SOCKET`` nothing is sent.
 
     If a thread member ignored its stop and is still running when ``main`` is done,
     ``run()`` exits the process with ``os._exit`` (after flushing stdio and logging)
@@ -663,12 +816,21 @@ def run(
         until a second signal.  Keep it below the orchestrator's limit
         (``terminationGracePeriodSeconds``, ``TimeoutStopSec``).
     :param escalation: what successive signals do (see :func:`stop_on_signals`)
+    :param fail_if_cut_short: exit with status 70 (:data:`EXIT_CUT_SHORT`) instead of 0
+        when ``main`` returned but a scope member needed cancellation or was abandoned
+    :param ready: when to send systemd ``READY=1``: ``"at_start"`` (as ``main`` is
+        called) or ``"task_status"`` (``main(signal, *args, task_status=...)`` calls
+        ``task_status.started()``)
     :raises SystemExit: after a stop that needed cancellation
     :raises RuntimeError: outside the main thread
     """
     signums = _check_signals(signals)
     grace = _check_grace(grace)
     actions = _check_escalation(escalation)
+    if not isinstance(fail_if_cut_short, bool):
+        raise TypeError(f"`fail_if_cut_short` must be True or False, got {fail_if_cut_short!r}")
+    if ready not in ("at_start", "task_status"):
+        raise ValueError(f"`ready` must be 'at_start' or 'task_status', got {ready!r}")
     if signums and threading.current_thread() is not threading.main_thread():
         raise RuntimeError(
             "stopscope.run() must be called from the main thread: Python runs signal "
@@ -677,12 +839,20 @@ def run(
     label = f"{getattr(main, '__qualname__', None) or 'main'}()"
     outcome = _Outcome()
 
+    notifier = _SystemdNotifier.from_environment()
+
     async def runner() -> None:
         stop = StopSignal()
-        trap = SignalTrap(stop, signums, grace, actions, label)
+        trap = SignalTrap(stop, signums, grace, actions, label, notifier)
         outcome.trap = trap
         async with trap:
-            outcome.result = await main(stop, *args)
+            if ready == "task_status":
+                call: Any = main
+                outcome.result = await call(stop, *args, task_status=_ReadyStatus(notifier))
+            else:
+                if notifier is not None:
+                    notifier.send("READY=1", "STATUS=running")
+                outcome.result = await main(stop, *args)
             outcome.returned = True
 
     fallback = _StderrFallback()
@@ -696,6 +866,21 @@ def run(
                 _leave_abandoned_threads(1)
             raise
         if outcome.returned:
+            trap = outcome.trap
+            if fail_if_cut_short and trap is not None and trap._cut_count:
+                named = ", ".join(f"{r.name!r} {r.outcome.value}" for r in trap._cut_records)
+                more = trap._cut_count - len(trap._cut_records)
+                logger.warning(
+                    "%s returned, but %d member(s) did not stop within their grace (%s%s); "
+                    "exiting with status %d (fail_if_cut_short=True)",
+                    label,
+                    trap._cut_count,
+                    named,
+                    f", and {more} more" if more else "",
+                    EXIT_CUT_SHORT,
+                )
+                _leave_abandoned_threads(EXIT_CUT_SHORT)
+                raise SystemExit(EXIT_CUT_SHORT)
             _leave_abandoned_threads(0)
             return outcome.result  # type: ignore[no-any-return]
         received = outcome.trap.received if outcome.trap is not None else ()
@@ -704,3 +889,5 @@ def run(
         raise SystemExit(code)
     finally:
         logger.removeHandler(fallback)
+        if notifier is not None:
+            notifier.close()

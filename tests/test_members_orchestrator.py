@@ -1,0 +1,269 @@
+"""Process members for orchestrators: ``process_group=True`` and ``die_with_parent=True``.
+
+Real processes only: a shell leads a group with a grandchild, the test reads the
+grandchild's pid from the shell's stdout and checks, through ``/proc``, that nothing
+of the group survives.  ``die_with_parent`` is checked by SIGKILLing a real parent
+service.  Timeouts only guard against hangs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+from anyio.abc import Process
+
+from stopscope import Outcome, TaskScope
+
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc (Linux)"),
+]
+
+HANG_GUARD = 30.0
+#: long enough for a shell to act on SIGTERM; only the cancellation tests rely on expiry
+LONG_GRACE = 20.0
+SHORT_GRACE = 0.3
+
+#: a group: the shell prints its background child's pid, then waits for it
+SHELL_WITH_GRANDCHILD = "sleep 1000 & echo $!; wait"
+#: the same, but the shell and the grandchild both ignore SIGTERM
+STUBBORN_GROUP = "trap '' TERM; sleep 1000 & echo $!; wait; wait"
+#: the leader leaves a grandchild behind and exits at once
+LEADER_LEAVES = "sleep 1000 & echo $!"
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a process that has not exited (zombies are dead)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    return stat.rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+
+
+async def gone(pid: int) -> None:
+    """Wait (bounded by the caller's fail_after) until ``pid`` has exited."""
+    while alive(pid):
+        await anyio.sleep(0.01)
+
+
+async def read_pid(process: Process) -> int:
+    assert process.stdout is not None
+    data = b""
+    while not data.endswith(b"\n"):
+        data += await process.stdout.receive()
+    await process.stdout.aclose()
+    return int(data)
+
+
+class TestProcessGroup:
+    async def test_the_stop_reaches_a_grandchild(self) -> None:
+        with anyio.fail_after(HANG_GUARD):
+            async with TaskScope(grace=LONG_GRACE) as scope:
+                process = await scope.start_process(
+                    SHELL_WITH_GRANDCHILD,
+                    name="group",
+                    process_group=True,
+                    stdout=subprocess.PIPE,
+                )
+                grandchild = await read_pid(process)
+                assert os.getpgid(grandchild) == process.pid  # its own group
+                assert os.getpgid(process.pid) != os.getpgid(0)
+            await process.aclose()
+        assert not alive(grandchild)
+        record = scope.report.by_name("group")
+        assert record.outcome is Outcome.STOPPED
+        assert record.exit_code == -signal.SIGTERM
+
+    async def test_without_a_group_the_grandchild_survives(self) -> None:
+        """What process_group is for: the default signals the child only."""
+        with anyio.fail_after(HANG_GUARD):
+            async with TaskScope(grace=LONG_GRACE) as scope:
+                process = await scope.start_process(
+                    SHELL_WITH_GRANDCHILD, name="lone", stdout=subprocess.PIPE
+                )
+                grandchild = await read_pid(process)
+            await process.aclose()
+            try:
+                assert alive(grandchild)
+            finally:
+                os.kill(grandchild, signal.SIGKILL)
+        assert scope.report.by_name("lone").outcome is Outcome.STOPPED
+
+    async def test_a_group_that_ignores_sigterm_is_killed_whole_after_grace(self) -> None:
+        with anyio.fail_after(HANG_GUARD):
+            async with TaskScope(grace=SHORT_GRACE) as scope:
+                process = await scope.start_process(
+                    STUBBORN_GROUP, name="stubborn", process_group=True, stdout=subprocess.PIPE
+                )
+                grandchild = await read_pid(process)
+            await process.aclose()
+            await gone(grandchild)  # SIGKILL went to the group: it is reaped by init
+        record = scope.report.by_name("stubborn")
+        assert record.outcome is Outcome.CANCELLED
+        assert record.exit_code == -signal.SIGKILL
+
+    async def test_the_member_lasts_as_long_as_its_group(self) -> None:
+        with anyio.fail_after(HANG_GUARD):
+            async with TaskScope(grace=LONG_GRACE) as scope:
+                process = await scope.start_process(
+                    LEADER_LEAVES, name="leaves", process_group=True, stdout=subprocess.PIPE
+                )
+                grandchild = await read_pid(process)
+                await process.wait()
+                assert process.returncode == 0
+                await anyio.wait_all_tasks_blocked()
+                assert scope.report.by_name("leaves").outcome is Outcome.RUNNING
+                assert alive(grandchild)
+            await process.aclose()
+        assert not alive(grandchild)
+        assert scope.report.by_name("leaves").outcome is Outcome.STOPPED
+
+    async def test_a_failed_leader_takes_its_group_down(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        with anyio.fail_after(HANG_GUARD):
+            with pytest.RaisesGroup(subprocess.CalledProcessError):
+                async with TaskScope(grace=LONG_GRACE) as scope:
+                    process = await scope.start_process(
+                        "sleep 1000 & echo $!; read line; exit 3",
+                        name="fails",
+                        process_group=True,
+                        stdout=subprocess.PIPE,
+                        stdin=subprocess.PIPE,
+                    )
+                    grandchild = await read_pid(process)
+                    assert process.stdin is not None
+                    await process.stdin.send(b"go\n")
+                    await process.stdin.aclose()
+                    await scope.signal.wait()
+            await process.aclose()
+            await gone(grandchild)
+        assert scope.report.by_name("fails").outcome is Outcome.FAILED
+        assert "killing what is left of its group" in caplog.text
+
+    async def test_bad_options(self) -> None:
+        async with TaskScope() as scope:
+            with pytest.raises(TypeError, match="`process_group`"):
+                await scope.start_process(["true"], process_group=1)
+            with pytest.raises(TypeError, match="`die_with_parent`"):
+                await scope.start_process(["true"], die_with_parent="yes")
+            with pytest.raises(ValueError, match="start_new_session"):
+                await scope.start_process(["true"], process_group=True, start_new_session=False)
+        assert scope.report.tasks == ()
+
+
+# -------------------------------------------------------------- die with the parent
+
+#: a service whose process member is `sleep`; prints the member's pid, then waits
+PARENT = textwrap.dedent(
+    """
+    import sys
+    import anyio
+    from stopscope import TaskScope
+
+    async def main() -> None:
+        async with TaskScope(grace=5) as scope:
+            process = await scope.start_process(
+                ["sleep", "1000"], name="sleep", die_with_parent=True,
+                process_group=sys.argv[2] == "group",
+            )
+            print(process.pid, flush=True)
+            await anyio.sleep_forever()
+
+    backend = sys.argv[1]
+    options = {"use_uvloop": True} if backend == "uvloop" else {}
+    anyio.run(main, backend="trio" if backend == "trio" else "asyncio", backend_options=options)
+    """
+)
+
+
+class TestDieWithParent:
+    @pytest.mark.parametrize("backend", ["asyncio", "uvloop", "trio"])
+    @pytest.mark.parametrize("group", ["group", "alone"])
+    def test_the_member_dies_when_its_parent_is_killed(self, backend: str, group: str) -> None:
+        parent = subprocess.Popen(
+            [sys.executable, "-c", PARENT, backend, group],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            assert parent.stdout is not None
+            line = parent.stdout.readline()
+            assert line, parent.communicate(timeout=HANG_GUARD)[1].decode()
+            child = int(line)
+            deadline = time.monotonic() + HANG_GUARD  # the launcher execs `sleep` soon
+            while Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[0] != b"sleep":
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            parent.kill()  # SIGKILL: no cleanup of ours runs
+            parent.wait(HANG_GUARD)
+            anyio.run(_bounded_gone, child)
+        finally:
+            if parent.poll() is None:
+                parent.kill()
+            parent.communicate(timeout=HANG_GUARD)
+
+    async def test_a_guarded_member_stops_as_usual(self) -> None:
+        with anyio.fail_after(HANG_GUARD):
+            async with TaskScope(grace=LONG_GRACE) as scope:
+                process = await scope.start_process(
+                    ["sh", "-c", "echo $$; exec sleep 1000"],
+                    name="guarded",
+                    die_with_parent=True,
+                    stdout=subprocess.PIPE,
+                )
+                assert await read_pid(process) == process.pid  # the launcher exec'd
+            await process.aclose()
+        record = scope.report.by_name("guarded")
+        assert record.outcome is Outcome.STOPPED
+        assert record.exit_code == -signal.SIGTERM
+
+    async def test_exit_status_and_shell_strings_pass_through(self) -> None:
+        with anyio.fail_after(HANG_GUARD):
+            async with TaskScope(grace=LONG_GRACE, stop_on_exit=False) as scope:
+                process = await scope.start_process(
+                    "echo piped | cat", name="shell", die_with_parent=True, stdout=subprocess.PIPE
+                )
+                assert process.stdout is not None
+                out = b""
+                async for chunk in process.stdout:
+                    out += chunk
+            await process.aclose()
+        assert out == b"piped\n"
+        assert scope.report.by_name("shell").outcome is Outcome.FINISHED
+
+    async def test_sigpipe_is_not_ignored_in_the_command(self) -> None:
+        with anyio.fail_after(HANG_GUARD):
+            async with TaskScope(grace=LONG_GRACE, stop_on_exit=False) as scope:
+                process = await scope.start_process(
+                    ["sh", "-c", "grep SigIgn /proc/self/status"],
+                    die_with_parent=True,
+                    stdout=subprocess.PIPE,
+                )
+                assert process.stdout is not None
+                out = b""
+                async for chunk in process.stdout:
+                    out += chunk
+            await process.aclose()
+        ignored = int(out.split()[1], 16)
+        assert not ignored & (1 << (signal.SIGPIPE - 1))
+
+    async def test_a_missing_program_raises_at_once(self) -> None:
+        async with TaskScope() as scope:
+            with pytest.raises(FileNotFoundError):
+                await scope.start_process(["no-such-program-stopscope"], die_with_parent=True)
+        assert scope.report.tasks == ()
+
+
+async def _bounded_gone(pid: int) -> None:
+    with anyio.fail_after(HANG_GUARD):
+        await gone(pid)
