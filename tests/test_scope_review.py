@@ -359,11 +359,17 @@ async def test_report_is_frozen_at_exit() -> None:
 # ------------------------------------------------------------------ defect 10
 
 
+# only asyncio lets a task await another task's cancellation
+@pytest.mark.parametrize(
+    "anyio_backend",
+    [
+        pytest.param(("asyncio", {"debug": True}), id="asyncio"),
+        pytest.param(("asyncio", {"use_uvloop": True}), id="asyncio+uvloop"),
+    ],
+)
 async def test_cancelled_error_nobody_sent_is_a_failure_of_that_member(
-    anyio_backend_name: str, caplog: pytest.LogCaptureFixture
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    if anyio_backend_name != "asyncio":
-        pytest.skip("only asyncio lets a task await another task's cancellation")
 
     async def awaits_cancelled_task(signal: StopSignal) -> None:
         task = asyncio.ensure_future(asyncio.sleep(3600))
@@ -503,13 +509,12 @@ async def test_stop_from_thread_racing_member_failure_keeps_every_error() -> Non
     assert leaves(info.group()) == [error]
 
 
+@pytest.mark.parametrize("anyio_backend", [pytest.param(("trio", {}), id="trio")])
 async def test_raw_trio_nursery_in_member_cancelled_after_grace(
-    anyio_backend_name: str, caplog: pytest.LogCaptureFixture
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Defect 2, as found: a plain ``trio.open_nursery()`` inside a member raises a
-    group of ``Cancelled`` when the grace runs out."""
-    if anyio_backend_name != "trio":
-        pytest.skip("a raw trio nursery needs trio")
+    group of ``Cancelled`` when the grace runs out (trio only: a raw trio nursery)."""
     import trio
 
     async def with_nursery(signal: StopSignal) -> None:
