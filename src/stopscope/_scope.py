@@ -194,6 +194,7 @@ _FINISHED: Final = Outcome.FINISHED
 _STOPPED: Final = Outcome.STOPPED
 _CANCELLED: Final = Outcome.CANCELLED
 _FAILED: Final = Outcome.FAILED
+_ABANDONED: Final = Outcome.ABANDONED
 
 
 def _cancel_called(member: _Member) -> bool:
@@ -345,6 +346,10 @@ class TaskScope:
         self._hard_cause: BaseException | None = None  # the BaseException that did it
         self._stages: list[_Stage] = []
         self._final: ShutdownReport | None = None  # the report, frozen at exit
+        # what the frozen report says, kept at exit; the report itself is built on the
+        # first read (a scope that nobody asks pays for no report)
+        self._frozen: tuple[object, float | None] | None = None
+        self._cut = 0  # members that needed cancellation (CANCELLED, ABANDONED)
         self._cancel_probe: Callable[[], bool] = _in_cancelled_scope
 
     # -- public surface ----------------------------------------------------------
@@ -379,16 +384,15 @@ class TaskScope:
         have ``Outcome.RUNNING``).  After exit it never changes, even if the parent
         signal is set later.
         """
-        if self._final is not None:
-            return self._final
-        return self._snapshot()
-
-    def _snapshot(self) -> ShutdownReport:
-        return ShutdownReport(
-            reason=self._signal.reason if self._signal.is_set() else None,
-            requested_at=self._requested_at,
-            tasks=tuple(self._records),
-        )
+        final = self._final
+        if final is not None:
+            return final
+        frozen = self._frozen
+        if frozen is None:  # still open: a snapshot of the moment
+            reason = self._signal.reason if self._signal.is_set() else None
+            return ShutdownReport(reason, self._requested_at, tuple(self._records))
+        final = self._final = ShutdownReport(frozen[0], frozen[1], tuple(self._records))
+        return final
 
     def stage(self, name: str | None = None) -> StopSignal:
         """Start a new shutdown stage and return its stop signal (ordered shutdown).
@@ -997,6 +1001,8 @@ class TaskScope:
             outcome = record.outcome
         if error is not None:
             record.error = error
+        if outcome is _CANCELLED or outcome is _ABANDONED:
+            self._cut += 1
         if before_stop:
             pass  # its own failure requested the stop: it left while running
         elif outcome is not _FINISHED and self._signal._flag:
@@ -1096,8 +1102,12 @@ class TaskScope:
             self._stop_moment()  # set from elsewhere; the scope ended before it ran
         for member in list(self._live.values()):  # only after a hard exit
             self._exited(member, Outcome.CANCELLED, None)
-        self._final = self._snapshot()
-        _members.scope_exited(self._final)  # for run(fail_if_cut_short=True)
+        self._frozen = (
+            self._signal.reason if self._signal._flag else None,
+            self._requested_at,
+        )
+        if self._cut:  # for run(fail_if_cut_short=True)
+            _members.scope_exited(self.report)
         self._log_summary()
         if self._hard:
             cut = [r.name for r in self._records if r.outcome is Outcome.CANCELLED]
