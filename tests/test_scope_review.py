@@ -532,3 +532,81 @@ async def test_raw_trio_nursery_in_member_cancelled_after_grace(
     assert record.phase == "cancelled"
     assert record.latency is not None
     assert any("'nursery' did not stop within" in m for m in stopscope_warnings(caplog))
+
+
+# ------------------------------------------------------- found by review, same session
+
+
+@pytest.mark.parametrize(
+    "anyio_backend",
+    [
+        pytest.param(("asyncio", {"debug": True}), id="asyncio"),
+        pytest.param(("asyncio", {"use_uvloop": True}), id="asyncio+uvloop"),
+    ],
+)
+async def test_native_cancel_of_a_member_task_is_a_cancellation(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``Task.cancel()`` aimed at a member's own task (not through a cancel scope) is a
+    cancellation of that member, not a "CancelledError nobody sent": no made-up
+    RuntimeError, and the others stop gracefully."""
+    tasks: list[asyncio.Task[Any]] = []
+
+    async def member(signal: StopSignal) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.append(task)
+        await anyio.sleep_forever()
+
+    with anyio.fail_after(HANG_GUARD):
+        async with TaskScope(grace=LONG_GRACE) as scope:
+            scope.start_soon(member, scope.signal, name="cancelled")
+            scope.start_soon(obey, scope.signal, name="sibling")
+            await anyio.wait_all_tasks_blocked()
+            tasks[0].cancel()
+            await scope.signal.wait()
+    cancelled = scope.report.by_name("cancelled")
+    assert cancelled.outcome is Outcome.CANCELLED
+    assert cancelled.phase == "cancelled-from-outside"
+    assert cancelled.error is None
+    assert scope.report.reason is StopReason.CANCELLED
+    assert scope.report.by_name("sibling").outcome is Outcome.STOPPED
+
+
+@pytest.mark.parametrize("how", ["outside", "body-base-exception"])
+async def test_member_swallowing_a_hard_cancellation_is_reported_while_it_runs(
+    how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The scope never hangs silently: after a hard stop too, a member that keeps
+    running is logged as still running after it was cancelled."""
+    logged = anyio.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "is still running" in record.getMessage():
+                logged.set()
+
+    watch = Watch()
+    logging.getLogger("stopscope").addHandler(watch)
+
+    async def swallower(signal: StopSignal) -> None:
+        with anyio.CancelScope(shield=True):
+            await logged.wait()  # keeps running until the scope has said so
+
+    try:
+        with anyio.fail_after(HANG_GUARD), Caught() as info, anyio.CancelScope() as outer:
+            async with TaskScope(grace=LONG_GRACE) as scope:
+                scope.start_soon(swallower, scope.signal, name="swallower")
+                await anyio.wait_all_tasks_blocked()
+                if how == "outside":
+                    outer.cancel()
+                    await anyio.sleep_forever()
+                raise Boom("body")
+    finally:
+        logging.getLogger("stopscope").removeHandler(watch)
+    assert logged.is_set()
+    if how == "outside":
+        assert info.value is None
+    else:
+        assert [type(e) for e in leaves(info.group())] == [Boom]
+    assert any("'swallower' is still running" in m for m in stopscope_warnings(caplog))

@@ -350,6 +350,7 @@ class TaskScope:
         # first read (a scope that nobody asks pays for no report)
         self._frozen: tuple[object, float | None] | None = None
         self._cut = 0  # members that needed cancellation (CANCELLED, ABANDONED)
+        self._cancelled_at: float | None = None  # loop clock: when cancellation was issued
         self._cancel_probe: Callable[[], bool] = _in_cancelled_scope
 
     # -- public surface ----------------------------------------------------------
@@ -741,19 +742,33 @@ class TaskScope:
             return
         self._cancelling = True
         tg.cancel_scope.cancel()
-        if self._live:
-            assert self._call_at is not None
+        self._watch_laggards()
+
+    def _watch_laggards(self) -> None:
+        """Cancellation was issued (grace over, or hard): report whoever keeps running.
+
+        Runs on the scope's loop.  A member that swallows cancellation must never make
+        the scope hang silently, whoever cancelled it.
+        """
+        if self._cancelled_at is None:
+            self._cancelled_at = self._clock()
+        if self._timer is not None:  # a grace deadline no longer matters
+            assert self._cancel_timer is not None
+            self._cancel_timer(self._timer)
+            self._timer = None
+        if self._live and self._state != "closed" and self._call_at is not None:
             self._timer = self._call_at(self._clock() + self._laggard_delay, self._report_laggards)
 
     def _report_laggards(self) -> None:
-        """A timer call: members still running well after the grace deadline."""
+        """A timer call: members still running well after they were cancelled."""
         self._timer = None
-        if self._state == "closed" or not self._live or self._hard:
+        if self._state == "closed" or not self._live:
             return
-        assert self._stop_base is not None
-        since = self._clock() - self._stop_base - (self._grace or 0.0)
+        assert self._cancelled_at is not None
+        since = self._clock() - self._cancelled_at
         for member in list(self._live.values()):
-            member.record.phase = "after-cancel"
+            if not self._outside:
+                member.record.phase = "after-cancel"
             where, stack = _describe_stack(_stack_of_frames(_frames_of(member.task_coro)))
             logger.warning(
                 "%s: member %r is still running %.3g s after it was cancelled, at %s; it "
@@ -838,7 +853,7 @@ class TaskScope:
         try:
             await coro
         except self._cancelled_exc as exc:
-            if not _in_cancelled_scope():
+            if not (self._cancel_probe() or _in_cancelled_scope()):
                 # nobody cancelled this member (asyncio: it awaited a task that someone
                 # else cancelled): its own failure, not a cancellation of the scope
                 outcome, error = _FAILED, self._stray_cancellation(member, exc)
@@ -858,7 +873,7 @@ class TaskScope:
             # KeyboardInterrupt, SystemExit, or a group: a raw nursery in the member
             # cancelled with it, whose children may also have raised
             cancel, rest = _split(exc, self._cancelled_exc)
-            if cancel is not None and not _in_cancelled_scope():
+            if cancel is not None and not (self._cancel_probe() or _in_cancelled_scope()):
                 cancel, rest = None, exc  # nobody cancelled it: all of it is its failure
             if rest is None:
                 assert cancel is not None
@@ -942,6 +957,7 @@ class TaskScope:
         if tg is not None and self._state != "closed" and not self._cancelling:
             self._cancelling = True
             tg.cancel_scope.cancel()
+            self._watch_laggards()
 
     def _cancelled_from_outside(self) -> None:
         """An enclosing cancel scope cancelled us: hard, no grace, named as such."""
@@ -950,6 +966,8 @@ class TaskScope:
             self._hard = True
             self._signal.set(StopReason.CANCELLED)
             self._release_stages()
+            if self._state != "closed":
+                self._watch_laggards()
 
     def _member_cancelled(self, member: _Member, exc: BaseException) -> None:
         if self._cancelling or _cancel_called(member):
@@ -957,18 +975,25 @@ class TaskScope:
             if not self._hard and member.record.outcome is not Outcome.ABANDONED:
                 self._warn_cancelled(member, exc)  # a thread logs its own
         else:
-            self._cancelled_from_outside()
-            member.record.phase = "cancelled-from-outside"
+            self._cancelled_by_others(member)
+
+    def _cancelled_by_others(self, member: _Member) -> None:
+        """A cancellation the scope did not send reached this member."""
+        member.record.phase = "cancelled-from-outside"
+        if _in_cancelled_scope():
+            self._cancelled_from_outside()  # an enclosing cancel scope: hard, for all
+        else:
+            # asyncio: this member's task alone was cancelled (Task.cancel()), not the
+            # scope: the others stop gracefully, as after a member's failure
+            self._signal.set(StopReason.CANCELLED)
 
     def _returned_after_stop(self, member: _Member) -> Outcome:
         """STOPPED, unless it returned only after being cancelled (it swallowed it)."""
         ours = self._cancelling or _cancel_called(member)
         if not ours:
-            if not _in_cancelled_scope():
+            if not (self._cancel_probe() or _in_cancelled_scope()):
                 return _STOPPED
-            # it swallowed a cancellation from outside
-            self._cancelled_from_outside()
-            member.record.phase = "cancelled-from-outside"
+            self._cancelled_by_others(member)  # and it swallowed it
             return _CANCELLED
         if self._hard:  # stopped at once by a BaseException: no accusation
             return _CANCELLED
