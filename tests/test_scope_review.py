@@ -610,3 +610,25 @@ async def test_member_swallowing_a_hard_cancellation_is_reported_while_it_runs(
     else:
         assert [type(e) for e in leaves(info.group())] == [Boom]
     assert any("'swallower' is still running" in m for m in stopscope_warnings(caplog))
+
+
+async def test_grace0_member_that_stops_the_scope_and_returns_is_stopped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """grace=0: a member that calls ``scope.stop()`` and returns with no checkpoint
+    after it never saw the cancellation the stop issued: STOPPED on every backend, not
+    accused of catching it (trio reported it CANCELLED/after-cancel)."""
+
+    async def stopper(scope: TaskScope) -> None:
+        await anyio.lowlevel.checkpoint()
+        scope.stop("done")
+
+    with anyio.fail_after(HANG_GUARD):
+        async with TaskScope(grace=0) as scope:
+            scope.start_soon(obey, scope.signal, name="obeys")
+            scope.start_soon(stopper, scope, name="stopper")
+            await anyio.sleep_forever()
+    record = scope.report.by_name("stopper")
+    assert record.outcome is Outcome.STOPPED
+    assert record.phase == "grace"
+    assert not any("catch the cancellation" in m for m in stopscope_warnings(caplog))

@@ -351,6 +351,11 @@ class TaskScope:
         self._frozen: tuple[object, float | None] | None = None
         self._cut = 0  # members that needed cancellation (CANCELLED, ABANDONED)
         self._cancelled_at: float | None = None  # loop clock: when cancellation was issued
+        # trio: the task group's nursery, and, at the moment the scope cancelled it, each
+        # member task's cancel-point count and whether it was blocked (so it got the
+        # Cancelled at once); None where it cannot be told
+        self._nursery: Any = None
+        self._at_cancel: dict[Any, tuple[int, bool]] | None = None
         self._cancel_probe: Callable[[], bool] = _in_cancelled_scope
 
     # -- public surface ----------------------------------------------------------
@@ -612,6 +617,8 @@ class TaskScope:
             self._call_at = trio_timers.call_at
             self._cancel_timer = trio_timers.cancel
             call = _LoopCall(self._on_stop, None, trio.lowlevel.current_trio_token())
+            nurseries = trio.lowlevel.current_task().child_nurseries
+            self._nursery = nurseries[-1] if nurseries else None  # the group's
         self._stop_call = call
         if not _add_hook(self._signal, call):
             self._on_stop()
@@ -741,8 +748,40 @@ class TaskScope:
         if self._state == "closed" or tg is None:
             return
         self._cancelling = True
+        self._note_tasks_at_cancel()
         tg.cancel_scope.cancel()
         self._watch_laggards()
+
+    def _note_tasks_at_cancel(self) -> None:
+        """trio: remember where each member task stood when the scope cancelled them.
+
+        A trio task that was already rescheduled (woken by the stop) does not see a
+        cancellation until its next checkpoint; one that returns before it caught
+        nothing.  Counts come from trio's Task (private attributes, read defensively:
+        without them every late return is reported as before).
+        """
+        nursery = self._nursery
+        if nursery is None:
+            return
+        try:
+            self._at_cancel = {
+                task: (task._cancel_points, task._abort_func is not None)
+                for task in nursery.child_tasks
+            }
+        except AttributeError:  # pragma: no cover - a trio without these attributes
+            self._nursery = self._at_cancel = None
+
+    def _cancel_reached(self) -> bool:
+        """Whether a cancellation issued by the scope reached the running member."""
+        at_cancel = self._at_cancel
+        if at_cancel is None:
+            return self._cancel_probe()  # asyncio: Task.cancelling(); else: assume so
+        task = _trio_api().lowlevel.current_task()
+        then = at_cancel.get(task)
+        if then is None:  # started after the cancel: it was born cancelled
+            return True
+        points, blocked = then
+        return blocked or task._cancel_points != points
 
     def _watch_laggards(self) -> None:
         """Cancellation was issued (grace over, or hard): report whoever keeps running.
@@ -956,6 +995,7 @@ class TaskScope:
         tg = self._tg
         if tg is not None and self._state != "closed" and not self._cancelling:
             self._cancelling = True
+            self._note_tasks_at_cancel()
             tg.cancel_scope.cancel()
             self._watch_laggards()
 
@@ -997,10 +1037,11 @@ class TaskScope:
             return _CANCELLED
         if self._hard:  # stopped at once by a BaseException: no accusation
             return _CANCELLED
-        if not self._cancel_probe():
-            # asyncio: anyio had not delivered the cancellation yet (the member was
-            # already scheduled to run, woken in the same loop turn): it stopped on
-            # its own and caught nothing
+        if not self._cancel_reached():
+            # the member was already scheduled to run (woken by the stop in the same
+            # loop turn) and returned before the cancellation reached it: it stopped
+            # on its own and caught nothing (asyncio: anyio had not delivered it; trio:
+            # no checkpoint since)
             return _STOPPED
         member.record.phase = "after-cancel"
         logger.warning(
