@@ -153,9 +153,9 @@ class TestProcessGroup:
     async def test_bad_options(self) -> None:
         async with TaskScope() as scope:
             with pytest.raises(TypeError, match="`process_group`"):
-                await scope.start_process(["true"], process_group=1)
+                await scope.start_process(["true"], process_group=1)  # type: ignore[arg-type]
             with pytest.raises(TypeError, match="`die_with_parent`"):
-                await scope.start_process(["true"], die_with_parent="yes")
+                await scope.start_process(["true"], die_with_parent="yes")  # type: ignore[arg-type]
             with pytest.raises(ValueError, match="start_new_session"):
                 await scope.start_process(["true"], process_group=True, start_new_session=False)
         assert scope.report.tasks == ()
