@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
+import json
 import math
 import os
 import platform
@@ -17,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 # --------------------------------------------------------------------------- statistics
 
@@ -227,3 +229,28 @@ def timed(fn: Callable[[], object]) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
+
+
+def _finite(obj: Any) -> Any:
+    """NaN and infinities become null, so the file is strict JSON; other floats keep six
+    significant digits (a microsecond in a second), which keeps the file small."""
+    if isinstance(obj, float):
+        return float(f"{obj:.6g}") if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def dump_json(doc: dict[str, Any]) -> str:
+    """Indented JSON, with one line per raw sample (readable, and small in diffs)."""
+    doc = _finite(doc)
+    marker = "__SAMPLES__"
+    text = json.dumps({**doc, "samples": marker}, indent=1, allow_nan=False)
+    groups = []
+    for kind, rows in doc["samples"].items():
+        body = ",\n".join("   " + json.dumps(row, separators=(",", ":"), allow_nan=False)
+                          for row in rows)
+        groups.append(f'  "{kind}": [\n{body}\n  ]' if rows else f'  "{kind}": []')
+    return text.replace(json.dumps(marker), "{\n" + ",\n".join(groups) + "\n }") + "\n"

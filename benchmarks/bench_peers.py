@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import gc
 import importlib.metadata
-import json
 import math
 import random
 import statistics
@@ -41,7 +40,15 @@ from typing import Any
 
 import anyio
 
-from _harness import Progress, fmt_bytes, fmt_time, quantile, run_metadata, split_evenly
+from _harness import (
+    Progress,
+    dump_json,
+    fmt_bytes,
+    fmt_time,
+    quantile,
+    run_metadata,
+    split_evenly,
+)
 from _strategies import Probe, disturbed, summarize_run
 
 HERE = Path(__file__).resolve().parent
@@ -688,27 +695,6 @@ def render(cfg: Config, meta: dict[str, Any], results: Results, plan: dict[str, 
 # --------------------------------------------------------------------------- main
 
 
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return float(f"{obj:.6g}") if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def dump_json(doc: dict[str, Any]) -> str:
-    """Indented JSON with one line per raw sample."""
-    doc = _finite(doc)
-    marker = "__SAMPLES__"
-    text = json.dumps({**doc, "samples": marker}, indent=1, allow_nan=False)
-    groups = []
-    for kind, rows in doc["samples"].items():
-        body = ",\n".join("   " + json.dumps(row, separators=(",", ":"), allow_nan=False)
-                          for row in rows)
-        groups.append(f'  "{kind}": [\n{body}\n  ]' if rows else f'  "{kind}": []')
-    return text.replace(json.dumps(marker), "{\n" + ",\n".join(groups) + "\n }") + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

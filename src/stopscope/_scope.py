@@ -892,7 +892,7 @@ class TaskScope:
         try:
             await coro
         except self._cancelled_exc as exc:
-            if not (self._cancel_probe() or _in_cancelled_scope()):
+            if not self._task_cancelled():
                 # nobody cancelled this member (asyncio: it awaited a task that someone
                 # else cancelled): its own failure, not a cancellation of the scope
                 outcome, error = _FAILED, self._stray_cancellation(member, exc)
@@ -912,7 +912,7 @@ class TaskScope:
             # KeyboardInterrupt, SystemExit, or a group: a raw nursery in the member
             # cancelled with it, whose children may also have raised
             cancel, rest = _split(exc, self._cancelled_exc)
-            if cancel is not None and not (self._cancel_probe() or _in_cancelled_scope()):
+            if cancel is not None and not self._task_cancelled():
                 cancel, rest = None, exc  # nobody cancelled it: all of it is its failure
             if rest is None:
                 assert cancel is not None
@@ -956,7 +956,7 @@ class TaskScope:
         """Collect a member's error and stop the scope: gracefully for an ``Exception``,
         at once for a ``KeyboardInterrupt``, ``SystemExit`` or other BaseException."""
         record = member.record
-        if not (self._cancelling or _cancel_called(member)) and self._cancel_probe():
+        if not self._cancelled_by_us(member) and self._cancel_probe():
             # it raised in answer to a cancellation from outside, which came first
             self._cancelled_from_outside()
         if record.phase == "running" and self._signal._flag:
@@ -976,12 +976,21 @@ class TaskScope:
         error.__cause__ = exc
         return self._member_error(member, error)
 
+    def _cancelled_by_us(self, member: _Member) -> bool:
+        """The scope cancelled this member: its grace ran out (the scope's or its own),
+        or a BaseException stopped the scope at once."""
+        return self._cancelling or _cancel_called(member)
+
+    def _task_cancelled(self) -> bool:
+        """Whether anyone cancelled the running member's task (the cheap probe first)."""
+        return self._cancel_probe() or _in_cancelled_scope()
+
     def _was_cancelled(self, member: _Member) -> bool:
-        return self._cancelling or self._outside or _cancel_called(member)
+        return self._outside or self._cancelled_by_us(member)
 
     def _cut_phase(self, member: _Member) -> Phase:
         """The phase of a member that was cancelled: by us, or from outside."""
-        if self._outside and not (self._cancelling or _cancel_called(member)):
+        if self._outside and not self._cancelled_by_us(member):
             return "cancelled-from-outside"
         return "cancelled"
 
@@ -1010,7 +1019,7 @@ class TaskScope:
                 self._watch_laggards()
 
     def _member_cancelled(self, member: _Member, exc: BaseException) -> None:
-        if self._cancelling or _cancel_called(member):
+        if self._cancelled_by_us(member):
             # ours: the grace ran out (or a BaseException stopped the scope at once)
             if not self._hard and member.record.outcome is not Outcome.ABANDONED:
                 self._warn_cancelled(member, exc)  # a thread logs its own
@@ -1029,9 +1038,9 @@ class TaskScope:
 
     def _returned_after_stop(self, member: _Member) -> Outcome:
         """STOPPED, unless it returned only after being cancelled (it swallowed it)."""
-        ours = self._cancelling or _cancel_called(member)
+        ours = self._cancelled_by_us(member)
         if not ours:
-            if not (self._cancel_probe() or _in_cancelled_scope()):
+            if not self._task_cancelled():
                 return _STOPPED
             self._cancelled_by_others(member)  # and it swallowed it
             return _CANCELLED
