@@ -4,7 +4,6 @@ references, and children released once set."""
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from stopscope import StopSignal
+from stopscope import StopSignal, _backends
 from stopscope import _signal as impl
 
 pytestmark = pytest.mark.anyio
@@ -107,10 +106,7 @@ class TestTimers:
             sig.set()
         gc.collect()
         assert all(ref() is None for ref in refs)
-        if anyio_backend_name == "trio":
-            heap: impl._TimerHeap = impl._trio_timers()
-        else:
-            heap = impl._timers_of(asyncio.get_running_loop())
+        heap: _backends.TimerHeap = _backends.current().timers
         assert len(heap.heap) == 10  # still there: deleted lazily...
         assert all(entry[2] is None and entry[3] is None for entry in heap.heap)  # ...but empty
 

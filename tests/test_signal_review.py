@@ -30,8 +30,10 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from stopscope import CallbackHandle, StopSignal
+from stopscope import CallbackHandle, StopSignal, _backends
 from stopscope import _signal as impl
+from stopscope._backends import _asyncio as asyncio_impl
+from stopscope._backends import _base as backends_base
 
 pytestmark = pytest.mark.anyio
 
@@ -72,15 +74,9 @@ def at_waiters_deadline(sig: StopSignal, fn: Callable[[], object]) -> None:
     the service first claims the waiter as timed out, then runs ``fn()``, and only
     then resumes the waiter: the same loop turn, every run, on every backend.
     """
-    if impl._backend() == "trio":
-        trio_timers = impl._trio_timers()
-        (deadline,) = [entry[0] for entry in trio_timers.heap if entry[2] is sig]
-        trio_timers.call_at(deadline, fn)
-    else:
-        loop = asyncio.get_running_loop()
-        timers = impl._timers_of(loop)
-        (deadline,) = [entry[0] for entry in timers.heap if entry[2] is sig]
-        timers.call_at(loop, deadline, fn)
+    timers = _backends.current().timers
+    (deadline,) = [entry[0] for entry in timers.heap if entry[2] is sig]
+    timers.call_at(deadline, fn)
 
 
 def make_tree() -> dict[str, StopSignal]:
@@ -110,7 +106,8 @@ def run_interrupted(outer: Callable[[], object], inner: Callable[[], object], po
     """
     count = [0]
     injected = [False]
-    module_globals = impl.__dict__
+    # stopscope's own code: the signal module and the backends it wakes through
+    module_globals = [module.__dict__ for module in (impl, _backends, backends_base, asyncio_impl)]
 
     def local(frame: FrameType, event: str, arg: object) -> Any:
         if event == "opcode":
@@ -121,7 +118,7 @@ def run_interrupted(outer: Callable[[], object], inner: Callable[[], object], po
         return local
 
     def tracer(frame: FrameType, event: str, arg: object) -> Any:
-        if frame.f_globals is module_globals:
+        if any(frame.f_globals is g for g in module_globals):
             frame.f_trace_opcodes = True
             return local
         return None
@@ -413,18 +410,18 @@ class TestAsyncioTimerService:
         loop = asyncio.get_running_loop()
         fires: list[int] = []
 
-        class Counting(impl._AsyncioTimers):
-            def fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        class Counting(asyncio_impl.AsyncioTimers):
+            def fire(self) -> None:
                 fires.append(len([entry for entry in self.heap if entry[2] is not None]))
-                super().fire(loop)
+                super().fire()
 
-        timers = Counting()
+        timers = Counting(loop)
         done = asyncio.Event()
 
         def first() -> None:
-            timers.call_at(loop, loop.time() + 0.01, done.set)
+            timers.call_at(loop.time() + 0.01, done.set)
 
-        timers.call_at(loop, loop.time() + 0.01, first)
+        timers.call_at(loop.time() + 0.01, first)
         with anyio.fail_after(GUARD):
             await done.wait()
         for _ in range(3):
@@ -435,7 +432,7 @@ class TestAsyncioTimerService:
 
     async def test_a_call_scheduling_a_later_one_still_runs_it(self) -> None:
         loop = asyncio.get_running_loop()
-        timers = impl._AsyncioTimers()
+        timers = asyncio_impl.AsyncioTimers(loop)
         order: list[str] = []
         done = asyncio.Event()
 
@@ -445,10 +442,10 @@ class TestAsyncioTimerService:
 
         def first() -> None:
             order.append("first")
-            timers.call_at(loop, loop.time() + 0.02, later)
+            timers.call_at(loop.time() + 0.02, later)
 
-        timers.call_at(loop, loop.time() + 0.01, first)
-        timers.call_at(loop, loop.time() + 0.015, lambda: order.append("middle"))
+        timers.call_at(loop.time() + 0.01, first)
+        timers.call_at(loop.time() + 0.015, lambda: order.append("middle"))
         with anyio.fail_after(GUARD):
             await done.wait()
         assert order == ["first", "middle", "later"]
@@ -457,8 +454,9 @@ class TestAsyncioTimerService:
 @pytest.mark.parametrize("anyio_backend", [pytest.param(("trio", {}), id="trio")])
 class TestTrioTimerService:
     async def test_a_call_scheduling_another_runs_it(self) -> None:
-        timers = impl._trio_timers()
-        now = impl._trio_api().current_time
+        backend = _backends.current()
+        timers = backend.timers
+        now = backend.clock
         done = anyio.Event()
         timers.call_at(now() + 0.01, lambda: timers.call_at(now() + 0.01, done.set))
         with anyio.fail_after(GUARD):

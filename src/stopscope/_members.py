@@ -27,6 +27,7 @@ Two options of process members serve orchestrators (the why of the code below):
 
 from __future__ import annotations
 
+import contextvars
 import os
 import shlex
 import shutil
@@ -38,12 +39,12 @@ import traceback
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import anyio
 import anyio.abc
 
-from ._report import Outcome, ShutdownReport, _callable_name, current_record
+from ._report import Outcome, ShutdownReport, TaskRecord, _callable_name, current_record
 from ._signal import StopSignal, logger
 
 if TYPE_CHECKING:
@@ -388,8 +389,6 @@ def _send(process: Process, signum: int, pgid: int | None = None) -> None:
 def _ended_by_the_services_signal(returncode: int, name: str) -> bool:
     """Whether an exit before any stop is the stop of a service (``run()``,
     ``stop_on_signals()``) whose signal reached the process too; see ``start_process``."""
-    from ._service import _signal_behind_exit
-
     signum = _signal_behind_exit(returncode)
     if signum is None:
         return False
@@ -503,6 +502,76 @@ def _check_executable(program: Any, popen_kwargs: dict[str, Any]) -> None:
         raise FileNotFoundError(2, "No such file or directory", name)
 
 
+# ------------------------------------------------------------------ service traps
+# The services (``run()``, ``stop_on_signals()`` in ``_service.py``) register their
+# signal traps here, in a context variable the members' tasks inherit: a process member
+# asks them whether a signal explains its exit, and every scope hands them its report.
+
+
+class _Trap(Protocol):
+    """The part of ``_service.SignalTrap`` the members rely on."""
+
+    _state: str
+
+    def _explains(self, returncode: int) -> _signal.Signals | None: ...
+
+    def _deliver(self) -> None: ...
+
+    def _note_cut_short(self, records: tuple[TaskRecord, ...]) -> None: ...
+
+
+#: the open traps whose block the running task is in, innermost last; a task started in
+#: the block inherits them with its context
+_open_traps: Final[contextvars.ContextVar[tuple[_Trap, ...]]] = contextvars.ContextVar(
+    "stopscope_open_traps", default=()
+)
+
+
+def _signal_behind_exit(returncode: int) -> _signal.Signals | None:
+    """Whether a process member that exited before its stop ended by a signal that the
+    service (a trap around the calling task) is stopping on; if so, act on it now.
+
+    Exact, not timed.  A signal sent to a process group (``kill(-pgid)``, a terminal's
+    Ctrl-C) is queued on every process of the group before any of them can be reported
+    dead (Linux holds the task list lock across the whole group), and a supervisor
+    that signals one process at a time (systemd) signals the main process first.  So
+    signal n is pending here before the child's death can wake the loop; the kernel
+    runs the C-level handler on the main thread (its first choice) before that thread
+    returns to user code, so only the Python handler (``SignalTrap._on_signal``, in
+    ``_service.py``) may still be pending.  The no-op ``pthread_sigmask()`` makes
+    CPython run pending Python handlers before it returns; after it, a trap that caught
+    n holds n queued (not yet acted on) or in ``received`` (acted on).  The trap then
+    acts on its queue at once, from this task, so the member's scope is stopping when
+    the member exits.
+
+    Returns the signal, or ``None`` (then nothing happened): outside any trap, or for
+    a status no caught signal explains (SIGKILL, a signal the trap does not handle, a
+    signal nobody sent to this process, exit status 1).
+    """
+    traps = _open_traps.get()
+    if not traps:
+        return None
+    if hasattr(_signal, "pthread_sigmask"):
+        # changes no mask; CPython runs the pending Python signal handlers before it returns
+        _signal.pthread_sigmask(_signal.SIG_BLOCK, ())
+    for trap in reversed(traps):
+        signum = trap._explains(returncode)
+        if signum is not None:
+            trap._deliver()
+            return signum
+    return None
+
+
+def _note_scope_report(report: ShutdownReport) -> None:
+    """A TaskScope exited in the calling task: every trap around it keeps its report."""
+    cut = report.needed_cancellation
+    if not cut:
+        return
+    for trap in _open_traps.get():
+        if trap._state == "open":
+            trap._note_cut_short(cut)
+
+
 # ------------------------------------------------------------------ scope reports
 
 
@@ -510,6 +579,4 @@ def scope_exited(report: ShutdownReport) -> None:
     """Called by every TaskScope as it exits, in the task that ran its block: hands the
     frozen report to the services (``run()``, ``stop_on_signals()``) around that task,
     for ``run(fail_if_cut_short=True)``."""
-    from ._service import _note_scope_report
-
     _note_scope_report(report)

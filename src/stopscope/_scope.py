@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import enum
-import functools
 import inspect
 import logging
 import math
@@ -21,6 +19,7 @@ import anyio
 import anyio.abc
 
 from . import _members
+from ._backends import Backend, Entry, LoopCall, current, in_cancelled_scope
 from ._report import (
     Outcome,
     Phase,
@@ -31,20 +30,7 @@ from ._report import (
     _current_record,
     current_record,
 )
-from ._signal import (  # type: ignore[attr-defined]
-    StopSignal,
-    _add_hook,
-    _backend,
-    _current_task,
-    _Entry,
-    _get_running_loop,
-    _LoopCall,
-    _remove_hook,
-    _timers_of,
-    _trio_api,
-    _trio_timers,
-    logger,
-)
+from ._signal import StopSignal, _add_hook, _remove_hook, logger
 
 if sys.version_info >= (3, 11):
     from typing import Self, TypeVarTuple, Unpack
@@ -121,8 +107,8 @@ def _frames_of(coro: Any) -> list[FrameType]:
 
 def _library_dirs() -> tuple[str, ...]:
     """Directories whose frames are ours or the async libraries' (left out of logs)."""
-    dirs = {os.path.dirname(__file__), os.path.dirname(asyncio.__file__)}
-    for name in ("anyio", "trio", "outcome", "sniffio", "uvloop", "exceptiongroup"):
+    dirs = {os.path.dirname(__file__)}
+    for name in ("asyncio", "anyio", "trio", "outcome", "sniffio", "uvloop", "exceptiongroup"):
         module = sys.modules.get(name)
         file = getattr(module, "__file__", None)
         if file:
@@ -223,45 +209,7 @@ def _split(
     return first, rest
 
 
-def _in_cancelled_scope() -> bool:
-    """Whether the current task is inside a cancel scope that has been cancelled."""
-    deadline = anyio.current_effective_deadline()
-    return deadline == -math.inf or deadline <= anyio.current_time()
-
-
-def _cancel_probe(backend: str) -> Callable[[], bool]:
-    """A cheap "was this task cancelled?" for the path of a member that returned.
-
-    ``_in_cancelled_scope()`` costs 0.7-1.6 us; a member returning after a stop is the
-    hot path of every scope, so each backend gets its own sub-0.1 us probe:
-
-    * asyncio (3.11+): ``Task.cancelling()``, non-zero once anything (an anyio cancel
-      scope included) has cancelled the task and not taken it back;
-    * trio: the task's cancel status (private, so checked once and replaced by the
-      public ``current_effective_deadline()`` if trio ever changes it).
-    """
-    if backend == "asyncio":
-        if not hasattr(asyncio.Task, "cancelling"):  # Python 3.10
-            return _in_cancelled_scope
-        loop = _get_running_loop()
-        current = _current_task
-
-        def asyncio_probe() -> bool:
-            task = current(loop)
-            return task is not None and task.cancelling() > 0
-
-        return asyncio_probe
-    trio = _trio_api()
-    current_task = trio.lowlevel.current_task
-    try:
-        current_task()._cancel_status.effectively_cancelled  # noqa: B018
-    except AttributeError:  # pragma: no cover - a future trio without it
-        return _in_cancelled_scope
-
-    def trio_probe() -> bool:
-        return bool(current_task()._cancel_status.effectively_cancelled)
-
-    return trio_probe
+_in_cancelled_scope: Final = in_cancelled_scope
 
 
 class _TaskStatusProxy(anyio.abc.TaskStatus[Any]):
@@ -330,10 +278,9 @@ class TaskScope:
         self._stop_base: float | None = None  # loop-clock time of the stop request
         self._clock: Callable[[], float] = time.monotonic
         self._body_done = False
-        self._stop_call: _LoopCall | None = None  # the hook that runs _on_stop on our loop
-        self._call_at: Callable[[float, Callable[[], object]], _Entry] | None = None
-        self._cancel_timer: Callable[[_Entry], None] | None = None
-        self._timer: _Entry | None = None  # the grace deadline, then the laggard reports
+        self._stop_call: LoopCall | None = None  # the hook that runs _on_stop on our loop
+        self._backend: Backend | None = None  # the loop's, from __aenter__ on
+        self._timer: Entry | None = None  # the grace deadline, then the laggard reports
         self._laggard_delay = AFTER_CANCEL_REPORT_DELAY
         self._stages_cs: anyio.CancelScope | None = None
         self._cancelled_exc: type[BaseException] = BaseException
@@ -351,11 +298,11 @@ class TaskScope:
         self._frozen: tuple[object, float | None] | None = None
         self._cut = 0  # members that needed cancellation (CANCELLED, ABANDONED)
         self._cancelled_at: float | None = None  # loop clock: when cancellation was issued
-        # trio: the task group's nursery, and, at the moment the scope cancelled it, each
-        # member task's cancel-point count and whether it was blocked (so it got the
-        # Cancelled at once); None where it cannot be told
-        self._nursery: Any = None
-        self._at_cancel: dict[Any, tuple[int, bool]] | None = None
+        # what the backend noted as the group opened, and where each member stood when
+        # the scope cancelled them (trio: the nursery and each task's cancel points);
+        # None where there is nothing to tell
+        self._entered: Any = None
+        self._at_cancel: Any = None
         self._cancel_probe: Callable[[], bool] = _in_cancelled_scope
 
     # -- public surface ----------------------------------------------------------
@@ -596,29 +543,16 @@ class TaskScope:
                 "a TaskScope may only be used for a single `async with` block; create a new one"
             )
         self._state = "open"
-        tg = anyio.create_task_group()
+        backend = current()
+        tg = backend.create_task_group()
         await tg.__aenter__()
         self._tg = tg
-        self._cancelled_exc = anyio.get_cancelled_exc_class()
-        backend = _backend()
-        self._cancel_probe = _cancel_probe(backend)
-        if backend == "asyncio":
-            loop = _get_running_loop()
-            assert loop is not None
-            self._clock = loop.time
-            timers = _timers_of(loop)
-            self._call_at = functools.partial(timers.call_at, loop)
-            self._cancel_timer = timers.cancel
-            call = _LoopCall(self._on_stop, loop, None)
-        else:
-            trio = _trio_api()
-            self._clock = trio.current_time
-            trio_timers = _trio_timers()
-            self._call_at = trio_timers.call_at
-            self._cancel_timer = trio_timers.cancel
-            call = _LoopCall(self._on_stop, None, trio.lowlevel.current_trio_token())
-            nurseries = trio.lowlevel.current_task().child_nurseries
-            self._nursery = nurseries[-1] if nurseries else None  # the group's
+        self._backend = backend
+        self._entered = backend.group_entered(tg)
+        self._cancelled_exc = backend.cancelled_exc
+        self._cancel_probe = backend.cancel_probe()
+        self._clock = backend.clock
+        call = LoopCall(self._on_stop, backend)
         self._stop_call = call
         if not _add_hook(self._signal, call):
             self._on_stop()
@@ -735,8 +669,8 @@ class TaskScope:
             if deadline <= self._clock():
                 self._grace_expired()
             else:
-                assert self._call_at is not None
-                self._timer = self._call_at(deadline, self._grace_expired)
+                assert self._backend is not None
+                self._timer = self._backend.call_at(deadline, self._grace_expired)
         for member in self._live.values():
             if member.grace is not None:
                 member.cs.deadline = base + member.grace  # type: ignore[union-attr]
@@ -753,35 +687,17 @@ class TaskScope:
         self._watch_laggards()
 
     def _note_tasks_at_cancel(self) -> None:
-        """trio: remember where each member task stood when the scope cancelled them.
-
-        A trio task that was already rescheduled (woken by the stop) does not see a
-        cancellation until its next checkpoint; one that returns before it caught
-        nothing.  Counts come from trio's Task (private attributes, read defensively:
-        without them every late return is reported as before).
-        """
-        nursery = self._nursery
-        if nursery is None:
-            return
-        try:
-            self._at_cancel = {
-                task: (task._cancel_points, task._abort_func is not None)
-                for task in nursery.child_tasks
-            }
-        except AttributeError:  # pragma: no cover - a trio without these attributes
-            self._nursery = self._at_cancel = None
+        """The scope is about to cancel its group: let the backend note where each
+        member task stands (trio: a task already woken by the stop sees the
+        cancellation only at its next checkpoint; one that returns first caught
+        nothing)."""
+        assert self._backend is not None
+        self._at_cancel = self._backend.cancel_marks(self._entered)
 
     def _cancel_reached(self) -> bool:
         """Whether a cancellation issued by the scope reached the running member."""
-        at_cancel = self._at_cancel
-        if at_cancel is None:
-            return self._cancel_probe()  # asyncio: Task.cancelling(); else: assume so
-        task = _trio_api().lowlevel.current_task()
-        then = at_cancel.get(task)
-        if then is None:  # started after the cancel: it was born cancelled
-            return True
-        points, blocked = then
-        return blocked or task._cancel_points != points
+        assert self._backend is not None
+        return self._backend.cancel_reached(self._at_cancel, self._cancel_probe)
 
     def _watch_laggards(self) -> None:
         """Cancellation was issued (grace over, or hard): report whoever keeps running.
@@ -791,12 +707,14 @@ class TaskScope:
         """
         if self._cancelled_at is None:
             self._cancelled_at = self._clock()
+        backend = self._backend
         if self._timer is not None:  # a grace deadline no longer matters
-            assert self._cancel_timer is not None
-            self._cancel_timer(self._timer)
+            assert backend is not None
+            backend.cancel_call(self._timer)
             self._timer = None
-        if self._live and self._state != "closed" and self._call_at is not None:
-            self._timer = self._call_at(self._clock() + self._laggard_delay, self._report_laggards)
+        if self._live and self._state != "closed" and backend is not None:
+            deadline = self._clock() + self._laggard_delay
+            self._timer = backend.call_at(deadline, self._report_laggards)
 
     def _report_laggards(self) -> None:
         """A timer call: members still running well after they were cancelled."""
@@ -819,8 +737,10 @@ class TaskScope:
                 stack,
             )
         self._laggard_delay = min(self._laggard_delay * 2, 30.0)
-        assert self._call_at is not None
-        self._timer = self._call_at(self._clock() + self._laggard_delay, self._report_laggards)
+        assert self._backend is not None
+        self._timer = self._backend.call_at(
+            self._clock() + self._laggard_delay, self._report_laggards
+        )
 
     def _check_idle(self) -> None:
         cs = self._stages_cs
@@ -1168,8 +1088,8 @@ class TaskScope:
         self._state = "closed"
         self._release_stages()
         if self._timer is not None:
-            assert self._cancel_timer is not None
-            self._cancel_timer(self._timer)
+            assert self._backend is not None
+            self._backend.cancel_call(self._timer)
             self._timer = None
         if self._stop_call is not None:
             _remove_hook(self._signal, self._stop_call)

@@ -22,7 +22,8 @@ How the signals arrive (the why of the code below):
   handler, so a SIGTERM in that window would kill the process.
 * Plain asyncio sets no wake-up fd, so a signal that the kernel hands to another thread
   would leave the loop asleep until its next timer.  On plain asyncio we set one for
-  the life of the block (uvloop and trio have their own).
+  the life of the block (uvloop and trio have their own): the backend decides
+  (``open_signal_wakeup()`` in ``_backends/``), as it gives the hop and the clock.
 * Removing the handlers restores the previous ones (CPython runs pending handlers
   before it swaps).  A signal that our handler caught but the loop has not acted on
   yet when the block ends is raised again, so the previous handler gets it: nothing
@@ -32,10 +33,10 @@ How the signals arrive (the why of the code below):
   before the loop has acted on it.  A trap is known to the tasks of its block (a
   context variable), so a process member that dies of a signal the trap has caught
   asks the trap to act on it at once and is reported STOPPED, not FAILED
-  (:func:`_signal_behind_exit`).
+  (:func:`_signal_behind_exit`, in ``_members.py``, where the process members live).
 * The same context variable tells a :class:`~stopscope.TaskScope` which traps it runs
   under: each scope hands its frozen report to them as it exits
-  (:func:`_note_scope_report`; they keep a count of the members that needed
+  (:func:`_note_scope_report`, in ``_members.py``; they keep a count of the members that needed
   cancellation and the first few, not the reports), so ``run(fail_if_cut_short=True)``
   knows whether any member, at any depth, had to be cancelled or abandoned.
 * systemd notification (``NOTIFY_SOCKET``) is one datagram per state change, sent on
@@ -47,7 +48,6 @@ How the signals arrive (the why of the code below):
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import logging
 import os
@@ -64,10 +64,13 @@ from typing import Any, Final, Literal, NoReturn, TypeVar, final
 import anyio
 import anyio.abc
 
-from ._members import _abandoned_threads
-from ._report import ShutdownReport, TaskRecord
+from ._backends import current
+from ._members import _abandoned_threads, _open_traps, _Trap
+from ._members import _note_scope_report as _note_scope_report
+from ._members import _signal_behind_exit as _signal_behind_exit
+from ._report import TaskRecord
 from ._scope import _check_grace as _check_grace_of_scope
-from ._signal import StopSignal, _backend, logger
+from ._signal import StopSignal, logger
 
 if sys.version_info >= (3, 11):
     from typing import TypeVarTuple, Unpack
@@ -212,6 +215,7 @@ class SignalTrap:
     __slots__ = (
         "_cancel_cause",
         "_clock",
+        "_close_wakeup",
         "_count",
         "_cut_count",
         "_cut_records",
@@ -230,7 +234,6 @@ class SignalTrap:
         "_state",
         "_stop",
         "_token",
-        "_wakeup",
     )
 
     def __init__(
@@ -263,8 +266,9 @@ class SignalTrap:
         self._clock: Callable[[], float] | None = None
         self._grace_armed = False
         self._cancel_cause: str | None = None
-        self._wakeup: tuple[socket.socket, socket.socket, asyncio.AbstractEventLoop] | None = None
-        self._token: contextvars.Token[tuple[SignalTrap, ...]] | None = None
+        #: undoes what the backend did so that a signal wakes the loop (None: nothing)
+        self._close_wakeup: Callable[[], None] | None = None
+        self._token: contextvars.Token[tuple[_Trap, ...]] | None = None
 
     @property
     def received(self) -> tuple[signal.Signals, ...]:
@@ -293,16 +297,10 @@ class SignalTrap:
                 "stop_on_signals() must run in the main thread: Python runs signal handlers "
                 "only there, so run the event loop in the main thread"
             )
-        if _backend() == "trio":
-            import trio
-
-            self._hop = trio.lowlevel.current_trio_token().run_sync_soon
-            self._clock = trio.current_time
-        else:
-            loop = asyncio.get_running_loop()
-            self._hop = loop.call_soon_threadsafe
-            self._clock = loop.time
-            self._open_wakeup_fd(loop)
+        backend = current()
+        self._hop = backend.hop
+        self._clock = backend.clock
+        self._close_wakeup = backend.open_signal_wakeup()
         try:
             for signum in self._signals:
                 self._previous[signum] = signal.signal(signum, self._on_signal)
@@ -359,50 +357,12 @@ class SignalTrap:
         except (ValueError, RuntimeError):  # left in another context than it was entered
             _open_traps.set(tuple(t for t in _open_traps.get() if t is not self))
 
-    # -- the wake-up fd (plain asyncio only) ---------------------------------------
-
-    def _open_wakeup_fd(self, loop: asyncio.AbstractEventLoop) -> None:
-        if not type(loop).__module__.startswith("asyncio"):
-            return  # uvloop and others manage their own
-        try:
-            rsock, wsock = socket.socketpair()
-        except OSError:
-            return
-        rsock.setblocking(False)
-        wsock.setblocking(False)
-        try:
-            old = signal.set_wakeup_fd(wsock.fileno(), warn_on_full_buffer=False)
-        except (ValueError, OSError):
-            rsock.close()
-            wsock.close()
-            return
-        if old != -1:  # someone (add_signal_handler) already wakes the loop: keep theirs
-            signal.set_wakeup_fd(old, warn_on_full_buffer=False)
-            rsock.close()
-            wsock.close()
-            return
-        try:
-            loop.add_reader(rsock.fileno(), _drain_socket, rsock)
-        except NotImplementedError:  # e.g. the proactor loop on Windows
-            signal.set_wakeup_fd(-1)
-            rsock.close()
-            wsock.close()
-            return
-        self._wakeup = (rsock, wsock, loop)
+    # -- the wake-up fd (the backend decides: plain asyncio needs one) ------------
 
     def _close_wakeup_fd(self) -> None:
-        if self._wakeup is None:
-            return
-        rsock, wsock, loop = self._wakeup
-        self._wakeup = None
-        with suppress(ValueError, OSError):
-            current = signal.set_wakeup_fd(-1)
-            if current != wsock.fileno():  # replaced meanwhile: put theirs back
-                signal.set_wakeup_fd(current)
-        with suppress(Exception):
-            loop.remove_reader(rsock.fileno())
-        rsock.close()
-        wsock.close()
+        close, self._close_wakeup = self._close_wakeup, None
+        if close is not None:
+            close()
 
     # -- signal handling ---------------------------------------------------------
 
@@ -496,57 +456,6 @@ class SignalTrap:
         return "further signals change nothing"
 
 
-#: the open traps whose block the running task is in, innermost last; a task started in
-#: the block inherits them with its context
-_open_traps: Final[contextvars.ContextVar[tuple[SignalTrap, ...]]] = contextvars.ContextVar(
-    "stopscope_open_traps", default=()
-)
-
-
-def _signal_behind_exit(returncode: int) -> signal.Signals | None:
-    """Whether a process member that exited before its stop ended by a signal that the
-    service (a trap around the calling task) is stopping on; if so, act on it now.
-
-    Exact, not timed.  A signal sent to a process group (``kill(-pgid)``, a terminal's
-    Ctrl-C) is queued on every process of the group before any of them can be reported
-    dead (Linux holds the task list lock across the whole group), and a supervisor
-    that signals one process at a time (systemd) signals the main process first.  So
-    signal n is pending here before the child's death can wake the loop; the kernel
-    runs the C-level handler on the main thread (its first choice) before that thread
-    returns to user code, so only the Python handler (:meth:`SignalTrap._on_signal`)
-    may still be pending.  The no-op ``pthread_sigmask()`` makes CPython run pending
-    Python handlers before it returns; after it, a trap that caught n holds n queued
-    (not yet acted on) or in ``received`` (acted on).  The trap then acts on its queue
-    at once, from this task, so the member's scope is stopping when the member exits.
-
-    Returns the signal, or ``None`` (then nothing happened): outside any trap, or for
-    a status no caught signal explains (SIGKILL, a signal the trap does not handle, a
-    signal nobody sent to this process, exit status 1).
-    """
-    traps = _open_traps.get()
-    if not traps:
-        return None
-    if hasattr(signal, "pthread_sigmask"):
-        # changes no mask; CPython runs the pending Python signal handlers before it returns
-        signal.pthread_sigmask(signal.SIG_BLOCK, ())
-    for trap in reversed(traps):
-        signum = trap._explains(returncode)
-        if signum is not None:
-            trap._deliver()
-            return signum
-    return None
-
-
-def _note_scope_report(report: ShutdownReport) -> None:
-    """A TaskScope exited in the calling task: every trap around it keeps its report."""
-    cut = report.needed_cancellation
-    if not cut:
-        return
-    for trap in _open_traps.get():
-        if trap._state == "open":
-            trap._note_cut_short(cut)
-
-
 # ------------------------------------------------------------ systemd notification
 
 
@@ -615,12 +524,6 @@ class _ReadyStatus(anyio.abc.TaskStatus[None]):
         self._started = True
         if self._notifier is not None:
             self._notifier.send("READY=1", "STATUS=ready")
-
-
-def _drain_socket(sock: socket.socket) -> None:
-    with suppress(OSError):
-        while sock.recv(4096):
-            pass
 
 
 def stop_on_signals(

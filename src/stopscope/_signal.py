@@ -9,6 +9,9 @@ How it works, in brief (the why is in the comments below):
 * A waiter is woken directly only from inside a task of its own loop.  From anywhere
   else (another thread, a signal handler while the loop sleeps, a loop callback) the
   wake goes through the loop's thread-safe call, which also wakes a sleeping selector.
+  How a task parks, how it is woken, the timers and the clock are the backend's
+  (``_backends/``: one object per asyncio loop or trio run); this module only keeps
+  the hooks and says when to wake them.
 * A signal handler that interrupts a critical section on the same thread cannot take
   the lock's protection for granted (the lock is re-entrant).  It only raises the
   flags and queues the signal; whoever leaves a critical section drains that queue.
@@ -22,48 +25,40 @@ How it works, in brief (the why is in the comments below):
 
 from __future__ import annotations
 
-import asyncio
-import heapq
 import logging
 import math
 import threading
-import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager, suppress
-from typing import TYPE_CHECKING, Any, Final, final
+from contextlib import contextmanager
+from typing import Any, Final, final
 
 import anyio
 
-if TYPE_CHECKING:
-    import trio
+from ._backends import (
+    WAKE_INLINE,
+    Backend,
+    LoopCall,
+    current,
+    on_loop_thread,
+    ops,
+    running,
+    wake_elsewhere,
+)
 
 __all__ = ["CallbackHandle", "StopSignal"]
 
 logger: Final = logging.getLogger("stopscope")
-
-_sniffio_local: Any
-try:  # trio depends on sniffio and marks its threads through it
-    from sniffio import thread_local as _sniffio_local
-except ImportError:  # pragma: no cover - sniffio comes with trio; without it trio is absent
-    _sniffio_local = None
 
 _lock: Final = threading.RLock()
 # Signals set by a signal handler that interrupted a critical section on this thread:
 # their flags are raised, their hooks wait here until the lock holder leaves.
 _pending: list[StopSignal] = []
 _is_owned: Final[Callable[[], bool]] = _lock._is_owned  # type: ignore[attr-defined]
-_get_running_loop: Final = asyncio._get_running_loop
 _get_ident: Final = threading.get_ident
-try:  # C on 3.12+; asyncio.current_task() is Python on 3.10 and 3.11
-    from _asyncio import current_task as _current_task  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - version dependent
-    _current_task = asyncio.tasks._current_tasks.get  # type: ignore[attr-defined]
-_Future: Final = asyncio.Future
 _LockType: Final = type(threading.Lock())
 _new_lock: Final = threading.Lock
 _MISSING: Final = object()
-_CALL: Final[Any] = object()  # in a timer entry's signal slot: the entry runs a function
 _TIMEOUT_MAX: Final = threading.TIMEOUT_MAX
 
 # The signals being set right now, each mapped to the call that is setting it.  A
@@ -82,26 +77,7 @@ _MAIN: Final = object()
 
 def _backend() -> str:
     """Name the async library running the current task ("asyncio" or "trio")."""
-    if _sniffio_local is not None and _sniffio_local.name == "trio":
-        return "trio"
-    if _get_running_loop() is not None:
-        return "asyncio"
-    raise RuntimeError(
-        "this StopSignal method must be awaited from a task running on asyncio or trio"
-    )
-
-
-def _on_loop_thread() -> bool:
-    return _get_running_loop() is not None or (
-        _sniffio_local is not None and _sniffio_local.name == "trio"
-    )
-
-
-async def _checkpoint(backend: str) -> None:
-    if backend == "trio":
-        await _trio_api().lowlevel.checkpoint()
-    else:
-        await asyncio.sleep(0)
+    return current().name
 
 
 def _check_duration(value: float, name: str) -> float:
@@ -127,59 +103,6 @@ def _check_duration(value: float, name: str) -> float:
 
 
 # --------------------------------------------------------------------------- hooks
-
-
-class _TrioWaiter:
-    """A trio task parked in ``wait_task_rescheduled`` on a signal."""
-
-    __slots__ = ("aborted", "signal", "task", "token")
-
-    def __init__(
-        self, signal: StopSignal, task: trio.lowlevel.Task, token: trio.lowlevel.TrioToken
-    ) -> None:
-        self.signal = signal
-        self.task = task
-        self.token = token
-        #: the task was cancelled before its wake: whoever claimed it must not wake it
-        self.aborted = False
-
-    def abort(self, _: object) -> trio.lowlevel.Abort:
-        # trio calls this only while the task is still parked (reschedule() clears
-        # the task's abort function), so a waiter that set() or a timer has claimed
-        # has not been woken yet: the cancellation wins, as it does on asyncio (the
-        # future's result is set, then task.cancel() wins).  The claimer skips it.
-        # abort, reschedule and every wake below run on the run's own thread (the
-        # wake from elsewhere goes through run_sync_soon), so a plain flag will do.
-        _remove_hook(self.signal, self)
-        self.aborted = True
-        return _trio.lowlevel.Abort.SUCCEEDED  # type: ignore[no-any-return]
-
-
-class _LoopCall:
-    """A function that must run on a given asyncio loop or trio run when a signal is set."""
-
-    __slots__ = ("active", "fired_at", "fn", "loop", "token")
-
-    def __init__(
-        self,
-        fn: Callable[[], object],
-        loop: asyncio.AbstractEventLoop | None,
-        token: trio.lowlevel.TrioToken | None,
-    ) -> None:
-        self.fn = fn
-        self.loop = loop
-        self.token = token
-        self.active = True
-        #: time.monotonic() when set() claimed it to run later, on its loop (a thread
-        #: or a handler set the signal); None if it ran inline, inside set()
-        self.fired_at: float | None = None
-
-    def run(self) -> None:
-        if self.active:
-            try:
-                self.fn()
-            except Exception:  # never stop set() from waking the others
-                logger.exception("stopscope: %r raised while a signal was being set", self.fn)
 
 
 @final
@@ -496,128 +419,37 @@ def _drain() -> None:
 # ------------------------------------------------------------------------- waking
 
 
-def _wake_asyncio(items: list[Any]) -> None:
-    for item in items:
-        if type(item) is _LoopCall:
-            item.run()
-        elif not item.done():
-            item.set_result(True)
-
-
-_trio: Any = None  # the trio module, once a trio waiter has been seen
-_Value: Any = None  # outcome.Value
-
-
-def _trio_api() -> Any:
-    global _trio, _Value
-    if _trio is None:
-        import trio
-        from outcome import Value
-
-        _trio, _Value = trio, Value
-    return _trio
-
-
-def _wake_trio(items: list[Any]) -> None:
-    reschedule, value = _trio.lowlevel.reschedule, _Value
-    for item in items:
-        if type(item) is _LoopCall:
-            item.run()
-        elif not item.aborted:
-            reschedule(item.task, value(True))
-
-
-def _current_trio_token() -> Any:
-    """The token of the trio run whose task is running on this thread, else None."""
-    if _sniffio_local is None or _sniffio_local.name != "trio":
-        return None
-    lowlevel = _trio_api().lowlevel
-    try:
-        lowlevel.current_task()
-        return lowlevel.current_trio_token()
-    except RuntimeError:
-        return None
-
-
 def _fire(groups: list[dict[object, None]]) -> None:
     """Wake every claimed hook, each in the right context (called without the lock).
 
-    One pass handles the common case (waiters of the loop or trio run whose task
-    called ``set()``); everything else is sorted out afterwards.
+    The backend of the calling task wakes its own waiters and loop calls in place, in
+    one pass (the common case); the waiters and calls of other loops go to theirs,
+    through their thread-safe calls; then blocked threads are released and the
+    callbacks run, here.
     """
-    running = _get_running_loop()
-    in_task = running is not None and _current_task(running) is not None
-    token: Any = _MISSING
+    here = running()
     rest: list[Any] = []
     for hooks in groups:
-        for hook in hooks:
-            kind = type(hook)
-            if kind is _Future:
-                if in_task and hook.get_loop() is running:  # type: ignore[attr-defined]
-                    if not hook.done():  # type: ignore[attr-defined]
-                        hook.set_result(True)  # type: ignore[attr-defined]
-                    continue
-            elif kind is _TrioWaiter:
-                if token is _MISSING:
-                    token = _current_trio_token()
-                if hook.token is token:  # type: ignore[attr-defined]
-                    if not hook.aborted:  # type: ignore[attr-defined]
-                        _trio.lowlevel.reschedule(hook.task, _Value(True))  # type: ignore[attr-defined]
-                    continue
-            elif kind is StopSignal:
-                continue  # a pinned child: the claim walk reached it through _kids
-            elif kind is _LoopCall:
-                if hook.token is not None:  # type: ignore[attr-defined]
-                    if token is _MISSING:
-                        token = _current_trio_token()
-                    here = hook.token is token  # type: ignore[attr-defined]
-                else:
-                    here = in_task and hook.loop is running  # type: ignore[attr-defined]
-                if here:  # runs now: fired_at stays None, "no delay to account for"
-                    hook.run()  # type: ignore[attr-defined]
-                    continue
-            rest.append(hook)
-    if rest:
-        _fire_rest(rest, running if in_task else None, token)
-
-
-def _fire_rest(hooks: list[Any], running: asyncio.AbstractEventLoop | None, token: Any) -> None:
-    by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
-    by_token: dict[Any, list[Any]] = {}
+        if here is not None:
+            rest += here.wake_own(hooks)
+        else:
+            rest += hooks
+    if not rest:
+        return
+    parked: list[Any] = []
     callbacks: list[CallbackHandle] = []
-    for hook in hooks:
+    for hook in rest:
         kind = type(hook)
-        if kind is _LoopCall:
-            hook.fired_at = time.monotonic()
-            if hook.token is not None:
-                by_token.setdefault(hook.token, []).append(hook)
-            else:
-                by_loop.setdefault(hook.loop, []).append(hook)
-        elif kind is _TrioWaiter:
-            by_token.setdefault(hook.token, []).append(hook)
-        elif kind is _LockType:
+        if kind is StopSignal:
+            continue  # a pinned child: the claim walk reached it through _kids
+        if kind is _LockType:
             hook.release()
         elif kind is CallbackHandle:
             callbacks.append(hook)
-        elif isinstance(hook, _Future):  # another loop's waiter, or a Future subclass
-            by_loop.setdefault(hook.get_loop(), []).append(hook)
-    for loop, items in by_loop.items():
-        if loop is running:
-            _wake_asyncio(items)
         else:
-            with suppress(RuntimeError):  # the loop is closed: nobody to wake
-                loop.call_soon_threadsafe(_wake_asyncio, items)
-    if by_token:
-        trio = _trio_api()
-        if token is _MISSING:
-            token = _current_trio_token()
-        for run_token, items in by_token.items():
-            if run_token is token:
-                _wake_trio(items)
-            else:
-                with suppress(trio.RunFinishedError):  # the run ended: nobody to wake
-                    run_token.run_sync_soon(_wake_trio, items)
-
+            parked.append(hook)
+    if parked:
+        wake_elsewhere(parked)
     pending_exc: BaseException | None = None
     for handle in callbacks:
         exc = _run_callback(handle, handle._signal._reason)
@@ -627,190 +459,18 @@ def _fire_rest(hooks: list[Any], running: asyncio.AbstractEventLoop | None, toke
         raise pending_exc
 
 
-# ------------------------------------------------------------------ trio timers
+def _claim_expired(sig: StopSignal, waiter: object) -> bool:
+    """A timed wait's deadline passed: take its hook unless ``set()`` claimed it first."""
+    with _lock:
+        claimed = _discard_hook(sig, waiter)
+    if _pending:
+        _drain()
+    return claimed
 
 
-# A heap entry is a list [deadline, seq, signal, waiter]: one allocation, and the
-# references are dropped (set to None) as soon as the wait ends; the entry itself is
-# deleted lazily, when it reaches the top of the heap or on compaction.
-_Entry = list[Any]
-
-
-class _TimerHeap:
-    """Deadlines of timed waits on one loop, with lazy deletion of ended waits."""
-
-    __slots__ = ("heap", "next_deadline", "seq", "stale")
-
-    def __init__(self) -> None:
-        self.heap: list[_Entry] = []
-        self.seq = 0
-        self.stale = 0
-        self.next_deadline = math.inf
-
-    def push(self, deadline: float, signal: StopSignal, waiter: Any) -> tuple[_Entry, bool]:
-        """Add a deadline; also say whether it is now the earliest."""
-        if self.stale > 256 and self.stale * 2 > len(self.heap):
-            self.heap = [entry for entry in self.heap if entry[2] is not None]
-            heapq.heapify(self.heap)
-            self.stale = 0
-        self.seq += 1
-        entry = [deadline, self.seq, signal, waiter]
-        heapq.heappush(self.heap, entry)
-        if deadline < self.next_deadline:
-            self.next_deadline = deadline
-            return entry, True
-        return entry, False
-
-    def cancel(self, entry: _Entry) -> None:
-        """End a wait or a scheduled call early (its entry is deleted lazily)."""
-        if entry[2] is not None:
-            entry[2] = entry[3] = None
-            self.stale += 1
-
-    def expired(self, now: float) -> list[Any]:
-        """Pop the deadlines up to ``now``; run due calls; return the waiters claimed."""
-        heap = self.heap
-        claimed: list[Any] = []
-        calls: list[Callable[[], object]] = []
-        while heap and heap[0][0] <= now:
-            entry = heapq.heappop(heap)
-            sig, waiter = entry[2], entry[3]
-            if sig is None:
-                self.stale -= 1
-                continue
-            entry[2] = entry[3] = None
-            if sig is _CALL:
-                calls.append(waiter)
-                continue
-            with _lock:
-                if _discard_hook(sig, waiter):
-                    claimed.append(waiter)
-            if _pending:
-                _drain()
-        self.next_deadline = heap[0][0] if heap else math.inf
-        for call in calls:
-            try:
-                call()
-            except Exception:
-                logger.exception("stopscope timer call %r raised", call)
-        return claimed
-
-
-class _AsyncioTimers(_TimerHeap):
-    """One timer service per asyncio loop: one loop timer for the earliest deadline.
-
-    A loop TimerHandle per timed wait costs a handle and a cancel per waiter; a heap
-    push and a lazy deletion are cheaper at every fan-out.  The service is kept on the
-    loop object itself (asyncio's and uvloop's loops take attributes), so it lives and
-    dies with the loop.
-    """
-
-    __slots__ = ("handle", "resolution")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.handle: asyncio.TimerHandle | None = None
-        self.resolution = time.get_clock_info("monotonic").resolution
-
-    def add(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        deadline: float,
-        signal: StopSignal,
-        fut: asyncio.Future[bool],
-    ) -> _Entry:
-        entry, earliest = self.push(deadline, signal, fut)
-        if earliest:
-            if self.handle is not None:
-                self.handle.cancel()
-            self.handle = loop.call_at(deadline, self.fire, loop)
-        return entry
-
-    def call_at(
-        self, loop: asyncio.AbstractEventLoop, deadline: float, fn: Callable[[], object]
-    ) -> _Entry:
-        """Run ``fn()`` on the loop at ``deadline`` (loop clock); ``cancel()`` undoes it."""
-        return self.add(loop, deadline, _CALL, fn)  # type: ignore[arg-type]
-
-    def fire(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.handle = None
-        for fut in self.expired(loop.time() + self.resolution):
-            if not fut.done():
-                fut.set_result(False)
-        # A due call may have added an earliest deadline, which scheduled a loop
-        # timer already (add() does when none is pending): never schedule a second.
-        if self.heap and self.handle is None:
-            self.handle = loop.call_at(self.next_deadline, self.fire, loop)
-
-
-_timers_by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncioTimers] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _timers_of(loop: asyncio.AbstractEventLoop) -> _AsyncioTimers:
-    timers: _AsyncioTimers | None = getattr(loop, "_stopscope_timers", None)
-    if timers is None:
-        timers = _timers_by_loop.get(loop)
-        if timers is None:
-            timers = _AsyncioTimers()
-            try:
-                loop._stopscope_timers = timers  # type: ignore[attr-defined]
-            except AttributeError:  # a loop class with __slots__
-                _timers_by_loop[loop] = timers
-    return timers
-
-
-class _TrioTimers(_TimerHeap):
-    """One timer service per trio run: a heap of deadlines and one system task.
-
-    A cancel scope per timed wait costs several times the wait itself at large
-    fan-out; here a timed wait costs a heap push.
-    """
-
-    __slots__ = ("scope",)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.scope: trio.CancelScope | None = None
-
-    def add(self, deadline: float, signal: StopSignal, waiter: Any) -> _Entry:
-        entry, earliest = self.push(deadline, signal, waiter)
-        if earliest and self.scope is not None:
-            self.scope.deadline = deadline
-        return entry
-
-    def call_at(self, deadline: float, fn: Callable[[], object]) -> _Entry:
-        """Run ``fn()`` in this run's timer task at ``deadline``; ``cancel()`` undoes it."""
-        return self.add(deadline, _CALL, fn)
-
-    async def run(self) -> None:
-        trio = _trio_api()
-        while True:
-            with trio.CancelScope(deadline=self.next_deadline) as scope:
-                self.scope = scope
-                await trio.sleep_forever()
-            self.scope = None
-            for waiter in self.expired(trio.current_time()):
-                if not waiter.aborted:
-                    trio.lowlevel.reschedule(waiter.task, _Value(False))
-
-
-_trio_timers_var: Any = None
-
-
-def _trio_timers() -> _TrioTimers:
-    global _trio_timers_var
-    trio = _trio_api()
-    if _trio_timers_var is None:
-        _trio_timers_var = trio.lowlevel.RunVar("stopscope_timers")
-    try:
-        timers: _TrioTimers = _trio_timers_var.get()
-    except LookupError:
-        timers = _TrioTimers()
-        _trio_timers_var.set(timers)
-        trio.lowlevel.spawn_system_task(timers.run, name="stopscope timer service")
-    return timers
+ops.add_hook = _add_hook
+ops.remove_hook = _remove_hook
+ops.claim_expired = _claim_expired
 
 
 # ------------------------------------------------------------------------ every()
@@ -820,72 +480,55 @@ def _trio_timers() -> _TrioTimers:
 class _Every:
     """The iterator behind :meth:`StopSignal.every`."""
 
-    __slots__ = ("_deadline", "_loop", "_now", "_period", "_signal", "_state", "_tick", "_timers")
+    __slots__ = ("_backend", "_deadline", "_done", "_period", "_signal", "_tick")
 
     def __init__(self, signal: StopSignal, period: float) -> None:
         self._signal = signal
         self._period = period
         self._tick = -1
         self._deadline = 0.0
-        self._state = ""  # "" before the first tick, then the backend, "done" at the end
-        self._now: Callable[[], float] = time.monotonic
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._timers: _AsyncioTimers | None = None
+        self._backend: Backend | None = None  # chosen at the first tick
+        self._done = False
 
     def __aiter__(self) -> _Every:
         return self
 
     async def __anext__(self) -> int:
         signal = self._signal
-        state = self._state
-        if not state:  # the first tick, at once
-            state = self._state = _backend()
-            if state == "trio":
-                self._now = _trio_api().current_time
-            else:
-                loop = self._loop = _get_running_loop()
-                assert loop is not None
-                self._now = loop.time
-                self._timers = _timers_of(loop)
+        backend = self._backend
+        if backend is None:  # the first tick, at once
+            backend = self._backend = current()
             if signal._flag:
-                self._state = "done"
-                await _checkpoint(state)
+                self._done = True
+                await backend.checkpoint()
                 raise StopAsyncIteration
-            self._deadline = self._now()
-        elif state == "done":
+            self._deadline = backend.clock()
+        elif self._done:
             raise StopAsyncIteration
         else:
-            current = self._now()
+            current_time = backend.clock()
             deadline = self._deadline + self._period
-            if deadline <= current:  # the body overran: tick at once, no catch-up burst
-                self._deadline = current
-                await _checkpoint(state)
+            if deadline <= current_time:  # the body overran: tick at once, no catch-up burst
+                self._deadline = current_time
+                await backend.checkpoint()
                 stopped = signal._flag
             else:
                 self._deadline = deadline
                 if signal._flag:
                     stopped = True
-                elif state == "trio":
-                    stopped = await signal._wait_trio(deadline)
-                else:  # _wait_asyncio, inline: one coroutine frame less per tick
-                    loop = self._loop
-                    fut: asyncio.Future[bool] = loop.create_future()  # type: ignore[union-attr]
-                    if not _add_hook(signal, fut):
-                        self._state = "done"
-                        await asyncio.sleep(0)
+                else:  # the timed wait, inline: one coroutine frame less per tick
+                    parked = backend.park_until(signal, deadline)
+                    if parked is None:  # set meanwhile
+                        self._done = True
+                        await backend.checkpoint()
                         raise StopAsyncIteration
-                    timers = self._timers
-                    entry = timers.add(loop, deadline, signal, fut)  # type: ignore[union-attr, arg-type]
+                    woken, entry = parked
                     try:
-                        stopped = await fut or signal._flag  # decided on resume
+                        stopped = await woken or signal._flag  # decided on resume
                     finally:
-                        if entry[2] is not None:  # the wait ended before its deadline
-                            entry[2] = entry[3] = None
-                            timers.stale += 1  # type: ignore[union-attr]
-                        if signal._hooks is not None and (fut.cancelled() or not fut.done()):
-                            _remove_hook(signal, fut)
+                        backend.unpark_timed(signal, woken, entry)
             if stopped:
-                self._state = "done"
+                self._done = True
                 raise StopAsyncIteration
         self._tick += 1
         return self._tick
@@ -999,16 +642,10 @@ class StopSignal:
                                 groups = [hooks]
                                 if len(hooks) == 1:  # one waiter: the commonest case
                                     for hook in hooks:
-                                        if type(hook) is _Future:
-                                            loop = _get_running_loop()
-                                            if (
-                                                loop is not None
-                                                and hook.get_loop() is loop
-                                                and _current_task(loop) is not None
-                                            ):
-                                                groups = None
-                                                if not hook.done():
-                                                    hook.set_result(True)
+                                        # woken here if a task of its loop is calling
+                                        inline = WAKE_INLINE.get(type(hook))
+                                        if inline is not None and inline(hook):
+                                            groups = None
                         else:
                             groups = []
                             _claim(self, reason, groups)
@@ -1112,25 +749,17 @@ class StopSignal:
 
     async def wait(self) -> None:
         """Return once the signal is set.  Always a checkpoint, even if already set."""
-        if _sniffio_local is not None and _sniffio_local.name == "trio":
-            await self._wait_trio(None)
-            return
-        loop = _get_running_loop()
-        if loop is None:
-            _backend()  # raises the error that says what to do
-        if self._flag:
-            await asyncio.sleep(0)
-            return
-        # the asyncio wait, inline: one coroutine frame less per waiter
-        fut = loop.create_future()  # type: ignore[union-attr]
-        if not _add_hook(self, fut):
-            await asyncio.sleep(0)
-            return
-        try:
-            await fut
-        finally:
-            if self._hooks is not None and (fut.cancelled() or not fut.done()):
-                _remove_hook(self, fut)
+        backend = current()
+        if not self._flag:
+            parked = backend.park(self)
+            if parked is not None:
+                try:
+                    await parked
+                finally:
+                    if self._hooks is not None:  # set() did not claim it: cancelled
+                        backend.unpark(self, parked)
+                return
+        await backend.checkpoint()
 
     async def sleep(self, seconds: float) -> bool:
         """Sleep for ``seconds``, or less if the signal is set meanwhile.
@@ -1147,18 +776,23 @@ class StopSignal:
         :raises ValueError: if ``seconds`` is negative or NaN
         """
         seconds = _check_duration(seconds, "seconds")
-        backend = _backend()
+        backend = current()
         if self._flag or seconds == 0:
-            await _checkpoint(backend)
+            await backend.checkpoint()
             return self._flag
         if seconds == math.inf:
             await self.wait()
             return True
-        if backend == "trio":
-            return await self._wait_trio(_trio_api().current_time() + seconds)
-        loop = _get_running_loop()
-        assert loop is not None
-        return await self._wait_asyncio(loop, loop.time() + seconds, _timers_of(loop))
+        parked = backend.park_until(self, backend.clock() + seconds)
+        if parked is None:  # set meanwhile
+            await backend.checkpoint()
+            return True
+        woken, entry = parked
+        try:
+            # decided on resume: a timeout loses to a set() made before the task runs
+            return await woken or self._flag
+        finally:
+            backend.unpark_timed(self, woken, entry)
 
     def every(self, period: float) -> AsyncIterator[int]:
         """Yield 0, 1, 2, ... at a fixed rate until the signal is set.
@@ -1185,46 +819,6 @@ class StopSignal:
             raise ValueError("`period` must be a positive number of seconds, got 0")
         return _Every(self, period)
 
-    async def _wait_asyncio(
-        self, loop: asyncio.AbstractEventLoop, deadline: float, timers: _AsyncioTimers
-    ) -> bool:
-        """Wait until set (``True``) or until ``deadline`` on the loop's clock (``False``)."""
-        fut: asyncio.Future[bool] = loop.create_future()
-        if not _add_hook(self, fut):
-            await asyncio.sleep(0)
-            return True
-        entry = timers.add(loop, deadline, self, fut)
-        try:
-            # decided on resume: a timeout loses to a set() made before the task runs
-            return await fut or self._flag
-        finally:
-            if entry[2] is not None:  # the wait ended before its deadline
-                entry[2] = entry[3] = None
-                timers.stale += 1
-            # set() and the timer remove the hook when they claim it; else remove it
-            if self._hooks is not None and (fut.cancelled() or not fut.done()):
-                _remove_hook(self, fut)
-
-    async def _wait_trio(self, deadline: float | None) -> bool:
-        lowlevel = _trio_api().lowlevel
-        waiter = _TrioWaiter(self, lowlevel.current_task(), lowlevel.current_trio_token())
-        if not _add_hook(self, waiter):
-            await lowlevel.checkpoint()
-            return True
-        if deadline is None:
-            result: bool = await lowlevel.wait_task_rescheduled(waiter.abort)
-            return result
-        timers = _trio_timers()
-        entry = timers.add(deadline, self, waiter)
-        try:
-            # decided on resume: a timeout loses to a set() made before the task runs
-            result = await lowlevel.wait_task_rescheduled(waiter.abort)
-            return result or self._flag
-        finally:
-            if entry[2] is not None:
-                entry[2] = entry[3] = None
-                timers.stale += 1
-
     # -- cancel scope ----------------------------------------------------------
 
     @contextmanager
@@ -1240,13 +834,9 @@ class StopSignal:
             if cs.cancelled_caught:
                 ...  # stopped while waiting
         """
-        backend = _backend()
+        backend = current()
         with anyio.CancelScope() as scope:
-            if backend == "trio":
-                token = _trio_api().lowlevel.current_trio_token()
-                call = _LoopCall(scope.cancel, None, token)
-            else:
-                call = _LoopCall(scope.cancel, _get_running_loop(), None)
+            call = LoopCall(scope.cancel, backend)
             if not _add_hook(self, call):
                 scope.cancel()
             try:
@@ -1269,7 +859,7 @@ class StopSignal:
         """
         if timeout is not None:
             timeout = _check_duration(timeout, "timeout")
-        if _on_loop_thread():
+        if on_loop_thread():
             raise RuntimeError(
                 "wait_blocking() would freeze the event loop running on this thread; "
                 "use `await sig.wait()` here, or call it from a worker thread"

@@ -1,0 +1,286 @@
+"""The asyncio backend (uvloop included): one :class:`AsyncioBackend` per event loop.
+
+How it works on asyncio, in brief:
+
+* The backend of a loop is made on first use and kept on the loop object itself
+  (asyncio's and uvloop's loops take attributes; a loop class with ``__slots__`` gets
+  a weak dictionary entry instead), so it lives and dies with the loop.
+* A waiting task parks on a plain :class:`asyncio.Future` registered as the signal's
+  hook.  ``set()`` completes it directly only from a task of the same loop; from
+  anywhere else (another thread, a signal handler while the loop sleeps, a loop
+  callback) the wake goes through ``loop.call_soon_threadsafe``, which also wakes a
+  sleeping selector.  A cancelled wait removes its hook.
+* Timed waits share one heap of deadlines per loop and one loop timer for the
+  earliest: a loop ``TimerHandle`` per timed wait costs a handle and a cancel per
+  waiter; a heap push and a lazy deletion are cheaper at every fan-out.
+* "Was this task cancelled?" is ``Task.cancelling()`` (3.11+): non-zero once anything
+  (an anyio cancel scope included) has cancelled the task and not taken it back.
+* Plain asyncio sets no signal wake-up fd, so a signal that the kernel hands to
+  another thread would leave the loop asleep until its next timer: the service sets
+  one for the life of its block (uvloop has its own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import time
+import weakref
+from collections.abc import Callable, Iterable
+from contextlib import suppress
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+
+from ._base import CALL, HOMES, WAKE_INLINE, Entry, LoopCall, TimerHeap, in_cancelled_scope, ops
+
+if TYPE_CHECKING:
+    import anyio.abc
+
+__all__ = ["AsyncioBackend", "backend_of"]
+
+_get_running_loop: Final = asyncio._get_running_loop
+try:  # C on 3.12+; asyncio.current_task() is Python on 3.10 and 3.11
+    from _asyncio import current_task as _current_task  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - version dependent
+    _current_task = asyncio.tasks._current_tasks.get  # type: ignore[attr-defined]
+#: the task running on a loop, or None (the fastest spelling of this Python)
+current_task: Final = _current_task
+_Future: Final = asyncio.Future
+_sleep: Final = asyncio.sleep
+
+
+class AsyncioTimers(TimerHeap):
+    """The timer service of one loop: a heap of deadlines, one loop timer for the earliest."""
+
+    __slots__ = ("handle", "loop", "resolution")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self.loop = loop
+        self.handle: asyncio.TimerHandle | None = None
+        self.resolution = time.get_clock_info("monotonic").resolution
+
+    def add(self, deadline: float, signal: Any, waiter: Any) -> Entry:
+        entry, earliest = self.push(deadline, signal, waiter)
+        if earliest:
+            if self.handle is not None:
+                self.handle.cancel()
+            self.handle = self.loop.call_at(deadline, self.fire)
+        return entry
+
+    def fire(self) -> None:
+        self.handle = None
+        loop = self.loop
+        for fut in self.expired(loop.time() + self.resolution):
+            if not fut.done():
+                fut.set_result(False)
+        # A due call may have added an earliest deadline, which scheduled a loop
+        # timer already (add() does when none is pending): never schedule a second.
+        if self.heap and self.handle is None:
+            self.handle = loop.call_at(self.next_deadline, self.fire)
+
+
+def _wake(items: list[Any]) -> None:
+    for item in items:
+        if type(item) is LoopCall:
+            item.run()
+        elif not item.done():
+            item.set_result(True)
+
+
+class AsyncioBackend:
+    """The backend of one asyncio (or uvloop) event loop."""
+
+    __slots__ = ("__weakref__", "clock", "hop", "loop", "timers")
+
+    name: Final = "asyncio"
+    cancelled_exc: Final = asyncio.CancelledError
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.clock: Callable[[], float] = loop.time
+        self.hop: Callable[[Callable[[], object]], object] = loop.call_soon_threadsafe
+        self.timers = AsyncioTimers(loop)
+
+    def __repr__(self) -> str:
+        return f"<stopscope asyncio backend of {self.loop!r}>"
+
+    # -- parking and waking ---------------------------------------------------
+
+    async def checkpoint(self) -> None:
+        await _sleep(0)
+
+    def park(self, signal: Any) -> asyncio.Future[bool] | None:
+        fut: asyncio.Future[bool] = self.loop.create_future()
+        return fut if ops.add_hook(signal, fut) else None
+
+    def unpark(self, signal: Any, parked: Any) -> None:
+        if parked.cancelled() or not parked.done():
+            ops.remove_hook(signal, parked)
+
+    def park_until(self, signal: Any, deadline: float) -> tuple[asyncio.Future[bool], Entry] | None:
+        fut: asyncio.Future[bool] = self.loop.create_future()
+        if not ops.add_hook(signal, fut):
+            return None
+        return fut, self.timers.add(deadline, signal, fut)
+
+    def unpark_timed(self, signal: Any, parked: Any, entry: Entry) -> None:
+        if entry[2] is not None:  # the wait ended before its deadline
+            entry[2] = entry[3] = None
+            self.timers.stale += 1
+        # set() and the timer remove the hook when they claim it; else remove it
+        if signal._hooks is not None and (parked.cancelled() or not parked.done()):
+            ops.remove_hook(signal, parked)
+
+    def wake_own(self, items: Iterable[Any]) -> list[Any]:
+        """From a task of this loop: wake this loop's items in place, in order; return
+        the others (other loops' waiters and calls)."""
+        loop = self.loop
+        rest: list[Any] = []
+        for item in items:
+            kind = type(item)
+            if kind is _Future:
+                if item.get_loop() is loop:
+                    if not item.done():
+                        item.set_result(True)
+                    continue
+            elif kind is LoopCall and item.home is self:
+                item.run()
+                continue
+            rest.append(item)
+        return rest
+
+    def wake_soon(self, items: list[Any]) -> None:
+        with suppress(RuntimeError):  # the loop is closed: nobody to wake
+            self.loop.call_soon_threadsafe(_wake, items)
+
+    # -- timers ------------------------------------------------------------------
+
+    def call_at(self, deadline: float, fn: Callable[[], object]) -> Entry:
+        return self.timers.add(deadline, CALL, fn)
+
+    def cancel_call(self, entry: Entry) -> None:
+        self.timers.cancel(entry)
+
+    # -- task groups and cancellation --------------------------------------------
+
+    def cancel_probe(self) -> Callable[[], bool]:
+        if not hasattr(asyncio.Task, "cancelling"):  # Python 3.10
+            return in_cancelled_scope
+        loop = self.loop
+        current = _current_task
+
+        def asyncio_probe() -> bool:
+            task = current(loop)
+            return task is not None and task.cancelling() > 0
+
+        return asyncio_probe
+
+    def create_task_group(self) -> anyio.abc.TaskGroup:
+        return anyio.create_task_group()
+
+    def group_entered(self, group: anyio.abc.TaskGroup) -> Any:
+        return None
+
+    def cancel_marks(self, entered: Any) -> Any:
+        return None
+
+    def cancel_reached(self, marks: Any, probe: Callable[[], bool]) -> bool:
+        # a task woken by the stop in the same loop turn returned before anyio
+        # delivered the cancellation: Task.cancelling() tells
+        return probe()
+
+    # -- process signals -----------------------------------------------------------
+
+    def open_signal_wakeup(self) -> Callable[[], None] | None:
+        """Plain asyncio: set a wake-up fd for the caller's lifetime (none is set)."""
+        loop = self.loop
+        if not type(loop).__module__.startswith("asyncio"):
+            return None  # uvloop and others manage their own
+        try:
+            rsock, wsock = socket.socketpair()
+        except OSError:
+            return None
+        rsock.setblocking(False)
+        wsock.setblocking(False)
+        try:
+            old = signal.set_wakeup_fd(wsock.fileno(), warn_on_full_buffer=False)
+        except (ValueError, OSError):
+            rsock.close()
+            wsock.close()
+            return None
+        if old != -1:  # someone (add_signal_handler) already wakes the loop: keep theirs
+            signal.set_wakeup_fd(old, warn_on_full_buffer=False)
+            rsock.close()
+            wsock.close()
+            return None
+        try:
+            loop.add_reader(rsock.fileno(), _drain_socket, rsock)
+        except NotImplementedError:  # e.g. the proactor loop on Windows
+            signal.set_wakeup_fd(-1)
+            rsock.close()
+            wsock.close()
+            return None
+
+        def close() -> None:
+            with suppress(ValueError, OSError):
+                current = signal.set_wakeup_fd(-1)
+                if current != wsock.fileno():  # replaced meanwhile: put theirs back
+                    signal.set_wakeup_fd(current)
+            with suppress(Exception):
+                loop.remove_reader(rsock.fileno())
+            rsock.close()
+            wsock.close()
+
+        return close
+
+
+def _drain_socket(sock: socket.socket) -> None:
+    with suppress(OSError):
+        while sock.recv(4096):
+            pass
+
+
+#: the loop attribute that holds its backend
+LOOP_ATTR: Final = "_stopscope_backend"
+
+_by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncioBackend] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def backend_of(loop: asyncio.AbstractEventLoop) -> AsyncioBackend:
+    """The backend of ``loop``, made on first use and kept on the loop."""
+    backend: AsyncioBackend | None = getattr(loop, LOOP_ATTR, None)
+    if backend is None:
+        backend = _by_loop.get(loop)
+        if backend is None:
+            backend = AsyncioBackend(loop)
+            try:
+                setattr(loop, LOOP_ATTR, backend)
+            except AttributeError:  # a loop class with __slots__
+                _by_loop[loop] = backend
+    return backend
+
+
+def running() -> AsyncioBackend | None:
+    """The backend of the loop whose task is running on this thread, else None."""
+    loop = _get_running_loop()
+    if loop is None or _current_task(loop) is None:
+        return None
+    return backend_of(loop)
+
+
+def _wake_inline(fut: Any) -> bool:
+    loop = _get_running_loop()
+    if loop is not None and fut.get_loop() is loop and _current_task(loop) is not None:
+        if not fut.done():
+            fut.set_result(True)
+        return True
+    return False
+
+
+HOMES[_Future] = lambda fut: backend_of(fut.get_loop())
+WAKE_INLINE[_Future] = _wake_inline

@@ -1,0 +1,283 @@
+"""The trio backend: one :class:`TrioBackend` per run (a ``RunVar``).
+
+Imported only once trio is running, so it imports trio at module level.
+
+How it works on trio, in brief:
+
+* A waiting task parks in ``wait_task_rescheduled`` with a :class:`TrioWaiter` as the
+  signal's hook.  ``set()`` reschedules it directly only from another task of the
+  same run; from anywhere else (another thread, a run callback, a signal handler that
+  interrupted the waiter itself between registering and parking) the wake goes
+  through ``TrioToken.run_sync_soon``, which runs once the waiter has parked.  Every
+  wake and abort runs on the run's own thread, so a plain flag (``aborted``) settles a
+  wake racing a cancellation.
+* Timed waits share one heap of deadlines per run, watched by one system task that
+  sleeps in a cancel scope whose deadline is the earliest: a cancel scope per timed
+  wait costs several times the wait itself at large fan-out.
+* "Was this task cancelled?" reads the task's cancel status (private, so checked
+  once and replaced by the public ``current_effective_deadline()`` if trio changes).
+* A task already rescheduled (woken by the stop) sees a cancellation only at its next
+  checkpoint, so a member that returns before one caught nothing.  When a scope
+  cancels its group, the backend notes each member task's cancel-point count and
+  whether it was blocked (:meth:`TrioBackend.cancel_marks`), from the group's nursery.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from contextlib import suppress
+from typing import TYPE_CHECKING, Any, Final
+
+import anyio
+import trio
+from outcome import Value
+
+from ._base import CALL, HOMES, WAKE_INLINE, Entry, LoopCall, TimerHeap, in_cancelled_scope, ops
+
+if TYPE_CHECKING:
+    import anyio.abc
+
+__all__ = ["TrioBackend", "current", "running"]
+
+_current_task: Final = trio.lowlevel.current_task
+_reschedule: Final = trio.lowlevel.reschedule
+_wait_task_rescheduled: Final = trio.lowlevel.wait_task_rescheduled
+_Abort: Final = trio.lowlevel.Abort
+
+
+class TrioWaiter:
+    """A trio task parked in ``wait_task_rescheduled`` on a signal."""
+
+    __slots__ = ("aborted", "home", "signal", "task")
+
+    def __init__(self, signal: Any, task: trio.lowlevel.Task, home: TrioBackend) -> None:
+        self.signal = signal
+        self.task = task
+        self.home = home
+        #: the task was cancelled before its wake: whoever claimed it must not wake it
+        self.aborted = False
+
+    def abort(self, _: object) -> trio.lowlevel.Abort:
+        # trio calls this only while the task is still parked (reschedule() clears
+        # the task's abort function), so a waiter that set() or a timer has claimed
+        # has not been woken yet: the cancellation wins, as it does on asyncio (the
+        # future's result is set, then task.cancel() wins).  The claimer skips it.
+        ops.remove_hook(self.signal, self)
+        self.aborted = True
+        return _Abort.SUCCEEDED
+
+
+class TrioTimers(TimerHeap):
+    """The timer service of one run: a heap of deadlines and one system task."""
+
+    __slots__ = ("scope",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scope: trio.CancelScope | None = None
+
+    def add(self, deadline: float, signal: Any, waiter: Any) -> Entry:
+        entry, earliest = self.push(deadline, signal, waiter)
+        if earliest and self.scope is not None:
+            self.scope.deadline = deadline
+        return entry
+
+    async def run(self) -> None:
+        while True:
+            with trio.CancelScope(deadline=self.next_deadline) as scope:
+                self.scope = scope
+                await trio.sleep_forever()
+            self.scope = None
+            for waiter in self.expired(trio.current_time()):
+                if not waiter.aborted:
+                    _reschedule(waiter.task, Value(False))
+
+
+def _wake(items: list[Any]) -> None:
+    for item in items:
+        if type(item) is LoopCall:
+            item.run()
+        elif not item.aborted:
+            _reschedule(item.task, Value(True))
+
+
+class TrioBackend:
+    """The backend of one trio run."""
+
+    __slots__ = ("_timers", "clock", "hop", "token")
+
+    name: Final = "trio"
+    cancelled_exc: Final = trio.Cancelled
+
+    def __init__(self, token: trio.lowlevel.TrioToken) -> None:
+        self.token = token
+        self.clock: Callable[[], float] = trio.current_time
+        self.hop: Callable[[Callable[[], object]], object] = token.run_sync_soon
+        self._timers: TrioTimers | None = None
+
+    def __repr__(self) -> str:
+        return f"<stopscope trio backend of {self.token!r}>"
+
+    @property
+    def timers(self) -> TrioTimers:
+        """The run's timer service, started (a system task) on first use."""
+        timers = self._timers
+        if timers is None:
+            timers = self._timers = TrioTimers()
+            trio.lowlevel.spawn_system_task(timers.run, name="stopscope timer service")
+        return timers
+
+    # -- parking and waking ---------------------------------------------------
+
+    checkpoint: Final = staticmethod(trio.lowlevel.checkpoint)
+
+    def park(self, signal: Any) -> Any:
+        waiter = TrioWaiter(signal, _current_task(), self)
+        if not ops.add_hook(signal, waiter):
+            return None
+        return _wait_task_rescheduled(waiter.abort)
+
+    def unpark(self, signal: Any, parked: Any) -> None:
+        pass  # a cancelled waiter's abort function removed its hook
+
+    def park_until(self, signal: Any, deadline: float) -> tuple[Any, Entry] | None:
+        waiter = TrioWaiter(signal, _current_task(), self)
+        if not ops.add_hook(signal, waiter):
+            return None
+        entry = self.timers.add(deadline, signal, waiter)
+        return _wait_task_rescheduled(waiter.abort), entry
+
+    def unpark_timed(self, signal: Any, parked: Any, entry: Entry) -> None:
+        if entry[2] is not None:  # the wait ended before its deadline
+            entry[2] = entry[3] = None
+            self.timers.stale += 1
+        # a cancelled waiter's abort function removed its hook
+
+    def wake_own(self, items: Iterable[Any]) -> list[Any]:
+        """From a task of this run: wake this run's items in place, in order; return
+        the others (other loops' waiters and calls)."""
+        rest: list[Any] = []
+        me = _current_task()
+        for item in items:
+            kind = type(item)
+            if kind is TrioWaiter:
+                # the calling task's own waiter is not parked yet (a signal handler
+                # interrupted it between registering and parking): it goes through
+                # run_sync_soon, which runs once it has parked
+                if item.home is self and item.task is not me:
+                    if not item.aborted:
+                        _reschedule(item.task, Value(True))
+                    continue
+            elif kind is LoopCall and item.home is self:
+                item.run()
+                continue
+            rest.append(item)
+        return rest
+
+    def wake_soon(self, items: list[Any]) -> None:
+        with suppress(trio.RunFinishedError):  # the run ended: nobody to wake
+            self.token.run_sync_soon(_wake, items)
+
+    # -- timers ------------------------------------------------------------------
+
+    def call_at(self, deadline: float, fn: Callable[[], object]) -> Entry:
+        return self.timers.add(deadline, CALL, fn)
+
+    def cancel_call(self, entry: Entry) -> None:
+        self.timers.cancel(entry)
+
+    # -- task groups and cancellation --------------------------------------------
+
+    def cancel_probe(self) -> Callable[[], bool]:
+        current_task = _current_task
+        try:
+            current_task()._cancel_status.effectively_cancelled  # noqa: B018
+        except AttributeError:  # pragma: no cover - a future trio without it
+            return in_cancelled_scope
+
+        def trio_probe() -> bool:
+            return bool(current_task()._cancel_status.effectively_cancelled)
+
+        return trio_probe
+
+    def create_task_group(self) -> anyio.abc.TaskGroup:
+        return anyio.create_task_group()
+
+    def group_entered(self, group: anyio.abc.TaskGroup) -> Any:
+        """The group's nursery: the newest one the entering task holds open."""
+        nurseries = _current_task().child_nurseries
+        return nurseries[-1] if nurseries else None
+
+    def cancel_marks(self, entered: Any) -> dict[Any, tuple[int, bool]] | None:
+        """Each member task's cancel-point count, and whether it is blocked (so it gets
+        the Cancelled at once).  Private attributes, read defensively: without them
+        every late return is reported as before."""
+        if entered is None:
+            return None
+        try:
+            return {
+                task: (task._cancel_points, task._abort_func is not None)
+                for task in entered.child_tasks
+            }
+        except AttributeError:  # pragma: no cover - a trio without these attributes
+            return None
+
+    def cancel_reached(self, marks: Any, probe: Callable[[], bool]) -> bool:
+        if marks is None:
+            return probe()
+        task = _current_task()
+        then = marks.get(task)
+        if then is None:  # started after the cancel: it was born cancelled
+            return True
+        points, blocked = then
+        return blocked or task._cancel_points != points  # type: ignore[no-any-return]
+
+    def open_signal_wakeup(self) -> Callable[[], None] | None:
+        return None  # trio wakes itself on signals
+
+
+_var: Final[trio.lowlevel.RunVar[TrioBackend]] = trio.lowlevel.RunVar("stopscope_backend")
+
+
+get: Final = _var.get
+
+
+def make() -> TrioBackend:
+    """The backend of the trio run on this thread, made now (``get()`` had none)."""
+    backend = TrioBackend(trio.lowlevel.current_trio_token())
+    _var.set(backend)
+    return backend
+
+
+def current() -> TrioBackend:
+    """The backend of the trio run on this thread (made on first use)."""
+    try:
+        return get()
+    except LookupError:
+        return make()
+
+
+def running() -> TrioBackend | None:
+    """The backend of the run whose task is running on this thread, else None."""
+    try:
+        _current_task()
+    except RuntimeError:
+        return None
+    return current()
+
+
+def _wake_inline(waiter: TrioWaiter) -> bool:
+    try:
+        me = _current_task()  # a task of a run on this thread, not a run callback
+        here = get()
+    except (RuntimeError, LookupError):
+        return False
+    if here is not waiter.home or waiter.task is me:
+        return False  # another run's waiter, or not parked yet (see wake_own)
+    if not waiter.aborted:
+        _reschedule(waiter.task, Value(True))
+    return True
+
+
+HOMES[TrioWaiter] = lambda waiter: waiter.home
+WAKE_INLINE[TrioWaiter] = _wake_inline
