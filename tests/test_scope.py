@@ -15,7 +15,7 @@ import math
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, cast
 
 import anyio
@@ -1041,6 +1041,47 @@ class TestCallables:
                     value = await scope.start(Svc().serve, scope.signal, name="m")
         assert value == {"lambda": "lambda", "partial": "partial", "bound-method": "bound"}[kind]
         assert scope.report.by_name("m").outcome is Outcome.STOPPED
+
+    async def test_a_coroutine_that_is_not_a_native_one_is_accepted(self) -> None:
+        # what a Cython- or mypyc-compiled `async def` returns: a Coroutine, not a
+        # types.CoroutineType; asyncio, trio and anyio run it, so must we
+        scope = TaskScope(grace=LONG_GRACE)
+        with anyio.fail_after(HANG_GUARD):
+            async with scope:
+                scope.start_soon(lambda: _CoroutineLike(_wait(scope.signal)), name="soon")
+                value = await scope.start(
+                    lambda *, task_status: _CoroutineLike(
+                        server(scope.signal, "compiled", task_status)
+                    ),
+                    name="started",
+                )
+                await anyio.wait_all_tasks_blocked()
+                assert value == "compiled"
+        assert scope.report.by_name("soon").outcome is Outcome.STOPPED
+        assert scope.report.by_name("started").outcome is Outcome.STOPPED
+
+
+class _CoroutineLike(Coroutine[Any, Any, Any]):
+    """A coroutine that is not a types.CoroutineType (as compiled ones are not)."""
+
+    def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
+        self._coro = coro
+
+    def send(self, value: Any) -> Any:
+        return self._coro.send(value)
+
+    def throw(self, *args: Any) -> Any:
+        return self._coro.throw(*args)
+
+    def close(self) -> None:
+        self._coro.close()
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._coro.__await__()
+
+
+async def _wait(signal: StopSignal) -> None:
+    await signal.wait()
 
 
 # --------------------------------------------------------------------------- misuse

@@ -19,7 +19,7 @@ import anyio
 import anyio.abc
 
 from . import _members
-from ._backends import Backend, Entry, LoopCall, current, in_cancelled_scope
+from ._backends import Backend, Entry, LoopCall, TaskGroup, current, in_cancelled_scope
 from ._report import (
     Outcome,
     Phase,
@@ -270,7 +270,7 @@ class TaskScope:
         self.name = name
         self._stop_on_exit = bool(stop_on_exit)
         self._state = "new"
-        self._tg: anyio.abc.TaskGroup | None = None
+        self._tg: TaskGroup | None = None
         self._records: list[TaskRecord] = []
         self._live: dict[TaskRecord, _Member] = {}
         self._errors: list[BaseException] = []
@@ -415,7 +415,8 @@ class TaskScope:
         except TypeError:
             _check_callable(func, "start_soon")  # a clearer error for a common mistake
             raise
-        if type(coro) is not _CoroutineType and not inspect.iscoroutine(coro):
+        # any Coroutine (a Cython or mypyc-compiled one too), as asyncio, trio and anyio
+        if type(coro) is not _CoroutineType and not isinstance(coro, Coroutine):
             raise TypeError(
                 f"start_soon() needs an async function (a callable returning a coroutine); "
                 f"{_callable_name(func)} returned {coro!r}"
@@ -612,7 +613,7 @@ class TaskScope:
 
     # -- internals ---------------------------------------------------------------
 
-    def _check_open(self, method: str) -> anyio.abc.TaskGroup:
+    def _check_open(self, method: str) -> TaskGroup:
         if self._state == "new":
             raise RuntimeError(f"TaskScope.{method}() must be called inside `async with scope:`")
         if self._state == "closed" or self._tg is None:
@@ -785,7 +786,7 @@ class TaskScope:
             error = self._member_error(member, exc)
             self._exited(member, Outcome.FAILED, error, before_stop=self._caused_stop(error))
             return
-        if not inspect.iscoroutine(coro):
+        if not isinstance(coro, Coroutine):
             error = TypeError(
                 f"start() needs an async function (a callable returning a coroutine); "
                 f"{_callable_name(func)} returned {coro!r}"

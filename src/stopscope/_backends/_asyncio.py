@@ -18,6 +18,14 @@ How it works on asyncio, in brief:
 * Plain asyncio sets no signal wake-up fd, so a signal that the kernel hands to
   another thread would leave the loop asleep until its next timer: the service sets
   one for the life of its block (uvloop has its own).
+* A TaskScope's members run in anyio's task group, unlike on trio.  A native path
+  (bare ``loop.create_task()`` members, as ``asyncio.TaskGroup`` has) would spawn in
+  about half the time, but on asyncio anyio keeps its cancel-scope tree in its own
+  per-task state, which only its task group can give a task: without it, an outer
+  scope's deadline moved later is not seen in members, ``get_current_task()`` loses
+  its ``parent_id``, a cancellation reaches members of nested scopes one loop turn
+  late, and (with ``Task.cancel()``) shields inside members are pierced.  See the
+  "Backends" page of the docs for the measurements.
 """
 
 from __future__ import annotations
@@ -29,14 +37,21 @@ import time
 import weakref
 from collections.abc import Callable, Iterable
 from contextlib import suppress
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import anyio
 
-from ._base import CALL, HOMES, WAKE_INLINE, Entry, LoopCall, TimerHeap, in_cancelled_scope, ops
-
-if TYPE_CHECKING:
-    import anyio.abc
+from ._base import (
+    CALL,
+    HOMES,
+    WAKE_INLINE,
+    Entry,
+    LoopCall,
+    TaskGroup,
+    TimerHeap,
+    in_cancelled_scope,
+    ops,
+)
 
 __all__ = ["AsyncioBackend", "backend_of"]
 
@@ -178,10 +193,10 @@ class AsyncioBackend:
 
         return asyncio_probe
 
-    def create_task_group(self) -> anyio.abc.TaskGroup:
+    def create_task_group(self) -> TaskGroup:
         return anyio.create_task_group()
 
-    def group_entered(self, group: anyio.abc.TaskGroup) -> Any:
+    def group_entered(self, group: TaskGroup) -> Any:
         return None
 
     def cancel_marks(self, entered: Any) -> Any:

@@ -10,13 +10,11 @@ from __future__ import annotations
 import heapq
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from types import TracebackType
+from typing import Any, Final, Protocol
 
 import anyio
-
-if TYPE_CHECKING:
-    import anyio.abc
 
 logger: Final = logging.getLogger("stopscope")
 
@@ -51,6 +49,35 @@ class SignalOps:
 
 
 ops: Final = SignalOps()
+
+
+class _CancelScope(Protocol):
+    def cancel(self) -> None: ...
+
+
+class TaskGroup(Protocol):
+    """What :class:`~stopscope.TaskScope` uses of its task group: anyio's
+    ``TaskGroup`` has it, and so does the trio backend's bare nursery."""
+
+    @property
+    def cancel_scope(self) -> _CancelScope: ...
+
+    def start_soon(
+        self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any, name: object = None
+    ) -> object: ...
+
+    def start(
+        self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any, name: object = None
+    ) -> Awaitable[Any]: ...
+
+    async def __aenter__(self) -> object: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None: ...
 
 
 class Backend(Protocol):
@@ -118,10 +145,10 @@ class Backend(Protocol):
         after a stop is the hot path of every scope, so each backend offers a sub-0.1 µs
         probe where it can (it falls back to :func:`in_cancelled_scope`)."""
 
-    def create_task_group(self) -> anyio.abc.TaskGroup:
+    def create_task_group(self) -> TaskGroup:
         """The task group a :class:`~stopscope.TaskScope` runs its members in."""
 
-    def group_entered(self, group: anyio.abc.TaskGroup) -> Any:
+    def group_entered(self, group: TaskGroup) -> Any:
         """Called in the task that entered ``group``; returns what :meth:`cancel_marks`
         needs later (``None``: nothing)."""
 

@@ -20,24 +20,42 @@ How it works on trio, in brief:
   checkpoint, so a member that returns before one caught nothing.  When a scope
   cancels its group, the backend notes each member task's cancel-point count and
   whether it was blocked (:meth:`TrioBackend.cancel_marks`), from the group's nursery.
+* A TaskScope's members run in a bare trio nursery (:class:`NurseryGroup`), not in
+  anyio's task group, which since anyio 4.14 wraps every task in a ``TaskHandle`` (a
+  cancel scope, an event and a wrapper coroutine): TaskScope collects its members'
+  outcomes itself and needs none of it.  Every anyio semantic members rely on is
+  trio's own underneath, so it holds in a plain nursery: anyio's cancel scopes on
+  trio are trio cancel scopes (outer scopes reach members, scopes nested in members
+  work, shields hold), ``task_status`` is trio's, and ``anyio.get_current_task()``,
+  ``anyio.to_thread`` and ``anyio.from_thread`` read trio's current task and token.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import sys
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import suppress
-from typing import TYPE_CHECKING, Any, Final
+from types import TracebackType
+from typing import Any, Final
 
-import anyio
 import trio
 from outcome import Value
 
-from ._base import CALL, HOMES, WAKE_INLINE, Entry, LoopCall, TimerHeap, in_cancelled_scope, ops
+from ._base import (
+    CALL,
+    HOMES,
+    WAKE_INLINE,
+    Entry,
+    LoopCall,
+    TimerHeap,
+    in_cancelled_scope,
+    ops,
+)
 
-if TYPE_CHECKING:
-    import anyio.abc
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
 
-__all__ = ["TrioBackend", "current", "running"]
+__all__ = ["NurseryGroup", "TrioBackend", "current", "running"]
 
 _current_task: Final = trio.lowlevel.current_task
 _reschedule: Final = trio.lowlevel.reschedule
@@ -200,13 +218,12 @@ class TrioBackend:
 
         return trio_probe
 
-    def create_task_group(self) -> anyio.abc.TaskGroup:
-        return anyio.create_task_group()
+    def create_task_group(self) -> NurseryGroup:
+        return NurseryGroup()
 
-    def group_entered(self, group: anyio.abc.TaskGroup) -> Any:
-        """The group's nursery: the newest one the entering task holds open."""
-        nurseries = _current_task().child_nurseries
-        return nurseries[-1] if nurseries else None
+    def group_entered(self, group: Any) -> Any:
+        """The group's nursery (cancel_marks reads its member tasks)."""
+        return group.nursery
 
     def cancel_marks(self, entered: Any) -> dict[Any, tuple[int, bool]] | None:
         """Each member task's cancel-point count, and whether it is blocked (so it gets
@@ -234,6 +251,64 @@ class TrioBackend:
 
     def open_signal_wakeup(self) -> Callable[[], None] | None:
         return None  # trio wakes itself on signals
+
+
+class NurseryGroup:
+    """A bare trio nursery with the task-group surface TaskScope uses.
+
+    What it adds to the nursery is the exit mapping anyio's group does: a nursery
+    that raises nothing but ``trio.Cancelled`` comes out as one bare ``Cancelled``, so
+    that an enclosing cancel scope sees the cancellation it issued, not a group.
+    """
+
+    __slots__ = ("_manager", "cancel_scope", "nursery", "start_soon")
+
+    def __init__(self) -> None:
+        self._manager = trio.open_nursery(strict_exception_groups=True)
+
+    async def __aenter__(self) -> NurseryGroup:
+        nursery = await self._manager.__aenter__()
+        self.nursery: trio.Nursery = nursery
+        self.cancel_scope: trio.CancelScope = nursery.cancel_scope
+        # the nursery's own method: no wrapper on the spawn path
+        self.start_soon: Callable[..., None] = nursery.start_soon
+        return self
+
+    async def start(
+        self, func: Callable[..., Awaitable[Any]], *args: Any, name: object = None
+    ) -> Any:
+        return await self.nursery.start(func, *args, name=name)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        bare: BaseException | None = None
+        try:
+            try:
+                return bool(await self._manager.__aexit__(exc_type, exc, tb))
+            except BaseExceptionGroup as group:
+                bare = _only_cancelled(group)
+                if bare is None:
+                    raise
+            # raised outside the except block, so the group (which holds it) does not
+            # become its context: no reference cycle keeps either alive
+            raise bare
+        finally:
+            del exc, tb, bare
+
+
+def _only_cancelled(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The first ``Cancelled`` of a group that holds nothing else, else None."""
+    cancels, rest = group.split(trio.Cancelled)
+    if rest is not None or cancels is None:
+        return None
+    first: BaseException = cancels
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
 
 
 _var: Final[trio.lowlevel.RunVar[TrioBackend]] = trio.lowlevel.RunVar("stopscope_backend")
