@@ -8,6 +8,7 @@ These tests read the source (``ast``), so they hold on every backend at once.
 from __future__ import annotations
 
 import ast
+import asyncio
 import sys
 from pathlib import Path
 
@@ -19,6 +20,10 @@ from stopscope import StopSignal, TaskScope, _backends
 
 PACKAGE = Path(stopscope.__file__).parent
 CORE = ("_signal.py", "_scope.py")
+
+
+#: seconds; only a guard against hangs, never a timing assertion
+HANG_GUARD = 10.0
 
 
 def module_name(path: Path) -> str:
@@ -212,3 +217,97 @@ def test_the_core_imports_without_trio() -> None:
         "assert 'stopscope._backends._trio' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+@pytest.mark.anyio
+class TestBackendEdges:
+    async def test_the_repr_names_the_loop_or_run(self, anyio_backend_name: str) -> None:
+        backend = _backends.current()
+        kind = anyio_backend_name.partition("+")[0]
+        assert repr(backend).startswith(f"<stopscope {kind} backend of ")
+
+    async def test_a_loop_call_that_raises_is_logged_and_the_others_still_wake(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        from stopscope._signal import _add_hook
+
+        def boom() -> None:
+            raise ValueError("boom")
+
+        sig = StopSignal()
+        assert _add_hook(sig, _backends.LoopCall(boom, _backends.current()))
+        woken: list[bool] = []
+
+        async def waiter() -> None:
+            await sig.wait()
+            woken.append(True)
+
+        with anyio.fail_after(HANG_GUARD):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(waiter)
+                await anyio.wait_all_tasks_blocked()
+                assert sig.set() is True
+        assert woken == [True]
+        assert "raised while a signal was being set" in caplog.text
+        assert "ValueError: boom" in caplog.text
+
+    async def test_a_timer_call_that_raises_is_logged_and_the_next_still_runs(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        backend = _backends.current()
+        ran: list[str] = []
+
+        def boom() -> None:
+            raise ValueError("timer boom")
+
+        now = backend.clock()
+        backend.call_at(now, boom)
+        backend.call_at(now, lambda: ran.append("next"))
+        with anyio.fail_after(HANG_GUARD):
+            # a later deadline on the same heap: both calls above are due before it
+            assert await StopSignal().sleep(0.01) is False
+        assert ran == ["next"]
+        assert "stopscope timer call" in caplog.text
+        assert "ValueError: timer boom" in caplog.text
+
+
+def test_a_loop_that_refuses_attributes_keeps_its_backend_aside() -> None:
+    from stopscope._backends import _asyncio as asyncio_backend
+
+    class SlottedLoop(asyncio.SelectorEventLoop):  # as a loop class with __slots__ would
+        def __setattr__(self, name: str, value: object) -> None:
+            if name == asyncio_backend.LOOP_ATTR:
+                raise AttributeError(name)
+            super().__setattr__(name, value)
+
+    async def main() -> tuple[object, bool]:
+        sig = StopSignal()
+        asyncio.get_running_loop().call_soon(sig.set)
+        await sig.wait()
+        return _backends.current(), sig.is_set()
+
+    loop = SlottedLoop()
+    try:
+        backend, was_set = loop.run_until_complete(main())
+        assert was_set
+        assert not hasattr(loop, asyncio_backend.LOOP_ATTR)
+        assert asyncio_backend._by_loop[loop] is backend
+        assert asyncio_backend.backend_of(loop) is backend  # made once, found again
+    finally:
+        loop.close()
+
+
+def test_the_home_of_a_hook() -> None:
+    from stopscope._backends import _asyncio as asyncio_backend
+    from stopscope._backends._base import home_of
+
+    class MyFuture(asyncio.Future[bool]):  # another loop's Future class
+        pass
+
+    loop = asyncio.new_event_loop()
+    try:
+        assert home_of(MyFuture(loop=loop)) is asyncio_backend.backend_of(loop)
+    finally:
+        loop.close()
+    with pytest.raises(TypeError, match="no backend parks"):
+        home_of(object())

@@ -280,14 +280,6 @@ def backend_of(loop: asyncio.AbstractEventLoop) -> AsyncioBackend:
     return backend
 
 
-def running() -> AsyncioBackend | None:
-    """The backend of the loop whose task is running on this thread, else None."""
-    loop = _get_running_loop()
-    if loop is None or _current_task(loop) is None:
-        return None
-    return backend_of(loop)
-
-
 def _wake_inline(fut: Any) -> bool:
     loop = _get_running_loop()
     if loop is not None and fut.get_loop() is loop and _current_task(loop) is not None:
