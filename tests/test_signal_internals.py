@@ -107,8 +107,9 @@ class TestTimers:
         gc.collect()
         assert all(ref() is None for ref in refs)
         heap: _backends.TimerHeap = _backends.current().timers
-        assert len(heap.heap) == 10  # still there: deleted lazily...
-        assert all(entry[2] is None and entry[3] is None for entry in heap.heap)  # ...but empty
+        entries = heap.entries()
+        assert len(entries) == 10  # still there: deleted lazily...
+        assert all(entry[2] is None and entry[3] is None for entry in entries)  # ...but empty
 
 
 class TestChildLinks:

@@ -75,7 +75,7 @@ def at_waiters_deadline(sig: StopSignal, fn: Callable[[], object]) -> None:
     then resumes the waiter: the same loop turn, every run, on every backend.
     """
     timers = _backends.current().timers
-    (deadline,) = [entry[0] for entry in timers.heap if entry[2] is sig]
+    (deadline,) = [entry[0] for entry in timers.entries() if entry[2] is sig]
     timers.call_at(deadline, fn)
 
 

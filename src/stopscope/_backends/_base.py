@@ -222,6 +222,10 @@ class TimerHeap:
         """Run ``fn()`` on the loop at ``deadline`` (its clock); :meth:`cancel` undoes it."""
         return self.add(deadline, CALL, fn)
 
+    def entries(self) -> list[Entry]:
+        """Every entry still held, ended ones included (for tests and debugging)."""
+        return list(self.heap)
+
     def cancel(self, entry: Entry) -> None:
         """End a wait or a scheduled call early (its entry is deleted lazily)."""
         if entry[2] is not None:

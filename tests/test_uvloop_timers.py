@@ -1,0 +1,118 @@
+"""uvloop's timer service: deadlines bucketed by value (``UvloopTimers``).
+
+uvloop's clock counts whole milliseconds, so waiters started together share their
+deadlines; the service keeps one heap of distinct deadlines and a bucket of entries
+per deadline.  These tests pin that it expires the same entries in the same order as
+the one-heap service (deadline, then arrival), runs calls a call schedules, forgets
+cancelled entries, and keeps live ones through compaction.  The contract tests of
+timed waits run on uvloop through it as well (tests/test_signal*.py).  Ordering is by
+deadlines only; ``asyncio.wait_for`` bounds a hang, nothing asserts a duration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import pytest
+
+import stopscope  # noqa: F401  (installs the hook operations the timers claim through)
+from stopscope._backends import _asyncio as asyncio_backend
+
+uvloop = pytest.importorskip("uvloop")
+
+T = TypeVar("T")
+#: seconds; only a guard against hangs, never a timing assertion
+HANG_GUARD = 10.0
+
+
+def run_on_uvloop(coro: Coroutine[Any, Any, T]) -> T:
+    result: T = uvloop.run(coro)
+    return result
+
+
+def test_uvloop_gets_the_bucketed_service_and_asyncio_the_heap() -> None:
+    async def kind() -> type:
+        return type(asyncio_backend.backend_of(asyncio.get_running_loop()).timers)
+
+    assert run_on_uvloop(kind()) is asyncio_backend.UvloopTimers
+    assert asyncio.run(kind()) is asyncio_backend.AsyncioTimers
+
+
+def test_entries_expire_by_deadline_then_arrival_and_calls_may_schedule_calls() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        timers = asyncio_backend.UvloopTimers(loop)
+        order: list[object] = []
+        done = asyncio.Event()
+        deadline = loop.time() + 0.01
+        for i in range(5):  # one bucket, in arrival order
+            timers.call_at(deadline, functools.partial(order.append, i))
+        timers.call_at(deadline - 0.005, lambda: order.append("early"))
+
+        def later() -> None:
+            order.append("later")
+            done.set()
+
+        def first() -> None:
+            order.append("first")
+            timers.call_at(loop.time() + 0.01, later)
+
+        timers.call_at(deadline + 0.002, first)
+        cancelled = timers.call_at(deadline + 0.003, lambda: order.append("cancelled"))
+        timers.cancel(cancelled)
+        await asyncio.wait_for(done.wait(), HANG_GUARD)
+        assert order == ["early", 0, 1, 2, 3, 4, "first", "later"]
+        assert timers.size == 0
+        assert timers.stale == 0
+        assert not timers.buckets
+        assert not timers.deadlines
+        assert timers.entries() == []
+
+    run_on_uvloop(main())
+
+
+def test_compaction_keeps_the_live_entries_in_order() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        timers = asyncio_backend.UvloopTimers(loop)
+        order: list[int] = []
+        base = loop.time() + 0.02
+        entries = [
+            timers.call_at(base + (i % 5) * 1e-3, functools.partial(order.append, i))
+            for i in range(600)
+        ]
+        for entry in entries[:500]:
+            timers.cancel(entry)
+        assert timers.stale == 500
+        done = asyncio.Event()
+        timers.call_at(base + 0.01, done.set)  # more than half stale: this push compacts
+        assert timers.stale == 0
+        assert timers.size == 101
+        assert len(timers.entries()) == 101
+        await asyncio.wait_for(done.wait(), HANG_GUARD)
+        assert order == sorted(range(500, 600), key=lambda i: (i % 5, i))
+        assert timers.size == 0
+        assert timers.stale == 0
+        assert not timers.buckets
+
+    run_on_uvloop(main())
+
+
+def test_a_cancelled_entry_holds_no_references() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        timers = asyncio_backend.UvloopTimers(loop)
+        entry = timers.call_at(loop.time() + 3600, lambda: None)
+        timers.cancel(entry)
+        assert entry[2] is None
+        assert entry[3] is None
+        assert timers.stale == 1
+        timers.cancel(entry)  # twice: nothing more happens
+        assert timers.stale == 1
+        if timers.handle is not None:
+            timers.handle.cancel()
+
+    run_on_uvloop(main())
