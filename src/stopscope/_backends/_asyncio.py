@@ -55,8 +55,8 @@ from ._base import (
     TaskGroup,
     TimerHeap,
     in_cancelled_scope,
-    logger,
     ops,
+    run_calls,
 )
 
 __all__ = ["AsyncioBackend", "backend_of"]
@@ -335,11 +335,7 @@ class UvloopTimers(AsyncioTimers):
                 elif claim(sig, waiter):
                     claimed.append(waiter)
         self.next_deadline = deadlines[0] if deadlines else math.inf
-        for call in calls:
-            try:
-                call()
-            except Exception:
-                logger.exception("stopscope timer call %r raised", call)
+        run_calls(calls)
         return claimed
 
 

@@ -251,12 +251,17 @@ class TimerHeap:
             if claim(sig, waiter):
                 claimed.append(waiter)
         self.next_deadline = heap[0][0] if heap else math.inf
-        for call in calls:
-            try:
-                call()
-            except Exception:
-                logger.exception("stopscope timer call %r raised", call)
+        run_calls(calls)
         return claimed
+
+
+def run_calls(calls: list[Callable[[], object]]) -> None:
+    """Run the timer calls that fell due, after the claims; one that raises is logged."""
+    for call in calls:
+        try:
+            call()
+        except Exception:
+            logger.exception("stopscope timer call %r raised", call)
 
 
 #: for each kind of hook a backend parks on a signal (an asyncio Future, a trio
