@@ -195,6 +195,46 @@ class TestFreshEnvironment:
         assert lines[-1].startswith("  stopscope on asyncio:           median ")
 
 
+class TestDocumentedInstall:
+    """The install the README and the docs give, run as written in a new environment.
+
+    This one uses the package index, as a user's install does: pip builds the project
+    from a copy of the work tree in an isolated build environment (setuptools from the
+    index) and installs anyio and trio from the index.
+    """
+
+    COMMAND = 'pip install "./stopscope[trio]"'
+
+    def test_the_docs_give_the_same_command(self) -> None:
+        for page in ("README.md", "docs/index.md"):
+            assert self.COMMAND in (ROOT / page).read_text(), page
+
+    def test_install_from_a_clone_works(self, tmp_path: Path) -> None:
+        shutil.copytree(ROOT, tmp_path / "stopscope", ignore=IGNORED, symlinks=True)
+        env = tmp_path / "venv"
+        venv.EnvBuilder(with_pip=True).create(env)
+        bindir = env / ("Scripts" if os.name == "nt" else "bin")
+        # the documented command word for word, run by the new environment's pip
+        path = f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"
+        proc = subprocess.run(
+            self.COMMAND, shell=True, cwd=tmp_path, capture_output=True, text=True,
+            timeout=600, check=False,
+            env={**os.environ, "PATH": path, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+        )
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        script = (
+            "import trio, stopscope\n"
+            "async def main():\n"
+            "    async with stopscope.TaskScope(grace=1) as scope:\n"
+            "        scope.start_soon(scope.signal.wait, name='waiter')\n"
+            "    print(scope.report.by_name('waiter').outcome.name, stopscope.__file__)\n"
+            "trio.run(main)\n"
+        )
+        out = _run([str(bindir / "python"), "-c", script], cwd=tmp_path).stdout.split()
+        assert out[0] == "STOPPED"
+        assert Path(out[1]).is_relative_to(env)
+
+
 class TestChangelog:
     def test_every_fragment_is_assembled(self) -> None:
         proc = _run([sys.executable, "-m", "towncrier", "build", "--draft", "--version",
