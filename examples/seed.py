@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import io
 import statistics
 import time
@@ -113,9 +114,22 @@ def compare(backend: str, moments: int, tick: float) -> None:
         )
 
 
+def _installed(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError:
+        return False
+    return True
+
+
 def cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", choices=["asyncio", "uvloop", "trio"], default="asyncio")
+    parser.add_argument(
+        "--backend",
+        choices=["asyncio", "uvloop", "trio"],
+        default="asyncio",
+        help="event loop (default: asyncio)",
+    )
     parser.add_argument(
         "--seconds", type=float, help="how long main waits before the stop (default: 5)"
     )
@@ -125,12 +139,20 @@ def cli() -> None:
         help="the article's asyncio.Event pattern next to stopscope, over several stop moments",
     )
     parser.add_argument(
-        "--moments", type=int, default=8, help="with --original: how many stop moments"
+        "--moments", type=int, default=8, help="with --original: how many stop moments (default: 8)"
     )
     parser.add_argument(
-        "--tick", type=float, default=1.0, help="the background task's period in seconds"
+        "--tick",
+        type=float,
+        default=1.0,
+        help="the background task's period in seconds (default: 1)",
     )
     args = parser.parse_args()
+    if args.backend != "asyncio" and not _installed(args.backend):
+        parser.error(
+            f"--backend {args.backend} needs {args.backend}: pip install "
+            f"'stopscope[{args.backend}]'"
+        )
     if args.tick <= 0:
         parser.error("--tick must be a positive number of seconds")
     if args.original:

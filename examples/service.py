@@ -16,6 +16,7 @@ third exits at once.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import tempfile
 from pathlib import Path
@@ -88,13 +89,31 @@ async def main(signal: StopSignal, path: Path) -> None:
         log.info("report: %s", line)
 
 
+def _installed(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError:
+        return False
+    return True
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backend", choices=["asyncio", "uvloop", "trio"], default="asyncio")
+    parser.add_argument(
+        "--backend",
+        choices=["asyncio", "uvloop", "trio"],
+        default="asyncio",
+        help="event loop (default: asyncio)",
+    )
     parser.add_argument(
         "--out", type=Path, default=Path(tempfile.gettempdir()) / "stopscope-service.log"
     )
     args = parser.parse_args()
+    if args.backend != "asyncio" and not _installed(args.backend):
+        parser.error(
+            f"--backend {args.backend} needs {args.backend}: pip install "
+            f"'stopscope[{args.backend}]'"
+        )
     logging.basicConfig(
         level=logging.INFO, format="%(relativeCreated)6.0f ms  %(name)-9s  %(message)s"
     )

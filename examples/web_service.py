@@ -4,6 +4,9 @@
     python examples/web_service.py --server hypercorn --backend trio --drain-delay 5
     kill -TERM <pid>                      # what Kubernetes and systemd send
 
+It needs Starlette and a server besides stopscope: ``pip install starlette``, then
+``pip install "./stopscope[uvicorn]"`` or ``"./stopscope[hypercorn]"`` from a clone.
+
 Routes: ``GET /`` answers at once, ``GET /slow?seconds=S`` answers after S seconds,
 ``GET /readyz`` answers 200 while serving and 503 from the stop request on.  Each
 answered request hands an event to a background worker, which writes them out in
@@ -22,16 +25,24 @@ connections, and at the end ``worker: flushed N events``.  Logs go to stderr.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from typing import Any
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse
-from starlette.routing import Route
+
+try:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+except ModuleNotFoundError as exc:  # the example's own needs, not stopscope's
+    raise SystemExit(
+        "examples/web_service.py needs Starlette and a server: "
+        "pip install starlette 'stopscope[uvicorn]'  (or 'stopscope[hypercorn]')"
+    ) from exc
 
 import stopscope
 from stopscope import StopSignal
@@ -113,10 +124,23 @@ async def main(signal: StopSignal, args: argparse.Namespace) -> None:
         log.info("report: %s", line)
 
 
+def _installed(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError:
+        return False
+    return True
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--server", choices=sorted(BACKENDS), default="uvicorn")
-    parser.add_argument("--backend", choices=["asyncio", "uvloop", "trio"], default="asyncio")
+    parser = argparse.ArgumentParser(
+        description=(__doc__ or "").split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--server", choices=sorted(BACKENDS), default="uvicorn", help="server")
+    parser.add_argument(
+        "--backend", choices=["asyncio", "uvloop", "trio"], default="asyncio", help="event loop"
+    )
     parser.add_argument("--port", type=int, default=8000, help="0: any free port")
     parser.add_argument(
         "--drain-delay",
@@ -133,6 +157,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the whole stop's budget, drain delay included",
     )
     args = parser.parse_args(argv)
+    if args.backend != "asyncio" and not _installed(args.backend):
+        parser.error(
+            f"--backend {args.backend} needs {args.backend}: pip install "
+            f"'stopscope[{args.backend}]'"
+        )
+    if not _installed(args.server):
+        parser.error(
+            f"--server {args.server} needs {args.server}: pip install "
+            f"'stopscope[{args.server}]'"
+        )
     if args.backend not in BACKENDS[args.server]:
         parser.error(f"{args.server} supports --backend {', '.join(BACKENDS[args.server])}")
     if not 0 <= args.port <= 65535:
