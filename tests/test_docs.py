@@ -27,6 +27,7 @@ Blocks run as ``__main__`` with their page and line in tracebacks.  Every run is
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import select
@@ -43,13 +44,26 @@ import anyio
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+DOC_PAGES = sorted(
+    page for page in (ROOT / "docs").rglob("*.md")
+    if not any(part.startswith("_") for part in page.relative_to(ROOT / "docs").parts)
+)
+PAGES = [ROOT / "README.md", *DOC_PAGES]
+#: docs/_tools/convert.py, the converter from MkDocs-Material pages (not a package)
+_spec = importlib.util.spec_from_file_location("convert", ROOT / "docs/_tools/convert.py")
+assert _spec is not None
+assert _spec.loader is not None
+CONVERT = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(CONVERT)
 PYTHON_LANGS = {"python", "py", "python3"}
 BACKENDS = ("asyncio", "trio")
 #: seconds; only guards against hangs, never a timing assertion
 HANG_GUARD = 30.0
 
-_FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`\n]*)$")
+_FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^\n]*)$")
+#: MyST directives whose body is Markdown (boxes): the blocks inside them are found too
+_MARKDOWN_DIRECTIVES = {"admonition", "note", "warning", "tip", "hint", "important",
+                        "caution", "attention", "danger", "error", "seealso"}
 _DIRECTIVE = re.compile(r"^\s*<!--\s*test:\s*(?P<text>.*?)\s*-->\s*$")
 _RUNS_A_LOOP = re.compile(r"\b(anyio|stopscope)\.run\(")
 
@@ -99,14 +113,23 @@ def extract(page: Path) -> list[Block]:
     """The page's ``python`` blocks, continuation blocks attached to the one they follow."""
     lines = page.read_text(encoding="utf-8").splitlines()
     blocks: list[Block] = []
+    boxes: list[str] = []  # the fences of the open boxes (```{note} ... ```)
     i = 0
     while i < len(lines):
         opening = _FENCE.match(lines[i])
-        if opening is None:
-            i += 1
+        if opening is None or (opening["fence"][0] == "`" and "`" in opening["info"]):
+            i += 1  # not a fence (CommonMark: no ` in a ``` info string)
             continue
         indent, fence = len(opening["indent"]), opening["fence"]
         lang = opening["info"].split()[0].lower() if opening["info"].strip() else ""
+        if boxes and not lang and fence[0] == boxes[-1][0] and len(fence) >= len(boxes[-1]):
+            boxes.pop()  # a box closes; its blocks were found like any other
+            i += 1
+            continue
+        if lang.startswith("{") and lang.strip("{}") in _MARKDOWN_DIRECTIVES:
+            boxes.append(fence)
+            i += 1
+            continue
         start = i + 1
         j = start
         while j < len(lines) and not (
@@ -284,14 +307,18 @@ class TestSite:
     def test_reference_documents_every_public_name(self) -> None:
         """Every name of every public module's ``__all__`` (``stopscope``,
         ``stopscope.servers``, ``stopscope.testing``, and any public module added later)
-        has its ``::: module.name`` section, and the page documents nothing else."""
+        has its ``.. autoclass:: module.name`` (or ``autofunction``...) entry, and the
+        page documents nothing else."""
         import importlib
         import pkgutil
 
         import stopscope
 
         page = (ROOT / "docs" / "reference.md").read_text(encoding="utf-8")
-        documented = set(re.findall(r"^::: (stopscope(?:\.\w+)*)$", page, re.MULTILINE))
+        documented = set(re.findall(
+            r"^\.\. auto(?:class|exception|function|data):: (stopscope(?:\.\w+)*)$",
+            page, re.MULTILINE,
+        ))
         modules = ["stopscope"] + [
             info.name
             for info in pkgutil.walk_packages(stopscope.__path__, "stopscope.")
@@ -307,10 +334,65 @@ class TestSite:
         assert public - documented == set(), "add them to docs/reference.md"
         assert documented - public == set(), "not in a public module's __all__"
 
+    def test_pages_are_in_the_sites_syntax(self) -> None:
+        """No page is left in MkDocs-Material syntax (the build refuses it too)."""
+        for page in DOC_PAGES:
+            text = page.read_text(encoding="utf-8")
+            converted, problems = CONVERT.convert(text, page)
+            assert problems == [], f"{_shown(page)}: {problems}"
+            assert converted == text, (
+                f"{_shown(page)}: run `PYTHONPATH=src python docs/_tools/convert.py`"
+            )
+
     def test_no_page_cites_a_file_users_do_not_have(self) -> None:
         for page in PAGES:
             text = page.read_text(encoding="utf-8")
             assert "DESIGN.md" not in text, f"{_shown(page)}: the contract is docs/contract.md"
+
+
+class TestConvert:
+    """docs/_tools/convert.py: pages written for MkDocs-Material -> MyST, mechanically."""
+
+    OLD = (
+        "# Page\n\n!!! note\n    Plain box.\n\n"
+        '* item\n\n    !!! warning "Leaving *stops* them"\n'
+        "        Body with code:\n\n        ```python\n        x = 1\n        ```\n\n"
+        "    After the box.\n\n"
+        "::: stopscope.TaskScope\n\n::: stopscope.run\n\n"
+        "::: stopscope.testing.StopRequirementError\n\n"
+        "![plot](benchmarks/results/stop_latency.png)\n\n"
+        "```text\n!!! note\n::: stopscope.run\n```\n"
+    )
+
+    def test_converts_boxes_sections_and_pictures(self) -> None:
+        new, problems = CONVERT.convert(self.OLD, ROOT / "docs" / "how-to" / "page.md")
+        assert problems == []
+        assert "```{note}\nPlain box.\n```" in new
+        assert (
+            "    ````{admonition} Leaving *stops* them\n    :class: warning\n"
+            "    Body with code:\n\n    ```python\n    x = 1\n    ```\n    ````\n\n"
+            "    After the box." in new
+        )
+        assert "```{eval-rst}\n.. autoclass:: stopscope.TaskScope\n   :no-index:\n```" in new
+        assert ".. autofunction:: stopscope.run\n" in new
+        assert ".. autoexception:: stopscope.testing.StopRequirementError\n" in new
+        assert "![plot](../../benchmarks/results/stop_latency.png)" in new
+        assert new.endswith("```text\n!!! note\n::: stopscope.run\n```\n")  # code stays
+        again, _ = CONVERT.convert(new, ROOT / "docs" / "how-to" / "page.md")
+        assert again == new
+
+    def test_a_title_with_code_gets_a_tilde_fence(self) -> None:
+        new, _ = CONVERT.convert('!!! note "`f()` is for threads"\n    Body.\n', ROOT / "x.md")
+        assert new == "~~~{admonition} `f()` is for threads\n:class: note\nBody.\n~~~\n"
+
+    def test_reference_page_entries_are_the_index(self) -> None:
+        new, _ = CONVERT.convert("::: stopscope.run\n", ROOT / "docs" / "reference.md")
+        assert new == "```{eval-rst}\n.. autofunction:: stopscope.run\n```\n"
+
+    def test_what_needs_a_person_is_reported(self) -> None:
+        text = 'A line {: .wide }\n\n<div markdown="1">\n\n::: stopscope.run\n    options: x\n'
+        _, problems = CONVERT.convert(text, ROOT / "docs" / "page.md")
+        assert [line for line, _ in problems] == [1, 3, 6]
 
 
 class TestExtractor:
@@ -333,6 +415,16 @@ class TestExtractor:
         assert blocks[0].code == "x = 1\n"
         assert [p.code for p in blocks[0].continued_by] == ["y = x + 1\n"]
         assert blocks[0].continued_by[0].line == 11
+
+    def test_blocks_inside_boxes_are_found(self, tmp_path: Path) -> None:
+        page = tmp_path / "page.md"
+        page.write_text(
+            "````{note}\n```python\nx = 1\n```\n````\n\n"
+            "~~~{admonition} `f()` title\n:class: warning\n```python\ny = 2\n```\n~~~\n\n"
+            "```{eval-rst}\n.. autofunction:: stopscope.run\n```\n\n```python\nz = 3\n```\n",
+            encoding="utf-8",
+        )
+        assert [b.code for b in extract(page)] == ["x = 1\n", "y = 2\n", "z = 3\n"]
 
     def test_stray_directive_is_an_error(self, tmp_path: Path) -> None:
         page = tmp_path / "page.md"
