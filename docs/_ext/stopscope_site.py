@@ -14,6 +14,8 @@
   ``.testing``).
 * A picture links to itself at full size (the benchmark plot has an 11-series legend
   that the page's column is too narrow for).
+* A table of five columns or more is marked ``wide`` (the comparison's features table),
+  and docs/_static/site.css lets it use the room beside the text column.
 * An inline path to a file of the repository (```examples/service.py```) links to
   the page that shows that file; a path to a file that does not exist is an error.
 """
@@ -133,6 +135,18 @@ class FullSizePictures(SphinxTransform):
                 image["width"] = "100%"
 
 
+class WideTables(SphinxTransform):
+    """Mark a table of many columns ``wide``: docs/_static/site.css gives it more room."""
+
+    default_priority = 500
+    columns = 5
+
+    def apply(self, **kwargs: Any) -> None:
+        for group in self.document.findall(nodes.tgroup):
+            if int(group.get("cols", 0)) >= self.columns:
+                group.parent["classes"].append("wide")
+
+
 class LinkRepositoryPaths(SphinxPostTransform):
     """``examples/x.py`` in inline code -> a link to the section that shows the file."""
 
@@ -171,5 +185,6 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.connect("env-updated", _api_anchors)
     app.connect("missing-reference", _public_name)
     app.add_transform(FullSizePictures)
+    app.add_transform(WideTables)
     app.add_post_transform(LinkRepositoryPaths)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
