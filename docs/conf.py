@@ -38,9 +38,9 @@ exclude_patterns = ["_ext", "_tools", "_inventories", "_static"]
 nitpicky = True
 nitpick_ignore_regex = [
     # names of type annotations that exist only for the type checker
-    ("py:class", r"PosArgsT|StrOrBytesPath|Process|(stopscope\._\w+\.)?T"),
+    ("py:class", r"(.*\.)?(PosArgsT|StrOrBytesPath|Process|T)|typing_extensions\..*"),
     # a Literal alias (TaskRecord.phase) and private classes in signatures
-    ("py:class", r"Phase|stopscope\._.*"),
+    ("py:class", r"Phase|stopscope\.(\w+\.)*_.*"),
     # the servers' own config classes (uvicorn's docs have no inventory)
     ("py:class", r"(uvicorn|hypercorn)\..*"),
     # a constant that run()'s docstring names but stopscope does not export (yet)

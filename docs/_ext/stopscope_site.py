@@ -94,13 +94,12 @@ def _api_anchors(app: Sphinx, env: Any) -> list[str]:
     """``reference.md#stopscope.StopSignal`` links, as the pages wrote them for MkDocs.
 
     An API entry's anchor is its full name; this makes it a target Markdown links can
-    name (MyST checks the anchors of links between pages, and knows only headings and
-    labels).
+    name (MyST checks the anchors of links between pages against the headings it saw).
     """
-    anonlabels = env.get_domain("std").anonlabels
     for name, entry in env.get_domain("py").objects.items():
         if not entry.aliased:
-            anonlabels.setdefault(name, (entry.docname, entry.node_id))
+            slugs = env.metadata[entry.docname].setdefault("myst_slugs", {})
+            slugs.setdefault(name, (None, entry.node_id, name))
     return []
 
 
