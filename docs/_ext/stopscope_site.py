@@ -85,7 +85,7 @@ def _refuse_material_syntax(app: Sphinx, docname: str, source: list[str]) -> Non
             continue
         if fence is None and _MATERIAL.match(line):
             logger.warning(
-                "MkDocs-Material syntax %r: run `python docs/_tools/convert.py %s`",
+                "MkDocs-Material syntax %r: run `PYTHONPATH=src python docs/_tools/convert.py %s`",
                 stripped[:40], path.relative_to(ROOT), location=(docname, n),
             )
 
