@@ -107,6 +107,7 @@ site_nav: list[tuple[str, list[tuple[str, str]]]] = [
     ]),
     ("The project", [
         ("Examples", "examples"),
+        ("Benchmark scripts and results", "benchmark-files"),
         ("Changelog", "changelog"),
     ]),
 ]

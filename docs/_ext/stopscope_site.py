@@ -16,8 +16,9 @@
   that the page's column is too narrow for).
 * A table of five columns or more is marked ``wide`` (the comparison's features table),
   and docs/_static/site.css lets it use the room beside the text column.
-* An inline path to a file of the repository (```examples/service.py```) links to
-  the page that shows that file; a path to a file that does not exist is an error.
+* An inline path to a file of ``examples/`` or ``benchmarks/`` (```examples/service.py```)
+  links to the section that shows that file; a path to a file that does not exist, or
+  that no page shows, is an error.
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ from sphinx.util import logging
 logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
 
-#: the repository folders whose files have a page that shows them (docs/examples.md)
-SHOWN_FOLDERS = ("examples",)
-_PATH = re.compile(r"^(?P<path>(?:" + "|".join(SHOWN_FOLDERS) + r")/[\w.-]+\.py)\b")
+#: the repository folders whose files have a page that shows them (docs/examples.md,
+#: docs/benchmark-files.md), each file under a label made by ``file_label()``
+SHOWN_FOLDERS = ("examples", "benchmarks")
+_PATH = re.compile(r"^(?P<path>(?:" + "|".join(SHOWN_FOLDERS) + r")/[\w/-]+(?:\.\w+)+)(?:$|\s)")
 
 _MATERIAL = re.compile(
     r"^(?P<what>[ \t]*(?:!!!|\?\?\?\+?)[ \t]+\w+|::: [\w.]+[ \t]*$|.*\{:[ \t]*[.#][^}]*\}"
@@ -54,9 +56,9 @@ def slugify(text: str) -> str:
     return re.sub(r"[-\s]+", "-", ascii_text)
 
 
-def example_label(path: str) -> str:
-    """The label of the section of docs/examples.md that shows ``path``."""
-    return "file-" + path.replace("/", "-").replace(".", "-").replace("_", "-")
+def file_label(path: str) -> str:
+    """The label of the section that shows the repository file ``path``."""
+    return "file-" + re.sub(r"[/._]+", "-", path).lower()
 
 
 def _add_navigation(app: Sphinx, docname: str, source: list[str]) -> None:
@@ -147,7 +149,8 @@ class WideTables(SphinxTransform):
 
 
 class LinkRepositoryPaths(SphinxPostTransform):
-    """``examples/x.py`` in inline code -> a link to the section that shows the file."""
+    """``examples/x.py`` in inline code (alone, or before arguments) -> a link to the
+    section that shows the file."""
 
     default_priority = 100
 
@@ -163,10 +166,11 @@ class LinkRepositoryPaths(SphinxPostTransform):
             if not (ROOT / path).is_file():
                 logger.warning("%s does not exist in the repository", path, location=literal)
                 continue
-            target = labels.get(example_label(path))
+            target = labels.get(file_label(path))
             if target is None:
-                logger.warning("no page shows %s: add it to docs/examples.md", path,
-                               location=literal)
+                logger.warning("no page shows %s: add a section labelled (%s)= to "
+                               "docs/examples.md or docs/benchmark-files.md", path,
+                               file_label(path), location=literal)
                 continue
             docname, anchor, _ = target
             if docname == self.env.docname:
