@@ -170,3 +170,79 @@ class TestLibraryFrames:
         on_asyncio, on_trio = run.stdout.splitlines()
         assert on_asyncio == "`await signal.wait()` (probe_both.py:9, in worker)"
         assert on_trio == on_asyncio
+
+
+async def steps(signal: StopSignal, count: int) -> None:
+    """Finishes by itself after *count* scheduling points (and ignores the signal)."""
+    for _ in range(count):
+        await anyio.lowlevel.checkpoint()
+
+
+class TestMessages:
+    async def test_one_point_is_singular(self) -> None:
+        result = await explore(lambda: Scenario(steps, 0), within=1.0)
+        assert str(result) == (
+            "steps: every stop point passed (1 stop point; the worker ran out of scheduling points)"
+        )
+        finished = result.runs[0]
+        assert finished.points == 0
+
+        one = await explore(lambda: Scenario(steps, 1), within=1.0, points=[1])
+        assert one.runs[0].points == 1
+        ended = await explore(lambda: Scenario(raises_when_done), within=1.0, points=[2, 9])
+        assert "; point 2 passes" in ended.describe()
+
+    async def test_points_asked_for_are_not_the_limit(self) -> None:
+        result = await explore(lambda: Scenario(steps, 100), within=1.0, points=[3, 7])
+        assert result.points == (3, 7)
+        assert str(result) == (
+            "steps: every stop point passed (2 stop points; only the points asked for)"
+        )
+        sampled = await explore(
+            lambda: Scenario(steps, 100), within=1.0, sample=2, seed=1, max_points=50
+        )
+        assert str(sampled).endswith("(2 stop points (seed 1); drawn from points 0-50)")
+
+
+class TestPytestOutput:
+    def test_the_kits_frames_are_hidden(self, tmp_path: Path) -> None:
+        (tmp_path / "test_worker.py").write_text(
+            textwrap.dedent(
+                """
+                import anyio
+                import pytest
+
+                pytestmark = pytest.mark.anyio
+
+                @pytest.fixture
+                def anyio_backend():
+                    return "trio"
+
+                async def deaf(signal):
+                    await anyio.sleep_forever()
+
+                async def test_probe(stop_kit):
+                    result = await stop_kit.probe(deaf, grace=0.01)
+                    result.assert_no_cancellation()
+
+                async def test_explore(stop_kit):
+                    from stopscope.testing import Scenario
+
+                    result = await stop_kit.explore(lambda: Scenario(deaf), within=0.01)
+                    result.assert_ok()
+                """
+            )
+        )
+        run = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_worker.py"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert run.returncode == 1, run.stdout + run.stderr
+        assert "2 failed" in run.stdout, run.stdout
+        assert "the worker needed cancellation" in run.stdout
+        assert "result.assert_no_cancellation()" in run.stdout  # the user's line is shown
+        assert "_probe.py" not in run.stdout  # the kit's own frames are not

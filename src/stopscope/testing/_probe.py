@@ -368,6 +368,11 @@ class _TrioInstrument:
 # -------------------------------------------------------------------------- results
 
 
+def _count(number: int, noun: str) -> str:
+    """``1 stop point``, ``2 stop points``."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.3g} ms" if seconds < 1 else f"{seconds:.3g} s"
 
@@ -390,7 +395,9 @@ class ProbeResult:
     moment: str
     #: the scheduling point after which the stop landed (``None``: not by point)
     point: int | None
-    #: whether a stop was requested at all (``False``: the worker finished first)
+    #: whether the stop landed at the moment asked for (``False``: the worker finished
+    #: first, or never reached the point and was stopped after *idle* seconds only to
+    #: end the run)
     requested: bool
     #: how the worker ended, as the scope's report says
     outcome: Outcome
@@ -404,7 +411,8 @@ class ProbeResult:
     grace: float | None
     #: the stop latency the test requires (``None``: none given)
     within: float | None
-    #: scheduling points the worker went through before the stop landed (or in all)
+    #: how many scheduling points the worker went through before the stop landed (or
+    #: in all); a count, unlike :attr:`Exploration.points`
     points: int
     #: where the worker was when the stop landed (a formatted stack)
     stack_at_stop: str = field(repr=False)
@@ -465,9 +473,8 @@ class ProbeResult:
         lines = [f"{self.worker} on {self.backend} ({clock} time), stop requested {self.moment}:"]
         if not self.requested and not self._waited:
             ended = "finished" if self.outcome is Outcome.FINISHED else "raised"
-            lines.append(
-                f"  the worker {ended} after {self.points} scheduling points, before any stop"
-            )
+            points = _count(self.points, "scheduling point")
+            lines.append(f"  the worker {ended} after {points}, before any stop")
         elif not self.requested:
             lines.append(
                 f"  after its scheduling point {self.points} the worker waited for something "
@@ -485,11 +492,13 @@ class ProbeResult:
         return "\n".join(lines)
 
     def _check(self, failures: Sequence[str]) -> None:
+        __tracebackhide__ = True  # pytest: the failure is the caller's line
         if failures:
             raise StopRequirementError("\n".join([*failures, "", self.describe()]))
 
     def assert_stopped_within(self, seconds: float) -> None:
         """Fail unless the worker exited by itself within *seconds* of the stop request."""
+        __tracebackhide__ = True
         if self.needed_cancellation:
             self._check(self.failures[:1])
         if self.latency is not None and self.latency > seconds:
@@ -498,16 +507,19 @@ class ProbeResult:
 
     def assert_no_cancellation(self) -> None:
         """Fail if the worker had to be cancelled (or swallowed the cancellation)."""
+        __tracebackhide__ = True
         if self.needed_cancellation:
             self._check(self.failures[:1])
 
     def assert_no_error(self) -> None:
         """Fail if the worker raised."""
+        __tracebackhide__ = True
         if self.error is not None:
             self._check([f"the worker raised {type(self.error).__name__}: {self.error}"])
 
     def assert_ok(self) -> None:
         """Fail with every miss: latency over ``within``, cancellation, error, invariants."""
+        __tracebackhide__ = True
         self._check(self.failures)
 
     def __str__(self) -> str:
@@ -527,11 +539,12 @@ class Exploration:
     runs: tuple[ProbeResult, ...]
     #: the first run that missed the requirement, if any
     failure: ProbeResult | None
-    #: whether the worker ran out of scheduling points before the limit
+    #: whether the worker ran out of scheduling points before the last point planned
     exhausted: bool
-    #: the highest point that could have been tried
+    #: the highest point that could have been tried (``max_points``)
     limit: int
-    #: the seed of the random mode (``None``: every point in order)
+    #: the seed of the random mode (``None``: not sampled, every point in order or the
+    #: points asked for)
     seed: int | None
     #: how to run only the failing point again
     replay: str | None
@@ -548,18 +561,25 @@ class Exploration:
     def describe(self) -> str:
         """The exploration in words; for a failure, the failing run and how to replay it."""
         tried = self.points
-        span = f"{len(tried)} stop points" + (
+        span = _count(len(tried), "stop point") + (
             f" (seed {self.seed})" if self.seed is not None else ""
         )
-        end = (
-            "the worker ran out of scheduling points"
-            if self.exhausted
-            else f"stopped at the limit of {self.limit} points"
-        )
+        if self.exhausted:
+            end = "the worker ran out of scheduling points"
+        elif self.seed is not None:
+            end = f"drawn from points 0-{self.limit}"
+        elif tried == tuple(range(self.limit + 1)):
+            end = f"stopped at the limit of {_count(self.limit, 'point')}"
+        else:
+            end = "only the points asked for"
         if self.failure is None:
             return f"{self.worker}: every stop point passed ({span}; {end})"
         before = [p for p in tried if p != self.failure.point]
-        passed = f"; points {_ranges(before)} pass" if before else ""
+        passed = ""
+        if len(before) == 1:
+            passed = f"; point {before[0]} passes"
+        elif before:
+            passed = f"; points {_ranges(before)} pass"
         if self.failure.point is not None:
             headline = (
                 f"{self.worker} fails when the stop lands at scheduling point "
@@ -574,6 +594,7 @@ class Exploration:
 
     def assert_ok(self) -> None:
         """Fail with the first failing point, its stack, and how to replay it."""
+        __tracebackhide__ = True
         if self.failure is not None:
             raise StopRequirementError(self.describe())
 
