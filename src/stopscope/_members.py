@@ -28,6 +28,8 @@ Two options of process members serve orchestrators (the why of the code below):
 from __future__ import annotations
 
 import contextvars
+import functools
+import inspect
 import os
 import shlex
 import shutil
@@ -103,11 +105,42 @@ def start_thread(
     grace: float | None,
 ) -> None:
     """:meth:`TaskScope.start_thread`: a member task that runs ``func`` in a thread."""
-    if not callable(func):
-        raise TypeError(f"start_thread() needs a callable, got {func!r}")
+    _check_thread_function(func)
     label = _callable_name(func) if name is None else str(name)
     call = _ThreadCall(func, scope._member_signal, args, label)
     scope.start_soon(_run_thread, call, name=label, grace=grace)
+
+
+def _check_thread_function(func: object) -> None:
+    """Refuse what cannot run in a thread: a non-callable, a coroutine object, and an
+    async function (its call would only make a coroutine that nobody awaits)."""
+    if inspect.iscoroutine(func):
+        raise TypeError(
+            "start_thread() takes a plain function and its arguments, not a coroutine "
+            "object; for async code use start_soon(fn, arg)"
+        )
+    if not callable(func):
+        raise TypeError(f"start_thread() needs a callable, got {func!r}")
+    if _is_async_callable(func):
+        raise TypeError(
+            f"start_thread() runs a plain function in a thread, and "
+            f"{_callable_name(func)} is an async function: start it with "
+            f"scope.start_soon() instead (or call it through anyio.from_thread.run() "
+            f"from a plain function)"
+        )
+
+
+def _is_async_callable(func: object) -> bool:
+    """Whether calling ``func`` makes a coroutine or an async generator: an async
+    function, a partial of one, or an object whose ``__call__`` is one."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    if inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func):
+        return True
+    if inspect.isfunction(func) or inspect.ismethod(func) or isinstance(func, type):
+        return False
+    call = type(func).__call__
+    return inspect.iscoroutinefunction(call) or inspect.isasyncgenfunction(call)
 
 
 async def start_process(
@@ -155,9 +188,29 @@ def _flag(value: object, name: str) -> bool:
 
 
 class _ThreadCall:
-    """One call of a thread member's function, and whether it was left behind."""
+    """One call of a thread member's function, and who takes its result.
 
-    __slots__ = ("args", "func", "lock", "name", "signal", "state", "thread")
+    The thread and the member task settle, under ``lock``, which of them owns the end
+    of the call.  The thread finishes ``running -> done`` and keeps what the function
+    returned or raised; the member task, once cancelled, calls :meth:`abandon`.  If
+    the thread is still running, it is left behind (``abandoned``) and owns its result:
+    it logs an error, since nobody awaits it.  If it is ``done``, the member owns the
+    result even though anyio dropped it (``abandon_on_cancel`` drops a result that was
+    not delivered before the cancellation): a thread that raised fails the member, one
+    that returned counts as returned.  So an error comes out once, whatever the race.
+    """
+
+    __slots__ = (
+        "args",
+        "error",
+        "func",
+        "lock",
+        "name",
+        "signal",
+        "state",
+        "stopped",
+        "thread",
+    )
 
     def __init__(
         self,
@@ -174,6 +227,10 @@ class _ThreadCall:
         # queued -> running -> done, or queued -> skipped, or running -> abandoned -> done
         self.state = "queued"
         self.thread: threading.Thread | None = None
+        #: what the function raised (kept only if the thread was not abandoned)
+        self.error: BaseException | None = None
+        #: whether the member's signal was set when the function ended
+        self.stopped = False
 
     def __call__(self) -> object:
         """Runs in the worker thread."""
@@ -185,41 +242,65 @@ class _ThreadCall:
             self.thread = thread
         old_name = thread.name
         thread.name = f"stopscope: {self.name}"
-        failed = True
+        result: object = None
+        error: BaseException | None = None
         try:
             result = self.func(self.signal, *self.args)
-            failed = False
-            return result
-        except BaseException:
-            with self.lock:
-                abandoned = self.state == "abandoned"
-            if not abandoned:
-                raise
-            # nobody awaits an abandoned thread: log its error, or it would be lost
-            logger.exception("abandoned thread member %r raised", self.name)
-            return None
+            if inspect.iscoroutine(result) or inspect.isasyncgen(result):
+                error = _made_async(result, self.func)
+                result = None
+        except BaseException as exc:
+            error = exc
         finally:
             thread.name = old_name
-            with self.lock:
-                abandoned = self.state == "abandoned"
-                self.state = "done"
-            if abandoned:
-                _abandoned_threads.pop(thread, None)
-                if not failed:
-                    logger.info("abandoned thread member %r returned after all", self.name)
+        stopped = self.signal.is_set()
+        with self.lock:
+            abandoned = self.state == "abandoned"
+            self.state = "done"
+            if not abandoned:
+                self.error, self.stopped = error, stopped
+        if abandoned:
+            _abandoned_threads.pop(thread, None)
+            if error is not None:
+                # nobody awaits an abandoned thread: log its error, or it would be lost
+                logger.error("abandoned thread member %r raised", self.name, exc_info=error)
+            else:
+                logger.info("abandoned thread member %r returned after all", self.name)
+            return None
+        if error is not None:
+            try:
+                raise error
+            finally:
+                del error  # no cycle through this frame
+        return result
 
-    def abandon(self) -> bool:
-        """The member was cancelled: leave the thread behind if it is running."""
+    def abandon(self) -> str:
+        """The member was cancelled: leave the thread behind if it is still running.
+
+        :return: the state that decides the member: ``"abandoned"`` (left running),
+            ``"done"`` (it had ended: see ``error`` and ``stopped``) or ``"skipped"``
+            (it never started)
+        """
         with self.lock:
             if self.state == "queued":
                 self.state = "skipped"
-                return False
-            if self.state != "running":
-                return False
-            self.state = "abandoned"
-            assert self.thread is not None
-            _abandoned_threads[self.thread] = self.name
-            return True
+            elif self.state == "running":
+                self.state = "abandoned"
+                assert self.thread is not None
+                _abandoned_threads[self.thread] = self.name
+            return self.state
+
+
+def _made_async(result: object, func: Callable[..., object]) -> TypeError:
+    """The error for a thread function that returned a coroutine (an async callable
+    that :func:`start_thread` could not tell from a plain one, a lambda around one)."""
+    close = getattr(result, "close", None)
+    if inspect.iscoroutine(result) and close is not None:
+        close()  # no "never awaited" warning on top of the error
+    return TypeError(
+        f"the thread member's function {_callable_name(func)} returned {result!r}: "
+        f"async code cannot run in a thread; start it with scope.start_soon() instead"
+    )
 
 
 async def _run_thread(call: _ThreadCall) -> None:
@@ -230,8 +311,10 @@ async def _run_thread(call: _ThreadCall) -> None:
         await anyio.to_thread.run_sync(
             call, abandon_on_cancel=True, limiter=anyio.CapacityLimiter(1)
         )
+        return
     except anyio.get_cancelled_exc_class():
-        if call.abandon():
+        state = call.abandon()
+        if state == "abandoned":
             record.outcome = Outcome.ABANDONED
             logger.warning(
                 "thread member %r ignored its stop and was abandoned (a thread cannot be "
@@ -239,7 +322,23 @@ async def _run_thread(call: _ThreadCall) -> None:
                 call.name,
                 _thread_stack(call.thread),
             )
+        elif state == "done" and call.error is None:
+            # it returned before the cancellation reached its member, and a thread is
+            # never interrupted: nothing of it was cut
+            record.outcome = Outcome.STOPPED if call.stopped else Outcome.FINISHED
+        if state != "done" or call.error is None:
+            raise
+    except BaseException:
+        call.error = None  # delivered by anyio: raised once, and no cycle through it
         raise
+    # the thread raised before the cancellation reached its member: its error, not
+    # the cancellation, ends the member (anyio dropped it; raised here, it comes out once)
+    error, call.error = call.error, None
+    assert error is not None
+    try:
+        raise error
+    finally:
+        del error
 
 
 def _thread_stack(thread: threading.Thread | None) -> str:

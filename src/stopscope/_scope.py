@@ -473,6 +473,8 @@ class TaskScope:
         :param name: the member's name (default: the function's qualified name); the
             thread is named after it while ``func`` runs
         :param grace: a shorter grace period for this member
+        :raises TypeError: if ``func`` is not callable, or is an async function (use
+            :meth:`start_soon`)
         """
         _members.start_thread(self, func, args, name, grace)
 
@@ -942,8 +944,10 @@ class TaskScope:
     def _member_cancelled(self, member: _Member, exc: BaseException) -> None:
         if self._cancelled_by_us(member):
             # ours: the grace ran out (or a BaseException stopped the scope at once)
-            if not self._hard and member.record.outcome is not Outcome.ABANDONED:
-                self._warn_cancelled(member, exc)  # a thread logs its own
+            # a member that judged itself (a thread: abandoned, or it had returned
+            # before the cancellation reached it) logs its own, or has nothing to say
+            if not self._hard and member.record.outcome in (Outcome.RUNNING, Outcome.CANCELLED):
+                self._warn_cancelled(member, exc)
         else:
             self._cancelled_by_others(member)
 

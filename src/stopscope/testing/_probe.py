@@ -119,26 +119,35 @@ def _callable_name(func: object) -> str:
 # -------------------------------------------------------------------------- stacks
 
 
+#: libraries whose frames are not the user's, when they are imported (they may be
+#: imported after the kit's first use: trio by a later test, looptime by virtual time)
+_OPTIONAL_LIBRARIES: Final = ("trio", "outcome", "sniffio", "exceptiongroup", "looptime")
+
+
 def _library_dirs() -> tuple[str, ...]:
     import stopscope
 
     dirs = {os.path.dirname(m.__file__ or "") for m in (anyio, asyncio, stopscope)}
-    for name in ("trio", "outcome", "sniffio", "exceptiongroup", "looptime"):
+    for name in _OPTIONAL_LIBRARIES:
         module = sys.modules.get(name)
         if module is not None and getattr(module, "__file__", None):
             dirs.add(os.path.dirname(module.__file__ or ""))
     return tuple(sorted(d + os.sep for d in dirs if d))
 
 
-_LIBRARY_DIRS: tuple[str, ...] | None = None
+#: which of the optional libraries were imported, and the library dirs for that
+_library_cache: tuple[tuple[bool, ...], tuple[str, ...]] | None = None
 _STDLIB_FILES: Final = {contextlib.__file__}
 
 
 def _is_library(filename: str) -> bool:
-    global _LIBRARY_DIRS
-    if _LIBRARY_DIRS is None:
-        _LIBRARY_DIRS = _library_dirs()
-    return filename in _STDLIB_FILES or filename.startswith(_LIBRARY_DIRS)
+    global _library_cache
+    modules = sys.modules
+    imported = tuple(name in modules for name in _OPTIONAL_LIBRARIES)
+    cache = _library_cache
+    if cache is None or cache[0] != imported:
+        cache = _library_cache = (imported, _library_dirs())
+    return filename in _STDLIB_FILES or filename.startswith(cache[1])
 
 
 def _capture(coro: object) -> _Stack:
@@ -205,6 +214,7 @@ class _Tracer:
         "exited",
         "grace",
         "last",
+        "last_at",
         "now",
         "points",
         "raised",
@@ -232,6 +242,7 @@ class _Tracer:
         self.points = 0
         self.stop_points: int | None = None
         self.last: _Stack = []
+        self.last_at = now()  # when the worker last suspended (or the run started)
         self.stop_time: float | None = None
         self.stop_stack: _Stack | None = None
         self.stuck_stack: _Stack | None = None
@@ -247,6 +258,7 @@ class _Tracer:
             return
         self.points += 1
         self.last = _capture(self.coro)
+        self.last_at = self.now()
         if self.points == self.target and self.stop_time is None:
             self.request_stop(f"stopscope.testing: stop at scheduling point {self.points}")
 
@@ -356,6 +368,11 @@ class _TrioInstrument:
 # -------------------------------------------------------------------------- results
 
 
+def _count(number: int, noun: str) -> str:
+    """``1 stop point``, ``2 stop points``."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.3g} ms" if seconds < 1 else f"{seconds:.3g} s"
 
@@ -378,7 +395,9 @@ class ProbeResult:
     moment: str
     #: the scheduling point after which the stop landed (``None``: not by point)
     point: int | None
-    #: whether a stop was requested at all (``False``: the worker finished first)
+    #: whether the stop landed at the moment asked for (``False``: the worker finished
+    #: first, or never reached the point and was stopped after *idle* seconds only to
+    #: end the run)
     requested: bool
     #: how the worker ended, as the scope's report says
     outcome: Outcome
@@ -392,7 +411,8 @@ class ProbeResult:
     grace: float | None
     #: the stop latency the test requires (``None``: none given)
     within: float | None
-    #: scheduling points the worker went through before the stop landed (or in all)
+    #: how many scheduling points the worker went through before the stop landed (or
+    #: in all); a count, unlike :attr:`Exploration.points`
     points: int
     #: where the worker was when the stop landed (a formatted stack)
     stack_at_stop: str = field(repr=False)
@@ -408,6 +428,9 @@ class ProbeResult:
     where_at_stop: str
     #: the worker's line when its grace period ran out, in short, if it was still running
     where_at_grace: str | None
+    #: the worker never reached the point of the run: it waited *idle* seconds without
+    #: a scheduling point, and was stopped only to end the run
+    _waited: bool = field(default=False, repr=False)
 
     @property
     def needed_cancellation(self) -> bool:
@@ -448,10 +471,10 @@ class ProbeResult:
         """The run in words: how the stop was requested, what went wrong, and where."""
         clock = "virtual" if self.virtual else "real"
         lines = [f"{self.worker} on {self.backend} ({clock} time), stop requested {self.moment}:"]
-        if not self.requested and self.outcome is Outcome.FINISHED:
-            lines.append(
-                f"  the worker finished after {self.points} scheduling points, before any stop"
-            )
+        if not self.requested and not self._waited:
+            ended = "finished" if self.outcome is Outcome.FINISHED else "raised"
+            points = _count(self.points, "scheduling point")
+            lines.append(f"  the worker {ended} after {points}, before any stop")
         elif not self.requested:
             lines.append(
                 f"  after its scheduling point {self.points} the worker waited for something "
@@ -469,11 +492,13 @@ class ProbeResult:
         return "\n".join(lines)
 
     def _check(self, failures: Sequence[str]) -> None:
+        __tracebackhide__ = True  # pytest: the failure is the caller's line
         if failures:
             raise StopRequirementError("\n".join([*failures, "", self.describe()]))
 
     def assert_stopped_within(self, seconds: float) -> None:
         """Fail unless the worker exited by itself within *seconds* of the stop request."""
+        __tracebackhide__ = True
         if self.needed_cancellation:
             self._check(self.failures[:1])
         if self.latency is not None and self.latency > seconds:
@@ -482,16 +507,19 @@ class ProbeResult:
 
     def assert_no_cancellation(self) -> None:
         """Fail if the worker had to be cancelled (or swallowed the cancellation)."""
+        __tracebackhide__ = True
         if self.needed_cancellation:
             self._check(self.failures[:1])
 
     def assert_no_error(self) -> None:
         """Fail if the worker raised."""
+        __tracebackhide__ = True
         if self.error is not None:
             self._check([f"the worker raised {type(self.error).__name__}: {self.error}"])
 
     def assert_ok(self) -> None:
         """Fail with every miss: latency over ``within``, cancellation, error, invariants."""
+        __tracebackhide__ = True
         self._check(self.failures)
 
     def __str__(self) -> str:
@@ -505,15 +533,18 @@ class Exploration:
 
     #: the worker's name
     worker: str
-    #: one result per point tried, up to the first failure
+    #: one result per point at which a stop landed, up to the first failure; a failing
+    #: run in which the worker ran out of points (it finished, or waited for ever,
+    #: before the run's point) comes last
     runs: tuple[ProbeResult, ...]
     #: the first run that missed the requirement, if any
     failure: ProbeResult | None
-    #: whether the worker ran out of scheduling points before the limit
+    #: whether the worker ran out of scheduling points before the last point planned
     exhausted: bool
-    #: the highest point that could have been tried
+    #: the highest point that could have been tried (``max_points``)
     limit: int
-    #: the seed of the random mode (``None``: every point in order)
+    #: the seed of the random mode (``None``: not sampled, every point in order or the
+    #: points asked for)
     seed: int | None
     #: how to run only the failing point again
     replay: str | None
@@ -530,29 +561,40 @@ class Exploration:
     def describe(self) -> str:
         """The exploration in words; for a failure, the failing run and how to replay it."""
         tried = self.points
-        span = f"{len(tried)} stop points" + (
+        span = _count(len(tried), "stop point") + (
             f" (seed {self.seed})" if self.seed is not None else ""
         )
-        end = (
-            "the worker ran out of scheduling points"
-            if self.exhausted
-            else f"stopped at the limit of {self.limit} points"
-        )
+        if self.exhausted:
+            end = "the worker ran out of scheduling points"
+        elif self.seed is not None:
+            end = f"drawn from points 0-{self.limit}"
+        elif tried == tuple(range(self.limit + 1)):
+            end = f"stopped at the limit of {_count(self.limit, 'point')}"
+        else:
+            end = "only the points asked for"
         if self.failure is None:
             return f"{self.worker}: every stop point passed ({span}; {end})"
         before = [p for p in tried if p != self.failure.point]
-        passed = f"; points {_ranges(before)} pass" if before else ""
-        lines = [
-            f"{self.worker} fails when the stop lands at scheduling point "
-            f"{self.failure.point}{passed}",
-            self.failure.describe(),
-        ]
+        passed = ""
+        if len(before) == 1:
+            passed = f"; point {before[0]} passes"
+        elif before:
+            passed = f"; points {_ranges(before)} pass"
+        if self.failure.point is not None:
+            headline = (
+                f"{self.worker} fails when the stop lands at scheduling point "
+                f"{self.failure.point}{passed}"
+            )
+        else:  # the run where it ran out of points: no stop landed at its point
+            headline = f"{self.worker} fails in a run its stop point never reached{passed}"
+        lines = [headline, self.failure.describe()]
         if self.replay:
             lines.append(f"replay just this run: {self.replay}")
         return "\n".join(lines)
 
     def assert_ok(self) -> None:
         """Fail with the first failing point, its stack, and how to replay it."""
+        __tracebackhide__ = True
         if self.failure is not None:
             raise StopRequirementError(self.describe())
 
@@ -717,18 +759,22 @@ async def _run(
         report=report,
         where_at_stop=_where(stop_stack),
         where_at_grace=None if stuck is None else _where(stuck),
+        _waited=tracer.unreached,
     )
 
 
 async def _until_point(tracer: _Tracer, idle: float) -> None:
     """Wait until the stop has landed at its point, or the worker exited; a worker
-    that goes *idle* seconds without a scheduling point waits for something only a
-    stop can end: it has no more points, and is stopped to end the run."""
+    that goes *idle* seconds without a scheduling point (counted from its last one,
+    or from the start of the run) waits for something only a stop can end: it has no
+    more points, and is stopped to end the run."""
     while not tracer.wake.is_set():
-        points = tracer.points
-        if not await tracer.wake.sleep(idle) and tracer.points == points:
+        quiet = tracer.now() - tracer.last_at
+        if quiet >= idle:
             tracer.unreached = True
             tracer.request_stop("stopscope.testing: no more scheduling points")
+            return
+        await tracer.wake.sleep(idle - quiet)
 
 
 def _scenario(
@@ -768,9 +814,10 @@ async def probe(
     :param after: request the stop after this many seconds (loop clock)
     :param grace: the scope's grace period (``None``: wait forever)
     :param within: the stop latency :meth:`ProbeResult.assert_ok` requires
-    :param idle: with *at_point*: seconds without a scheduling point after which the
-        worker is taken to wait for ever, and stopped (default: an hour of virtual
-        time, one second of real time); the result then says it never reached the point
+    :param idle: with *at_point*: seconds without a scheduling point (since the
+        worker's last one) after which the worker is taken to wait for ever, and
+        stopped (default: an hour of virtual time, one second of real time); the
+        result then says it never reached the point
     :raises ValueError: for a negative point or duration, or both *at_point* and *after*
     """
     scenario = _scenario(worker, args)
@@ -814,7 +861,9 @@ async def explore(
     *within* seconds, never needs cancellation, raises nothing, and every invariant
     holds.  Exploration ends at the first failing run, when the worker runs out of
     points (it finishes, or waits for something only a stop can end, for *idle*
-    seconds, before its N-th point), or after *max_points*.
+    seconds, before its N-th point), or after *max_points*.  The run in which it runs
+    out of points is checked too: what the worker raised there, and the invariants,
+    fail the exploration like any run's.
 
     :param setup: makes a fresh :class:`Scenario` for each run (plain or async)
     :param within: the longest stop latency allowed, in seconds (loop clock)
@@ -823,9 +872,9 @@ async def explore(
     :param points: try exactly these points (to replay one run: ``points=[7]``)
     :param sample: random mode: try this many points drawn from 0..*max_points*
     :param seed: the random mode's seed (default: a fresh one, shown in the report)
-    :param idle: seconds without a scheduling point after which a worker that has not
-        reached the run's point is taken to wait for ever (default: an hour of virtual
-        time, one second of real time)
+    :param idle: seconds without a scheduling point (since the worker's last one)
+        after which a worker that has not reached the run's point is taken to wait for
+        ever (default: an hour of virtual time, one second of real time)
     :raises ValueError: for a negative duration or limit, or *points* with *sample*
     """
     return await _explore(setup, within, grace, max_points, points, sample, seed, idle, None)
@@ -863,6 +912,7 @@ async def _explore(
         plan = list(range(limit + 1))
     runs: list[ProbeResult] = []
     failure: ProbeResult | None = None
+    failed_at = 0  # the point of the failing run
     exhausted = False
     name = "worker"
     for point in plan:
@@ -876,17 +926,22 @@ async def _explore(
             scenario, at_point=point, after=None, grace=grace, within=within_s, idle=idle
         )
         if not result.requested:
-            exhausted = True  # the worker finished before this point: no more points
+            # the worker finished (or waited for ever) before this point: no more
+            # points; but what it raised and the invariants count as in any run
+            exhausted = True
+            if not result.ok:
+                runs.append(result)
+                failure, failed_at = result, point
             break
         runs.append(result)
         if not result.ok:
-            failure = result
+            failure, failed_at = result, point
             break
     replay = None
     if failure is not None:
-        replay = f"explore(..., points=[{failure.point}])"
+        replay = f"explore(..., points=[{failed_at}])"
         if replay_hint:
-            replay = f"{replay_hint.format(point=failure.point)} (or {replay})"
+            replay = f"{replay_hint.format(point=failed_at)} (or {replay})"
     return Exploration(
         worker=name,
         runs=tuple(runs),
