@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import anyio
@@ -212,17 +213,21 @@ class TestDieWithParent:
                 parent.kill()
             parent.communicate(timeout=HANG_GUARD)
 
-    async def test_a_guarded_member_stops_as_usual(self) -> None:
+    @pytest.mark.parametrize("group", [True, False], ids=["group", "alone"])
+    async def test_a_guarded_member_stops_as_usual(self, group: bool) -> None:
         with anyio.fail_after(HANG_GUARD):
             async with TaskScope(grace=LONG_GRACE) as scope:
                 process = await scope.start_process(
                     ["sh", "-c", "echo $$; exec sleep 1000"],
                     name="guarded",
                     die_with_parent=True,
+                    process_group=group,
                     stdout=subprocess.PIPE,
                 )
                 assert await read_pid(process) == process.pid  # the launcher exec'd
+                (guard,) = children_of(process.pid)
             await process.aclose()
+            await gone(guard)  # the command is gone: so is its guard
         record = scope.report.by_name("guarded")
         assert record.outcome is Outcome.STOPPED
         assert record.exit_code == -signal.SIGTERM
@@ -242,20 +247,35 @@ class TestDieWithParent:
         assert scope.report.by_name("shell").outcome is Outcome.FINISHED
 
     async def test_sigpipe_is_not_ignored_in_the_command(self) -> None:
+        status = await self._signal_status(die_with_parent=True)
+        assert not int(status[b"SigIgn:"], 16) & (1 << (signal.SIGPIPE - 1))
+
+    @pytest.mark.parametrize("group", [True, False], ids=["group", "alone"])
+    async def test_the_command_gets_the_signal_state_an_unguarded_one_gets(
+        self, group: bool
+    ) -> None:
+        """The launcher blocks the stop signals around the guard's fork: the command
+        must not inherit that mask, nor the guard's ignored signals."""
+        guarded = await self._signal_status(die_with_parent=True, process_group=group)
+        plain = await self._signal_status(die_with_parent=False, process_group=group)
+        assert guarded == plain
+
+    @staticmethod
+    async def _signal_status(**options: bool) -> dict[bytes, bytes]:
+        """The command's blocked, ignored and caught signals, from /proc."""
         with anyio.fail_after(HANG_GUARD):
             async with TaskScope(grace=LONG_GRACE, stop_on_exit=False) as scope:
                 process = await scope.start_process(
-                    ["sh", "-c", "grep SigIgn /proc/self/status"],
-                    die_with_parent=True,
+                    ["sh", "-c", "exec grep -E '^Sig(Blk|Ign|Cgt):' /proc/self/status"],
                     stdout=subprocess.PIPE,
+                    **options,
                 )
                 assert process.stdout is not None
                 out = b""
                 async for chunk in process.stdout:
                     out += chunk
             await process.aclose()
-        ignored = int(out.split()[1], 16)
-        assert not ignored & (1 << (signal.SIGPIPE - 1))
+        return dict(line.split() for line in out.splitlines())
 
     async def test_a_missing_program_raises_at_once(self) -> None:
         async with TaskScope() as scope:
@@ -267,3 +287,126 @@ class TestDieWithParent:
 async def _bounded_gone(pid: int) -> None:
     with anyio.fail_after(HANG_GUARD):
         await gone(pid)
+
+
+# ------------------------------------------- the guard does not share the fate it watches
+
+#: a service whose process member ignores SIGHUP, SIGINT and SIGTERM; once the member
+#: runs, the service hangs in a blocking call (its loop never runs again), so only the
+#: guard can end the member.  argv: backend, group/alone, the member's grace.
+HUNG_SERVICE = textwrap.dedent(
+    """
+    import sys, time
+    import stopscope
+    from stopscope import StopSignal, TaskScope
+
+    CHILD = (
+        "import os, signal, time\\n"
+        "for name in ('SIGHUP', 'SIGINT', 'SIGTERM'):\\n"
+        "    signal.signal(getattr(signal, name), signal.SIG_IGN)\\n"
+        "print('child', os.getpid(), flush=True)\\n"
+        "time.sleep(3600)\\n"
+    )
+
+    async def main(signal: StopSignal) -> None:
+        async with TaskScope(signal=signal, grace=3600) as scope:
+            await scope.start_process(
+                [sys.executable, "-c", CHILD], name="stubborn", grace=float(sys.argv[3]),
+                die_with_parent=True, process_group=sys.argv[2] == "group",
+            )
+            print("hung", flush=True)
+            time.sleep(3600)
+
+    backend = sys.argv[1]
+    options = {"use_uvloop": True} if backend == "uvloop" else {}
+    stopscope.run(main, backend="trio" if backend == "trio" else "asyncio", backend_options=options)
+    """
+)
+
+#: the member's grace in HUNG_SERVICE: the guard's wait between SIGTERM and SIGKILL
+GUARD_GRACE = 0.5
+
+
+def children_of(pid: int) -> list[int]:
+    """The live processes whose parent is ``pid`` (through /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_bytes().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] not in (b"Z", b"X"):
+                found.append(int(entry))
+    return found
+
+
+def wait_gone(pid: int) -> None:
+    deadline = time.monotonic() + HANG_GUARD
+    while alive(pid):
+        assert time.monotonic() < deadline, f"pid {pid} is still alive"
+        time.sleep(0.01)
+
+
+def kill_service(service: subprocess.Popen[bytes], how: str) -> None:
+    """End a service started in a session of its own as a terminal or supervisor would."""
+    if how == "sigkill":
+        service.kill()
+    elif how == "sighup-to-group":  # the terminal closed
+        os.killpg(service.pid, signal.SIGHUP)
+    else:  # Ctrl-C, then the hung service is SIGKILLed
+        assert how == "sigint-to-group-then-sigkill"
+        os.killpg(service.pid, signal.SIGINT)
+        service.kill()
+
+
+class TestTheGuardOutlivesWhatItWatches:
+    """Issue 15, items 4 and 5: the command ignores SIGTERM, SIGINT and SIGHUP, and the
+    service dies in each way a terminal or a supervisor ends it; the guard must still
+    SIGKILL the command after the member's grace, then exit itself."""
+
+    @pytest.mark.parametrize("backend", ["asyncio", "uvloop", "trio"])
+    @pytest.mark.parametrize("group", ["group", "alone"])
+    @pytest.mark.parametrize("how", ["sigkill", "sighup-to-group", "sigint-to-group-then-sigkill"])
+    def test_a_stubborn_command_dies_after_its_service(
+        self, backend: str, group: str, how: str
+    ) -> None:
+        service = subprocess.Popen(
+            [sys.executable, "-c", HUNG_SERVICE, backend, group, str(GUARD_GRACE)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # the test owns the service's group
+        )
+        child = guard = None
+        try:
+            assert service.stdout is not None
+            lines: dict[str, str] = {}
+            while len(lines) < 2:
+                line = service.stdout.readline().decode()
+                assert line, service.communicate(timeout=HANG_GUARD)[1].decode()
+                word, _, rest = line.strip().partition(" ")
+                lines[word] = rest
+            child = int(lines["child"])
+            (guard,) = children_of(child)
+            # the command keeps the group it was asked for; the guard has a session
+            # of its own, out of reach of any group's signals
+            expected_group = child if group == "group" else service.pid
+            assert os.getpgid(child) == expected_group
+            assert os.getsid(guard) == guard
+
+            kill_service(service, how)
+            service.wait(HANG_GUARD)
+            wait_gone(child)
+            wait_gone(guard)  # its job done, it does not linger
+        finally:
+            for pid in (child, guard):
+                if pid is not None and alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+            with suppress(ProcessLookupError):
+                os.killpg(service.pid, signal.SIGKILL)
+            if group == "group" and child is not None:
+                with suppress(ProcessLookupError):
+                    os.killpg(child, signal.SIGKILL)
+            if service.poll() is None:
+                service.kill()
+            service.communicate(timeout=HANG_GUARD)

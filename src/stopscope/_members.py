@@ -20,9 +20,12 @@ Two options of process members serve orchestrators (the why of the code below):
   the command (same pid, same exit status).  The guard holds the read end of a pipe
   whose only write end this process holds: the kernel closes it when this process
   dies, however it dies, and the guard then sends SIGTERM to the command (its group
-  with ``process_group``) and SIGKILL after the member's grace.  The guard dies with
-  the command (``PR_SET_PDEATHSIG`` on Linux, whose forking thread is the command's
-  main thread, else a poll of ``getppid()``).
+  with ``process_group``) and SIGKILL after the member's grace.  The guard lives in a
+  session of its own and ignores the stop signals, so what kills the service (a
+  terminal's hang-up or Ctrl-C to the whole group, a supervisor's ``killpg``) cannot
+  kill it, nor can its own signal to the command's group.  It exits with the command
+  (``PR_SET_PDEATHSIG`` on Linux, whose forking thread is the command's main thread,
+  else a poll of ``getppid()``), or with ``process_group`` once the group is empty.
 """
 
 from __future__ import annotations
@@ -408,42 +411,95 @@ def _ended_by_the_services_signal(returncode: int, name: str) -> bool:
 _GUARD_KILL_AFTER = 10.0
 
 #: the launcher: argv = [fd, group (0/1), kill_after, command...].  It forks the guard,
-#: then execs the command in its own pid.  Kept to the standard library, run with -I -S.
+#: waits until the guard has left for a session of its own, then execs the command in
+#: its own pid.  Kept to the standard library, run with -I -S.
+#:
+#: The guard must not share the fate it watches: in a session (so a process group) of
+#: its own, no signal sent to a group (a terminal's Ctrl-C or hang-up, ``tini -g``, a
+#: supervisor's ``killpg``) reaches it, nor its own ``killpg`` of the command's group;
+#: and it ignores SIGHUP, SIGINT, SIGQUIT and SIGTERM sent to it alone (systemd's
+#: ``KillMode=control-group`` signals every process of the unit).  It exits once its
+#: job is done: when the command is gone (its group, with ``process_group``), or after
+#: it has stopped the command of a dead service.  Those signals stay blocked from before
+#: the fork until the guard ignores them and the launcher is about to exec, so none is
+#: lost or misdirected on the way: the command starts with the mask and dispositions
+#: the service gave it.
 _LAUNCHER = r"""
 import os, signal, sys
 fd, group, kill_after, argv = int(sys.argv[1]), sys.argv[2] == "1", float(sys.argv[3]), sys.argv[4:]
 leader = os.getpid()
+shield = {signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM}  # POSIX only
+if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # as exec would leave it
+signal.pthread_sigmask(signal.SIG_BLOCK, shield)
+ready, set_up = os.pipe()
 if os.fork() == 0:
     try:
-        try:
-            import ctypes
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except Exception:
-            pass
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.closerange(0, fd)
+        os.setsid()
+        for s in shield:
+            signal.signal(s, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, shield)
+        if not group:  # dies with the command; with a group it waits for the group
+            try:
+                import ctypes
+                ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+            except Exception:
+                pass
+        os.closerange(0, fd)  # set_up too: the launcher may exec the command now
         os.closerange(fd + 1, 65536)
-        import select
-        while os.getppid() == leader:
+        import select, time
+        def alive():
+            if not group:
+                return os.getppid() == leader
+            if sys.platform.startswith("linux"):  # zombies do not count
+                try:
+                    entries = [e for e in os.listdir("/proc") if e.isdigit()]
+                except OSError:
+                    entries = []
+                for entry in entries:
+                    try:
+                        with open(f"/proc/{entry}/stat", "rb") as stat:
+                            fields = stat.read().rsplit(b")", 1)[1].split()
+                    except (OSError, IndexError):
+                        continue
+                    if int(fields[2]) == leader and fields[0] not in (b"Z", b"X"):
+                        return True
+                if entries:
+                    return False
+            try:
+                os.killpg(leader, 0)
+            except ProcessLookupError:
+                return False
+            except OSError:
+                pass
+            return True
+        def send(s):
+            try:
+                os.killpg(leader, s) if group else os.kill(leader, s)
+            except OSError:
+                pass
+        while alive():
             if select.select([fd], [], [], 1.0)[0] and not os.read(fd, 1):
                 break  # EOF: the service that started the command is gone
         else:
             os._exit(0)  # the command is gone
-        send = (lambda s: os.killpg(leader, s)) if group else (lambda s: os.kill(leader, s))
         send(signal.SIGTERM)
-        import time
         deadline = time.monotonic() + kill_after
-        while os.getppid() == leader and time.monotonic() < deadline:
+        while alive() and time.monotonic() < deadline:
             time.sleep(0.05)
-        if os.getppid() == leader or group:
+        if alive():
             send(signal.SIGKILL)
     except BaseException:
         pass
     os._exit(0)
+os.close(set_up)
+os.read(ready, 1)  # EOF: the guard is out of this group (or gone)
+os.close(ready)
 os.close(fd)
 for name in ("SIGPIPE", "SIGXFSZ"):  # Python ignores these; give the command the defaults
     if hasattr(signal, name):
         signal.signal(getattr(signal, name), signal.SIG_DFL)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, shield)
 try:
     os.execvp(argv[0], argv)
 except OSError as exc:
