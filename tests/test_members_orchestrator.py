@@ -1,4 +1,4 @@
-"""Process members for orchestrators: ``process_group=True`` and ``die_with_parent=True``.
+"""Process members for orchestrators: process groups (the default), die_with_parent, Ctrl-C.
 
 Real processes only: a shell leads a group with a grandchild, the test reads the
 grandchild's pid from the shell's stdout and checks, through ``/proc``, that nothing
@@ -84,13 +84,26 @@ class TestProcessGroup:
         assert record.outcome is Outcome.STOPPED
         assert record.exit_code == -signal.SIGTERM
 
-    async def test_without_a_group_the_grandchild_survives(self) -> None:
-        """What process_group is for: the default signals the child only."""
+    async def test_the_child_leads_a_group_by_default(self) -> None:
         with anyio.fail_after(HANG_GUARD):
             async with TaskScope(grace=LONG_GRACE) as scope:
                 process = await scope.start_process(
-                    SHELL_WITH_GRANDCHILD, name="lone", stdout=subprocess.PIPE
+                    SHELL_WITH_GRANDCHILD, name="group", stdout=subprocess.PIPE
                 )
+                grandchild = await read_pid(process)
+                assert os.getpgid(process.pid) == os.getsid(process.pid) == process.pid
+            await process.aclose()
+        assert not alive(grandchild)
+        assert scope.report.by_name("group").outcome is Outcome.STOPPED
+
+    async def test_without_a_group_the_grandchild_survives(self) -> None:
+        """What process_group is for: without it, the stop signals the child only."""
+        with anyio.fail_after(HANG_GUARD):
+            async with TaskScope(grace=LONG_GRACE) as scope:
+                process = await scope.start_process(
+                    SHELL_WITH_GRANDCHILD, name="lone", process_group=False, stdout=subprocess.PIPE
+                )
+                assert os.getpgid(process.pid) == os.getpgid(0)
                 grandchild = await read_pid(process)
             await process.aclose()
             try:
@@ -159,7 +172,18 @@ class TestProcessGroup:
                 await scope.start_process(["true"], die_with_parent="yes")  # type: ignore[arg-type]
             with pytest.raises(ValueError, match="start_new_session"):
                 await scope.start_process(["true"], process_group=True, start_new_session=False)
+            with pytest.raises(ValueError, match="process_group=False"):
+                await scope.start_process(["true"], start_new_session=False)
         assert scope.report.tasks == ()
+
+    async def test_without_a_group_the_session_is_the_callers_to_choose(self) -> None:
+        async with TaskScope(grace=LONG_GRACE, stop_on_exit=False) as scope:
+            for new_session in (False, True):
+                process = await scope.start_process(
+                    ["true"], process_group=False, start_new_session=new_session
+                )
+                await process.wait()
+        assert [record.outcome for record in scope.report.tasks] == [Outcome.FINISHED] * 2
 
 
 # -------------------------------------------------------------- die with the parent
@@ -410,3 +434,99 @@ class TestTheGuardOutlivesWhatItWatches:
             if service.poll() is None:
                 service.kill()
             service.communicate(timeout=HANG_GUARD)
+
+
+# --------------------------------------------------------------- Ctrl-C in a terminal
+
+CTRL_C = Path(__file__).resolve().parent / "apps" / "ctrl_c.py"
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+#: a service whose process member says which signals reach it; argv: backend
+POLITE_SERVICE = textwrap.dedent(
+    """
+    import sys
+    import stopscope
+    from stopscope import StopSignal, TaskScope
+
+    CHILD = (
+        "import signal, sys, time\\n"
+        "def on_int(signum, frame):\\n"
+        "    print('indexer: got SIGINT', flush=True)\\n"
+        "def on_term(signum, frame):\\n"
+        "    print('indexer: got SIGTERM', flush=True)\\n"
+        "    sys.exit(0)\\n"
+        "signal.signal(signal.SIGINT, on_int)\\n"
+        "signal.signal(signal.SIGTERM, on_term)\\n"
+        "print('indexer: ready', flush=True)\\n"
+        "while True:\\n"
+        "    time.sleep(1)\\n"
+    )
+
+    async def main(signal: StopSignal) -> None:
+        async with TaskScope(signal=signal, grace=30) as scope:
+            await scope.start_process([sys.executable, "-c", CHILD], name="indexer")
+            await signal.wait()
+        record = scope.report.by_name("indexer")
+        print("indexer", record.outcome.name, record.exit_code, flush=True)
+
+    backend = sys.argv[1]
+    options = {"use_uvloop": True} if backend == "uvloop" else {}
+    stopscope.run(main, backend="trio" if backend == "trio" else "asyncio", backend_options=options)
+    """
+)
+
+
+def press_ctrl_c(command: list[str], pattern: str, tmp_path: Path) -> tuple[str, int]:
+    """Run ``command`` on a terminal of its own and type Ctrl-C once its output matches
+    ``pattern`` (tests/apps/ctrl_c.py); return the transcript and the exit status."""
+    pids = tmp_path / "pids"
+    try:
+        done = subprocess.run(
+            [sys.executable, str(CTRL_C), f"--press={pattern}", f"--pids={pids}", "--", *command],
+            capture_output=True,
+            text=True,
+            timeout=HANG_GUARD * 3,
+            check=True,
+        )
+    finally:  # what outlived the service (its member, in a group of its own)
+        for line in pids.read_text().split() if pids.exists() else ():
+            if alive(int(line)):
+                os.kill(int(line), signal.SIGKILL)
+    transcript, _, status = done.stdout.rstrip("\n").rpartition("\n")
+    return transcript, int(status.removeprefix("exit "))
+
+
+class TestCtrlC:
+    """Issue 17, item 2: a real Ctrl-C (typed on a pseudo-terminal, so the terminal
+    signals its whole foreground group) reaches a process member only through the
+    service's stop: one SIGTERM, no SIGINT, no KeyboardInterrupt traceback."""
+
+    @pytest.mark.parametrize("backend", ["asyncio", "uvloop", "trio"])
+    def test_the_member_gets_the_stop_not_the_terminals_sigint(
+        self, backend: str, tmp_path: Path
+    ) -> None:
+        command = [sys.executable, "-c", POLITE_SERVICE, backend]
+        transcript, status = press_ctrl_c(command, "indexer: ready", tmp_path)
+        assert status == 0, transcript
+        assert "got SIGINT" not in transcript, transcript
+        assert transcript.count("indexer: got SIGTERM") == 1, transcript
+        assert "indexer STOPPED 0" in transcript, transcript
+
+    def test_the_readme_service_stops_without_a_traceback(self, tmp_path: Path) -> None:
+        readme = README.read_text()
+        section = readme.split("## Services: OS signals, threads, subprocesses", 1)[1]
+        code = section.split("```python\n", 1)[1].split("```", 1)[0]
+        assert "start_process" in code, code
+        script = tmp_path / "service.py"
+        script.write_text(code)
+        transcript, status = press_ctrl_c(
+            [sys.executable, str(script)], "press Ctrl-C to stop", tmp_path
+        )
+        assert status == 0, transcript
+        assert "Traceback" not in transcript, transcript
+        assert "KeyboardInterrupt" not in transcript, transcript
+        assert "indexer STOPPED" in transcript, transcript
+        # the README shows this very run: the same lines, the same status
+        shown = section.split("```console\n$ python service.py\n", 1)[1].split("```", 1)[0]
+        lines, _, status_shown = shown.rstrip("\n").rpartition("\n$ echo $?\n")
+        assert (lines, int(status_shown)) == (transcript, status)

@@ -8,10 +8,14 @@ any member.
 
 Two options of process members serve orchestrators (the why of the code below):
 
-* ``process_group=True``: the child leads a group of its own (``setsid()``, through
-  anyio's ``start_new_session``, the one way every backend offers); the stop's SIGTERM
-  and the SIGKILL after grace go to the whole group, and the member lasts until the
-  group is empty, so a grandchild cannot outlive its member.
+* ``process_group=True`` (the default on POSIX): the child leads a group of its own
+  (``setsid()``, through anyio's ``start_new_session``, the one way every backend
+  offers); the stop's SIGTERM and the SIGKILL after grace go to the whole group, and
+  the member lasts until the group is empty, so a grandchild cannot outlive its
+  member.  It is the default because the parent owns its children's stop: a signal
+  sent to the service's group (a terminal's Ctrl-C, ``tini -g``) would otherwise reach
+  the child too, beside the member's own SIGTERM (a Python child prints a
+  KeyboardInterrupt traceback; a stopscope child reads the second signal as "cancel").
 * ``die_with_parent=True``: the child stops when this process dies, even by SIGKILL.
   ``PR_SET_PDEATHSIG`` set in the child is not enough: Linux ties it to the *thread*
   that forked, and trio forks in a worker thread that exits after 10 idle seconds
@@ -125,7 +129,7 @@ async def start_process(
     Besides :func:`anyio.open_process`'s keywords, ``popen_kwargs`` may hold
     ``process_group`` and ``die_with_parent`` (booleans; see the module docstring).
     """
-    group = _flag(popen_kwargs.pop("process_group", False), "process_group")
+    group = _flag(popen_kwargs.pop("process_group", _GROUP_BY_DEFAULT), "process_group")
     guarded = _flag(popen_kwargs.pop("die_with_parent", False), "die_with_parent")
     for stream in ("stdin", "stdout", "stderr"):
         popen_kwargs.setdefault(stream, None)
@@ -135,7 +139,8 @@ async def start_process(
     if group:
         if popen_kwargs.get("start_new_session", True) is not True:
             raise ValueError(
-                "`process_group=True` starts a new session; leave out `start_new_session`"
+                "`process_group=True` (the default) starts a new session; leave out "
+                "`start_new_session`, or pass `process_group=False`"
             )
         popen_kwargs["start_new_session"] = True
     if guarded:
@@ -146,6 +151,10 @@ async def start_process(
         _run_process, scope._member_signal, cmd, popen_kwargs, options, name=label, grace=grace
     )
     return process
+
+
+#: a child leads a process group of its own unless told otherwise (not on Windows)
+_GROUP_BY_DEFAULT: Final = sys.platform != "win32"
 
 
 def _flag(value: object, name: str) -> bool:
