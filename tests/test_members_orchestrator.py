@@ -435,6 +435,69 @@ class TestTheGuardOutlivesWhatItWatches:
                 service.kill()
             service.communicate(timeout=HANG_GUARD)
 
+    @pytest.mark.parametrize("backend", ["asyncio", "uvloop", "trio"])
+    def test_a_stubborn_grandchild_dies_after_its_leader_and_service(self, backend: str) -> None:
+        """With process_group, the guard outlives the leader too: a grandchild that
+        ignores SIGTERM, left by a leader that exited, is SIGKILLed once the service
+        dies (the guard once died with the leader: PR_SET_PDEATHSIG)."""
+        service = subprocess.Popen(
+            [sys.executable, "-c", LEADER_GONE_SERVICE, backend, str(GUARD_GRACE)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        leader = grandchild = None
+        try:
+            assert service.stdout is not None
+            lines: dict[str, str] = {}
+            while len(lines) < 3:
+                line = service.stdout.readline().decode()
+                assert line, service.communicate(timeout=HANG_GUARD)[1].decode()
+                word, _, rest = line.strip().partition(" ")
+                lines[word] = rest
+            leader, grandchild = int(lines["leader"]), int(lines["grandchild"])
+            wait_gone(leader)  # it exited 0; its member waits for the group
+            assert alive(grandchild)
+            service.kill()
+            service.wait(HANG_GUARD)
+            wait_gone(grandchild)
+        finally:
+            if leader is not None:
+                with suppress(ProcessLookupError):
+                    os.killpg(leader, signal.SIGKILL)
+            with suppress(ProcessLookupError):
+                os.killpg(service.pid, signal.SIGKILL)
+            if service.poll() is None:
+                service.kill()
+            service.communicate(timeout=HANG_GUARD)
+
+
+#: a hung service (as HUNG_SERVICE) whose member, a shell, starts a grandchild that
+#: ignores SIGTERM, SIGINT and SIGHUP, prints its pid and exits.  argv: backend, grace
+LEADER_GONE_SERVICE = textwrap.dedent(
+    """
+    import sys, time
+    import stopscope
+    from stopscope import StopSignal, TaskScope
+
+    LEADER = "(trap '' TERM INT HUP; exec sleep 1000) & echo grandchild $!"
+
+    async def main(signal: StopSignal) -> None:
+        async with TaskScope(signal=signal, grace=3600) as scope:
+            process = await scope.start_process(
+                ["sh", "-c", LEADER], name="leader", grace=float(sys.argv[2]),
+                die_with_parent=True, process_group=True,
+            )
+            print("leader", process.pid, flush=True)
+            print("hung", flush=True)
+            time.sleep(3600)
+
+    backend = sys.argv[1]
+    options = {"use_uvloop": True} if backend == "uvloop" else {}
+    stopscope.run(main, backend="trio" if backend == "trio" else "asyncio", backend_options=options)
+    """
+)
+
 
 # --------------------------------------------------------------- Ctrl-C in a terminal
 

@@ -458,7 +458,7 @@ if os.fork() == 0:
         os.closerange(fd + 1, 65536)
         import select, time
         def alive():
-            if not group:
+            if os.getppid() == leader or not group:  # a leader alive: its group is too
                 return os.getppid() == leader
             if sys.platform.startswith("linux"):  # zombies do not count
                 try:
