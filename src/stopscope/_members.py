@@ -492,7 +492,8 @@ if os.fork() == 0:
                 break  # EOF: the service that started the command is gone
         else:
             os._exit(0)  # the command is gone
-        send(signal.SIGTERM)
+        if alive():  # not gone meanwhile: never signal an id that may be reused
+            send(signal.SIGTERM)
         deadline = time.monotonic() + kill_after
         while alive() and time.monotonic() < deadline:
             time.sleep(0.05)
