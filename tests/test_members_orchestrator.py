@@ -9,6 +9,7 @@ service.  Timeouts only guard against hangs.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -211,6 +212,21 @@ PARENT = textwrap.dedent(
 )
 
 
+#: how many descriptors MANY_FDS_FIRST opens before PARENT runs
+MANY_FDS = 1100
+#: raises the limit of open files, then opens MANY_FDS descriptors
+MANY_FDS_FIRST = textwrap.dedent(
+    f"""
+    import os, resource
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    wanted = 2 * {MANY_FDS}
+    limit = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range({MANY_FDS})]
+    """
+)
+
+
 class TestDieWithParent:
     @pytest.mark.parametrize("backend", ["asyncio", "uvloop", "trio"])
     @pytest.mark.parametrize("group", ["group", "alone"])
@@ -225,16 +241,48 @@ class TestDieWithParent:
             line = parent.stdout.readline()
             assert line, parent.communicate(timeout=HANG_GUARD)[1].decode()
             child = int(line)
-            deadline = time.monotonic() + HANG_GUARD  # the launcher execs `sleep` soon
-            while Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[0] != b"sleep":
-                assert time.monotonic() < deadline
-                time.sleep(0.01)
+            wait_exec(child, b"sleep")
             parent.kill()  # SIGKILL: no cleanup of ours runs
             parent.wait(HANG_GUARD)
             anyio.run(_bounded_gone, child)
         finally:
             if parent.poll() is None:
                 parent.kill()
+            parent.communicate(timeout=HANG_GUARD)
+
+    @pytest.mark.parametrize("backend", ["asyncio", "trio"])
+    def test_the_guard_watches_a_pipe_above_fd_1024(self, backend: str) -> None:
+        """A busy server has many descriptors open: the pipe the guard watches may be
+        numbered above select()'s FD_SETSIZE (1024)."""
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        if hard != resource.RLIM_INFINITY and hard < 2 * MANY_FDS:
+            pytest.skip(f"the hard limit of open files is {hard}")
+        parent = subprocess.Popen(
+            [sys.executable, "-c", MANY_FDS_FIRST + PARENT, backend, "alone"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        child = None
+        try:
+            assert parent.stdout is not None
+            line = parent.stdout.readline()
+            assert line, parent.communicate(timeout=HANG_GUARD)[1].decode()
+            child = int(line)
+            wait_exec(child, b"sleep")
+            pipes = [
+                int(fd)
+                for fd in os.listdir(f"/proc/{parent.pid}/fd")
+                if os.readlink(f"/proc/{parent.pid}/fd/{fd}").startswith("pipe:")
+            ]
+            assert max(pipes) > MANY_FDS  # the watched pipe is up there
+            parent.kill()
+            parent.wait(HANG_GUARD)
+            anyio.run(_bounded_gone, child)
+        finally:
+            if parent.poll() is None:
+                parent.kill()
+            if child is not None and alive(child):
+                os.kill(child, signal.SIGKILL)
             parent.communicate(timeout=HANG_GUARD)
 
     @pytest.mark.parametrize("group", [True, False], ids=["group", "alone"])
@@ -306,6 +354,14 @@ class TestDieWithParent:
             with pytest.raises(FileNotFoundError):
                 await scope.start_process(["no-such-program-stopscope"], die_with_parent=True)
         assert scope.report.tasks == ()
+
+
+def wait_exec(pid: int, program: bytes) -> None:
+    """Wait until the launcher ``pid`` has exec'd ``program`` (so its guard is set up)."""
+    deadline = time.monotonic() + HANG_GUARD
+    while Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] != program:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
 
 
 async def _bounded_gone(pid: int) -> None:

@@ -456,6 +456,9 @@ if os.fork() == 0:
                 pass
         os.closerange(0, fd)  # set_up too: the launcher may exec the command now
         os.closerange(fd + 1, 65536)
+        if fd:  # to 0: select() takes no descriptor above FD_SETSIZE (1024)
+            fd = os.dup2(fd, 0)
+            os.closerange(1, 65536)
         import select, time
         def alive():
             if os.getppid() == leader or not group:  # a leader alive: its group is too
