@@ -8,6 +8,7 @@ service.  Timeouts only guard against hangs.
 
 from __future__ import annotations
 
+import itertools
 import os
 import resource
 import signal
@@ -21,8 +22,9 @@ from pathlib import Path
 import anyio
 import pytest
 from anyio.abc import Process
+from trio.testing import MockClock
 
-from stopscope import Outcome, TaskScope
+from stopscope import Outcome, TaskScope, _members
 
 pytestmark = [
     pytest.mark.anyio,
@@ -141,6 +143,28 @@ class TestProcessGroup:
             await process.aclose()
         assert not alive(grandchild)
         assert scope.report.by_name("leaves").outcome is Outcome.STOPPED
+
+    @pytest.mark.parametrize(
+        "anyio_backend",
+        [pytest.param(("trio", {"clock": MockClock(autojump_threshold=0)}), id="trio-virtual")],
+    )
+    async def test_a_group_left_behind_is_polled_less_and_less_often(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A leader that exits 0 may leave its group running for long: the member
+        polls it at growing intervals, up to a cap, not every 20 ms for ever."""
+        polls: list[float] = []
+
+        def group_alive(pgid: int) -> bool:
+            polls.append(anyio.current_time())
+            return len(polls) < 20
+
+        monkeypatch.setattr(_members, "_group_alive", group_alive)
+        await _members._group_gone(12345)  # virtual time: the clock jumps
+        gaps = [round(later - earlier, 9) for earlier, later in itertools.pairwise(polls)]
+        assert gaps[0] == pytest.approx(_members._GROUP_POLL)
+        assert gaps == sorted(gaps)
+        assert gaps[-1] == pytest.approx(_members._GROUP_POLL_MAX)
 
     async def test_a_failed_leader_takes_its_group_down(
         self, caplog: pytest.LogCaptureFixture

@@ -332,19 +332,29 @@ async def _run_process(
                 os.killpg(pgid, _SIGKILL)
 
 
-#: how often a member polls whether its process group is empty (seconds)
+#: how often a member polls whether its process group is empty (seconds): first, and
+#: at most (the interval doubles: a group a leader left behind may live for long)
 _GROUP_POLL = 0.02
+_GROUP_POLL_MAX = 1.0
 
 
 async def _group_gone(pgid: int) -> None:
     """Return once no live process is left in the group (polled; cancellable)."""
+    interval = _GROUP_POLL
     while _group_alive(pgid):
-        await anyio.sleep(_GROUP_POLL)
+        await anyio.sleep(interval)
+        interval = min(interval * 2, _GROUP_POLL_MAX)
 
 
 def _group_alive(pgid: int) -> bool:
     """Whether the process group holds a process that has not exited (zombies, which
     an init that does not reap can leave for ever, do not count on Linux)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False  # not even a zombie: no need to read /proc
+    except PermissionError:
+        pass
     if sys.platform.startswith("linux"):
         try:
             entries = os.listdir("/proc")
@@ -363,12 +373,6 @@ def _group_alive(pgid: int) -> bool:
                 if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
                     return True
             return False
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 
@@ -463,6 +467,12 @@ if os.fork() == 0:
         def alive():
             if os.getppid() == leader or not group:  # a leader alive: its group is too
                 return os.getppid() == leader
+            try:
+                os.killpg(leader, 0)
+            except ProcessLookupError:
+                return False
+            except OSError:
+                pass
             if sys.platform.startswith("linux"):  # zombies do not count
                 try:
                     entries = [e for e in os.listdir("/proc") if e.isdigit()]
@@ -472,18 +482,12 @@ if os.fork() == 0:
                     try:
                         with open(f"/proc/{entry}/stat", "rb") as stat:
                             fields = stat.read().rsplit(b")", 1)[1].split()
-                    except (OSError, IndexError):
+                        if int(fields[2]) == leader and fields[0] not in (b"Z", b"X"):
+                            return True
+                    except (OSError, IndexError, ValueError):
                         continue
-                    if int(fields[2]) == leader and fields[0] not in (b"Z", b"X"):
-                        return True
                 if entries:
                     return False
-            try:
-                os.killpg(leader, 0)
-            except ProcessLookupError:
-                return False
-            except OSError:
-                pass
             return True
         def send(s):
             try:
