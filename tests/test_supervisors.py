@@ -1,4 +1,4 @@
-"""The example web service under real supervisors: supervisord and ``tini -g``.
+"""The example web service under real supervisors: supervisord and ``tini``.
 
 Each test starts the supervisor (in its own session, so that cleanup can kill whatever
 is left), waits until the service listens on 127.0.0.1, puts a request in flight, asks
@@ -10,6 +10,7 @@ exit status 0).  Timeouts only bound hangs.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -230,7 +231,20 @@ def test_supervisord_records_a_clean_stop(
     assert daemon.wait(HANG_GUARD) == 0
 
 
-# ------------------------------------------------------------------------- tini -g
+# --------------------------------------------- tini, as the container recipe says
+
+NESTED = ROOT / "tests" / "apps" / "nested_service.py"
+SERVICES_DOC = ROOT / "docs" / "how-to" / "services.md"
+
+
+def documented_init() -> list[str]:
+    """The init part of the container recipe in docs/how-to/services.md: the words of
+    its ``ENTRYPOINT ["tini", ...]`` line before ``python -m myservice``."""
+    found = re.findall(r"^ENTRYPOINT (\[\"tini\".*\])$", SERVICES_DOC.read_text(), re.M)
+    assert len(found) == 1, found
+    argv: list[str] = json.loads(found[0])
+    assert argv[-3:] == ["python", "-m", "myservice"], argv
+    return argv[:-3]
 
 
 def tini_bin() -> str:
@@ -241,14 +255,15 @@ def tini_bin() -> str:
 
 
 @SERVERS
-def test_tini_forwards_to_the_group_and_exits_0(
+def test_tini_stops_the_service_and_exits_0(
     server: str, backend: str, started: Started, tmp_path: Path
 ) -> None:
+    """The container recipe of docs/how-to/services.md, with the web service."""
     out, err = tmp_path / "out", tmp_path / "err"
     with out.open("wb") as stdout, err.open("wb") as stderr:
-        # -s: a subreaper, as tini is when it is not PID 1; -g: signal the child's group
+        # -s: a subreaper, as tini is when it is not PID 1 (here it is not)
         tini = started(
-            [tini_bin(), "-s", "-g", "--", *service_command(server, backend)],
+            [tini_bin(), "-s", *documented_init()[1:], *service_command(server, backend)],
             stdout=stdout,
             stderr=stderr,
         )
@@ -268,3 +283,38 @@ def test_the_config_is_what_the_docs_show() -> None:
     for line in ("[program:web]", "stopsignal=TERM", "stopasgroup=true", "killasgroup=true"):
         assert line in docs, line
         assert line in SUPERVISORD_CONF.splitlines(), line
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "asyncio+uvloop", "trio"])
+@pytest.mark.parametrize("process_group", [False, True], ids=["shared-group", "own-group"])
+def test_the_container_recipe_signals_a_child_service_once(
+    backend: str, process_group: bool, started: Started, tmp_path: Path
+) -> None:
+    """Issue 15, item 14: under the documented init, a ``start_process`` child that is
+    itself a stopscope service gets one SIGTERM (its parent's), drains, and exits 0."""
+    init = documented_init()
+    # -s: a subreaper, as tini is when it is not PID 1 (here it is not)
+    command = [tini_bin(), "-s", *init[1:], sys.executable, str(NESTED), "parent"]
+    command += ["--backend", backend] + (["--process-group"] if process_group else [])
+    out, err = tmp_path / "out", tmp_path / "err"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        tini = started(command, stdout=stdout, stderr=stderr)
+    ready = wait_for(out, r"parent ready (\d+) (\d+)", tini)
+    parent, child = int(ready[1]), int(ready[2])
+    try:
+        wait_for(out, r"child ready", tini)
+        tini.send_signal(signal.SIGTERM)
+        assert tini.wait(HANG_GUARD) == 0, err.read_text()
+        text = out.read_text()
+        assert text.count("child got SIGTERM") == 1, text
+        assert "child drained" in text, text
+        assert "member child STOPPED exit_code=0" in text, text
+    finally:  # tini gives the service a group of its own, and the child may have one
+        for pid in (parent, child):
+            with_group(pid, signal.SIGKILL)
+
+
+def test_the_web_services_page_uses_the_same_init() -> None:
+    docs = (ROOT / "docs" / "how-to" / "web-services.md").read_text()
+    found = re.findall(r"`ENTRYPOINT (\[\"tini\"[^`]*\])`", docs)
+    assert [json.loads(argv)[:-3] for argv in found] == [documented_init()], found

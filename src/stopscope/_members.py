@@ -8,10 +8,14 @@ any member.
 
 Two options of process members serve orchestrators (the why of the code below):
 
-* ``process_group=True``: the child leads a group of its own (``setsid()``, through
-  anyio's ``start_new_session``, the one way every backend offers); the stop's SIGTERM
-  and the SIGKILL after grace go to the whole group, and the member lasts until the
-  group is empty, so a grandchild cannot outlive its member.
+* ``process_group=True`` (the default on POSIX): the child leads a group of its own
+  (``setsid()``, through anyio's ``start_new_session``, the one way every backend
+  offers); the stop's SIGTERM and the SIGKILL after grace go to the whole group, and
+  the member lasts until the group is empty, so a grandchild cannot outlive its
+  member.  It is the default because the parent owns its children's stop: a signal
+  sent to the service's group (a terminal's Ctrl-C, ``tini -g``) would otherwise reach
+  the child too, beside the member's own SIGTERM (a Python child prints a
+  KeyboardInterrupt traceback; a stopscope child reads the second signal as "cancel").
 * ``die_with_parent=True``: the child stops when this process dies, even by SIGKILL.
   ``PR_SET_PDEATHSIG`` set in the child is not enough: Linux ties it to the *thread*
   that forked, and trio forks in a worker thread that exits after 10 idle seconds
@@ -20,9 +24,12 @@ Two options of process members serve orchestrators (the why of the code below):
   the command (same pid, same exit status).  The guard holds the read end of a pipe
   whose only write end this process holds: the kernel closes it when this process
   dies, however it dies, and the guard then sends SIGTERM to the command (its group
-  with ``process_group``) and SIGKILL after the member's grace.  The guard dies with
-  the command (``PR_SET_PDEATHSIG`` on Linux, whose forking thread is the command's
-  main thread, else a poll of ``getppid()``).
+  with ``process_group``) and SIGKILL after the member's grace.  The guard lives in a
+  session of its own and ignores the stop signals, so what kills the service (a
+  terminal's hang-up or Ctrl-C to the whole group, a supervisor's ``killpg``) cannot
+  kill it, nor can its own signal to the command's group.  It exits with the command
+  (``PR_SET_PDEATHSIG`` on Linux, whose forking thread is the command's main thread,
+  else a poll of ``getppid()``), or with ``process_group`` once the group is empty.
 """
 
 from __future__ import annotations
@@ -155,7 +162,7 @@ async def start_process(
     Besides :func:`anyio.open_process`'s keywords, ``popen_kwargs`` may hold
     ``process_group`` and ``die_with_parent`` (booleans; see the module docstring).
     """
-    group = _flag(popen_kwargs.pop("process_group", False), "process_group")
+    group = _flag(popen_kwargs.pop("process_group", _GROUP_BY_DEFAULT), "process_group")
     guarded = _flag(popen_kwargs.pop("die_with_parent", False), "die_with_parent")
     for stream in ("stdin", "stdout", "stderr"):
         popen_kwargs.setdefault(stream, None)
@@ -165,7 +172,8 @@ async def start_process(
     if group:
         if popen_kwargs.get("start_new_session", True) is not True:
             raise ValueError(
-                "`process_group=True` starts a new session; leave out `start_new_session`"
+                "`process_group=True` (the default) starts a new session; leave out "
+                "`start_new_session`, or pass `process_group=False`"
             )
         popen_kwargs["start_new_session"] = True
     if guarded:
@@ -176,6 +184,10 @@ async def start_process(
         _run_process, scope._member_signal, cmd, popen_kwargs, options, name=label, grace=grace
     )
     return process
+
+
+#: a child leads a process group of its own unless told otherwise (not on Windows)
+_GROUP_BY_DEFAULT: Final = sys.platform != "win32"
 
 
 def _flag(value: object, name: str) -> bool:
@@ -419,19 +431,29 @@ async def _run_process(
                 os.killpg(pgid, _SIGKILL)
 
 
-#: how often a member polls whether its process group is empty (seconds)
+#: how often a member polls whether its process group is empty (seconds): first, and
+#: at most (the interval doubles: a group a leader left behind may live for long)
 _GROUP_POLL = 0.02
+_GROUP_POLL_MAX = 1.0
 
 
 async def _group_gone(pgid: int) -> None:
     """Return once no live process is left in the group (polled; cancellable)."""
+    interval = _GROUP_POLL
     while _group_alive(pgid):
-        await anyio.sleep(_GROUP_POLL)
+        await anyio.sleep(interval)
+        interval = min(interval * 2, _GROUP_POLL_MAX)
 
 
 def _group_alive(pgid: int) -> bool:
     """Whether the process group holds a process that has not exited (zombies, which
     an init that does not reap can leave for ever, do not count on Linux)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False  # not even a zombie: no need to read /proc
+    except PermissionError:
+        pass
     if sys.platform.startswith("linux"):
         try:
             entries = os.listdir("/proc")
@@ -450,12 +472,6 @@ def _group_alive(pgid: int) -> bool:
                 if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
                     return True
             return False
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
 
 
@@ -507,42 +523,99 @@ def _ended_by_the_services_signal(returncode: int, name: str) -> bool:
 _GUARD_KILL_AFTER = 10.0
 
 #: the launcher: argv = [fd, group (0/1), kill_after, command...].  It forks the guard,
-#: then execs the command in its own pid.  Kept to the standard library, run with -I -S.
+#: waits until the guard has left for a session of its own, then execs the command in
+#: its own pid.  Kept to the standard library, run with -I -S.
+#:
+#: The guard must not share the fate it watches: in a session (so a process group) of
+#: its own, no signal sent to a group (a terminal's Ctrl-C or hang-up, ``tini -g``, a
+#: supervisor's ``killpg``) reaches it, nor its own ``killpg`` of the command's group;
+#: and it ignores SIGHUP, SIGINT, SIGQUIT and SIGTERM sent to it alone (systemd's
+#: ``KillMode=control-group`` signals every process of the unit).  It exits once its
+#: job is done: when the command is gone (its group, with ``process_group``), or after
+#: it has stopped the command of a dead service.  Those signals stay blocked from before
+#: the fork until the guard ignores them and the launcher is about to exec, so none is
+#: lost or misdirected on the way: the command starts with the mask and dispositions
+#: the service gave it.
 _LAUNCHER = r"""
 import os, signal, sys
 fd, group, kill_after, argv = int(sys.argv[1]), sys.argv[2] == "1", float(sys.argv[3]), sys.argv[4:]
 leader = os.getpid()
+shield = {signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM}  # POSIX only
+if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # as exec would leave it
+signal.pthread_sigmask(signal.SIG_BLOCK, shield)
+ready, set_up = os.pipe()
 if os.fork() == 0:
     try:
-        try:
-            import ctypes
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except Exception:
-            pass
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.closerange(0, fd)
+        os.setsid()
+        for s in shield:
+            signal.signal(s, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, shield)
+        if not group:  # dies with the command; with a group it waits for the group
+            try:
+                import ctypes
+                ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+            except Exception:
+                pass
+        os.closerange(0, fd)  # set_up too: the launcher may exec the command now
         os.closerange(fd + 1, 65536)
-        import select
-        while os.getppid() == leader:
+        if fd:  # to 0: select() takes no descriptor above FD_SETSIZE (1024)
+            fd = os.dup2(fd, 0)
+            os.closerange(1, 65536)
+        import select, time
+        def alive():
+            if os.getppid() == leader or not group:  # a leader alive: its group is too
+                return os.getppid() == leader
+            try:
+                os.killpg(leader, 0)
+            except ProcessLookupError:
+                return False
+            except OSError:
+                pass
+            if sys.platform.startswith("linux"):  # zombies do not count
+                try:
+                    entries = [e for e in os.listdir("/proc") if e.isdigit()]
+                except OSError:
+                    entries = []
+                for entry in entries:
+                    try:
+                        with open(f"/proc/{entry}/stat", "rb") as stat:
+                            fields = stat.read().rsplit(b")", 1)[1].split()
+                        if int(fields[2]) == leader and fields[0] not in (b"Z", b"X"):
+                            return True
+                    except (OSError, IndexError, ValueError):
+                        continue
+                if entries:
+                    return False
+            return True
+        def send(s):
+            try:
+                os.killpg(leader, s) if group else os.kill(leader, s)
+            except OSError:
+                pass
+        while alive():
             if select.select([fd], [], [], 1.0)[0] and not os.read(fd, 1):
                 break  # EOF: the service that started the command is gone
         else:
             os._exit(0)  # the command is gone
-        send = (lambda s: os.killpg(leader, s)) if group else (lambda s: os.kill(leader, s))
-        send(signal.SIGTERM)
-        import time
+        if alive():  # not gone meanwhile: never signal an id that may be reused
+            send(signal.SIGTERM)
         deadline = time.monotonic() + kill_after
-        while os.getppid() == leader and time.monotonic() < deadline:
+        while alive() and time.monotonic() < deadline:
             time.sleep(0.05)
-        if os.getppid() == leader or group:
+        if alive():
             send(signal.SIGKILL)
     except BaseException:
         pass
     os._exit(0)
+os.close(set_up)
+os.read(ready, 1)  # EOF: the guard is out of this group (or gone)
+os.close(ready)
 os.close(fd)
 for name in ("SIGPIPE", "SIGXFSZ"):  # Python ignores these; give the command the defaults
     if hasattr(signal, name):
         signal.signal(getattr(signal, name), signal.SIG_DFL)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, shield)
 try:
     os.execvp(argv[0], argv)
 except OSError as exc:

@@ -484,7 +484,7 @@ class TaskScope:
         *,
         name: object = None,
         grace: float | None = None,
-        process_group: bool = False,
+        process_group: bool = sys.platform != "win32",
         die_with_parent: bool = False,
         **popen_kwargs: Any,
     ) -> Process:
@@ -503,7 +503,14 @@ class TaskScope:
         member's error).  ``record.exit_code`` holds the exit code (negative: killed
         by that signal).  The process is always waited for: no zombie is left.
 
-        Under :func:`~stopscope.run` or :func:`~stopscope.stop_on_signals`, a signal
+        By default (POSIX) the child leads a process group of its own, so the stop is
+        the service's to give: a terminal's Ctrl-C, ``tini -g`` or supervisord's
+        ``stopasgroup`` reach the service, never the child directly, and the child gets
+        one SIGTERM, from its member.  Pass ``die_with_parent=True`` too if the child
+        must not outlive a service that dies without stopping it (SIGKILL).
+
+        With ``process_group=False`` the child shares this process's group.  Then,
+        under :func:`~stopscope.run` or :func:`~stopscope.stop_on_signals`, a signal
         sent to the whole process group (Ctrl-C in a terminal, ``tini -g``,
         supervisord's ``stopasgroup``, systemd's ``KillMode=control-group``) reaches
         the process too, and it may exit before the service has acted on the signal.
@@ -522,8 +529,9 @@ class TaskScope:
         :param grace: a shorter grace period for this member
         :param process_group: start the child in a session (process group) of its own,
             and send the stop's SIGTERM and the SIGKILL after grace to the whole group,
-            so grandchildren stop too; the member lasts until the group is empty
-            (POSIX only)
+            so grandchildren stop too; the member lasts until the group is empty.
+            True by default on POSIX (False on Windows, where it is not supported);
+            ``False`` keeps the child in this process's group and session
         :param die_with_parent: the child is stopped (SIGTERM, then SIGKILL after the
             member's grace, 10 s if it has none) when this process dies, even by
             SIGKILL: a small guard process watches a pipe only this process holds

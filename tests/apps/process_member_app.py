@@ -84,8 +84,12 @@ async def main(sig: StopSignal, child: str, stages: bool) -> None:
         async with scope:
             if stages:
                 scope.stage("back")
+            # in the service's group (not the default): the group's signals reach it
             process = await scope.start_process(
-                [sys.executable, "-c", CHILDREN[child]], name="child", stdout=subprocess.PIPE
+                [sys.executable, "-c", CHILDREN[child]],
+                name="child",
+                process_group=False,
+                stdout=subprocess.PIPE,
             )
             assert process.stdout is not None
             seen = b""
