@@ -55,6 +55,7 @@ from ._base import (
     TaskGroup,
     TimerHeap,
     in_cancelled_scope,
+    may_be_in_signal_handler,
     ops,
     run_calls,
 )
@@ -157,20 +158,41 @@ class AsyncioBackend:
 
     def wake_own(self, items: Iterable[Any]) -> list[Any]:
         """From a task of this loop: wake this loop's items in place, in order; return
-        the others (other loops' waiters and calls)."""
+        the others (other loops' waiters and calls).
+
+        On the main thread this may be a signal handler: the loop calls (they touch
+        loop state) are handed to the loop instead, and so are the waiters after a
+        barrier call among them, so that the order holds.
+        """
         loop = self.loop
         rest: list[Any] = []
+        later: list[Any] | None = None  # handed to the loop, in order
+        barrier = False
         for item in items:
             kind = type(item)
             if kind is _Future:
                 if item.get_loop() is loop:
-                    if not item.done():
+                    # completing a future only queues its callbacks (C code, and a
+                    # deque append): safe even in a signal handler; the loop is awake
+                    if barrier:
+                        later.append(item)  # type: ignore[union-attr]
+                    elif not item.done():
                         item.set_result(True)
                     continue
             elif kind is LoopCall and item.home is self:
-                item.run()
+                if later is None and not may_be_in_signal_handler():
+                    item.run()
+                else:
+                    if later is None:
+                        later = []
+                    later.append(item)
+                    barrier = barrier or item.barrier
                 continue
             rest.append(item)
+        if later:
+            # first thing in the loop's next turn; call_soon only appends to a deque,
+            # which is safe from a handler while one of the loop's tasks runs
+            loop.call_soon(_wake, later)
         return rest
 
     def wake_soon(self, items: list[Any]) -> None:
