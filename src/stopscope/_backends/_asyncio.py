@@ -14,7 +14,9 @@ How it works on asyncio, in brief:
   earliest: a loop ``TimerHandle`` per timed wait costs a handle and a cancel per
   waiter; a heap push and a lazy deletion are cheaper at every fan-out.  On uvloop
   too (its ``call_at`` is a C timer, but about 2x the cost of a heap entry): there the
-  heap holds distinct deadlines, each with a bucket of waiters (:class:`UvloopTimers`).
+  heap holds distinct deadlines, each with a bucket of waiters (:class:`UvloopTimers`),
+  and the loop timer is rounded up to whole milliseconds (uvloop rounds to the nearest
+  one, so a timer could fire before its deadline and spin).
 * "Was this task cancelled?" is ``Task.cancelling()`` (3.11+): non-zero once anything
   (an anyio cancel scope included) has cancelled the task and not taken it back.
 * Plain asyncio sets no signal wake-up fd, so a signal that the kernel hands to
@@ -89,8 +91,12 @@ class AsyncioTimers(TimerHeap):
         if earliest:
             if self.handle is not None:
                 self.handle.cancel()
-            self.handle = self.loop.call_at(deadline, self.fire)
+            self.handle = self.arm(deadline)
         return entry
+
+    def arm(self, deadline: float) -> asyncio.TimerHandle:
+        """Schedule the loop timer that runs :meth:`fire` at ``deadline``."""
+        return self.loop.call_at(deadline, self.fire)
 
     def fire(self) -> None:
         self.handle = None
@@ -101,7 +107,7 @@ class AsyncioTimers(TimerHeap):
         # A due call may have added an earliest deadline, which scheduled a loop
         # timer already (add() does when none is pending): never schedule a second.
         if self.next_deadline != math.inf and self.handle is None:
-            self.handle = loop.call_at(self.next_deadline, self.fire)
+            self.handle = self.arm(self.next_deadline)
 
 
 def _wake(items: list[Any]) -> None:
@@ -319,6 +325,17 @@ class UvloopTimers(AsyncioTimers):
 
     def entries(self) -> list[Entry]:
         return [entry for deadline in sorted(self.buckets) for entry in self.buckets[deadline]]
+
+    def arm(self, deadline: float) -> asyncio.TimerHandle:
+        """The loop timer for ``deadline``, never due before it.
+
+        uvloop rounds a delay to the *nearest* whole millisecond and its clock counts
+        whole milliseconds: a deadline 12.4 ms away got a 12 ms timer, which found
+        nothing due, re-armed for the 0.4 ms left (rounded to 0) and spun until the
+        millisecond turned.  Rounded up, the timer fires at most once per deadline.
+        """
+        delay = math.ceil((deadline - self.loop.time()) * 1000.0) / 1000.0
+        return self.loop.call_later(delay if delay > 0.0 else 0.0, self.fire)
 
     def _compact(self) -> None:
         buckets: dict[float, list[Entry]] = {}
