@@ -17,9 +17,10 @@ from types import FrameType
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
-from stopscope import TaskScope
+from stopscope import StopSignal, TaskScope
 from stopscope._backends import current
 
 pytestmark = [
@@ -86,3 +87,63 @@ async def test_a_stop_from_a_signal_handler_keeps_its_grace_timer() -> None:
             cancelled += len(scope.report.needed_cancellation)
             scopes.clear()
     assert cancelled == ROUNDS
+
+
+async def test_a_set_written_in_a_task_cancels_its_scope_in_place() -> None:
+    """Ordinary code: the nearest caller outside stopscope is a coroutine."""
+    sig = StopSignal()
+    reached: list[str] = []
+    with sig.cancel_scope() as cs:
+        sig.set()
+        assert cs.cancel_called
+        await anyio.lowlevel.checkpoint()
+        reached.append("not cancelled at the next checkpoint")
+    assert cs.cancelled_caught
+    assert reached == []
+
+
+async def test_a_set_from_a_plain_function_leaves_the_cancel_to_the_loop() -> None:
+    """A plain function might be a signal handler: the loop cancels the scope a
+    moment later, still before the wait inside it is woken."""
+    sig = StopSignal()
+    reached: list[str] = []
+
+    def stop() -> None:  # called like a handler would be
+        sig.set()
+
+    async def waiter() -> None:
+        with sig.cancel_scope():
+            await sig.wait()
+            reached.append("woken inside a scope that should be cancelled")
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter)
+            await anyio.wait_all_tasks_blocked()
+            with sig.cancel_scope() as cs:
+                stop()
+                assert not cs.cancel_called  # not inside set(): on the loop, later
+                with anyio.CancelScope(shield=True):
+                    await anyio.lowlevel.checkpoint()
+                assert cs.cancel_called
+    assert reached == []
+
+
+async def test_a_handler_that_interrupts_a_task_hands_the_loop_work_over() -> None:
+    """signal.raise_signal() runs the handler before it returns, inside this task."""
+    sig = StopSignal()
+    in_handler: list[bool] = []
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        sig.set("handler")
+        in_handler.append(cs.cancel_called)
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    try:
+        with anyio.fail_after(10), sig.cancel_scope() as cs:
+            signal.raise_signal(signal.SIGUSR1)
+            assert in_handler == [False]
+            await anyio.sleep_forever()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert cs.cancelled_caught

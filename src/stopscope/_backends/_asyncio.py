@@ -62,6 +62,10 @@ from ._base import (
     run_calls,
 )
 
+#: the frames between wake_own() and the code that set the signal that are always this
+#: package's: _signal._fire(), and set() or the drain that called it
+_FIRE_FRAMES: Final = 2
+
 __all__ = ["AsyncioBackend", "backend_of"]
 
 _get_running_loop: Final = asyncio._get_running_loop
@@ -186,7 +190,7 @@ class AsyncioBackend:
                         item.set_result(True)
                     continue
             elif kind is LoopCall and item.home is self:
-                if later is None and not may_be_in_signal_handler():
+                if later is None and not may_be_in_signal_handler(_FIRE_FRAMES):
                     item.run()
                 else:
                     if later is None:

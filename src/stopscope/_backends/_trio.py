@@ -56,6 +56,10 @@ from ._base import (
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
+#: the frames between wake_own() and the code that set the signal that are always this
+#: package's: _signal._fire(), and set() or the drain that called it
+_FIRE_FRAMES: Final = 2
+
 __all__ = ["NurseryGroup", "TrioBackend", "current", "running"]
 
 _current_task: Final = trio.lowlevel.current_task
@@ -214,7 +218,7 @@ class TrioBackend:
                         _reschedule(item.task, Value(True))
                     continue
             elif kind is LoopCall and item.home is self:
-                if later is None and not may_be_in_signal_handler():
+                if later is None and not may_be_in_signal_handler(_FIRE_FRAMES):
                     item.run()
                 else:
                     if later is None:
