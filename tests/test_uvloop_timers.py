@@ -16,6 +16,7 @@ import functools
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+import anyio
 import pytest
 
 import stopscope  # noqa: F401  (installs the hook operations the timers claim through)
@@ -116,3 +117,50 @@ def test_a_cancelled_entry_holds_no_references() -> None:
             timers.handle.cancel()
 
     run_on_uvloop(main())
+
+
+# ------------------------------------------------- wake-ups per deadline (issue 15)
+
+#: ticks of each timed loop; periods that are not a whole number of milliseconds
+TICKS = 24
+PERIODS = (1 / 60, 0.0121)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("period", PERIODS, ids=["every-1/60", "sleep-12.1ms"])
+async def test_a_deadline_wakes_the_timer_service_at_most_twice(
+    period: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """uvloop counts whole milliseconds: a loop timer armed for a deadline that is not
+    one fired early, found nothing due and re-armed at 0 ms, spinning until the
+    millisecond turned (about 70 % of a core for 100 idle ``every(1/60)`` loops).
+    Counted as the timer service's wake-ups per deadline that fell due, not in time."""
+    from stopscope import StopSignal
+    from stopscope._backends import current
+
+    timers = current().timers
+    service = type(timers)
+    wakes = 0
+    due = 0
+    original = service.expired
+
+    def counting(self: Any, now: float) -> list[Any]:
+        nonlocal wakes
+        if self is timers:
+            wakes += 1
+        return original(self, now)
+
+    monkeypatch.setattr(service, "expired", counting)
+    sig = StopSignal()
+    with anyio.fail_after(HANG_GUARD):
+        if period == PERIODS[0]:
+            async for tick in sig.every(period):
+                due += tick > 0  # each later tick waited for one deadline
+                if tick == TICKS:
+                    break
+        else:
+            for _ in range(TICKS):
+                assert await sig.sleep(period) is False
+                due += 1
+    assert due == TICKS
+    assert wakes <= 2 * due, f"{wakes} timer wake-ups for {due} deadlines"

@@ -106,6 +106,8 @@ EXIT_CUT_SHORT: Final = 70
 #: what :func:`run` adds to its grace in ``EXTEND_TIMEOUT_USEC``: room for cancelled code
 #: to unwind once the grace is over
 _UNWIND_ALLOWANCE: Final = 5.0
+#: how often (real seconds) a trap checks that nobody replaced its signal handlers
+_WATCH_PERIOD: Final = 0.5
 #: how many cut-short members a trap keeps to name (it counts them all)
 _CUT_RECORDS_KEPT: Final = 10
 #: when :func:`run` tells systemd it is ready
@@ -168,6 +170,39 @@ def _signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
+def _describe_handler(signum: int, handler: object) -> str:
+    """Name what replaced a handler, for a log line."""
+    if handler is None:
+        return "a handler installed outside Python"
+    if handler == signal.SIG_DFL:
+        return "SIG_DFL (the default action)"
+    if handler == signal.SIG_IGN:
+        return "SIG_IGN (ignored)"
+    name = getattr(handler, "__qualname__", None) or repr(handler)
+    module = getattr(handler, "__module__", None) or ""
+    if name == "_sighandler_noop" or module.startswith(("asyncio", "uvloop")):
+        # the loop's add_signal_handler(): its callback is what replaced ours
+        callback: object = None
+        with suppress(Exception):
+            import asyncio
+
+            handlers = getattr(asyncio.get_running_loop(), "_signal_handlers", None)
+            entry = handlers.get(signum) if isinstance(handlers, dict) else None
+            callback = getattr(entry, "_callback", None)
+        if callback is not None:
+            return f"loop.add_signal_handler({_signal_name(signum)}, {_callable_text(callback)})"
+        return "the event loop's add_signal_handler()"
+    return _callable_text(handler)
+
+
+def _callable_text(fn: object) -> str:
+    name = getattr(fn, "__qualname__", None)
+    module = getattr(fn, "__module__", None)
+    if name is None:
+        return repr(fn)
+    return f"{module}.{name}" if module else str(name)
+
+
 # ------------------------------------------------------------------------ exit now
 
 
@@ -224,16 +259,19 @@ class SignalTrap:
         "_grace",
         "_grace_armed",
         "_hop",
+        "_installed",
         "_label",
         "_notifier",
         "_pending",
         "_previous",
         "_received",
+        "_relaying",
         "_scope",
         "_signals",
         "_state",
         "_stop",
         "_token",
+        "_watch_done",
     )
 
     def __init__(
@@ -269,6 +307,12 @@ class SignalTrap:
         #: undoes what the backend did so that a signal wakes the loop (None: nothing)
         self._close_wakeup: Callable[[], None] | None = None
         self._token: contextvars.Token[tuple[_Trap, ...]] | None = None
+        #: the handler this trap last installed for each signal (its own, or a chain)
+        self._installed: dict[signal.Signals, Callable[[int, FrameType | None], None]] = {}
+        #: signals whose replacement handler a chain is calling right now
+        self._relaying: set[int] = set()
+        #: set when the block ends: the thread that watches the handlers stops
+        self._watch_done: threading.Event | None = None
 
     @property
     def received(self) -> tuple[signal.Signals, ...]:
@@ -303,10 +347,14 @@ class SignalTrap:
         self._close_wakeup = backend.open_signal_wakeup()
         try:
             for signum in self._signals:
-                self._previous[signum] = signal.signal(signum, self._on_signal)
+                handler = self._on_signal
+                self._previous[signum] = signal.signal(signum, handler)
+                self._installed[signum] = handler
         except BaseException:
             self._uninstall()
             raise
+        if self._signals:
+            self._start_watch()
         self._scope = anyio.CancelScope().__enter__()
         self._state = "open"
         self._token = _open_traps.set((*_open_traps.get(), self))
@@ -337,6 +385,10 @@ class SignalTrap:
     def _uninstall(self) -> None:
         # From here on _deliver does nothing; what it did not get to is redelivered.
         self._state = "closed"
+        done, self._watch_done = self._watch_done, None
+        if done is not None:
+            done.set()
+        self._installed.clear()
         for signum, previous in reversed(self._previous.items()):
             with suppress(OSError, ValueError, TypeError):
                 # None: the previous handler was not installed from Python; SIG_DFL is
@@ -371,6 +423,8 @@ class SignalTrap:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         """The raw handler: count, exit at once if that is the action, else queue."""
+        if signum in self._relaying:
+            return  # a replacement that chains to us, called by our chain: counted
         self._count += 1
         if self._action(self._count) == "exit":
             _exit_now(signum, self._count)
@@ -380,6 +434,115 @@ class SignalTrap:
             # the loop is gone: __aexit__ hands the signal to the previous handler
             with suppress(Exception):
                 hop(self._deliver)
+
+    # -- a handler replaced inside the block ---------------------------------------
+
+    def _start_watch(self) -> None:
+        """Watch, from a thread, that nobody replaces this trap's handlers.
+
+        A library that installs its own handler inside the block (``uvicorn``,
+        ``aiohttp``, ``hypercorn`` call ``loop.add_signal_handler``; trio code opens
+        ``trio.open_signal_receiver``) silently takes the signal: no graceful stop, no
+        escalation, no exit at once.  Reading a handler is allowed on any thread and
+        costs nothing, so a thread reads them twice a second in real time (a loop
+        timer would wake the loop, and make a virtual clock jump for ever); only when
+        one changed does it hand the check to the loop (:meth:`_check_handlers`).
+        """
+        done = self._watch_done = threading.Event()
+        hop = self._hop
+        installed = self._installed
+
+        def watch() -> None:
+            while not done.wait(_WATCH_PERIOD):
+                try:
+                    changed = any(
+                        signal.getsignal(signum) is not handler
+                        for signum, handler in list(installed.items())
+                    )
+                    if changed and hop is not None and not done.is_set():
+                        hop(self._check_handlers)
+                except Exception:  # the loop is gone: the block is ending
+                    return
+
+        thread = threading.Thread(target=watch, name="stopscope signal watch", daemon=True)
+        # The thread must never receive the signals: the kernel may hand a process
+        # signal to any thread that does not block it, and the main thread, maybe
+        # stuck in a blocking call, would then not be interrupted to run our handler.
+        # A new thread inherits its creator's mask: block them around the start.
+        block = getattr(signal, "pthread_sigmask", None)
+        if block is None:  # pragma: no cover - Windows: no per-thread delivery
+            thread.start()
+            return
+        previous = block(signal.SIG_BLOCK, self._signals)
+        try:
+            thread.start()
+        finally:
+            block(signal.SIG_SETMASK, previous)
+
+    def _check_handlers(self) -> None:
+        """On the loop (main thread): take back a signal whose handler was replaced.
+
+        A replacement that is a Python callable is chained: this trap's handler is put
+        back, and calls it after doing its own work, so both keep working (a loop's
+        ``add_signal_handler`` callbacks still run, through the loop's wake-up fd).
+        ``SIG_DFL`` or ``SIG_IGN`` (a library that removed its handler) is simply
+        replaced by this trap's again.  Each replacement is logged once, as a WARNING.
+        """
+        if self._state != "open":
+            return
+        for signum, expected in list(self._installed.items()):
+            current = signal.getsignal(signum)
+            if current is expected:
+                continue
+            if current == self._on_signal:  # our own handler put back (trio does)
+                self._installed[signum] = self._on_signal
+                continue
+            what = _describe_handler(signum, current)
+            if callable(current):
+                handler = self._chain(signum, current)
+                outcome = f"{self._label} keeps handling {signum.name}: both run on each signal"
+            else:
+                handler = self._on_signal
+                outcome = f"{self._label} handles {signum.name} again"
+            try:
+                signal.signal(signum, handler)
+            except (OSError, ValueError, TypeError) as exc:
+                logger.warning(
+                    "%s: the handler of %s was replaced by %s; it could not be taken "
+                    "back (%s): a stop signal may be missed",
+                    signum.name,
+                    self._label,
+                    what,
+                    exc,
+                )
+                del self._installed[signum]
+                continue
+            self._installed[signum] = handler
+            logger.warning(
+                "%s: the handler of %s was replaced by %s; %s",
+                signum.name,
+                self._label,
+                what,
+                outcome,
+            )
+
+    def _chain(
+        self, signum: signal.Signals, theirs: Callable[[int, FrameType | None], Any]
+    ) -> Callable[[int, FrameType | None], None]:
+        """This trap's handler, then ``theirs`` (which may call back into ours)."""
+        relaying = self._relaying
+
+        def chained(signum: int, frame: FrameType | None) -> None:
+            if signum in relaying:
+                return  # theirs chains to the handler it replaced: this one
+            self._on_signal(signum, frame)
+            relaying.add(signum)
+            try:
+                theirs(signum, frame)
+            finally:
+                relaying.discard(signum)
+
+        return chained
 
     def _deliver(self) -> None:
         """On the loop: act on the queued signals, in order."""

@@ -836,7 +836,8 @@ class StopSignal:
         """
         backend = current()
         with anyio.CancelScope() as scope:
-            call = LoopCall(scope.cancel, backend)
+            # a barrier: the waits inside the scope are woken after it is cancelled
+            call = LoopCall(scope.cancel, backend, barrier=True)
             if not _add_hook(self, call):
                 scope.cancel()
             try:

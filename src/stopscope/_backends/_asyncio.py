@@ -14,7 +14,9 @@ How it works on asyncio, in brief:
   earliest: a loop ``TimerHandle`` per timed wait costs a handle and a cancel per
   waiter; a heap push and a lazy deletion are cheaper at every fan-out.  On uvloop
   too (its ``call_at`` is a C timer, but about 2x the cost of a heap entry): there the
-  heap holds distinct deadlines, each with a bucket of waiters (:class:`UvloopTimers`).
+  heap holds distinct deadlines, each with a bucket of waiters (:class:`UvloopTimers`),
+  and the loop timer is rounded up to whole milliseconds (uvloop rounds to the nearest
+  one, so a timer could fire before its deadline and spin).
 * "Was this task cancelled?" is ``Task.cancelling()`` (3.11+): non-zero once anything
   (an anyio cancel scope included) has cancelled the task and not taken it back.
 * Plain asyncio sets no signal wake-up fd, so a signal that the kernel hands to
@@ -55,9 +57,14 @@ from ._base import (
     TaskGroup,
     TimerHeap,
     in_cancelled_scope,
+    may_be_in_signal_handler,
     ops,
     run_calls,
 )
+
+#: the frames between wake_own() and the code that set the signal that are always this
+#: package's: _signal._fire(), and set() or the drain that called it
+_FIRE_FRAMES: Final = 2
 
 __all__ = ["AsyncioBackend", "backend_of"]
 
@@ -88,8 +95,12 @@ class AsyncioTimers(TimerHeap):
         if earliest:
             if self.handle is not None:
                 self.handle.cancel()
-            self.handle = self.loop.call_at(deadline, self.fire)
+            self.handle = self.arm(deadline)
         return entry
+
+    def arm(self, deadline: float) -> asyncio.TimerHandle:
+        """Schedule the loop timer that runs :meth:`fire` at ``deadline``."""
+        return self.loop.call_at(deadline, self.fire)
 
     def fire(self) -> None:
         self.handle = None
@@ -100,7 +111,7 @@ class AsyncioTimers(TimerHeap):
         # A due call may have added an earliest deadline, which scheduled a loop
         # timer already (add() does when none is pending): never schedule a second.
         if self.next_deadline != math.inf and self.handle is None:
-            self.handle = loop.call_at(self.next_deadline, self.fire)
+            self.handle = self.arm(self.next_deadline)
 
 
 def _wake(items: list[Any]) -> None:
@@ -157,20 +168,41 @@ class AsyncioBackend:
 
     def wake_own(self, items: Iterable[Any]) -> list[Any]:
         """From a task of this loop: wake this loop's items in place, in order; return
-        the others (other loops' waiters and calls)."""
+        the others (other loops' waiters and calls).
+
+        On the main thread this may be a signal handler: the loop calls (they touch
+        loop state) are handed to the loop instead, and so are the waiters after a
+        barrier call among them, so that the order holds.
+        """
         loop = self.loop
         rest: list[Any] = []
+        later: list[Any] | None = None  # handed to the loop, in order
+        barrier = False
         for item in items:
             kind = type(item)
             if kind is _Future:
                 if item.get_loop() is loop:
-                    if not item.done():
+                    # completing a future only queues its callbacks (C code, and a
+                    # deque append): safe even in a signal handler; the loop is awake
+                    if barrier:
+                        later.append(item)  # type: ignore[union-attr]
+                    elif not item.done():
                         item.set_result(True)
                     continue
             elif kind is LoopCall and item.home is self:
-                item.run()
+                if later is None and not may_be_in_signal_handler(_FIRE_FRAMES):
+                    item.run()
+                else:
+                    if later is None:
+                        later = []
+                    later.append(item)
+                    barrier = barrier or item.barrier
                 continue
             rest.append(item)
+        if later:
+            # first thing in the loop's next turn; call_soon only appends to a deque,
+            # which is safe from a handler while one of the loop's tasks runs
+            loop.call_soon(_wake, later)
         return rest
 
     def wake_soon(self, items: list[Any]) -> None:
@@ -297,6 +329,17 @@ class UvloopTimers(AsyncioTimers):
 
     def entries(self) -> list[Entry]:
         return [entry for deadline in sorted(self.buckets) for entry in self.buckets[deadline]]
+
+    def arm(self, deadline: float) -> asyncio.TimerHandle:
+        """The loop timer for ``deadline``, never due before it.
+
+        uvloop rounds a delay to the *nearest* whole millisecond and its clock counts
+        whole milliseconds: a deadline 12.4 ms away got a 12 ms timer, which found
+        nothing due, re-armed for the 0.4 ms left (rounded to 0) and spun until the
+        millisecond turned.  Rounded up, the timer fires at most once per deadline.
+        """
+        delay = math.ceil((deadline - self.loop.time()) * 1000.0) / 1000.0
+        return self.loop.call_later(delay if delay > 0.0 else 0.0, self.fire)
 
     def _compact(self) -> None:
         buckets: dict[float, list[Entry]] = {}

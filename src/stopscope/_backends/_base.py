@@ -8,10 +8,14 @@ it is imported, so the backends never import the modules built on them: no cycle
 from __future__ import annotations
 
 import heapq
+import inspect
 import logging
 import math
+import os
+import sys
+import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any, Final, Protocol
 
 import anyio
@@ -128,7 +132,12 @@ class Backend(Protocol):
 
     def wake_own(self, items: Iterable[Any]) -> list[Any]:
         """From one of this loop's tasks: wake the claimed waiters and run the loop calls
-        of this loop, in place and in order; return the items of other loops."""
+        of this loop, in place and in order; return the items of other loops.
+
+        Called only by ``_signal._fire()``, which only this package's functions call
+        (``set()`` and the drain of what signal handlers queued): it may skip those two
+        frames when it looks for the code that set the signal
+        (:func:`may_be_in_signal_handler`)."""
 
     def wake_soon(self, items: list[Any]) -> None:
         """The same from anywhere else: through the loop's thread-safe call."""
@@ -163,13 +172,19 @@ class Backend(Protocol):
 
 
 class LoopCall:
-    """A function that must run on a given loop (``home``) when a signal is set."""
+    """A function that must run on a given loop (``home``) when a signal is set.
 
-    __slots__ = ("active", "fired_at", "fn", "home")
+    When ``set()`` cannot run it in place (it may be a signal handler), it runs on the
+    loop soon after.  A ``barrier`` call (a cancel scope's) must run before the waiters
+    of its loop registered after it are woken: those then wait for it.
+    """
 
-    def __init__(self, fn: Callable[[], object], home: Backend) -> None:
+    __slots__ = ("active", "barrier", "fired_at", "fn", "home")
+
+    def __init__(self, fn: Callable[[], object], home: Backend, *, barrier: bool = False) -> None:
         self.fn = fn
         self.home = home
+        self.barrier = barrier
         self.active = True
         #: time.monotonic() when set() claimed it to run later, on its loop (a thread
         #: or a handler set the signal); None if it ran inline, inside set()
@@ -181,6 +196,63 @@ class LoopCall:
                 self.fn()
             except Exception:  # never stop set() from waking the others
                 logger.exception("stopscope: %r raised while a signal was being set", self.fn)
+
+
+# Python runs signal handlers only in the main thread, between two bytecodes of whatever
+# it was doing: the event loop's own bookkeeping included.  The work that touches loop
+# state (a LoopCall: arming timers, cancelling, logging) must not run inside a set()
+# made by a handler; it goes to the loop through a call that is safe from a handler.
+# Python has no "am I in a signal handler?", but a handler is a plain function called
+# by the interpreter: a set() whose caller (past this package's own frames) is a
+# coroutine's frame is not in one.  On any other thread nothing is.
+_main_ident = threading.main_thread().ident
+
+
+def _note_main_thread() -> None:  # pragma: no cover - runs in a forked child
+    global _main_ident
+    _main_ident = threading.main_thread().ident
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_note_main_thread)
+
+_get_ident: Final = threading.get_ident
+_getframe: Final = sys._getframe
+#: this package's directory: its frames are skipped when looking for the caller
+_PACKAGE_DIR: Final = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+_ASYNC_CODE: Final = inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
+#: how many of this package's frames to look through at most
+_FRAMES_LOOKED_AT: Final = 12
+
+
+def may_be_in_signal_handler(ours: int = 0) -> bool:
+    """Whether the caller might be a Python signal handler (or run inside one).
+
+    ``False`` on a thread other than the main one, and when the nearest frame outside
+    this package is a coroutine's or an async generator's (a task, in ordinary code):
+    a handler is a plain function, which the interpreter calls between two bytecodes.
+    A plain function that calls ``set()`` from ordinary code counts as a possible
+    handler: its loop calls then run on the loop a moment later, which is always safe.
+
+    :param ours: how many frames above the caller are known to be this package's
+        (they are skipped unread: reading a frame costs about 0.2 µs)
+    """
+    if _get_ident() != _main_ident:
+        return False
+    try:
+        frame: FrameType | None = _getframe(2 + ours)
+    except ValueError:  # the stack is not that deep: no caller outside the package
+        return True
+    for _ in range(_FRAMES_LOOKED_AT):
+        if frame is None:
+            return True
+        code = frame.f_code
+        if code.co_flags & _ASYNC_CODE:
+            return False
+        if not code.co_filename.startswith(_PACKAGE_DIR):
+            return True
+        frame = frame.f_back
+    return True
 
 
 def in_cancelled_scope() -> bool:

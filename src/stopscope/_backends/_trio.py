@@ -49,11 +49,16 @@ from ._base import (
     LoopCall,
     TimerHeap,
     in_cancelled_scope,
+    may_be_in_signal_handler,
     ops,
 )
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
+
+#: the frames between wake_own() and the code that set the signal that are always this
+#: package's: _signal._fire(), and set() or the drain that called it
+_FIRE_FRAMES: Final = 2
 
 __all__ = ["NurseryGroup", "TrioBackend", "current", "running"]
 
@@ -109,6 +114,20 @@ class TrioTimers(TimerHeap):
             for waiter in self.expired(trio.current_time()):
                 if not waiter.aborted:
                     _reschedule(waiter.task, Value(False))
+
+
+def _wakeable(waiter: TrioWaiter) -> bool:
+    """Whether a task of the run may reschedule ``waiter`` in place.
+
+    Not while its task is effectively cancelled: trio may be in the middle of
+    delivering that cancellation (it read the task's abort function and is about to
+    call it), and a signal handler that interrupted it must not reschedule the task
+    under its feet.  Such a waiter is about to be aborted anyway.
+    """
+    try:
+        return not waiter.task._cancel_status.effectively_cancelled
+    except AttributeError:  # pragma: no cover - a future trio without it
+        return True
 
 
 def _wake(items: list[Any]) -> None:
@@ -173,23 +192,43 @@ class TrioBackend:
 
     def wake_own(self, items: Iterable[Any]) -> list[Any]:
         """From a task of this run: wake this run's items in place, in order; return
-        the others (other loops' waiters and calls)."""
+        the others (other loops' waiters and calls).
+
+        On the main thread this may be a signal handler: the loop calls (they touch
+        the run's state) are handed to the run through ``run_sync_soon`` instead, and
+        so are the waiters after a barrier call among them, so that the order holds.
+        """
         rest: list[Any] = []
+        later: list[Any] | None = None  # handed to the run, in order
+        barrier = False
         me = _current_task()
         for item in items:
             kind = type(item)
             if kind is TrioWaiter:
-                # the calling task's own waiter is not parked yet (a signal handler
-                # interrupted it between registering and parking): it goes through
-                # run_sync_soon, which runs once it has parked
-                if item.home is self and item.task is not me:
-                    if not item.aborted:
+                if item.home is self:
+                    # the calling task's own waiter is not parked yet (a signal handler
+                    # interrupted it between registering and parking), and a waiter
+                    # whose cancellation trio may be delivering right now (a handler
+                    # may have interrupted that) are woken later, from the run
+                    if barrier or item.task is me or not _wakeable(item):
+                        if later is None:
+                            later = []
+                        later.append(item)
+                    elif not item.aborted:
                         _reschedule(item.task, Value(True))
                     continue
             elif kind is LoopCall and item.home is self:
-                item.run()
+                if later is None and not may_be_in_signal_handler(_FIRE_FRAMES):
+                    item.run()
+                else:
+                    if later is None:
+                        later = []
+                    later.append(item)
+                    barrier = barrier or item.barrier
                 continue
             rest.append(item)
+        if later:
+            self.wake_soon(later)
         return rest
 
     def wake_soon(self, items: list[Any]) -> None:
@@ -347,8 +386,8 @@ def _wake_inline(waiter: TrioWaiter) -> bool:
         here = get()
     except (RuntimeError, LookupError):
         return False
-    if here is not waiter.home or waiter.task is me:
-        return False  # another run's waiter, or not parked yet (see wake_own)
+    if here is not waiter.home or waiter.task is me or not _wakeable(waiter):
+        return False  # another run's waiter, not parked yet, or being cancelled (wake_own)
     if not waiter.aborted:
         _reschedule(waiter.task, Value(True))
     return True
