@@ -433,7 +433,64 @@ def _timeline(plan: Plan) -> list[Verdict]:
     return [verdicts[i] for i in range(len(plan.members))]
 
 
-def predict(plan: Plan, exact: bool, virtual: bool) -> Expect:
+#: defects of the library, found by this fuzzer, whose fix has not landed yet; each has
+#: a strict-xfail regression test in tests/test_fuzz_scope.py.  The CI and --long
+#: profiles tolerate them (the model also allows the wrong outcome), so that they keep
+#: looking for new ones; the survey (``python tests/fuzz_model.py``) and the regression
+#: tests do not.  Remove an entry when its fix lands.
+KNOWN_DEFECTS = frozenset(
+    {
+        # a member's own grace=0 lets the member, woken by the stop, run on (trio)
+        "member-grace0",
+        # a shielded cleanup that overruns its grace: STOPPED, or accused of catching
+        "shield-overrun",
+        # a member's grace counts from the scope's stop, not from its stage's
+        "stage-member-grace",
+        # a process that exits non-zero after our SIGTERM is STOPPED
+        "process-exit-code",
+    }
+)
+
+
+def _tolerated(
+    plan: Plan, i: int, m: Member, alts: list[Alt], tolerate: frozenset[str]
+) -> list[Alt]:
+    """The wrong outcomes the known defects give (see KNOWN_DEFECTS)."""
+    extra: list[Alt] = []
+    if "member-grace0" in tolerate and m.grace == "zero":
+        extra += [alt(Outcome.CANCELLED, "after-cancel")]
+        extra += [dataclasses.replace(a, phases=None) for a in alts if a.outcome is Outcome.FAILED]
+        extra += [
+            Alt(
+                Outcome.FAILED,
+                None,
+                optional=frozenset({f"m{i}", *(f"m{i}.c{j}" for j in range(len(m.children)))}),
+            )
+        ]
+    if "shield-overrun" in tolerate and m.kind in ("shield_obey", "shield_ignore"):
+        extra += [alt(Outcome.STOPPED, "grace"), alt(Outcome.CANCELLED, "after-cancel")]
+    if (
+        "stage-member-grace" in tolerate
+        and plan.stages
+        and any(o.grace != "scope" and o.stage > 0 for o in plan.members)
+        and m.stage > 0
+    ):
+        extra += [alt(Outcome.STOPPED, "grace"), alt(Outcome.CANCELLED, "cancelled")]
+        extra += [
+            Alt(
+                Outcome.FAILED,
+                None,
+                optional=frozenset({f"m{i}", *(f"m{i}.c{j}" for j in range(len(m.children)))}),
+            )
+        ]
+    if "process-exit-code" in tolerate and m.kind == "proc_term_exit" and m.after != "0":
+        extra += [alt(Outcome.STOPPED, "grace")]
+    return extra
+
+
+def predict(
+    plan: Plan, exact: bool, virtual: bool, tolerate: frozenset[str] = frozenset()
+) -> Expect:
     """What must happen, from the plan alone.
 
     :param exact: small-grace timing is exact (virtual time): a member that needs only
@@ -589,10 +646,18 @@ def predict(plan: Plan, exact: bool, virtual: bool) -> Expect:
                 # it is cancelled (trio: its nursery saw no Cancelled) reads as one that
                 # swallowed the cancellation
                 alts += [*cut(i, m, "cancelled"), alt(Outcome.CANCELLED, "after-cancel")]
+                # one that raises on its wake may do so once the grace is over
+                alts += [
+                    dataclasses.replace(a, phases=None)
+                    for a in graceful(i, m)
+                    if a.outcome is Outcome.FAILED
+                ]
+                if k == "nested":
+                    alts.append(nested_partly_failed(i, m))
             elif not exact and not timeline[i].robust and k == "nested":
                 # its children that raise on the wake may be cut before they run
                 alts += [*cut(i, m, "cancelled"), nested_partly_failed(i, m)]
-        expect[name] = alts
+        expect[name] = alts + _tolerated(plan, i, m, alts, tolerate)
 
     reason: object
     trigger_at = next(
@@ -1167,12 +1232,14 @@ def backend_options(backend: tuple[str, dict[str, Any]], plan: Plan) -> tuple[di
     return options, False
 
 
-def run_plan(plan: Plan, backend: tuple[str, dict[str, Any]]) -> tuple[Observation, Expect]:
+def run_plan(
+    plan: Plan, backend: tuple[str, dict[str, Any]], tolerate: frozenset[str] = KNOWN_DEFECTS
+) -> tuple[Observation, Expect]:
     options, virtual = backend_options(backend, plan)
     exact = virtual
     runner = Runner(plan, grace_value(plan, virtual), unit(plan, virtual))
     anyio.run(runner.run, backend=backend[0], backend_options=options)
-    return runner.obs, predict(plan, exact, virtual)
+    return runner.obs, predict(plan, exact, virtual, tolerate)
 
 
 # ---------------------------------------------------------------------------- checker
@@ -1410,7 +1477,7 @@ def survey(backend: str, examples: int, special: str = "") -> int:
     def one(plan: Plan) -> None:
         runs[0] += 1
         try:
-            obs, exp = run_plan(plan, backends[backend])
+            obs, exp = run_plan(plan, backends[backend], frozenset())
             problems = check(plan, obs, exp)
         except Exception as exc:  # a crash of the harness is a finding too
             problems = [f"crash: {_describe(exc)}"]

@@ -125,12 +125,14 @@ class App:
 async def _client(info: ServerInfo, kind: str, results: dict[int, str], i: int) -> None:
     """One request on a connection of its own; records its whole body, or the error."""
     try:
-        async with httpx.AsyncClient(base_url=info.url, timeout=HANG_GUARD) as client:
-            async with client.stream("GET", f"/{kind}") as response:
-                body = b""
-                async for chunk in response.aiter_bytes():
-                    body += chunk
-                results[i] = f"{response.status_code} {body.decode()!r}"
+        async with (
+            httpx.AsyncClient(base_url=info.url, timeout=HANG_GUARD) as client,
+            client.stream("GET", f"/{kind}") as response,
+        ):
+            body = b""
+            async for chunk in response.aiter_bytes():
+                body += chunk
+            results[i] = f"{response.status_code} {body.decode()!r}"
     except httpx.HTTPError as exc:
         results[i] = f"error {type(exc).__name__}"
 
@@ -172,7 +174,9 @@ async def _run(plan: ServerPlan, server: ServerName) -> tuple[TaskScope, dict[in
 
 
 def check(plan: ServerPlan, server: ServerName, backend: Backend) -> None:
-    scope, results, messages = anyio.run(_run, plan, server, backend=backend[0], backend_options=backend[1])
+    scope, results, messages = anyio.run(
+        _run, plan, server, backend=backend[0], backend_options=backend[1]
+    )
     record = scope.report.by_name(server)
     cut = any(kind in STUCK for kind in plan.requests)
     problems = []
@@ -187,7 +191,9 @@ def check(plan: ServerPlan, server: ServerName, backend: Backend) -> None:
             if kind in ENDING:
                 whole = "200 'first\\nend\\n'" if kind == "stream" else "200 'end\\n'"
                 if got != whole:
-                    problems.append(f"request {i} ({kind}) ended by itself: got {got}, want {whole}")
+                    problems.append(
+                        f"request {i} ({kind}) ended by itself: got {got}, want {whole}"
+                    )
             elif got is not None and got.startswith("200") and got.endswith("end\\n'"):
                 problems.append(f"request {i} ({kind}) never ends by itself, yet got {got}")
     if any("did it catch the cancellation?" in m for m in messages):
