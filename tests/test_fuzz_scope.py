@@ -89,19 +89,24 @@ ALL = tuple(BACKENDS)
 REPEAT = 30
 
 
-def _cases(plan: Plan, failing: tuple[str, ...] = (), reason: str = "") -> list[Any]:
-    """The plan on every backend, marked xfail (strict) where the defect shows today."""
+def _cases(
+    plan: Plan, failing: tuple[str, ...] = (), reason: str = "", rarely: tuple[str, ...] = ()
+) -> list[Any]:
+    """The plan on every backend, marked xfail (strict) where the defect shows today in
+    every run of the test, and xfail (not strict) where it shows only now and then."""
     cases = []
     for backend in ALL:
         marks = [pytest.mark.xfail(strict=True, reason=reason)] if backend in failing else []
+        if backend in rarely:
+            marks.append(pytest.mark.xfail(strict=False, reason=reason))
         if backend == "asyncio+uvloop":
             marks.append(pytest.mark.skipif(sys.platform == "win32", reason="uvloop is POSIX only"))
         cases.append(pytest.param(plan, backend, id=backend, marks=marks))
     return cases
 
 
-def _run_repeatedly(plan: Plan, backend: str) -> None:
-    for attempt in range(REPEAT):
+def _run_repeatedly(plan: Plan, backend: str, repeat: int = REPEAT) -> None:
+    for attempt in range(repeat):
         obs, exp = run_plan(plan, BACKENDS[backend], tolerate=frozenset())
         problems = check(plan, obs, exp)
         if problems:
@@ -306,3 +311,29 @@ def test_process_exiting_nonzero_after_sigterm_is_not_stopped(plan: Plan, backen
     CalledProcessError (or CANCELLED).  Is (9d5795a): STOPPED on every backend, every
     run."""
     _run_repeatedly(plan, backend)
+
+
+FALSE_OUTSIDE = Plan(
+    "small", True, False, "stop", (Member("obey", grace="zero"), Member("obey", grace="part"))
+)
+
+
+@pytest.mark.parametrize(
+    ("plan", "backend"),
+    _cases(
+        FALSE_OUTSIDE,
+        failing=("asyncio", "trio"),
+        reason="asyncio: a member with its own grace reads as cancelled from outside; "
+        "trio: the grace=0 member is accused",
+        rarely=("asyncio+uvloop",),
+    ),
+)
+def test_own_grace_member_is_not_cancelled_from_outside(plan: Plan, backend: str) -> None:
+    """Two members parked in ``wait()``: one with ``grace=0``, one with ``grace=`` 0.4
+    of the scope's; ``stop()``.  Model: the first CANCELLED/"cancelled", the second
+    STOPPED (or, in real time, CANCELLED/"cancelled"); nothing was cancelled from
+    outside.  Is (9d5795a): on asyncio (debug), the second is CANCELLED with phase
+    "cancelled-from-outside" in about one run in ten (so this test runs the plan 100
+    times); on trio the first is "after-cancel" (the grace=0 defect above), every
+    run; on uvloop the first defect shows too, more rarely (not strict there)."""
+    _run_repeatedly(plan, backend, repeat=100)
