@@ -23,7 +23,7 @@ from fuzz_model import Member, Plan, check, plans, run_and_check, run_plan
 
 #: examples per backend in the CI profile (deterministic: derandomized, no database);
 #: trio runs grace periods in virtual time, so it affords more
-CI_EXAMPLES = {"asyncio": 250, "trio": 1200}
+CI_EXAMPLES = {"asyncio": 200, "trio": 900}
 #: examples per backend with --long
 LONG_EXAMPLES = 10_000
 
@@ -48,7 +48,7 @@ def test_fuzz_scope(anyio_backend: tuple[str, dict[str, Any]], pytestconfig: pyt
 
 
 #: examples per backend of the slower profiles (real time: a signal storm, processes)
-CI_SPECIAL = {"signal": 40, "process": 25}
+CI_SPECIAL = {"signal": 30, "process": 20}
 LONG_SPECIAL = 1_000
 
 
