@@ -56,6 +56,9 @@ PROCESS_GRACE = 0.5
 #: (chosen so that no stop time, delay and deadline ever tie)
 MEMBER_GRACE = {"zero": 0.0, "part": 0.4}
 DELAYS = {"short": 0.25, "long": 0.7, "over": 1.3}
+#: seconds after its cancellation at which a member still running is reported a
+#: laggard (phase "after-cancel"); the library's AFTER_CANCEL_REPORT_DELAY
+LAGGARD_DELAY = 1.0
 #: the signal storm: interval of the timer, and how many signals at most
 STORM_INTERVAL = 0.0005
 STORM_MAX = 60
@@ -380,6 +383,11 @@ class Verdict:
     #: the verdict holds whatever the timing (it does not race a finite deadline)
     robust: bool
 
+    @property
+    def overrun(self) -> float:
+        """How long it runs on after it was cancelled (a shielded cleanup)."""
+        return self.exit_at - self.deadline if self.cut else 0.0
+
 
 def _duration(m: Member) -> float:
     """How long the member takes after its signal is set, if nothing cuts it."""
@@ -662,6 +670,14 @@ def predict(
             elif not exact and not timeline[i].robust and k == "nested":
                 # its children that raise on the wake may be cut before they run
                 alts += [*cut(i, m, "cancelled"), nested_partly_failed(i, m)]
+        laggard = LAGGARD_DELAY / unit(plan, virtual)
+        if virtual and (
+            timeline[i].overrun >= laggard
+            or (m.kind == "shield_ignore" and DELAYS[m.delay] >= laggard)
+        ):
+            # a shielded cleanup still running when the scope reports laggards, one
+            # second after the cancellation: phase "after-cancel" then
+            alts.append(alt(Outcome.CANCELLED, "after-cancel"))
         expect[name] = alts + _tolerated(plan, i, m, alts, tolerate)
 
     reason: object
