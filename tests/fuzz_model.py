@@ -765,6 +765,7 @@ class Observation:
     started_late: set[str] = field(default_factory=set)
     parent_leak: str | None = None
     task_leak: str | None = None
+    live_procs: list[str] = field(default_factory=list)
     logs: list[str] = field(default_factory=list)
     release: threading.Event = field(default_factory=threading.Event)
     #: tags of CancelledErrors nobody sent: the scope reports each as a RuntimeError
@@ -1211,6 +1212,8 @@ class Runner:
             self._end_storm()
             logger.removeHandler(handler)
             obs.logs = handler.messages
+            # nothing runs on after the scope: every child has exited and been reaped
+            obs.live_procs = [self.names[i] for i, p in self.procs.items() if p.returncode is None]
             with anyio.CancelScope(shield=True):
                 for proc in self.procs.values():
                     await proc.aclose()  # reaped by the member; close its pipe
@@ -1451,6 +1454,8 @@ def check(plan: Plan, obs: Observation, exp: Expect) -> list[str]:
         problems.append(obs.parent_leak)
     if obs.task_leak:
         problems.append(obs.task_leak)
+    if obs.live_procs:
+        problems.append(f"processes not reaped when the scope exited: {obs.live_procs}")
     if obs.before != obs.after:
         problems.append(f"the report changed after exit: {obs.before} -> {obs.after}")
     return problems
