@@ -456,8 +456,8 @@ KNOWN_DEFECTS = frozenset(
         "stage-member-grace",
         # a process that exits non-zero after our SIGTERM is STOPPED
         "process-exit-code",
-        # asyncio: a member with its own grace, beside one with grace=0, sometimes
-        # reads as cancelled from outside (nobody cancelled from outside)
+        # a member that runs after its own deadline passed, before anyio has cancelled
+        # its scope, reads as cancelled from outside (and so does the scope)
         "false-outside",
     }
 )
@@ -494,8 +494,15 @@ def _tolerated(
                 optional=frozenset({f"m{i}", *(f"m{i}.c{j}" for j in range(len(m.children)))}),
             )
         ]
-    if "false-outside" in tolerate and m.grace != "scope":
+    if "false-outside" in tolerate and any(o.grace != "scope" for o in plan.members):
+        # the scope then takes itself for cancelled from outside: any member may be cut
+        # "from outside", or fail in that phase
         extra += [alt(Outcome.CANCELLED, "cancelled-from-outside")]
+        extra += [
+            dataclasses.replace(a, phases=a.phases | {"cancelled-from-outside"})
+            for a in alts
+            if a.outcome is Outcome.FAILED and a.phases is not None
+        ]
     if "process-exit-code" in tolerate and m.kind == "proc_term_exit" and m.after != "0":
         extra += [alt(Outcome.STOPPED, "grace")]
     return extra
