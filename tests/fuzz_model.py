@@ -1311,7 +1311,9 @@ def check(plan: Plan, obs: Observation, exp: Expect) -> list[str]:
                 return cause_tag
         if id(e) in tag_of and tag_of[id(e)] in obs.foreign:
             return f"<bare {_describe(e)}: a RuntimeError caused by it was due>"
-        return tag_of.get(id(e), f"<{_describe(e)}>")
+        # an error the plan did not raise (a process's CalledProcessError): known by
+        # identity, so that two alike ones are not taken for one raised twice
+        return tag_of.get(id(e), f"<{_describe(e)} at {id(e):#x}>")
 
     def tags_of(exc: BaseException | None) -> list[str]:
         if exc is None:
@@ -1517,6 +1519,7 @@ def survey(backend: str, examples: int, special: str = "") -> int:
         for problem in problems:
             key = re.sub(r"m\d+(\.c\d+)?", "mX", problem)
             key = re.sub(r"latency=\S+", "latency=L", re.sub(r"\d+\.\d+s", "Ns", key))
+            key = re.sub(r" at 0x[0-9a-f]+>", ">", key)
             seen.setdefault(key, []).append(plan)
 
     started = time.perf_counter()
