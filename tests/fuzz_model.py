@@ -20,6 +20,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
+import signal as _os_signal
+import subprocess
 import sys
 import threading
 from collections import Counter
@@ -46,6 +49,19 @@ EXIT_SLACK = 5.0
 HANG_GUARD = 30.0
 #: a period no test reaches: sleep()/every() only end because of the signal
 FOREVER = 1e6
+#: the small grace of a plan with process members (real seconds): a child must get its
+#: SIGTERM and die well within it, even on a loaded machine
+PROCESS_GRACE = 0.5
+#: a member's own `grace=` and a slow member's delay, as fractions of the small grace
+#: (chosen so that no stop time, delay and deadline ever tie)
+MEMBER_GRACE = {"zero": 0.0, "part": 0.4}
+DELAYS = {"short": 0.25, "long": 0.7, "over": 1.3}
+#: seconds after its cancellation at which a member still running is reported a
+#: laggard (phase "after-cancel"); the library's AFTER_CANCEL_REPORT_DELAY
+LAGGARD_DELAY = 1.0
+#: the signal storm: interval of the timer, and how many signals at most
+STORM_INTERVAL = 0.0005
+STORM_MAX = 60
 
 # ---------------------------------------------------------------------------- plans
 
@@ -53,6 +69,9 @@ FOREVER = 1e6
 FINITE = ("finish", "finish_late")
 #: members that end when their signal is set (no cancellation needed)
 OBEYING = ("obey", "obey_late", "raise_grace", "thread_obey")
+#: members that take a while (their `delay`) after their signal is set: `obey_delay`
+#: sleeps, `shield_obey` runs a cleanup under `CancelScope(shield=True)`
+TIMED = ("obey_delay", "shield_obey")
 #: members that only end when cancelled (or, for threads, are abandoned)
 LINGERING = (
     "obey_slow",  # sees the signal, then takes longer than any grace
@@ -61,7 +80,11 @@ LINGERING = (
     "swallow_once",
     "swallow_always",
     "thread_ignore",
+    "shield_ignore",  # ignores the signal; its `finally` runs a shielded cleanup
 )
+#: process members (a `sys.executable -c` child): exits 0 at once (before any stop);
+#: dies of SIGTERM; exits with `code` on SIGTERM; ignores SIGTERM (needs SIGKILL)
+PROCESSES = ("proc_finish", "proc_term", "proc_term_exit", "proc_ignore")
 #: members with children of their own
 PARENTS = ("nursery", "nested")
 NURSERY_CHILDREN = ("obey", "ignore", "raise_on_cancel")
@@ -71,12 +94,31 @@ NESTED_CHILDREN = ("obey", "ignore", "raise_grace")
 #: someone else cancelled); on trio, which has no such thing, it raises a plain error
 FOREIGN = "foreign_cancel"
 #: stop sources that end in a graceful stop of the scope
-GRACEFUL_SOURCES = ("stop", "member", "parent", "thread", "start_raise", "body_end", "body_raise")
+GRACEFUL_SOURCES = (
+    "stop",
+    "member",
+    "parent",
+    "thread",
+    "start_raise",
+    "body_end",
+    "body_raise",
+    "signal",  # a real signal handler (SIGALRM, a setitimer storm on the loop thread)
+)
 #: stop sources after which the body goes on (and may start members during shutdown)
-BODY_GOES_ON = ("stop", "member", "parent", "thread", "start_raise", FOREIGN)
+BODY_GOES_ON = ("stop", "member", "parent", "thread", "start_raise", FOREIGN, "signal")
 #: hard stops: a BaseException that is not cancellation
 BASE_SOURCES = ("member_base", "body_base")
-SOURCES = (*GRACEFUL_SOURCES, FOREIGN, *BASE_SOURCES, "outer", "drain_outer", "none")
+#: the sources of the main profile (a signal storm needs real time: a test of its own)
+SOURCES = (
+    *(s for s in GRACEFUL_SOURCES if s != "signal"),
+    FOREIGN,
+    *BASE_SOURCES,
+    "outer",
+    "drain_outer",
+    "none",
+)
+#: the BaseExceptions a hard stop raises: a stand-in, and the real ones
+BASES = ("fuzz", "kbi", "exit")
 
 
 @dataclass(frozen=True)
@@ -98,6 +140,13 @@ class Member:
     where: str = "except"
     #: the kinds of the children of a nursery or nested member
     children: tuple[str, ...] = ()
+    #: scope: the scope's grace; zero | part: its own `grace=` (see MEMBER_GRACE)
+    grace: str = "scope"
+    #: obey_delay, shield_obey, shield_ignore: how long it takes (see DELAYS)
+    delay: str = "short"
+    #: shield_obey: after its shielded cleanup, return at once or pass a checkpoint;
+    #: proc_term_exit: the exit code (as a string)
+    after: str = "return"
 
 
 @dataclass(frozen=True)
@@ -109,6 +158,10 @@ class Plan:
     stages: bool
     source: str
     members: tuple[Member, ...]
+    #: member_base, body_base: what is raised (FuzzBaseError, KeyboardInterrupt, SystemExit)
+    base: str = "fuzz"
+    #: signal: the storm's signal that stops the scope (1 = the first)
+    storm_at: int = 1
 
     def names(self) -> list[str]:
         return [f"m{i}-{m.kind}" for i, m in enumerate(self.members)]
@@ -135,22 +188,36 @@ class FuzzBaseError(BaseException):
 
 def lingers(m: Member) -> bool:
     """Whether the member keeps running until it is cancelled (or abandoned)."""
-    if m.kind in LINGERING:
+    if m.kind in LINGERING or m.kind == "proc_ignore":
         return True
     return m.kind in PARENTS and any(c in ("ignore", "raise_on_cancel") for c in m.children)
 
 
+#: kinds that may have a `grace=` of their own
+OWN_GRACE_KINDS = frozenset(
+    {*OBEYING, *TIMED, *LINGERING, *PARENTS, "proc_term", "proc_term_exit", "proc_ignore"}
+)
+
+
 @st.composite
-def members_st(draw: st.DrawFn, kinds: list[str], stages: bool, late_kinds: list[str]) -> Member:
+def members_st(
+    draw: st.DrawFn,
+    kinds: list[str],
+    stages: bool,
+    late_kinds: list[str],
+    need_grace: frozenset[str] = frozenset(),
+) -> Member:
+    """One member; a kind in `need_grace` (it would never end by itself and the scope
+    waits forever) gets a `grace=` of its own."""
     late = bool(late_kinds) and draw(st.integers(0, 3)) == 0
     kind = draw(st.sampled_from(late_kinds if late else kinds))
     waiter = "wait"
-    if kind in ("obey", "obey_late", "obey_slow", "raise_grace"):
+    if kind in ("obey", "obey_late", "obey_slow", "raise_grace", *TIMED):
         waiter = draw(st.sampled_from(["wait", "sleep", "every", "cancel_scope"]))
-    elif kind in ("ignore", "raise_on_cancel", "swallow_once", "swallow_always"):
+    elif kind in ("ignore", "raise_on_cancel", "swallow_once", "swallow_always", "shield_ignore"):
         waiter = draw(st.sampled_from(["sleep_forever", "event"]))
     spawn = "soon"
-    if not late and not kind.startswith("thread"):
+    if not late and not kind.startswith(("thread", "proc")):
         spawn = draw(st.sampled_from(["soon", "start_early", "start_late"]))
     children: tuple[str, ...] = ()
     if kind in PARENTS:
@@ -159,13 +226,37 @@ def members_st(draw: st.DrawFn, kinds: list[str], stages: bool, late_kinds: list
         children = tuple(draw(st.lists(st.sampled_from(allowed), min_size=1, max_size=3)))
     where = draw(st.sampled_from(["except", "finally"])) if kind == "raise_on_cancel" else "except"
     stage = 0 if late or not stages else draw(st.integers(0, 2))
-    return Member(kind, waiter, spawn, stage, late, where, children)
+    grace = "scope"
+    if not late and kind in OWN_GRACE_KINDS:
+        choices = ["scope", "scope", "zero", "part"]
+        if kind in need_grace or (kind in PARENTS and lingers(Member(kind, children=children))):
+            choices = ["zero", "part"]
+        if kind == "shield_obey":  # grace 0: whether the shield is entered is a tie
+            choices = [c for c in choices if c != "zero"]
+        grace = draw(st.sampled_from(choices))
+    delay = draw(st.sampled_from(sorted(DELAYS))) if kind in (*TIMED, "shield_ignore") else "short"
+    after = "return"
+    if kind == "shield_obey":
+        after = draw(st.sampled_from(["return", "checkpoint"]))
+    elif kind == "proc_term_exit":
+        after = draw(st.sampled_from(["0", "3"]))
+    return Member(kind, waiter, spawn, stage, late, where, children, grace, delay, after)
 
 
 @st.composite
-def plans(draw: st.DrawFn) -> Plan:
-    """Every plan the model can predict exactly (up to the stated nondeterminism)."""
-    source = draw(st.sampled_from(SOURCES))
+def plans(draw: st.DrawFn, special: str = "") -> Plan:
+    """Every plan the model can predict exactly (up to the stated nondeterminism).
+
+    :param special: ``""`` for the main profile; ``"signal"``: the stop comes from a
+        real signal handler, in a storm of signals (real time); ``"process"``: process
+        members among a few others (real time)
+    """
+    if special == "signal":
+        source = "signal"
+    elif special == "process":
+        source = draw(st.sampled_from([s for s in SOURCES if s not in ("drain_outer", "none")]))
+    else:
+        source = draw(st.sampled_from(SOURCES))
     # drain_outer: the drain must still run when the harness cuts it
     grace = "none" if source == "drain_outer" else draw(st.sampled_from(["zero", "small", "none"]))
     if source == "body_end":
@@ -176,23 +267,42 @@ def plans(draw: st.DrawFn) -> Plan:
         stop_on_exit = draw(st.booleans())
     stages = draw(st.booleans())
     hard_end = source in ("outer", "drain_outer", *BASE_SOURCES)
+    lingering = [*LINGERING] if special != "process" else ["ignore", "shield_ignore"]
+    need_grace: frozenset[str] = frozenset()
     if source == "none":
         kinds = list(FINITE)
+    elif special == "process":
+        kinds = [*PROCESSES, "obey", "obey_delay"]
+        if grace != "none" or hard_end:
+            kinds += lingering
+        else:  # they would run for ever: each gets a grace of its own
+            kinds += [*lingering, "proc_ignore"]
+            need_grace = frozenset({*lingering, "proc_ignore"})
     else:
         kinds = [*FINITE, "obey", "obey_late", "raise_grace", "thread_obey", *PARENTS]
-        if grace != "none" or hard_end:
-            kinds += list(LINGERING)
+        if source != "drain_outer":  # the harness cuts the drain once all are blocked
+            kinds += list(TIMED)
+        kinds += lingering
+        if grace == "none" and not hard_end:
+            need_grace = frozenset(lingering)
     late_kinds: list[str] = []
-    if source in BODY_GOES_ON and grace != "zero":
+    if source in BODY_GOES_ON and grace != "zero" and special != "process":
         late_kinds = ["obey", "finish", "raise_grace"] + (["ignore"] if grace == "small" else [])
-    members = list(draw(st.lists(members_st(kinds, stages, late_kinds), max_size=5)))
+    max_size = 3 if special == "process" else 5
+    members = list(
+        draw(st.lists(members_st(kinds, stages, late_kinds, need_grace), max_size=max_size))
+    )
+    if source == "drain_outer":  # the harness cuts the drain at once: no own graces
+        members = [dataclasses.replace(m, grace="scope") for m in members]
     if source in ("member", "member_base", "start_raise", FOREIGN):
         triggers = {"member": "trigger", "member_base": "trigger_base", FOREIGN: "trigger_foreign"}
         trigger = triggers.get(source, source)
         at = draw(st.integers(0, len(members)))
         stage = draw(st.integers(0, 2)) if stages and trigger != "start_raise" else 0
         members.insert(at, Member(trigger, stage=stage))
-    return Plan(grace, stop_on_exit, stages, source, tuple(members))
+    base = draw(st.sampled_from(BASES)) if source in BASE_SOURCES else "fuzz"
+    storm_at = draw(st.integers(1, 5)) if source == "signal" else 1
+    return Plan(grace, stop_on_exit, stages, source, tuple(members), base, storm_at)
 
 
 # ---------------------------------------------------------------------------- model
@@ -211,6 +321,8 @@ class Alt:
     no_latency: bool = False
     #: tags the error may hold too (children that may or may not raise before a hard stop)
     optional: frozenset[str] = frozenset()
+    #: the error is one the library makes (a process's CalledProcessError): its type
+    error_type: type[BaseException] | None = None
 
 
 def alt(outcome: Outcome, *phases: str, tags: frozenset[str] = frozenset()) -> Alt:
@@ -234,13 +346,171 @@ class Expect:
     grace_value: float | None
 
 
-def grace_value(plan: Plan, virtual: bool) -> float | None:
-    return {"zero": 0.0, "none": None}.get(
-        plan.grace, SMALL_GRACE_VIRTUAL if virtual else SMALL_GRACE_REAL
+def has_processes(plan: Plan) -> bool:
+    return any(m.kind in PROCESSES for m in plan.members)
+
+
+def real_time(plan: Plan) -> bool:
+    """Whether the plan needs real time (threads, processes, a signal storm)."""
+    return plan.source in ("thread", "signal") or any(
+        m.kind.startswith(("thread", "proc")) for m in plan.members
     )
 
 
-def predict(plan: Plan, exact: bool, virtual: bool) -> Expect:
+def unit(plan: Plan, virtual: bool) -> float:
+    """The small grace in seconds; members' own graces and delays are fractions of it."""
+    if has_processes(plan):
+        return PROCESS_GRACE
+    return SMALL_GRACE_VIRTUAL if virtual else SMALL_GRACE_REAL
+
+
+def grace_value(plan: Plan, virtual: bool) -> float | None:
+    return {"zero": 0.0, "none": None}.get(plan.grace, unit(plan, virtual))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Where one member's time runs out, in units of the small grace."""
+
+    #: its signal is set (its stage's stop)
+    signal_at: float
+    #: its deadline: its own grace from its signal, capped by the scope's budget
+    deadline: float
+    #: it leaves (by itself or cut; a shielded cleanup defers the cut)
+    exit_at: float
+    #: it is cancelled (its deadline comes before it returns)
+    cut: bool
+    #: the verdict holds whatever the timing (it does not race a finite deadline)
+    robust: bool
+
+    @property
+    def overrun(self) -> float:
+        """How long it runs on after it was cancelled (a shielded cleanup)."""
+        return self.exit_at - self.deadline if self.cut else 0.0
+
+
+def _duration(m: Member) -> float:
+    """How long the member takes after its signal is set, if nothing cuts it."""
+    k = m.kind
+    if k in ("obey_delay", "shield_obey"):
+        return DELAYS[m.delay]
+    if k == "nursery":
+        return 0.0 if all(c == "obey" for c in m.children) else math.inf
+    if k == "nested":
+        return math.inf if "ignore" in m.children else 0.0
+    return math.inf if lingers(m) else 0.0
+
+
+def _timeline(plan: Plan) -> list[Verdict]:
+    """Each member's verdict after a graceful stop at time 0: the stages are stopped
+    last-created first, each once every member of the later one has left; a member's
+    grace starts when its own (stage's) signal is set and is capped by what is left of
+    the scope's budget."""
+    budget = {"zero": 0.0, "small": 1.0}.get(plan.grace, math.inf)
+    verdicts: dict[int, Verdict] = {}
+
+    def judge(i: int, m: Member, start: float) -> Verdict:
+        own = MEMBER_GRACE.get(m.grace, math.inf)
+        deadline = min(start + own, budget)
+        took = _duration(m)
+        if start + took < deadline:
+            return Verdict(start, deadline, start + took, False, deadline == math.inf)
+        exit_at = deadline
+        if m.kind == "shield_ignore":
+            exit_at = deadline + DELAYS[m.delay]
+        elif m.kind == "shield_obey" and start < deadline:
+            exit_at = start + took  # the shielded cleanup runs to its end
+        # a slow member cut: its sleep or cleanup cannot end early, and a loop that
+        # stalls makes the stage behind it (and its deadline) later, never earlier
+        robust = took == math.inf or start >= budget or m.kind in TIMED
+        return Verdict(start, deadline, exit_at, True, robust)
+
+    start = 0.0
+    order = [2, 1] if plan.stages else []
+    for stage in order:
+        ends = [start]
+        for i, m in enumerate(plan.members):
+            if m.stage == stage and not m.late:
+                v = verdicts[i] = judge(i, m, start)
+                if m.kind not in FINITE and m.kind != "proc_finish":
+                    ends.append(v.exit_at)
+        start = max(ends)
+    for i, m in enumerate(plan.members):
+        if i not in verdicts:  # the scope's own signal (stage 0), and late members
+            verdicts[i] = judge(i, m, 0.0)
+    return [verdicts[i] for i in range(len(plan.members))]
+
+
+#: defects of the library, found by this fuzzer, whose fix has not landed yet; each has
+#: a strict-xfail regression test in tests/test_fuzz_scope.py.  The CI and --long
+#: profiles tolerate them (the model also allows the wrong outcome), so that they keep
+#: looking for new ones; the survey (``python tests/fuzz_model.py``) and the regression
+#: tests do not.  Remove an entry when its fix lands.
+KNOWN_DEFECTS = frozenset(
+    {
+        # a member's own grace=0 lets the member, woken by the stop, run on (trio)
+        "member-grace0",
+        # a shielded cleanup that overruns its grace: STOPPED, or accused of catching
+        "shield-overrun",
+        # a member's grace counts from the scope's stop, not from its stage's
+        "stage-member-grace",
+        # a process that exits non-zero after our SIGTERM is STOPPED
+        "process-exit-code",
+        # a member that runs after its own deadline passed, before anyio has cancelled
+        # its scope, reads as cancelled from outside (and so does the scope)
+        "false-outside",
+    }
+)
+
+
+def _tolerated(
+    plan: Plan, i: int, m: Member, alts: list[Alt], tolerate: frozenset[str]
+) -> list[Alt]:
+    """The wrong outcomes the known defects give (see KNOWN_DEFECTS)."""
+    extra: list[Alt] = []
+    if "member-grace0" in tolerate and m.grace == "zero":
+        extra += [alt(Outcome.CANCELLED, "after-cancel")]
+        extra += [dataclasses.replace(a, phases=None) for a in alts if a.outcome is Outcome.FAILED]
+        extra += [
+            Alt(
+                Outcome.FAILED,
+                None,
+                optional=frozenset({f"m{i}", *(f"m{i}.c{j}" for j in range(len(m.children)))}),
+            )
+        ]
+    if "shield-overrun" in tolerate and m.kind in ("shield_obey", "shield_ignore"):
+        extra += [alt(Outcome.STOPPED, "grace"), alt(Outcome.CANCELLED, "after-cancel")]
+    if (
+        "stage-member-grace" in tolerate
+        and plan.stages
+        and any(o.grace != "scope" and o.stage > 0 for o in plan.members)
+        and m.stage > 0
+    ):
+        extra += [alt(Outcome.STOPPED, "grace"), alt(Outcome.CANCELLED, "cancelled")]
+        extra += [
+            Alt(
+                Outcome.FAILED,
+                None,
+                optional=frozenset({f"m{i}", *(f"m{i}.c{j}" for j in range(len(m.children)))}),
+            )
+        ]
+    if "false-outside" in tolerate and any(o.grace != "scope" for o in plan.members):
+        # the scope then takes itself for cancelled from outside: any member may be cut
+        # "from outside", or fail in that phase
+        extra += [alt(Outcome.CANCELLED, "cancelled-from-outside")]
+        extra += [
+            dataclasses.replace(a, phases=a.phases | {"cancelled-from-outside"})
+            for a in alts
+            if a.outcome is Outcome.FAILED and a.phases is not None
+        ]
+    if "process-exit-code" in tolerate and m.kind == "proc_term_exit" and m.after != "0":
+        extra += [alt(Outcome.STOPPED, "grace")]
+    return extra
+
+
+def predict(
+    plan: Plan, exact: bool, virtual: bool, tolerate: frozenset[str] = frozenset()
+) -> Expect:
     """What must happen, from the plan alone.
 
     :param exact: small-grace timing is exact (virtual time): a member that needs only
@@ -278,6 +548,12 @@ def predict(plan: Plan, exact: bool, virtual: bool) -> Expect:
         k = m.kind
         if k in ("obey", "obey_late", "obey_slow", "raise_grace", "ignore", "swallow_once"):
             return [alt(Outcome.CANCELLED, phase)]
+        if k in (*TIMED, "shield_ignore"):
+            # a shield that deferred the cancellation: cancelled all the same, never
+            # STOPPED and never accused of catching it
+            return [alt(Outcome.CANCELLED, phase)]
+        if k in ("proc_term", "proc_term_exit", "proc_ignore"):
+            return [alt(Outcome.CANCELLED, phase)]  # SIGKILL
         if k == "raise_on_cancel":
             return [Alt(Outcome.FAILED, CANCEL_PHASES, frozenset({tag(i)}))]
         if k == "swallow_always":
@@ -299,8 +575,16 @@ def predict(plan: Plan, exact: bool, virtual: bool) -> Expect:
     def graceful(i: int, m: Member) -> list[Alt]:
         """The member got its stop and a grace that ends (small) or not (none)."""
         k = m.kind
-        if k in ("obey", "obey_late", "thread_obey"):
+        if k in ("obey", "obey_late", "thread_obey", *TIMED, "proc_term"):
             return [alt(Outcome.STOPPED, "grace")]
+        if k == "proc_term_exit":
+            if m.after == "0":
+                return [alt(Outcome.STOPPED, "grace")]
+            # exited non-zero after our SIGTERM: not the promise STOPPED makes
+            return [
+                Alt(Outcome.FAILED, frozenset({"grace"}), error_type=subprocess.CalledProcessError),
+                alt(Outcome.CANCELLED, "grace", "cancelled"),
+            ]
         if k == "raise_grace":
             return [alt(Outcome.FAILED, "grace", tags=frozenset({tag(i)}))]
         if k == "nursery":
@@ -322,9 +606,11 @@ def predict(plan: Plan, exact: bool, virtual: bool) -> Expect:
         raisers = frozenset(tag(i, j) for j, c in enumerate(m.children) if c == "raise_grace")
         return Alt(Outcome.FAILED, None, optional=raisers)
 
+    timeline = _timeline(plan)
+
     for i, (name, m) in enumerate(zip(names, plan.members, strict=True)):
         k = m.kind
-        if k in FINITE:
+        if k in FINITE or k == "proc_finish":
             if not m.late:
                 alts = [Alt(Outcome.FINISHED, frozenset({"running"}), no_latency=True)]
             else:  # started during the shutdown: it returns after the stop request
@@ -361,21 +647,45 @@ def predict(plan: Plan, exact: bool, virtual: bool) -> Expect:
                 alts += [dataclasses.replace(a, phases=None) for a in graceful(i, m)]
             if k == "nested":  # its children may raise on the wake before the cut
                 alts.append(nested_partly_failed(i, m))
-        elif g == "zero" or blocked(m):
+        elif g == "zero":
             alts = cut(i, m, "cancelled")
         elif maybe_blocked(m):
             alts = graceful(i, m) + cut(i, m, "cancelled")
+        elif timeline[i].cut:
+            v = timeline[i]
+            # it got its stop, then its grace ran out: its wake has run (a nested scope's
+            # children raised), which graceful() says for the kinds that linger
+            lingered = v.signal_at < v.deadline and lingers(m)
+            alts = graceful(i, m) if lingered else cut(i, m, "cancelled")
+            if not exact and not timeline[i].robust:
+                alts += graceful(i, m)
         else:
             alts = graceful(i, m)
-            if g == "small" and not exact and not lingers(m):
+            if not exact and not timeline[i].robust and not lingers(m):
                 # the loop stalled past the grace; a member that returns at the moment
                 # it is cancelled (trio: its nursery saw no Cancelled) reads as one that
                 # swallowed the cancellation
                 alts += [*cut(i, m, "cancelled"), alt(Outcome.CANCELLED, "after-cancel")]
-            elif g == "small" and not exact and k == "nested":
+                # one that raises on its wake may do so once the grace is over
+                alts += [
+                    dataclasses.replace(a, phases=None)
+                    for a in graceful(i, m)
+                    if a.outcome is Outcome.FAILED
+                ]
+                if k == "nested":
+                    alts.append(nested_partly_failed(i, m))
+            elif not exact and not timeline[i].robust and k == "nested":
                 # its children that raise on the wake may be cut before they run
                 alts += [*cut(i, m, "cancelled"), nested_partly_failed(i, m)]
-        expect[name] = alts
+        laggard = LAGGARD_DELAY / unit(plan, virtual)
+        if virtual and (
+            timeline[i].overrun >= laggard
+            or (m.kind == "shield_ignore" and DELAYS[m.delay] >= laggard)
+        ):
+            # a shielded cleanup still running when the scope reports laggards, one
+            # second after the cancellation: phase "after-cancel" then
+            alts.append(alt(Outcome.CANCELLED, "after-cancel"))
+        expect[name] = alts + _tolerated(plan, i, m, alts, tolerate)
 
     reason: object
     trigger_at = next(
@@ -394,6 +704,7 @@ def predict(plan: Plan, exact: bool, virtual: bool) -> Expect:
             "drain_outer": "by-stop",
             "parent": "by-parent",
             "thread": "by-thread",
+            "signal": "by-signal",
             "body_end": StopReason.BODY_EXITED,
             "outer": StopReason.CANCELLED,
             "none": None,
@@ -461,19 +772,28 @@ class Observation:
     started_late: set[str] = field(default_factory=set)
     parent_leak: str | None = None
     task_leak: str | None = None
+    live_procs: list[str] = field(default_factory=list)
     logs: list[str] = field(default_factory=list)
     release: threading.Event = field(default_factory=threading.Event)
     #: tags of CancelledErrors nobody sent: the scope reports each as a RuntimeError
     #: caused by it
     foreign: set[str] = field(default_factory=set)
+    #: what base_err() raises: fuzz (FuzzBaseError) | kbi | exit
+    base: str = "fuzz"
 
     def err(self, tag: str) -> FuzzError:
         e = FuzzError(tag)
         self.errors[tag] = e
         return e
 
-    def base_err(self, tag: str) -> FuzzBaseError:
-        e = FuzzBaseError(tag)
+    def base_err(self, tag: str) -> BaseException:
+        e: BaseException
+        if self.base == "kbi":
+            e = KeyboardInterrupt(tag)
+        elif self.base == "exit":
+            e = SystemExit(tag)
+        else:
+            e = FuzzBaseError(tag)
         self.errors[tag] = e
         return e
 
@@ -523,13 +843,34 @@ async def _checkpoints(n: int = 3) -> None:
         await anyio.lowlevel.checkpoint()
 
 
+_CHILD_SETUP = {
+    "proc_finish": "",
+    "proc_term": "",
+    "proc_term_exit": "signal.signal(signal.SIGTERM, lambda *a: sys.exit({code}))\n",
+    "proc_ignore": "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n",
+}
+
+
+def _child_code(m: Member) -> str:
+    """A small Python child: it sets up its SIGTERM handling, says so on stdout, then
+    exits at once (proc_finish) or sleeps until a signal ends it."""
+    code = "import signal, sys, time\n" + _CHILD_SETUP[m.kind].format(code=m.after)
+    code += "print('ready', flush=True)\n"
+    if m.kind != "proc_finish":
+        code += "time.sleep(1e6)\n"
+    return code
+
+
 class Runner:
     """Runs one plan and fills an :class:`Observation`."""
 
-    def __init__(self, plan: Plan, grace: float | None) -> None:
+    def __init__(self, plan: Plan, grace: float | None, unit: float = SMALL_GRACE_REAL) -> None:
         self.plan = plan
         self.grace = grace
-        self.obs = Observation()
+        self.unit = unit
+        self.obs = Observation(base=plan.base)
+        self.procs: dict[int, anyio.abc.Process] = {}
+        self.storm: Any = None  # the SIGALRM handler it replaced, while a storm runs
         self.go: anyio.Event | None = None  # made inside the run
         self.parent = StopSignal()  # long-lived: it must hold no hooks after the scope
         self.names = plan.names()
@@ -571,6 +912,21 @@ class Runner:
         elif k == "obey_slow":
             await _park(sig, m.waiter)
             await anyio.sleep_forever()
+        elif k == "obey_delay":
+            await _park(sig, m.waiter)
+            await anyio.sleep(DELAYS[m.delay] * self.unit)
+        elif k == "shield_obey":
+            await _park(sig, m.waiter)
+            with anyio.CancelScope(shield=True):  # a cleanup that must not be cut
+                await anyio.sleep(DELAYS[m.delay] * self.unit)
+            if m.after == "checkpoint":
+                await anyio.lowlevel.checkpoint()
+        elif k == "shield_ignore":
+            try:
+                await _block(m.waiter)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await anyio.sleep(DELAYS[m.delay] * self.unit)
         elif k == "ignore":
             await _block(m.waiter)
         elif k == "raise_grace":
@@ -669,12 +1025,57 @@ class Runner:
 
     async def _launch(self, scope: TaskScope, i: int, m: Member, sig: StopSignal) -> None:
         name = self.names[i]
+        grace = None if m.grace == "scope" else MEMBER_GRACE[m.grace] * self.unit
         if m.kind.startswith("thread"):
-            scope.start_thread(self._thread_member(i, m), name=name)
+            scope.start_thread(self._thread_member(i, m), name=name, grace=grace)
+        elif m.kind in PROCESSES:
+            self.procs[i] = await scope.start_process(
+                [sys.executable, "-I", "-S", "-c", _child_code(m)],
+                name=name,
+                grace=grace,
+                stdout=subprocess.PIPE,
+            )
         elif m.spawn == "soon":
-            scope.start_soon(self._task_member(i, m), sig, name=name)
+            scope.start_soon(self._task_member(i, m), sig, name=name, grace=grace)
         else:
-            await scope.start(self._task_member(i, m), sig, name=name)
+            await scope.start(self._task_member(i, m), sig, name=name, grace=grace)
+
+    async def _processes_ready(self, scope: TaskScope) -> None:
+        """Wait until every child has set up its SIGTERM handling (it says so), and until
+        those that exit by themselves have been seen to exit."""
+        for i, proc in self.procs.items():
+            assert proc.stdout is not None
+            got = b""
+            with anyio.fail_after(HANG_GUARD):
+                while not got.endswith(b"\n"):
+                    got += await proc.stdout.receive()
+                if self.plan.members[i].kind == "proc_finish":
+                    record = scope.report.by_name(self.names[i])
+                    while record.outcome is Outcome.RUNNING:
+                        await anyio.sleep(0.005)
+
+    def _start_storm(self, scope: TaskScope) -> None:
+        """SIGALRM every STORM_INTERVAL on this (the loop's) thread; from the
+        `storm_at`-th on, the handler stops the scope; the storm ends by itself."""
+        fired = 0
+        storm_at = self.plan.storm_at
+
+        def handler(signum: int, frame: Any) -> None:
+            nonlocal fired
+            fired += 1
+            if fired >= storm_at:
+                scope.stop("by-signal")
+            if fired >= STORM_MAX:
+                _os_signal.setitimer(_os_signal.ITIMER_REAL, 0.0, 0.0)
+
+        self.storm = _os_signal.signal(_os_signal.SIGALRM, handler)
+        _os_signal.setitimer(_os_signal.ITIMER_REAL, STORM_INTERVAL, STORM_INTERVAL)
+
+    def _end_storm(self) -> None:
+        if self.storm is not None:
+            _os_signal.setitimer(_os_signal.ITIMER_REAL, 0.0, 0.0)
+            _os_signal.signal(_os_signal.SIGALRM, self.storm)
+            self.storm = None
 
     def _sync_wrapper(self, i: int) -> Callable[..., Any]:
         obs = self.obs
@@ -698,12 +1099,15 @@ class Runner:
             for i, m in enumerate(plan.members):
                 if m.stage == stage and not m.late and m.kind != "start_raise":
                     await self._launch(scope, i, m, signals[stage])
+        await self._processes_ready(scope)
         await anyio.wait_all_tasks_blocked()
         obs.t_stop = anyio.current_time()
         src = plan.source
         thread: threading.Thread | None = None
         if src == "stop":
             scope.stop("by-stop")
+        elif src == "signal":
+            self._start_storm(scope)
         elif src in ("member", "member_base", FOREIGN):
             assert self.go is not None
             self.go.set()
@@ -812,8 +1216,14 @@ class Runner:
                     obs.hung = True
                 drain_go.set()
         finally:
+            self._end_storm()
             logger.removeHandler(handler)
             obs.logs = handler.messages
+            # nothing runs on after the scope: every child has exited and been reaped
+            obs.live_procs = [self.names[i] for i, p in self.procs.items() if p.returncode is None]
+            with anyio.CancelScope(shield=True):
+                for proc in self.procs.values():
+                    await proc.aclose()  # reaped by the member; close its pipe
         if scope is None:
             return
         # no hooks left on the long-lived parent
@@ -845,8 +1255,7 @@ def backend_options(backend: tuple[str, dict[str, Any]], plan: Plan) -> tuple[di
     """The options for one run, and whether it runs in virtual time."""
     name, options = backend
     options = dict(options)
-    has_threads = plan.source == "thread" or any(m.kind.startswith("thread") for m in plan.members)
-    if name == "trio" and not has_threads:
+    if name == "trio" and not real_time(plan):
         import trio.testing
 
         options["clock"] = trio.testing.MockClock(autojump_threshold=0)
@@ -854,12 +1263,14 @@ def backend_options(backend: tuple[str, dict[str, Any]], plan: Plan) -> tuple[di
     return options, False
 
 
-def run_plan(plan: Plan, backend: tuple[str, dict[str, Any]]) -> tuple[Observation, Expect]:
+def run_plan(
+    plan: Plan, backend: tuple[str, dict[str, Any]], tolerate: frozenset[str] = KNOWN_DEFECTS
+) -> tuple[Observation, Expect]:
     options, virtual = backend_options(backend, plan)
     exact = virtual
-    runner = Runner(plan, grace_value(plan, virtual))
+    runner = Runner(plan, grace_value(plan, virtual), unit(plan, virtual))
     anyio.run(runner.run, backend=backend[0], backend_options=options)
-    return runner.obs, predict(plan, exact, virtual)
+    return runner.obs, predict(plan, exact, virtual, tolerate)
 
 
 # ---------------------------------------------------------------------------- checker
@@ -900,7 +1311,9 @@ def check(plan: Plan, obs: Observation, exp: Expect) -> list[str]:
                 return cause_tag
         if id(e) in tag_of and tag_of[id(e)] in obs.foreign:
             return f"<bare {_describe(e)}: a RuntimeError caused by it was due>"
-        return tag_of.get(id(e), f"<{_describe(e)}>")
+        # an error the plan did not raise (a process's CalledProcessError): known by
+        # identity, so that two alike ones are not taken for one raised twice
+        return tag_of.get(id(e), f"<{_describe(e)} at {id(e):#x}>")
 
     def tags_of(exc: BaseException | None) -> list[str]:
         if exc is None:
@@ -928,7 +1341,10 @@ def check(plan: Plan, obs: Observation, exp: Expect) -> list[str]:
                 continue
             if a.phases is not None and rec.phase not in a.phases:
                 continue
-            if a.outcome is Outcome.FAILED and not (
+            if a.error_type is not None:
+                if not isinstance(rec.error, a.error_type):
+                    continue
+            elif a.outcome is Outcome.FAILED and not (
                 a.tags <= set(got_tags) <= a.tags | a.optional
                 and len(got_tags) == len(set(got_tags))
                 and got_tags
@@ -1047,6 +1463,8 @@ def check(plan: Plan, obs: Observation, exp: Expect) -> list[str]:
         problems.append(obs.parent_leak)
     if obs.task_leak:
         problems.append(obs.task_leak)
+    if obs.live_procs:
+        problems.append(f"processes not reaped when the scope exited: {obs.live_procs}")
     if obs.before != obs.after:
         problems.append(f"the report changed after exit: {obs.before} -> {obs.after}")
     return problems
@@ -1063,11 +1481,12 @@ def run_and_check(plan: Plan, backend: tuple[str, dict[str, Any]]) -> None:
 # ---------------------------------------------------------------------------- survey
 
 
-def survey(backend: str, examples: int) -> int:
+def survey(backend: str, examples: int, special: str = "") -> int:
     """Run ``examples`` generated plans without stopping at the first failure; print each
     kind of difference once, with how often it came and its smallest plan.
 
-    ``python tests/fuzz_model.py trio 10000`` (backends: asyncio, asyncio+uvloop, trio).
+    ``python tests/fuzz_model.py trio 10000`` (backends: asyncio, asyncio+uvloop, trio);
+    a third argument, ``signal`` or ``process``, draws the plans of those profiles.
     """
     import re
     import time
@@ -1089,17 +1508,18 @@ def survey(backend: str, examples: int) -> int:
         phases=[Phase.generate],
         suppress_health_check=list(HealthCheck),
     )
-    @given(plans())
+    @given(plans(special))
     def one(plan: Plan) -> None:
         runs[0] += 1
         try:
-            obs, exp = run_plan(plan, backends[backend])
+            obs, exp = run_plan(plan, backends[backend], frozenset())
             problems = check(plan, obs, exp)
         except Exception as exc:  # a crash of the harness is a finding too
             problems = [f"crash: {_describe(exc)}"]
         for problem in problems:
             key = re.sub(r"m\d+(\.c\d+)?", "mX", problem)
             key = re.sub(r"latency=\S+", "latency=L", re.sub(r"\d+\.\d+s", "Ns", key))
+            key = re.sub(r" at 0x[0-9a-f]+>", ">", key)
             seen.setdefault(key, []).append(plan)
 
     started = time.perf_counter()
@@ -1112,4 +1532,4 @@ def survey(backend: str, examples: int) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(survey(sys.argv[1], int(sys.argv[2])))
+    raise SystemExit(survey(sys.argv[1], int(sys.argv[2]), *sys.argv[3:4]))

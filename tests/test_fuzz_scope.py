@@ -1,28 +1,36 @@
-"""The model-checked fuzzer of whole scopes (issue 7): CI profile, ``--long`` profile, and
-the shrunk plans it found, kept as regression tests.
+"""The model-checked fuzzer of whole scopes (issues 7 and 15): CI profile, ``--long``
+profile, the real-time profiles (a signal storm, process members), and the shrunk plans
+it found, kept as regression tests.
 
 Each hypothesis example is a whole :class:`~stopscope.TaskScope` run with its own
 ``anyio.run`` on the backend of the ``anyio_backend`` fixture; ``fuzz_model`` holds the
 plans, the reference model and the invariants checked on every run.  A failure prints
-the plan, what the model said and what happened.
+the plan, what the model said and what happened.  The profiles tolerate the defects
+listed in ``fuzz_model.KNOWN_DEFECTS`` (found, not fixed yet); the shrunk plans below
+do not: each is a strict xfail where its defect shows today.
 
 ``python tests/fuzz_model.py trio 10000`` runs the same plans without stopping at the
-first failure and prints each kind of difference once, with its smallest plan.
+first failure, tolerating nothing, and prints each kind of difference once, with its
+smallest plan (a third argument, ``signal`` or ``process``, for those profiles).
 """
 
 from __future__ import annotations
 
+import signal
 import sys
+import time
 from typing import Any
 
+import anyio
 import pytest
 from hypothesis import HealthCheck, given, settings
 
 from fuzz_model import Member, Plan, check, plans, run_and_check, run_plan
+from stopscope import Outcome, StopSignal, TaskScope
 
 #: examples per backend in the CI profile (deterministic: derandomized, no database);
 #: trio runs grace periods in virtual time, so it affords more
-CI_EXAMPLES = {"asyncio": 250, "trio": 1200}
+CI_EXAMPLES = {"asyncio": 200, "trio": 900}
 #: examples per backend with --long
 LONG_EXAMPLES = 10_000
 
@@ -46,6 +54,35 @@ def test_fuzz_scope(anyio_backend: tuple[str, dict[str, Any]], pytestconfig: pyt
     fuzz()
 
 
+#: examples per backend of the slower profiles (real time: a signal storm, processes)
+CI_SPECIAL = {"signal": 30, "process": 20}
+LONG_SPECIAL = 1_000
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs setitimer and SIGALRM")
+@pytest.mark.parametrize("special", ["signal", "process"])
+def test_fuzz_scope_special(
+    anyio_backend: tuple[str, dict[str, Any]], special: str, pytestconfig: pytest.Config
+) -> None:
+    """Whole scopes whose stop comes from a real signal handler in a storm of SIGALRM
+    on the loop's thread, or with process members: in real time, so fewer examples."""
+    long = bool(pytestconfig.getoption("--long"))
+
+    @settings(
+        max_examples=LONG_SPECIAL if long else CI_SPECIAL[special],
+        deadline=None,
+        derandomize=not long,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        print_blob=True,
+    )
+    @given(plan=plans(special))
+    def fuzz(plan: Plan) -> None:
+        run_and_check(plan, anyio_backend)
+
+    fuzz()
+
+
 # ------------------------------------------------------------------ shrunk failures
 
 BACKENDS = {
@@ -59,20 +96,25 @@ ALL = tuple(BACKENDS)
 REPEAT = 30
 
 
-def _cases(plan: Plan, failing: tuple[str, ...] = (), reason: str = "") -> list[Any]:
-    """The plan on every backend, marked xfail (strict) where the defect shows today."""
+def _cases(
+    plan: Plan, failing: tuple[str, ...] = (), reason: str = "", rarely: tuple[str, ...] = ()
+) -> list[Any]:
+    """The plan on every backend, marked xfail (strict) where the defect shows today in
+    every run of the test, and xfail (not strict) where it shows only now and then."""
     cases = []
     for backend in ALL:
         marks = [pytest.mark.xfail(strict=True, reason=reason)] if backend in failing else []
+        if backend in rarely:
+            marks.append(pytest.mark.xfail(strict=False, reason=reason))
         if backend == "asyncio+uvloop":
             marks.append(pytest.mark.skipif(sys.platform == "win32", reason="uvloop is POSIX only"))
         cases.append(pytest.param(plan, backend, id=backend, marks=marks))
     return cases
 
 
-def _run_repeatedly(plan: Plan, backend: str) -> None:
-    for attempt in range(REPEAT):
-        obs, exp = run_plan(plan, BACKENDS[backend])
+def _run_repeatedly(plan: Plan, backend: str, repeat: int = REPEAT) -> None:
+    for attempt in range(repeat):
+        obs, exp = run_plan(plan, BACKENDS[backend], tolerate=frozenset())
         problems = check(plan, obs, exp)
         if problems:
             lines = "\n  ".join(problems)
@@ -154,3 +196,226 @@ def test_grace0_thread_member_is_not_accused(plan: Plan, backend: str) -> None:
     "after-cancel": the member was already scheduled when the grace expired, so anyio
     had not delivered the cancellation."""
     _run_repeatedly(plan, backend)
+
+
+# Found by the fuzzer of issue 15 on 9d5795a (member grace=, shielded cleanups, process
+# members).  Each is xfail(strict=True) on the backends where it fails today: when the
+# fix lands, the lead removes the mark (a strict xfail that passes fails the run).
+
+MEMBER_GRACE0_OBEY = Plan("none", True, False, "stop", (Member("obey", grace="zero"),))
+MEMBER_GRACE0_RAISE = Plan("none", True, False, "stop", (Member("raise_grace", grace="zero"),))
+SHIELD_OVERRUNS_OWN_GRACE = Plan(
+    "small", True, False, "stop", (Member("shield_obey", grace="part", delay="long"),)
+)
+SHIELD_OVERRUNS_GRACE = Plan("small", True, False, "stop", (Member("shield_obey", delay="over"),))
+STAGE_MEMBER_GRACE = Plan(
+    "none",
+    True,
+    True,
+    "stop",
+    (Member("obey_delay", stage=2, delay="long"), Member("obey", stage=1, grace="part")),
+)
+PROCESS_EXIT3_AFTER_SIGTERM = Plan(
+    "small", True, False, "stop", (Member("proc_term_exit", after="3"),)
+)
+
+
+@pytest.mark.parametrize(
+    ("plan", "backend"),
+    _cases(
+        MEMBER_GRACE0_OBEY,
+        failing=("trio",),
+        reason="a member's own grace=0 lets the woken member run; it is then accused",
+    ),
+)
+def test_member_grace0_is_cancelled_not_accused(plan: Plan, backend: str) -> None:
+    """A member with ``grace=0`` parked in ``wait()``; ``stop()``.  Model: CANCELLED,
+    phase "cancelled", as with the scope's ``grace=0``.  Is (9d5795a): on trio,
+    phase "after-cancel" and the warning "did it catch the cancellation?", every run
+    (the stop woke the member before its own deadline cancelled it, and it returned)."""
+    _run_repeatedly(plan, backend)
+
+
+@pytest.mark.parametrize(
+    ("plan", "backend"),
+    _cases(
+        MEMBER_GRACE0_RAISE,
+        failing=("trio",),
+        reason="a member's own grace=0 lets the woken member run on after its grace",
+    ),
+)
+def test_member_grace0_runs_nothing_after_the_stop(plan: Plan, backend: str) -> None:
+    """A member with ``grace=0`` that raises once its signal is set.  Model: CANCELLED,
+    phase "cancelled" (with no grace, nothing of it runs after the stop, as with the
+    scope's ``grace=0``, and as on asyncio).  Is (9d5795a): on trio, FAILED with its
+    error, every run: the member ran after its grace was over."""
+    _run_repeatedly(plan, backend)
+
+
+@pytest.mark.parametrize(
+    ("plan", "backend"),
+    _cases(
+        SHIELD_OVERRUNS_OWN_GRACE,
+        failing=ALL,
+        reason="a shielded cleanup that overruns its grace: STOPPED, or accused",
+    ),
+)
+def test_shielded_cleanup_overrunning_own_grace(plan: Plan, backend: str) -> None:
+    """A member with ``grace=`` 0.4 of the scope's; once stopped it runs a cleanup
+    under ``CancelScope(shield=True)`` that takes 0.7, then returns (no checkpoint).
+    Model: CANCELLED, phase "cancelled" (its cancellation was delivered, the shield
+    deferred it; it did not return within its grace), no "did it catch" warning.
+    Is (9d5795a): asyncio and uvloop STOPPED/"grace", trio CANCELLED/"after-cancel"
+    with the warning; every run."""
+    _run_repeatedly(plan, backend)
+
+
+@pytest.mark.parametrize(
+    ("plan", "backend"),
+    _cases(
+        SHIELD_OVERRUNS_GRACE,
+        failing=ALL,
+        reason="a shielded cleanup that overruns the scope's grace: STOPPED, or accused",
+    ),
+)
+def test_shielded_cleanup_overrunning_scope_grace(plan: Plan, backend: str) -> None:
+    """As above with the scope's grace: the shielded cleanup takes 1.3 graces.  Model:
+    CANCELLED/"cancelled".  Is (9d5795a): asyncio and uvloop STOPPED with a latency
+    above the grace, trio CANCELLED/"after-cancel" with the warning; every run."""
+    _run_repeatedly(plan, backend)
+
+
+@pytest.mark.parametrize(
+    ("plan", "backend"),
+    _cases(
+        STAGE_MEMBER_GRACE,
+        failing=("trio",),
+        reason="a member's grace counts from the scope's stop, not from its stage's",
+    ),
+)
+def test_member_grace_starts_at_its_stage_stop(plan: Plan, backend: str) -> None:
+    """``grace=None``; stage 2 (stopped first) holds a member that takes 0.7 units to
+    stop; stage 1 a member with ``grace=`` 0.4 that stops at once.  Model: both
+    STOPPED (stage 1 is stopped at 0.7, its member's deadline is 1.1).  Is (9d5795a):
+    the stage-1 member CANCELLED at 0.4, before its stage was even stopped, every run
+    on every backend; the model is exact only in virtual time (trio), so the test
+    fails there only (on asyncio the model allows either outcome)."""
+    _run_repeatedly(plan, backend)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize(
+    ("plan", "backend"),
+    _cases(
+        PROCESS_EXIT3_AFTER_SIGTERM,
+        failing=ALL,
+        reason="a process that exits 3 after our SIGTERM is reported STOPPED",
+    ),
+)
+def test_process_exiting_nonzero_after_sigterm_is_not_stopped(plan: Plan, backend: str) -> None:
+    """A process member that handles SIGTERM by exiting with status 3.  Model: not
+    STOPPED (STOPPED promises exit 0 or death by the signal we sent): FAILED with a
+    CalledProcessError (or CANCELLED).  Is (9d5795a): STOPPED on every backend, every
+    run."""
+    _run_repeatedly(plan, backend)
+
+
+FALSE_OUTSIDE = Plan(
+    "small", True, False, "stop", (Member("obey", grace="zero"), Member("obey", grace="part"))
+)
+
+
+@pytest.mark.parametrize(
+    ("plan", "backend"),
+    _cases(
+        FALSE_OUTSIDE,
+        failing=("trio",),
+        reason="asyncio: a member with its own grace reads as cancelled from outside; "
+        "trio: the grace=0 member is accused",
+        rarely=("asyncio", "asyncio+uvloop"),
+    ),
+)
+def test_own_grace_member_is_not_cancelled_from_outside(plan: Plan, backend: str) -> None:
+    """Two members parked in ``wait()``: one with ``grace=0``, one with ``grace=`` 0.4
+    of the scope's; ``stop()``.  Model: the first CANCELLED/"cancelled", the second
+    STOPPED (or, in real time, CANCELLED/"cancelled"); nothing was cancelled from
+    outside.  Is (9d5795a): on asyncio (debug) and uvloop, now and then (about one run
+    in ten on a loaded machine, none in a hundred on a quiet one: not strict there; the
+    deterministic test of its root is TestExpiredOwnDeadline below), the second is
+    CANCELLED with phase "cancelled-from-outside"; on trio the first is
+    "after-cancel" (the grace=0 defect above), every run."""
+    _run_repeatedly(plan, backend)
+
+
+# The root of the defect above, without a race: a member that blocks the loop after the
+# stop (as a CPU-bound step does) lets the deadline of another member's own grace pass
+# before that member runs, and before anyio's timer has cancelled its scope.
+
+
+EXPIRED_REASON = "an expired own deadline, not yet acted on by anyio, reads as an outside cancel"
+
+
+class TestExpiredOwnDeadline:
+    @pytest.mark.anyio
+    @pytest.mark.parametrize(
+        "anyio_backend",
+        [
+            pytest.param(
+                ("asyncio", {"debug": True}),
+                id="asyncio",
+                marks=pytest.mark.xfail(strict=True, reason=EXPIRED_REASON),
+            ),
+            pytest.param(
+                ("asyncio", {"use_uvloop": True}),
+                id="asyncio+uvloop",
+                marks=[
+                    pytest.mark.xfail(strict=True, reason=EXPIRED_REASON),
+                    pytest.mark.skipif(sys.platform == "win32", reason="uvloop is POSIX only"),
+                ],
+            ),
+            # trio runs the two woken tasks in random order: the defect shows in about
+            # two runs in three ("cancelled-from-outside", or "after-cancel")
+            pytest.param(
+                ("trio", {}),
+                id="trio",
+                marks=pytest.mark.xfail(strict=False, reason=EXPIRED_REASON),
+            ),
+        ],
+    )
+    async def test_is_not_a_cancellation_from_outside(
+        self, anyio_backend: tuple[str, dict[str, Any]]
+    ) -> None:
+        """``hog`` and ``quick`` park in ``wait()``; ``quick`` has ``grace=`` 10 ms.
+        On ``stop()`` the loop wakes ``hog`` first, which blocks the loop for 50 ms
+        (longer than ``quick``'s grace); then ``quick`` returns.  Nothing outside the
+        scope cancelled anything: ``quick`` may be STOPPED or CANCELLED in phase
+        "cancelled" (its grace was over), never "cancelled from outside", and the
+        scope's reason stays the stop's.  Is (9d5795a): on asyncio and uvloop,
+        ``quick`` is CANCELLED/"cancelled-from-outside" and the scope logs that it
+        was cancelled from outside, every run (trio: that, or "after-cancel", in
+        about two runs in three): ``_returned_after_stop`` asks
+        ``in_cancelled_scope()``, which compares the member's deadline with the clock
+        and says "cancelled" before anyio's timer has cancelled the member's scope,
+        and the scope then takes it for an outside cancellation."""
+        hog_grace = 0.01
+        hog_block = 0.05  # blocks the loop: the point of the test, not an ordering
+
+        async def hog(signal: StopSignal) -> None:
+            await signal.wait()
+            time.sleep(hog_block)  # noqa: ASYNC251 - a member that blocks the loop
+
+        async def quick(signal: StopSignal) -> None:
+            await signal.wait()
+
+        with anyio.fail_after(30):
+            async with TaskScope(grace=5.0) as scope:
+                scope.start_soon(hog, scope.signal, name="hog")
+                scope.start_soon(quick, scope.signal, name="quick", grace=hog_grace)
+                await anyio.wait_all_tasks_blocked()
+                scope.stop("deploy")
+        record = scope.report.by_name("quick")
+        assert (record.outcome, record.phase) in {
+            (Outcome.STOPPED, "grace"),
+            (Outcome.CANCELLED, "cancelled"),
+        }, record
+        assert scope.report.reason == "deploy"
