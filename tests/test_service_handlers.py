@@ -36,9 +36,10 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 class Service:
     """The app in a process group of its own; its stdout and stderr, line by line."""
 
-    def __init__(self, backend: str) -> None:
+    def __init__(self, backend: str, *options: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, str(APP), backend],
+            [sys.executable, str(APP), backend, *options],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -101,9 +102,10 @@ class Service:
             item = self.lines.get_nowait()
             if item is not None:
                 self.seen.append(item)
-        for stream in (self.proc.stdout, self.proc.stderr):
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if stream is not None:
-                stream.close()
+                with suppress(OSError):
+                    stream.close()
 
 
 @pytest.fixture
@@ -136,3 +138,32 @@ def test_a_replaced_stop_handler_is_noticed_and_still_stops_escalates_and_exits(
     assert svc.finish() == -signal.SIGTERM
     warnings = [line for name, line in svc.seen if name == "err" and "replaced by" in line]
     assert len(warnings) == 1, svc.seen
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "asyncio+uvloop", "trio"])
+def test_a_draining_service_says_so_on_stderr_without_logging_set_up(
+    backend: str, service: list[Service]
+) -> None:
+    """Issue 17: the first signal printed nothing unless logging was configured, so a
+    service draining for its grace looked hung.  Now one line as the drain starts, in
+    the format of the escalation lines, and one summary line at the end."""
+    if backend == "asyncio+uvloop":
+        pytest.importorskip("uvloop")
+    svc = Service(backend, "plain")
+    service.append(svc)
+    svc.wait_for("out", "ready")
+    svc.term()
+    svc.wait_for("out", "stop seen")
+    # said while main is still draining (it returns only when told to, below)
+    first = svc.wait_for("err", "SIGTERM")
+    assert first.startswith("stopscope: INFO: SIGTERM: stopping main_plain() gracefully")
+    assert "grace of 20 s" in first
+    assert svc.proc.poll() is None
+    assert svc.proc.stdin is not None
+    svc.proc.stdin.write("done\n")
+    svc.proc.stdin.flush()
+    assert svc.finish() == 0
+    lines = [line for name, line in svc.seen if name == "err"]
+    assert len(lines) == 2, lines
+    assert lines[1].startswith("stopscope: INFO: main_plain() returned ")
+    assert lines[1].endswith(" s after SIGTERM; exit status 0")

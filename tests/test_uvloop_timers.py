@@ -164,3 +164,57 @@ async def test_a_deadline_wakes_the_timer_service_at_most_twice(
                 due += 1
     assert due == TICKS
     assert wakes <= 2 * due, f"{wakes} timer wake-ups for {due} deadlines"
+
+
+# -------------------------------- a push that lands inside a compaction (issue 15)
+
+
+class _Interrupting(list):  # type: ignore[type-arg]
+    """A heap entry whose signal slot, when the compaction reads it, pushes another
+    entry first: what a signal handler landing mid-compaction would do."""
+
+    def __init__(self, entry: list[Any], interrupt: Any) -> None:
+        super().__init__(entry)
+        self.interrupt = interrupt
+
+    def __getitem__(self, index: Any) -> Any:
+        interrupt, self.interrupt = self.interrupt, None
+        if index == 2 and interrupt is not None:
+            interrupt()
+        return super().__getitem__(index)
+
+
+@pytest.mark.parametrize("kind", ["asyncio", "uvloop"])
+def test_an_entry_pushed_during_a_compaction_is_kept(kind: str) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        service = (
+            asyncio_backend.UvloopTimers if kind == "uvloop" else asyncio_backend.AsyncioTimers
+        )
+        timers = service(loop)
+        far = loop.time() + 3600
+        entries = [timers.call_at(far + i, lambda: None) for i in range(600)]
+        for entry in entries[1:]:
+            timers.cancel(entry)  # more than half stale: the next push compacts
+        nested: list[list[Any]] = []
+        interrupting = _Interrupting(
+            entries[0], lambda: nested.append(timers.call_at(far, lambda: None))
+        )
+        if isinstance(timers, asyncio_backend.UvloopTimers):
+            bucket = timers.buckets[entries[0][0]]
+            bucket[bucket.index(entries[0])] = interrupting
+        else:
+            timers.heap[timers.heap.index(entries[0])] = interrupting
+        kept = timers.call_at(far + 1, lambda: None)  # compacts; the nested push lands
+        assert len(nested) == 1
+        held = [id(entry) for entry in timers.entries()]
+        assert id(nested[0]) in held
+        assert id(kept) in held
+        assert id(interrupting) in held
+        if timers.handle is not None:
+            timers.handle.cancel()
+
+    if kind == "uvloop":
+        run_on_uvloop(main())
+    else:
+        asyncio.run(main())

@@ -55,6 +55,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import suppress
@@ -251,11 +252,13 @@ class SignalTrap:
         "_cancel_cause",
         "_clock",
         "_close_wakeup",
+        "_console",
         "_count",
         "_cut_count",
         "_cut_records",
         "_delivered",
         "_escalation",
+        "_first_at",
         "_grace",
         "_grace_armed",
         "_hop",
@@ -282,9 +285,14 @@ class SignalTrap:
         escalation: tuple[Action, ...],
         label: str,
         notifier: _SystemdNotifier | None = None,
+        console: _StderrFallback | None = None,
     ) -> None:
         self._stop = stop
         self._notifier = notifier
+        #: under run(): says the first signal on stderr when logging is not set up
+        self._console = console
+        #: time.monotonic() when the first signal was acted on
+        self._first_at: float | None = None
         # members of the scopes that exited in the block that needed cancellation: how
         # many, and the first few (a long-running service may open scopes per request)
         self._cut_count = 0
@@ -549,6 +557,8 @@ class SignalTrap:
         while self._state == "open" and self._pending:
             signum = signal.Signals(self._pending.popleft())
             self._delivered += 1
+            if self._first_at is None:
+                self._first_at = time.monotonic()
             self._received.append(signum)
             if self._delivered == 1 and self._notifier is not None:
                 self._notify_stopping(signum)
@@ -572,9 +582,10 @@ class SignalTrap:
                     else f" within the service's grace of {self._grace:g} s (each TaskScope "
                     f"inside keeps its own)"
                 )
-                logger.info(
-                    "%s: stopping %s gracefully%s; %s", signum.name, self._label, limit, after
-                )
+                message = f"{signum.name}: stopping {self._label} gracefully{limit}; {after}"
+                logger.info("%s", message)
+                if self._console is not None:
+                    self._console.say(logging.INFO, message)
             else:
                 logger.info("%s (%s signal): already stopping; %s", signum.name, _ordinal(n), after)
         elif action == "cancel":
@@ -747,9 +758,20 @@ class _StderrFallback(logging.Handler):
         super().__init__(logging.WARNING)
         self.setFormatter(logging.Formatter("%(name)s: %(levelname)s: %(message)s"))
 
+    def say(self, level: int, message: str) -> None:
+        """Write one line in this handler's format, whatever the logger's level, if the
+        application has set up no logging at all (then it sees its own handlers')."""
+        record = logger.makeRecord(logger.name, level, __file__, 0, "%s", (message,), None)
+        if self._handled_elsewhere(record, any_level=True):
+            return
+        self._write(record)
+
     def emit(self, record: logging.LogRecord) -> None:
         if self._handled_elsewhere(record):
             return
+        self._write(record)
+
+    def _write(self, record: logging.LogRecord) -> None:
         stream = sys.stderr
         if stream is None:
             return
@@ -759,14 +781,14 @@ class _StderrFallback(logging.Handler):
         except Exception:
             self.handleError(record)
 
-    def _handled_elsewhere(self, record: logging.LogRecord) -> bool:
+    def _handled_elsewhere(self, record: logging.LogRecord, any_level: bool = False) -> bool:
         current: logging.Logger | None = logging.getLogger(record.name)
         while current is not None:
             for handler in current.handlers:
                 if (
                     handler is not self
                     and not isinstance(handler, logging.NullHandler)
-                    and record.levelno >= handler.level
+                    and (any_level or record.levelno >= handler.level)
                 ):
                     return True
             if not current.propagate:
@@ -800,6 +822,25 @@ def _leave_abandoned_threads(code: int) -> None:
             if stream is not None:
                 stream.flush()
     os._exit(code)
+
+
+def _summary(
+    console: _StderrFallback,
+    trap: SignalTrap | None,
+    label: str,
+    ended: str,
+    code: int | None = None,
+) -> None:
+    """After a stop signal: one line on how ``main`` ended, and the exit status (INFO,
+    and on stderr if logging is not set up, as the first signal's line)."""
+    if trap is None or trap._first_at is None or not trap._received:
+        return
+    first = trap._received[0].name
+    took = time.monotonic() - trap._first_at
+    status = "" if code is None else f"; exit status {code}"
+    message = f"{label} {ended} {took:.3g} s after {first}{status}"
+    logger.info("%s", message)
+    console.say(logging.INFO, message)
 
 
 class _Outcome:
@@ -907,9 +948,11 @@ def run(
 
     notifier = _SystemdNotifier.from_environment()
 
+    fallback = _StderrFallback()
+
     async def runner() -> None:
         stop = StopSignal()
-        trap = SignalTrap(stop, signums, grace, actions, label, notifier)
+        trap = SignalTrap(stop, signums, grace, actions, label, notifier, fallback)
         outcome.trap = trap
         async with trap:
             if ready == "task_status":
@@ -921,12 +964,12 @@ def run(
                 outcome.result = await main(stop, *args)
             outcome.returned = True
 
-    fallback = _StderrFallback()
     logger.addHandler(fallback)
     try:
         try:
             anyio.run(runner, backend=backend, backend_options=backend_options)
         except Exception as exc:
+            _summary(fallback, outcome.trap, label, "raised")
             if _abandoned_threads:
                 sys.excepthook(type(exc), exc, exc.__traceback__)
                 _leave_abandoned_threads(1)
@@ -945,12 +988,15 @@ def run(
                     f", and {more} more" if more else "",
                     EXIT_CUT_SHORT,
                 )
+                _summary(fallback, trap, label, "returned", EXIT_CUT_SHORT)
                 _leave_abandoned_threads(EXIT_CUT_SHORT)
                 raise SystemExit(EXIT_CUT_SHORT)
+            _summary(fallback, trap, label, "returned", 0)
             _leave_abandoned_threads(0)
             return outcome.result  # type: ignore[no-any-return]
         received = outcome.trap.received if outcome.trap is not None else ()
         code = 128 + received[0] if received else 1
+        _summary(fallback, outcome.trap, label, "was cancelled", code)
         _leave_abandoned_threads(code)
         raise SystemExit(code)
     finally:

@@ -1,6 +1,9 @@
 """A service whose ``main`` installs its own SIGTERM handler, as uvicorn does.
 
-``python replaced_handler_app.py asyncio|asyncio+uvloop|trio``
+``python replaced_handler_app.py asyncio|asyncio+uvloop|trio [plain]``
+
+With ``plain``, ``main`` installs no handler: it prints ``ready``, then ``stop seen``
+once stopped, and returns when a line comes on its stdin.
 
 On asyncio (and uvloop) ``main`` calls ``loop.add_signal_handler(SIGTERM, ...)``; on
 trio it opens ``trio.open_signal_receiver(SIGTERM)``.  Either way it prints ``theirs``
@@ -53,9 +56,20 @@ async def main_trio(stop: stopscope.StopSignal) -> None:
             await body(stop)
 
 
+async def main_plain(stop: stopscope.StopSignal) -> None:
+    print("ready", flush=True)
+    await stop.wait()
+    print("stop seen", flush=True)
+    await anyio.to_thread.run_sync(sys.stdin.readline)
+
+
 if __name__ == "__main__":
     backend = sys.argv[1]
-    if backend == "trio":
+    if sys.argv[2:] == ["plain"]:
+        options = {"use_uvloop": True} if backend == "asyncio+uvloop" else {}
+        name = "trio" if backend == "trio" else "asyncio"
+        stopscope.run(main_plain, backend=name, backend_options=options, grace=20)
+    elif backend == "trio":
         stopscope.run(main_trio, backend="trio", grace=None)
     else:
         options = {"use_uvloop": True} if backend == "asyncio+uvloop" else {}

@@ -311,17 +311,14 @@ class UvloopTimers(AsyncioTimers):
         self.size = 0
 
     def push(self, deadline: float, signal: Any, waiter: Any) -> tuple[Entry, bool]:
-        if self.stale > 256 and self.stale * 2 > self.size:
+        if self.stale > 256 and self.stale * 2 > self.size and not self.compacting:
             self._compact()
         self.seq += 1
         entry = [deadline, self.seq, signal, waiter]
-        bucket = self.buckets.get(deadline)
-        if bucket is None:
-            self.buckets[deadline] = [entry]
-            heapq.heappush(self.deadlines, deadline)
+        if self.compacting:  # see TimerHeap.push: the compaction adds it when done
+            self.incoming.append(entry)
         else:
-            bucket.append(entry)
-        self.size += 1
+            self._insert(entry)
         if deadline < self.next_deadline:
             self.next_deadline = deadline
             return entry, True
@@ -341,19 +338,39 @@ class UvloopTimers(AsyncioTimers):
         delay = math.ceil((deadline - self.loop.time()) * 1000.0) / 1000.0
         return self.loop.call_later(delay if delay > 0.0 else 0.0, self.fire)
 
+    def _insert(self, entry: Entry) -> None:
+        deadline = entry[0]
+        bucket = self.buckets.get(deadline)
+        if bucket is None:
+            self.buckets[deadline] = [entry]
+            heapq.heappush(self.deadlines, deadline)
+        else:
+            bucket.append(entry)
+        self.size += 1
+
     def _compact(self) -> None:
-        buckets: dict[float, list[Entry]] = {}
-        size = 0
-        for deadline, bucket in self.buckets.items():
-            live = [entry for entry in bucket if entry[2] is not None]
-            if live:
-                buckets[deadline] = live
-                size += len(live)
-        self.buckets = buckets
-        self.deadlines = list(buckets)
-        heapq.heapify(self.deadlines)
-        self.size = size
-        self.stale = 0
+        self.compacting = True
+        try:
+            buckets: dict[float, list[Entry]] = {}
+            size = 0
+            for deadline, bucket in self.buckets.items():
+                live = [entry for entry in bucket if entry[2] is not None]
+                if live:
+                    buckets[deadline] = live
+                    size += len(live)
+            self.buckets = buckets
+            self.deadlines = list(buckets)
+            heapq.heapify(self.deadlines)
+            self.size = size
+            self.stale = 0
+        finally:
+            self.compacting = False
+        self._take_incoming()
+
+    def _take_incoming(self) -> None:
+        incoming = self.incoming
+        while incoming:
+            self._insert(incoming.pop())
 
     def expired(self, now: float) -> list[Any]:
         claimed: list[Any] = []

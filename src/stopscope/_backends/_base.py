@@ -264,27 +264,52 @@ def in_cancelled_scope() -> bool:
 class TimerHeap:
     """Deadlines of timed waits on one loop, with lazy deletion of ended waits."""
 
-    __slots__ = ("heap", "next_deadline", "seq", "stale")
+    __slots__ = ("compacting", "heap", "incoming", "next_deadline", "seq", "stale")
 
     def __init__(self) -> None:
         self.heap: list[Entry] = []
         self.seq = 0
         self.stale = 0
         self.next_deadline = math.inf
+        #: a compaction is under way (a signal handler may have interrupted it)
+        self.compacting = False
+        #: entries pushed while a compaction was under way: it adds them when done
+        self.incoming: list[Entry] = []
 
     def push(self, deadline: float, signal: Any, waiter: Any) -> tuple[Entry, bool]:
         """Add a deadline; also say whether it is now the earliest."""
-        if self.stale > 256 and self.stale * 2 > len(self.heap):
-            self.heap = [entry for entry in self.heap if entry[2] is not None]
-            heapq.heapify(self.heap)
-            self.stale = 0
+        if self.stale > 256 and self.stale * 2 > len(self.heap) and not self.compacting:
+            self._compact()
         self.seq += 1
         entry = [deadline, self.seq, signal, waiter]
-        heapq.heappush(self.heap, entry)
+        if self.compacting:
+            # Nothing of ours pushes from a signal handler (loop calls run on the
+            # loop), but should anything do it while a compaction is rebuilding the
+            # heap, the compaction would drop the entry: it adds it when done.
+            self.incoming.append(entry)
+        else:
+            heapq.heappush(self.heap, entry)
         if deadline < self.next_deadline:
             self.next_deadline = deadline
             return entry, True
         return entry, False
+
+    def _compact(self) -> None:
+        """Drop the ended entries (more than half of the heap)."""
+        self.compacting = True
+        try:
+            heap = [entry for entry in self.heap if entry[2] is not None]
+            heapq.heapify(heap)
+            self.heap = heap
+            self.stale = 0
+        finally:
+            self.compacting = False
+        self._take_incoming()
+
+    def _take_incoming(self) -> None:
+        incoming = self.incoming
+        while incoming:  # list.pop() and heappush() are single C calls
+            heapq.heappush(self.heap, incoming.pop())
 
     def add(self, deadline: float, signal: Any, waiter: Any) -> Entry:
         """Add a timed wait (a backend's service also arms its loop for it)."""
