@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
 from collections.abc import Awaitable, Callable
@@ -50,6 +51,9 @@ _NO_LIFESPAN = (
     "are not in place; start the server with lifespan on (uvicorn/fastapi: "
     "`--lifespan on`; gunicorn's UvicornWorker and hypercorn always send it)"
 )
+
+#: the GracefulApp whose lifespan runs the current code (see GracefulApp.current())
+_current: contextvars.ContextVar[GracefulApp] = contextvars.ContextVar("stopscope.asgi")
 
 State = Literal["new", "starting", "running", "stopping", "stopped"]
 
@@ -165,6 +169,30 @@ class GracefulApp:
 
     # -- what the app's code uses ---------------------------------------------------
 
+    @staticmethod
+    def current() -> GracefulApp:
+        """The GracefulApp whose lifespan runs this code: for an app that adds it as a
+        middleware (``app.add_middleware(GracefulApp, ...)``, as ``fastapi run`` needs a
+        FastAPI app at the top), where the instance is Starlette's to create.
+
+        ::
+
+            @asynccontextmanager
+            async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+                graceful = GracefulApp.current()
+                graceful.start_soon(flusher, graceful.signal)
+                yield
+
+        :raises RuntimeError: outside the lifespan of an app wrapped in a GracefulApp
+        """
+        try:
+            return _current.get()
+        except LookupError:
+            raise RuntimeError(
+                "GracefulApp.current() is available in the app's lifespan (and what it "
+                "starts), once the app is wrapped in a GracefulApp"
+            ) from None
+
     @property
     def signal(self) -> StopSignal:
         """What background members watch: set once the server has drained the HTTP side."""
@@ -267,6 +295,7 @@ class GracefulApp:
         self._service_done = anyio.Event()
         inner = _InnerLifespan(self.app, {**scope, WRAPPED_KEY: self})
         logging_fallback = _LogFallback.attach()
+        token = _current.set(self)  # the app's lifespan task inherits it
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(inner.run)
@@ -297,6 +326,7 @@ class GracefulApp:
                 else {"type": "lifespan.shutdown.failed", "message": why}
             )
         finally:
+            _current.reset(token)
             logging_fallback.detach()
 
     def _refusal(self, scope: Scope) -> str | None:
