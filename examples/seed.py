@@ -107,7 +107,10 @@ def compare(backend: str, moments: int, tick: float) -> None:
         ("original asyncio.Event pattern", original_ms),
         (f"stopscope on {backend}", ours_ms),
     ]:
-        print(f"  {label + ':':32}median {statistics.median(values):8.3f}   max {max(values):8.3f}")
+        print(
+            f"  {label + ':':32}median {statistics.median(values):8.3f}   "
+            f"max {max(values):8.3f}"
+        )
 
 
 def cli() -> None:
