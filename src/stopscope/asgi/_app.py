@@ -306,7 +306,7 @@ class GracefulApp:
                     logger.error("%s: the lifespan startup failed: %s", self._name, why)
                 if not ok:
                     self._state = "stopped"
-                    await inner.close()
+                    inner.close()
                     await send({"type": "lifespan.startup.failed", "message": why})
                     return
                 await send({"type": "lifespan.startup.complete"})
@@ -314,7 +314,7 @@ class GracefulApp:
                 self._on_server_done()
                 await self._service_done.wait()
                 ok, why = await inner.exchange("shutdown")
-                await inner.close()
+                inner.close()
             self._state = "stopped"
             self._log_report()
             if self._failure is not None:
@@ -326,6 +326,7 @@ class GracefulApp:
                 else {"type": "lifespan.shutdown.failed", "message": why}
             )
         finally:
+            inner.close()
             _current.reset(token)
             logging_fallback.detach()
 
@@ -509,8 +510,9 @@ class _InnerLifespan:
             return True, ""
         return False, str(reply.get("message", f"the app sent {reply['type']!r}"))
 
-    async def close(self) -> None:
-        self._to_app.close()
+    def close(self) -> None:
+        for stream in (self._to_app, self._app_receive, self._app_send, self._from_app):
+            stream.close()
 
 
 class _LogFallback(logging.Handler):

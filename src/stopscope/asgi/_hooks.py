@@ -79,8 +79,8 @@ class ServerHook:
                 "GracefulApp must run its lifespan in the main thread, where Python runs "
                 "signal handlers; run the server's event loop in the main thread"
             )
-        _refuse_loop_handler()
         previous = signal.getsignal(STOP_SIGNAL)
+        _refuse_loop_handler(previous)
         self._previous = previous
         owner = getattr(previous, "__self__", None)
         if owner is not None and _is_uvicorn_server(owner):
@@ -194,16 +194,16 @@ def _set_attr(obj: object, name: str, value: object) -> None:
     setattr(obj, name, value)
 
 
-def _refuse_loop_handler() -> None:
-    """A loop-level SIGTERM handler would run whatever we install: refuse, with advice."""
-    try:
-        import asyncio
+def _refuse_loop_handler(previous: object) -> None:
+    """A loop-level SIGTERM handler would run whatever we install: refuse, with advice.
 
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return  # trio: it has no loop-level handlers of its own
-    handlers = getattr(loop, "_signal_handlers", None)
-    if isinstance(handlers, dict) and STOP_SIGNAL in handlers:
+    asyncio's ``add_signal_handler`` leaves a no-op Python handler (the loop acts on
+    the wake-up fd); uvloop's leaves a method of the loop."""
+    import asyncio
+
+    owner = getattr(previous, "__self__", None)
+    module = getattr(previous, "__module__", None) or ""
+    if isinstance(owner, asyncio.AbstractEventLoop) or module.startswith("asyncio"):
         raise RuntimeError(
             "the server handles SIGTERM with loop.add_signal_handler(), which no other "
             "handler can come before; run it with its own worker processes (hypercorn: "
