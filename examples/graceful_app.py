@@ -21,14 +21,16 @@ logged at the end.
 Settings come from the environment (the server's command line is the server's):
 ``DRAIN_DELAY`` (seconds, default 0) and ``GRACE`` (seconds, default 20).
 
-The flusher prints to stdout, one line each, with the process id: ``flusher <pid>:
-started``, ``flusher <pid>: stop heard``, ``flusher <pid>: flushed N events``.
+stdout carries one line per step, with the process id: ``flusher <pid>: started``,
+``slow <pid>: started`` (a slow request is in flight), ``flusher <pid>: stop heard``,
+``flusher <pid>: flushed N events``; the server's log and ours go to stderr.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -48,8 +50,14 @@ log = logging.getLogger("graceful_app")
 send_events, receive_events = anyio.create_memory_object_stream[str](10_000)
 
 
+def say_slow() -> None:
+    sys.stdout.write(f"slow {os.getpid()}: started\n")
+    sys.stdout.flush()
+
+
 def say(line: str) -> None:
-    print(f"flusher {os.getpid()}: {line}", flush=True)
+    sys.stdout.write(f"flusher {os.getpid()}: {line}\n")  # one write: workers share the pipe
+    sys.stdout.flush()
 
 
 async def flusher(signal: StopSignal, events: MemoryObjectReceiveStream[str]) -> None:
@@ -89,6 +97,7 @@ async def slow(request: Request) -> PlainTextResponse:
     seconds = float(request.query_params.get("seconds", "1"))
     if not 0 <= seconds <= 3600:
         return PlainTextResponse("seconds must be between 0 and 3600\n", status_code=400)
+    say_slow()
     await anyio.sleep(seconds)
     send_events.send_nowait("GET /slow")
     return PlainTextResponse(f"slept {seconds:g} s\n")

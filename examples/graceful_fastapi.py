@@ -11,6 +11,7 @@ settings (``DRAIN_DELAY``, ``GRACE``), routes and output as ``graceful_app.py``.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -25,8 +26,14 @@ from stopscope.servers import request_signal
 send_events, receive_events = anyio.create_memory_object_stream[str](10_000)
 
 
+def say_slow() -> None:
+    sys.stdout.write(f"slow {os.getpid()}: started\n")
+    sys.stdout.flush()
+
+
 def say(line: str) -> None:
-    print(f"flusher {os.getpid()}: {line}", flush=True)
+    sys.stdout.write(f"flusher {os.getpid()}: {line}\n")  # one write: workers share the pipe
+    sys.stdout.flush()
 
 
 def take_all() -> int:
@@ -72,6 +79,7 @@ async def index() -> str:
 
 @app.get("/slow", response_class=PlainTextResponse)
 async def slow(seconds: float = 1.0) -> str:
+    say_slow()
     await anyio.sleep(min(max(seconds, 0.0), 3600.0))
     send_events.send_nowait("GET /slow")
     return f"slept {seconds:g} s\n"
