@@ -22,7 +22,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from stopscope import StopSignal, stop_on_signals
+from stopscope import Outcome, StopSignal, stop_on_signals
 from stopscope.asgi import GracefulApp
 from stopscope.servers import RequestStop, request_signal
 from stopscope.servers._readiness import ASGIApp, Message, Receive, Scope, Send
@@ -198,6 +198,50 @@ class TestLifespan:
         assert steps == ["background started", "background stopped", "app shutdown"]
         assert graceful.report.reason == "server shutdown"
         assert any("svc report: background" in m for m in caplog.messages)
+
+    async def test_requests_the_server_cut_make_the_http_member_cancelled(
+        self, server_handler: Recorder, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        cleanup = anyio.Event()
+
+        async def hang(request: Request) -> PlainTextResponse:
+            try:
+                await anyio.sleep_forever()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await cleanup.wait()  # unwinds after the server's lifespan shutdown
+            raise AssertionError
+
+        graceful = GracefulApp(Starlette(routes=[Route("/hang", hang)]), grace=10)
+        server = Server(graceful)
+        request_scope = anyio.CancelScope()
+        replies: list[Message] = []
+
+        async def request() -> None:
+            with request_scope:
+                await get(graceful, "/hang")
+
+        async def shutdown() -> None:
+            replies.append(await server.step("shutdown"))
+
+        with anyio.fail_after(HANG_GUARD):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(server.run)
+                await server.step("startup")
+                tg.start_soon(request)
+                await anyio.wait_all_tasks_blocked()
+                assert graceful.in_flight == 1
+                graceful.stop("deploy")
+                await server_handler.called.wait()
+                # uvicorn's drain timeout: it cancels the request's task and goes on
+                # with the lifespan shutdown at once, before the task has unwound
+                request_scope.cancel()
+                tg.start_soon(shutdown)
+                await anyio.wait_all_tasks_blocked()
+                cleanup.set()
+        assert replies == [{"type": "lifespan.shutdown.complete"}]
+        assert graceful.report.by_name("http").outcome is Outcome.CANCELLED
+        assert "1 request(s) did not finish within the grace period" in caplog.text
 
     async def test_stop_from_the_app_stops_the_server_too(self, server_handler: Recorder) -> None:
         graceful = GracefulApp(make_app([]), grace=10)
@@ -419,3 +463,30 @@ class TestStopOnSignalsInsideAServer:
             assert signal.getsignal(TERM) == server.handle_exit
         finally:
             signal.signal(TERM, old)
+
+
+class TestExports:
+    def test_all_matches_public_names(self) -> None:
+        import stopscope.asgi as asgi
+
+        public = {
+            name
+            for name, value in vars(asgi).items()
+            if not name.startswith("_") and getattr(value, "__module__", None) == asgi.__name__
+        }
+        assert set(asgi.__all__) == public == {"GracefulApp"}
+        assert GracefulApp.__module__ == "stopscope.asgi"
+
+    def test_no_server_is_imported(self) -> None:
+        import subprocess
+        import sys
+
+        code = (
+            "import sys, stopscope.asgi; "
+            "print(sorted(m for m in ('uvicorn', 'hypercorn', 'gunicorn', 'starlette') "
+            "if m in sys.modules))"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
+        )
+        assert out.stdout.strip() == "[]"

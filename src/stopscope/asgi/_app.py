@@ -41,6 +41,10 @@ PosArgsT = TypeVarTuple("PosArgsT")
 #: the key a GracefulApp puts in the lifespan scope it passes on: a second one inside
 #: sees it and refuses to start
 WRAPPED_KEY: Final = "stopscope.asgi"
+#: how long the HTTP member waits, after the server's drain, for the requests it cut
+#: to unwind (they are counted then), and how often it looks
+UNWIND_WAIT: Final = 1.0
+UNWIND_POLL: Final = 0.01
 #: seconds uvicorn spends around its own drain timeout (see servers._uvicorn)
 _OVERHEAD = {"uvicorn": 0.3}
 _DEFAULT_OVERHEAD = 0.1
@@ -199,6 +203,17 @@ class GracefulApp:
         if self._background is None:
             raise RuntimeError("GracefulApp.signal is available from the app's lifespan startup on")
         return self._background
+
+    @property
+    def stopping(self) -> StopSignal:
+        """Set the moment the stop is heard (SIGTERM), before the drain delay: for a
+        background member that must stop taking new work at once (a queue consumer);
+        :attr:`signal` is set only once the HTTP side has drained."""
+        if self._scope is None:
+            raise RuntimeError(
+                "GracefulApp.stopping is available from the app's lifespan startup on"
+            )
+        return self._scope.signal
 
     @property
     def report(self) -> ShutdownReport:
@@ -430,9 +445,21 @@ class GracefulApp:
                     hook.release()
                 await server_done.wait()
                 tg.cancel_scope.cancel()
+            await self._unwound()
         finally:
             drain.close()
         drain.finished()
+
+    async def _unwound(self) -> None:
+        """Wait for the requests the server cut (it cancels them and goes on with the
+        lifespan shutdown at once) to unwind through the middleware, so that they are
+        counted; bounded by UNWIND_WAIT (the scope's grace bounds it too)."""
+        middleware = self._middleware
+        if not middleware.in_flight:
+            return
+        with anyio.move_on_after(UNWIND_WAIT):
+            while middleware.in_flight:
+                await anyio.sleep(UNWIND_POLL)
 
     def _on_server_done(self) -> None:
         """The server sent the lifespan shutdown: its HTTP side is over."""
