@@ -15,9 +15,9 @@ read from the servers' sources:
 * **anything else** installed with ``signal.signal`` is chained the same way; the
   default action (``SIG_DFL``) is taken, as it would have been, after the delay.
 
-A loop-level handler (``loop.add_signal_handler``: ``hypercorn -w 0`` on asyncio) runs
-from the loop's wake-up fd whatever Python-level handler is installed, so it cannot be
-delayed from outside; that set-up is refused with advice.
+A loop-level handler (``loop.add_signal_handler``: ``hypercorn -w 0`` on asyncio,
+granian's workers) runs from the loop's wake-up fd whatever Python-level handler is
+installed, so it cannot be delayed from outside; that set-up is refused with advice.
 
 Our raw handler only counts the signal and hops to the loop (``call_soon_threadsafe``,
 trio's token); everything else runs there.
@@ -81,6 +81,12 @@ class ServerHook:
             )
         previous = signal.getsignal(STOP_SIGNAL)
         _refuse_loop_handler(previous)
+        if previous is None:
+            raise RuntimeError(
+                "SIGTERM is handled by native code here (not installed from Python), which "
+                "no handler can be chained to; serve the app with uvicorn, hypercorn or "
+                "gunicorn's UvicornWorker, or from your own program with stopscope.servers"
+            )
         self._previous = previous
         owner = getattr(previous, "__self__", None)
         if owner is not None and _is_uvicorn_server(owner):
@@ -179,7 +185,7 @@ class ServerHook:
         previous = self._previous
         if callable(previous):
             previous(STOP_SIGNAL, None)
-        elif previous in (signal.SIG_DFL, None):
+        elif previous == signal.SIG_DFL:
             # what the signal would have done: end the process, by that signal
             self.uninstall()
             signal.signal(STOP_SIGNAL, signal.SIG_DFL)
@@ -205,9 +211,10 @@ def _refuse_loop_handler(previous: object) -> None:
     module = getattr(previous, "__module__", None) or ""
     if isinstance(owner, asyncio.AbstractEventLoop) or module.startswith("asyncio"):
         raise RuntimeError(
-            "the server handles SIGTERM with loop.add_signal_handler(), which no other "
-            "handler can come before; run it with its own worker processes (hypercorn: "
-            "drop `-w 0`) or serve the app with stopscope.servers.start_hypercorn()"
+            "the server handles SIGTERM with loop.add_signal_handler() (hypercorn -w 0 on "
+            "asyncio, granian's workers), which no other handler can come before; run "
+            "hypercorn with its worker processes (drop `-w 0`), uvicorn or gunicorn's "
+            "UvicornWorker, or serve the app from your own program with stopscope.servers"
         )
 
 
