@@ -22,7 +22,9 @@ Settings come from the environment (the server's command line is the server's):
 ``DRAIN_DELAY`` (seconds, default 0) and ``GRACE`` (seconds, default 20).
 
 stdout carries one line per step, with the process id: ``flusher <pid>: started``,
-``slow <pid>: started`` (a slow request is in flight), ``flusher <pid>: stop heard``,
+``slow <pid>: started`` (a slow request is in flight), ``flusher <pid>: stop
+requested`` (at SIGTERM: ``graceful.stopping``), ``flusher <pid>: stop heard`` (after
+the drain: ``graceful.signal``),
 ``flusher <pid>: flushed N events``; the server's log and ours go to stderr.
 """
 
@@ -82,9 +84,16 @@ async def flusher(signal: StopSignal, events: MemoryObjectReceiveStream[str]) ->
     say(f"flushed {flushed} events")
 
 
+async def intake(stopping: StopSignal) -> None:
+    """Hears the stop at once (a queue consumer would stop taking jobs here)."""
+    await stopping.wait()
+    say("stop requested")
+
+
 @asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
-    graceful.start_soon(flusher, graceful.signal, receive_events, name="flusher")
+    graceful.start_soon(intake, graceful.stopping, name="intake")  # at SIGTERM
+    graceful.start_soon(flusher, graceful.signal, receive_events, name="flusher")  # after
     yield
 
 

@@ -56,10 +56,16 @@ async def flusher(signal: StopSignal) -> None:
     say(f"flushed {flushed} events")
 
 
+async def intake(stopping: StopSignal) -> None:
+    await stopping.wait()  # at SIGTERM, before the drain delay
+    say("stop requested")
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     graceful = GracefulApp.current()
-    graceful.start_soon(flusher, graceful.signal, name="flusher")
+    graceful.start_soon(intake, graceful.stopping, name="intake")
+    graceful.start_soon(flusher, graceful.signal, name="flusher")  # after the drain
     yield
 
 

@@ -236,6 +236,12 @@ def test_sigterm_drains_then_stops_the_background(
 
     served.proc.send_signal(signal.SIGTERM)  # to the server's own process (the master)
 
+    # a member watching `graceful.stopping` hears it at once, while the slow request
+    # is still in flight (it outlives the drain delay)
+    requested = served.expect("flusher", deployment.workers)
+    assert all(line.endswith("stop requested") for line in requested), served.stdout
+    assert {pid_of(line) for line in requested} == workers
+    assert slow.response is None
     # heard before the server's shutdown: not ready, while the listener still serves
     probes: list[httpx.Response] = []
 
@@ -261,6 +267,7 @@ def test_sigterm_drains_then_stops_the_background(
     stderr = served.stderr
     assert stderr.count("closing the listener") == deployment.workers
     assert stderr.count("app report: flusher  task    stopped") == deployment.workers, stderr
+    assert stderr.count("app report: intake   task    stopped") == deployment.workers, stderr
     assert "Traceback" not in stderr
 
 
