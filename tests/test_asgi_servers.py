@@ -51,6 +51,13 @@ class Deployment:
     workers: int
     #: the exit status the server's own SIGTERM handling gives (uvicorn re-raises it)
     returncode: int
+    #: SIGTERM to the whole process group (systemd's default KillMode, kill -- -PGID),
+    #: not only to the server's process
+    to_group: bool = False
+
+    @property
+    def id(self) -> str:
+        return f"{self.name}, process group" if self.to_group else self.name
 
     def argv(self, port: int, app: str = "graceful_app:app") -> list[str]:
         py = sys.executable
@@ -76,6 +83,11 @@ DEPLOYMENTS = [
     Deployment("hypercorn asyncio", 1, 0),
     Deployment("hypercorn trio", 1, 0),
     Deployment("gunicorn", 2, 0),
+]
+#: a worker gets SIGTERM from the supervisor, then again from its master
+GROUP_KILLS = [
+    Deployment("hypercorn asyncio", 1, 0, to_group=True),
+    Deployment("gunicorn", 2, 0, to_group=True),
 ]
 
 
@@ -223,7 +235,9 @@ class Slow:
         return self.response
 
 
-@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=[d.name for d in DEPLOYMENTS])
+@pytest.mark.parametrize(
+    "deployment", DEPLOYMENTS + GROUP_KILLS, ids=[d.id for d in DEPLOYMENTS + GROUP_KILLS]
+)
 def test_sigterm_drains_then_stops_the_background(
     deployment: Deployment, serve: list[Served], tmp_path: Path
 ) -> None:
@@ -234,7 +248,10 @@ def test_sigterm_drains_then_stops_the_background(
     slow = Slow(served)
     served.expect("slow")
 
-    served.proc.send_signal(signal.SIGTERM)  # to the server's own process (the master)
+    if deployment.to_group:
+        os.killpg(served.proc.pid, signal.SIGTERM)  # the group we started
+    else:
+        served.proc.send_signal(signal.SIGTERM)  # to the server's own process (the master)
 
     # a member watching `graceful.stopping` hears it at once, while the slow request
     # is still in flight (it outlives the drain delay)

@@ -87,7 +87,8 @@ class GracefulApp:
     requests, within what is left of the grace where the server lets us set its
     timeout); once the server has drained the HTTP side (its lifespan shutdown), the
     background members are stopped; then the app's own lifespan shutdown runs, and the
-    report is logged.  A second SIGTERM cuts the drain delay short.
+    report is logged.  A repeated SIGTERM changes nothing (a process-group kill
+    reaches a worker twice: from the supervisor and from its master).
 
     It needs the ASGI lifespan (every server named above sends it) and the main
     thread.  Background members are started from the app's lifespan startup with

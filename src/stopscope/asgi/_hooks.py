@@ -37,6 +37,7 @@ from typing import Any, Final
 import anyio
 
 from .._backends import current
+from .._signal import logger
 
 __all__ = ["ServerHook", "install"]
 
@@ -52,8 +53,8 @@ class ServerHook:
     """Our SIGTERM handler in front of the server's, and the way to let it go on.
 
     ``on_stop(reason)`` is called on the loop when the stop is heard (once).  The
-    server's own shutdown starts only when :meth:`release` is called (or at a second
-    SIGTERM, which cuts the drain delay short).
+    server's own shutdown starts only when :meth:`release` is called; a repeated SIGTERM
+    changes nothing.
     """
 
     def __init__(self, on_stop: Callable[[object], None]) -> None:
@@ -154,9 +155,18 @@ class ServerHook:
             self._hop(functools.partial(self._signalled, signum))
 
     def _signalled(self, signum: int) -> None:
-        """On the loop: the first stop is heard; a signal after it cuts the delay short."""
+        """On the loop: the first stop is heard; later ones change nothing.
+
+        Under systemd's default ``KillMode=control-group`` (or ``kill -- -PGID``) every
+        worker gets SIGTERM from the supervisor and again from its master, a few
+        milliseconds apart: a repeat must not cut the drain delay short."""
         if self._heard:
-            self.release()
+            if not self.released:
+                logger.info(
+                    "%s again: already stopping; %s hears it once the drain delay is over",
+                    signal.Signals(signum).name,
+                    self.server,
+                )
         else:
             self._hear(signal.Signals(signum))
 
