@@ -247,6 +247,34 @@ class TestLifespan:
         assert graceful.report.by_name("http").outcome is Outcome.CANCELLED
         assert "1 request(s) did not finish within the grace period" in caplog.text
 
+    async def test_a_failing_background_member_stops_the_server_gracefully(
+        self, server_handler: Recorder
+    ) -> None:
+        failed = anyio.Event()
+
+        async def fragile(signal: StopSignal) -> None:
+            await failed.wait()
+            raise OSError("disk full")
+
+        @asynccontextmanager
+        async def lifespan(app: Starlette) -> AsyncIterator[None]:
+            GracefulApp.current().start_soon(fragile, GracefulApp.current().signal)
+            yield
+
+        graceful = GracefulApp(Starlette(lifespan=lifespan), grace=10)
+        server = Server(graceful)
+        with anyio.fail_after(HANG_GUARD):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(server.run)
+                await server.step("startup")
+                failed.set()
+                await server_handler.called.wait()  # not ready, drain, then the server
+                assert graceful.readiness.state == "draining"
+                reply = await server.step("shutdown")
+        assert reply["type"] == "lifespan.shutdown.failed"
+        assert "disk full" in reply["message"]
+        assert isinstance(graceful.report.reason, OSError)
+
     async def test_stop_from_the_app_stops_the_server_too(self, server_handler: Recorder) -> None:
         graceful = GracefulApp(make_app([]), grace=10)
         server = Server(graceful)

@@ -31,7 +31,8 @@ from ._hooks import ServerHook, install
 
 if sys.version_info >= (3, 11):
     from typing import TypeVarTuple, Unpack
-else:  # anyio depends on typing_extensions on 3.10
+else:  # anyio depends on typing_extensions and exceptiongroup on 3.10
+    from exceptiongroup import BaseExceptionGroup
     from typing_extensions import TypeVarTuple, Unpack
 
 __all__ = ["GracefulApp"]
@@ -335,7 +336,7 @@ class GracefulApp:
             self._log_report()
             if self._failure is not None:
                 failure, self._failure = self._failure, None
-                ok, why = False, f"{type(failure).__name__}: {failure}"
+                ok, why = False, _describe(failure)
             await send(
                 {"type": "lifespan.shutdown.complete"}
                 if ok
@@ -397,7 +398,7 @@ class GracefulApp:
             if not started:
                 raise
             self._failure = exc
-            logger.error("%s: the service failed: %r", self._name, exc)
+            logger.error("%s: the service failed: %s", self._name, _describe(exc), exc_info=exc)
         finally:
             self._service_done.set()
 
@@ -430,6 +431,8 @@ class GracefulApp:
                 tg.start_soon(hook.watch_event)
                 with anyio.CancelScope() as waiting:
                     self._waiting = waiting
+                    if server_done.is_set():  # it stopped before this member could wait
+                        waiting.cancel()
                     await drain.wait_for_stop()
                 self._waiting = None
                 self._state = "stopping"
@@ -478,6 +481,14 @@ class GracefulApp:
             return
         for line in str(scope.report).splitlines():
             logger.info("%s report: %s", self._name, line)
+
+
+def _describe(error: BaseException) -> str:
+    """One line: the error, and each error inside a group."""
+    text = f"{type(error).__name__}: {error}"
+    if isinstance(error, BaseExceptionGroup):
+        text += ": " + "; ".join(_describe(inner) for inner in error.exceptions)
+    return text
 
 
 class _InnerLifespan:
