@@ -333,3 +333,42 @@ class TestStopOnSignalsInAServer:
         wait_until("reaped", lambda: not any(alive(pid) for pid in old))
         served.proc.send_signal(signal.SIGTERM)
         assert served.wait() == 0
+
+
+class TestHypercornWithoutWorkers:
+    """``hypercorn -w 0``: no master, the app's process is the server's."""
+
+    def test_asyncio_is_refused_with_advice(self, serve: list[Served], tmp_path: Path) -> None:
+        port = free_port()
+        argv = Deployment("hypercorn asyncio", 1, 0).argv(port) + ["-w", "0"]
+        served = Served(argv, port, tmp_path)
+        serve.append(served)
+        wait_until("refused", lambda: "drop `-w 0`" in served.stderr)
+        # hypercorn serves even after a failed lifespan startup: never ready, then
+        probes: list[httpx.Response] = []
+
+        def answered() -> bool:
+            try:
+                probes.append(served.get("/readyz"))
+            except httpx.ConnectError:
+                return False
+            return True
+
+        wait_until("listening", answered)
+        assert (probes[-1].status_code, probes[-1].text) == (503, "not ready: starting\n")
+
+    def test_trio_serves_the_drain_delay_then_takes_the_default_action(
+        self, serve: list[Served], tmp_path: Path
+    ) -> None:
+        # hypercorn's trio worker installs no SIGTERM handler: the signal's default
+        # action (the end of the process) comes after the drain delay
+        port = free_port()
+        argv = Deployment("hypercorn trio", 1, 0).argv(port) + ["-w", "0"]
+        served = Served(argv, port, tmp_path)
+        serve.append(served)
+        served.expect("flusher")
+        served.proc.send_signal(signal.SIGTERM)
+        served.expect("flusher")  # intake: stop requested
+        probe = served.get("/readyz")
+        assert (probe.status_code, probe.text) == (503, "not ready: stopping\n")
+        assert served.wait() == -signal.SIGTERM
