@@ -340,7 +340,7 @@ class TestHypercornWithoutWorkers:
 
     def test_asyncio_is_refused_with_advice(self, serve: list[Served], tmp_path: Path) -> None:
         port = free_port()
-        argv = Deployment("hypercorn asyncio", 1, 0).argv(port) + ["-w", "0"]
+        argv = [*Deployment("hypercorn asyncio", 1, 0).argv(port), "-w", "0"]
         served = Served(argv, port, tmp_path)
         serve.append(served)
         wait_until("refused", lambda: "drop `-w 0`" in served.stderr)
@@ -363,7 +363,7 @@ class TestHypercornWithoutWorkers:
         # hypercorn's trio worker installs no SIGTERM handler: the signal's default
         # action (the end of the process) comes after the drain delay
         port = free_port()
-        argv = Deployment("hypercorn trio", 1, 0).argv(port) + ["-w", "0"]
+        argv = [*Deployment("hypercorn trio", 1, 0).argv(port), "-w", "0"]
         served = Served(argv, port, tmp_path)
         serve.append(served)
         served.expect("flusher")
