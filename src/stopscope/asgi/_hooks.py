@@ -145,7 +145,7 @@ class ServerHook:
             return
         while not self.released:
             if is_set():
-                self._hear("server shutdown")
+                self._hear("shutdown requested by the hypercorn master")
                 return
             await anyio.sleep(EVENT_POLL)
 
