@@ -496,6 +496,29 @@ class TestStopOnSignalsInsideAServer:
         finally:
             signal.signal(TERM, old)
 
+    async def test_inside_a_graceful_app_the_wrapper_still_hears_it(
+        self, server_handler: Recorder
+    ) -> None:
+        trapped = StopSignal()
+
+        @asynccontextmanager
+        async def lifespan(app: Starlette) -> AsyncIterator[None]:
+            async with stop_on_signals(trapped, TERM):
+                yield
+
+        graceful = GracefulApp(Starlette(lifespan=lifespan), grace=10)
+        server = Server(graceful)
+        with anyio.fail_after(HANG_GUARD):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(server.run)
+                await server.step("startup")
+                signal.raise_signal(TERM)
+                await server_handler.called.wait()  # through the trap, then the wrapper
+                assert trapped.reason is TERM
+                assert graceful.readiness.state == "draining"
+                await server.step("shutdown")
+        assert signal.getsignal(TERM) is server_handler
+
 
 class TestExports:
     def test_all_matches_public_names(self) -> None:

@@ -344,6 +344,9 @@ class GracefulApp:
             )
         finally:
             inner.close()
+            hook, self._hook = self._hook, None
+            if hook is not None:
+                hook.uninstall()
             _current.reset(token)
             logging_fallback.detach()
 
@@ -373,27 +376,26 @@ class GracefulApp:
         assert self._service_done is not None
         started = False
         try:
+            # uninstalled by _lifespan, after the app's own lifespan shutdown: a handler
+            # the app installed on top of it (stop_on_signals) is gone by then
             hook = install(self._heard)
             self._hook = hook
-            try:
-                async with TaskScope(grace=self._grace, name=self._name) as scope:
-                    self._scope = scope
-                    self._background = scope.stage("background")
-                    ok, why = await inner.exchange("startup")
-                    if not ok:
-                        scope.stop("the app's lifespan startup failed")
-                        task_status.started((False, why))
-                        started = True
-                        return
-                    http = scope.stage("http")
-                    self._state = "running"
-                    label = f"{self._name}: http ({hook.server})"
-                    await scope.start(self._http, http, hook, label, name="http", grace=None)
-                    task_status.started((True, ""))
+            async with TaskScope(grace=self._grace, name=self._name) as scope:
+                self._scope = scope
+                self._background = scope.stage("background")
+                ok, why = await inner.exchange("startup")
+                if not ok:
+                    scope.stop("the app's lifespan startup failed")
+                    task_status.started((False, why))
                     started = True
-                    await self._server_done.wait()
-            finally:
-                hook.uninstall()
+                    return
+                http = scope.stage("http")
+                self._state = "running"
+                label = f"{self._name}: http ({hook.server})"
+                await scope.start(self._http, http, hook, label, name="http", grace=None)
+                task_status.started((True, ""))
+                started = True
+                await self._server_done.wait()
         except Exception as exc:
             if not started:
                 raise
