@@ -11,6 +11,7 @@ see the readiness turn 503 and to get one more request answered.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import queue
 import signal
@@ -103,6 +104,7 @@ class Served:
             "PYTHONUNBUFFERED": "1",
         }
         self.url = f"http://127.0.0.1:{port}"
+        tmp_path.mkdir(parents=True, exist_ok=True)
         self.stderr_path = tmp_path / "stderr.txt"
         self._stderr = self.stderr_path.open("w")
         self.proc = subprocess.Popen(
@@ -188,10 +190,25 @@ def serve(tmp_path: Path) -> Iterator[list[Served]]:
 def start(
     started: list[Served], deployment: Deployment, tmp_path: Path, app: str = "graceful_app:app"
 ) -> Served:
-    port = free_port()
-    served = Served(deployment.argv(port, app), port, tmp_path)
-    started.append(served)
-    return served
+    """Start the server on a free port; once more on another if a process elsewhere on
+    the machine took that port between our look and the server's bind."""
+    for attempt in range(3):
+        port = free_port()
+        served = Served(deployment.argv(port, app), port, tmp_path / f"try{attempt}")
+        started.append(served)
+        wait_until("listening or exited", functools.partial(up_or_exited, served, port))
+        if served.proc.poll() is None or "already in use" not in served.stderr.lower():
+            return served
+    pytest.fail(f"no free port in 3 attempts: {served.stderr}")
+
+
+def up_or_exited(served: Served, port: int) -> bool:
+    return served.proc.poll() is not None or listens(port)
+
+
+def listens(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def pid_of(line: str) -> int:
