@@ -240,6 +240,20 @@ def _redeliver(signums: list[int]) -> None:
 # ------------------------------------------------------------------- the trap
 
 
+def _foreign(handler: _Handler) -> bool:
+    """Whether a handler is a server's, to pass signals on to (uvicorn's ``handle_exit``,
+    gunicorn's or hypercorn's, a GracefulApp's); any other handler is replaced, as
+    before, while the trap is open."""
+    if not callable(handler):
+        return False
+    module = getattr(handler, "__module__", None) or ""
+    return module.split(".")[0] in _SERVERS or module == "stopscope.asgi._hooks"
+
+
+#: the packages whose signal handlers a trap passes signals on to
+_SERVERS: Final = frozenset({"uvicorn", "uvicorn_worker", "gunicorn", "hypercorn", "granian"})
+
+
 @final
 class SignalTrap:
     """The async context manager :func:`stop_on_signals` returns.
@@ -250,6 +264,7 @@ class SignalTrap:
 
     __slots__ = (
         "_cancel_cause",
+        "_chained",
         "_clock",
         "_close_wakeup",
         "_console",
@@ -307,6 +322,9 @@ class SignalTrap:
         self._pending: deque[int] = deque()  # caught, not yet acted on
         self._received: list[signal.Signals] = []
         self._previous: dict[signal.Signals, _Handler] = {}
+        #: the previous handlers that belong to someone else (a server's): each signal
+        #: is passed on to them, on the loop, so the server still hears it
+        self._chained: dict[int, Callable[[int, FrameType | None], Any]] = {}
         self._scope: anyio.CancelScope | None = None
         self._hop: Callable[[Callable[[], object]], object] | None = None
         self._clock: Callable[[], float] | None = None
@@ -356,8 +374,11 @@ class SignalTrap:
         try:
             for signum in self._signals:
                 handler = self._on_signal
-                self._previous[signum] = signal.signal(signum, handler)
+                previous = signal.signal(signum, handler)
+                self._previous[signum] = previous
                 self._installed[signum] = handler
+                if callable(previous) and _foreign(previous):
+                    self._chained[signum] = previous
         except BaseException:
             self._uninstall()
             raise
@@ -403,6 +424,7 @@ class SignalTrap:
                 # the closest we can give back
                 signal.signal(signum, signal.SIG_DFL if previous is None else previous)
         self._previous.clear()
+        self._chained.clear()
         self._close_wakeup_fd()
         leftover = list(self._pending)
         self._pending.clear()
@@ -563,6 +585,9 @@ class SignalTrap:
             if self._delivered == 1 and self._notifier is not None:
                 self._notify_stopping(signum)
             self._perform(self._action(self._delivered), signum)
+            chained = self._chained.get(signum)
+            if chained is not None:
+                chained(signum, None)  # the server we run inside hears it too
 
     def _perform(self, action: Action, signum: signal.Signals) -> None:
         scope = self._scope
@@ -721,7 +746,10 @@ def stop_on_signals(
     continues after it), a third exits the process at once, by that signal, even if
     the event loop is stuck in a blocking call.  The handlers that were installed
     before are restored on exit; a signal caught but not yet acted on when the block
-    ends is raised again for them.
+    ends is raised again for them.  A server's handler installed before (uvicorn's,
+    gunicorn's or hypercorn's, as inside an app's lifespan; a ``GracefulApp``'s)
+    still hears every signal: it is called on the loop after the trap's own action, so
+    the block never keeps the server it runs inside from stopping.
 
     Must run in the main thread (Python delivers signals only there).
 
