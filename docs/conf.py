@@ -91,6 +91,7 @@ site_nav: list[tuple[str, list[tuple[str, str]]]] = [
         ("A library with aclose()", "how-to/library-aclose"),
         ("A service under Kubernetes and systemd", "how-to/services"),
         ("A web service: uvicorn, hypercorn, drain", "how-to/web-services"),
+        ("An app under its server's own command", "how-to/deployments"),
         ("Threads and subprocesses", "how-to/threads-and-subprocesses"),
         ("Ordered shutdown", "how-to/ordered-shutdown"),
         ("Testing your workers", "how-to/testing"),

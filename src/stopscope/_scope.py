@@ -484,7 +484,7 @@ class TaskScope:
         *,
         name: object = None,
         grace: float | None = None,
-        process_group: bool = sys.platform != "win32",
+        process_group: bool | None = None,
         die_with_parent: bool = False,
         **popen_kwargs: Any,
     ) -> Process:
@@ -530,8 +530,9 @@ class TaskScope:
         :param process_group: start the child in a session (process group) of its own,
             and send the stop's SIGTERM and the SIGKILL after grace to the whole group,
             so grandchildren stop too; the member lasts until the group is empty.
-            True by default on POSIX (False on Windows, where it is not supported);
-            ``False`` keeps the child in this process's group and session
+            ``None`` (the default) means ``True`` on POSIX and ``False`` on Windows,
+            where it is not supported; ``False`` keeps the child in this process's
+            group and session
         :param die_with_parent: the child is stopped (SIGTERM, then SIGKILL after the
             member's grace, 10 s if it has none) when this process dies, even by
             SIGKILL: a small guard process watches a pipe only this process holds
@@ -542,7 +543,8 @@ class TaskScope:
         :return: the running :class:`anyio.abc.Process`
         :raises OSError: if the process cannot be started (e.g. FileNotFoundError)
         """
-        popen_kwargs["process_group"] = process_group
+        if process_group is not None:
+            popen_kwargs["process_group"] = process_group
         popen_kwargs["die_with_parent"] = die_with_parent
         return await _members.start_process(self, cmd, name, grace, popen_kwargs)
 

@@ -12,7 +12,7 @@
 SIGTERM is heard before the server's own handler: not ready at once, the drain delay,
 then the server's own shutdown; background members started from the app's lifespan
 are stopped after the HTTP side has drained.  To run the server inside your own
-program instead, see :mod:`stopscope.servers`.
+program instead, see ``stopscope.servers``.
 """
 
 from ._app import GracefulApp as GracefulApp

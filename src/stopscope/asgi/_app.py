@@ -103,7 +103,7 @@ class GracefulApp:
         shorter than ``grace``
     :param readiness_path: the readiness probe's path; ``None``: no probe route
     :param request_signals: give each HTTP request a stop signal (``request_signal()``
-        of :mod:`stopscope.servers`); WebSocket connections always get one
+        of ``stopscope.servers``); WebSocket connections always get one
     :param name: the scope's name in logs and in the report
     :raises ValueError: for a bad ``grace`` or ``drain_delay``, or an ``app`` that is
         a GracefulApp already
