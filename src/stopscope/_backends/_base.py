@@ -27,6 +27,14 @@ CALL: Final[Any] = object()
 Entry = list[Any]
 
 
+#: whether a cancellation issued by a scope reached a member task that then returned:
+#: never (it returned before its next checkpoint), yes (it caught it), or held off by a
+#: shielded scope it was in (see ``stopscope._judge``)
+NOT_REACHED: Final = 0
+REACHED: Final = 1
+DEFERRED: Final = 2
+
+
 def _not_installed(*args: Any) -> bool:  # pragma: no cover - _signal installs the real ones
     raise RuntimeError("stopscope._signal has not installed its hook operations")
 
@@ -153,10 +161,17 @@ class Backend(Protocol):
         needs later (``None``: nothing)."""
 
     def cancel_marks(self, entered: Any) -> Any:
-        """The group is about to be cancelled: note where each member task stands."""
+        """The group (or one member's scope) is about to be cancelled: note where each
+        member task stands."""
 
-    def cancel_reached(self, marks: Any, probe: Callable[[], bool]) -> bool:
-        """Whether that cancellation reached the running member task."""
+    def cancel_shields(self, entered: Any, marks: Any) -> Any:
+        """The cancellation was just issued: add to ``marks`` which member tasks a
+        shielded scope keeps it from; returns the marks :meth:`cancel_reached` reads."""
+
+    def cancel_reached(self, marks: Any, probe: Callable[[], bool]) -> int:
+        """Whether that cancellation reached the running member task (``_judge.REACHED``),
+        was deferred by a shielded scope it was in (``DEFERRED``) or never reached it
+        (``NOT_REACHED``: it returned before its next checkpoint)."""
 
     def open_signal_wakeup(self) -> Callable[[], None] | None:
         """Make sure a process signal wakes this loop; returns how to undo it."""
