@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -17,6 +19,9 @@ import anyio.abc
 import pytest
 
 from stopscope import Outcome, StopReason, StopSignal, TaskScope
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import ExceptionGroup
 
 pytestmark = pytest.mark.anyio
 
@@ -167,3 +172,256 @@ class TestMemberGraceZero:
         assert record.phase != "after-cancel"
         assert (record.outcome, record.phase) == (Outcome.CANCELLED, "cancelled")
         assert not [m for m in warnings_of(caplog) if CATCH in m]
+
+
+# ---------------------------------------------------- 3: a member's grace inside a stage
+
+
+def _virtual_backends() -> list[Any]:
+    from stopscope.testing import virtual_time
+
+    return [
+        pytest.param(virtual_time("asyncio"), id="asyncio-virtual"),
+        pytest.param(
+            ("asyncio", {"use_uvloop": True}),
+            id="asyncio+uvloop",
+            marks=pytest.mark.skipif(sys.platform == "win32", reason="uvloop is POSIX only"),
+        ),
+        pytest.param(virtual_time("trio"), id="trio-virtual"),
+    ]
+
+
+async def _drain(sig: StopSignal, seconds: float) -> None:
+    await sig.wait()
+    await anyio.sleep(seconds)  # a front stage that takes its time to drain
+
+
+async def _flusher(sig: StopSignal, flush: float, flushed: list[str]) -> None:
+    await sig.wait()
+    await anyio.sleep(flush)  # the final flush, once asked to stop
+    flushed.append("flushed")
+
+
+@pytest.mark.parametrize("anyio_backend", _virtual_backends())
+class TestMemberGraceInAStage:
+    """A member's own ``grace=`` starts when its own signal (its stage's) is set, capped
+    by what is left of the scope's budget; not at the scope's stop."""
+
+    # (the front stage's drain, the flusher's grace, its flush); virtual seconds on
+    # asyncio and trio, real ones on uvloop (whose clock cannot be faked)
+    DRAIN, GRACE, FLUSH = 1.0, 0.5, 0.05
+
+    async def test_a_flusher_gets_its_grace_after_the_stage_before_it(self) -> None:
+        flushed: list[str] = []
+        with anyio.fail_after(HANG_GUARD):
+            async with TaskScope(grace=LONG_GRACE) as scope:
+                back = scope.stage("back")
+                scope.start_soon(
+                    _flusher, back, self.FLUSH, flushed, name="flusher", grace=self.GRACE
+                )
+                front = scope.stage("front")
+                scope.start_soon(_drain, front, self.DRAIN, name="front")
+                await anyio.wait_all_tasks_blocked()
+        assert flushed == ["flushed"]
+        assert scope.report.by_name("flusher").outcome is Outcome.STOPPED
+        assert scope.report.needed_cancellation == ()
+
+    async def test_the_scope_budget_still_caps_it(self) -> None:
+        flushed: list[str] = []
+        # budget: the drain, then less than the flush; the flusher's own grace is larger
+        budget = self.DRAIN + self.FLUSH / 2
+        with anyio.fail_after(HANG_GUARD):
+            async with TaskScope(grace=budget) as scope:
+                back = scope.stage("back")
+                scope.start_soon(_flusher, back, self.FLUSH, flushed, name="flusher", grace=10)
+                front = scope.stage("front")
+                scope.start_soon(_drain, front, self.DRAIN, name="front")
+                await anyio.wait_all_tasks_blocked()
+        assert flushed == []
+        record = scope.report.by_name("flusher")
+        assert (record.outcome, record.phase) == (Outcome.CANCELLED, "cancelled")
+
+
+# a shell that exits 0 on SIGTERM (and takes its sleeping child along)
+TRAP_TERM = "trap 'exit 0' TERM; echo ready; while :; do sleep 0.05; done"
+
+
+async def _start_ready(
+    scope: TaskScope, script: str, name: str, grace: float | None = None
+) -> anyio.abc.Process:
+    """Start ``sh -c script`` and return once it said ``ready`` (its trap is set)."""
+    process = await scope.start_process(
+        ["sh", "-c", script], name=name, grace=grace, stdout=subprocess.PIPE
+    )
+    assert process.stdout is not None
+    seen = b""
+    async for chunk in process.stdout:
+        seen += chunk
+        if b"\n" in seen:
+            break
+    assert seen == b"ready\n"
+    return process
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+class TestProcessGraceInAStage:
+    """A staged ``start_process(grace=...)`` gets SIGTERM when its stage is stopped, and
+    its grace from then: never a SIGKILL before it was asked to stop."""
+
+    async def test_sigterm_first_then_its_grace(self) -> None:
+        grace = 1.0  # real seconds: a process does not run on a virtual clock
+        with anyio.fail_after(HANG_GUARD):
+            async with TaskScope(grace=LONG_GRACE) as scope:
+                back = scope.stage("back")
+                process = await _start_ready(scope, TRAP_TERM, "child", grace)
+                front = scope.stage("front")
+                scope.start_soon(_drain, front, grace * 1.5, name="front")
+                await anyio.wait_all_tasks_blocked()
+                assert not back.is_set()
+            await process.aclose()
+        record = scope.report.by_name("child")
+        assert (record.outcome, record.exit_code) == (Outcome.STOPPED, 0)
+
+
+# ------------------------------------------- 12: start() from a body scope already cancelled
+
+
+async def _server(
+    sig: StopSignal,
+    cancel_caller: Callable[[], None],
+    *,
+    task_status: anyio.abc.TaskStatus[str],
+) -> None:
+    cancel_caller()  # the caller's scope is cancelled before this member started
+    await anyio.sleep_forever()
+    task_status.started("up")
+
+
+async def _serve(sig: StopSignal, *, task_status: anyio.abc.TaskStatus[str]) -> None:
+    task_status.started("up")
+    await sig.wait()
+
+
+class TestStartFromACancelledBodyScope:
+    """A cancel scope of the body never reaches a member, ``start()`` included (anyio's
+    #685/#710 case): the scope does not call itself cancelled from outside, and its
+    signal stays unset while the body runs on."""
+
+    async def test_start_in_a_cancelled_scope_starts_nothing(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        with anyio.fail_after(HANG_GUARD):
+            async with TaskScope(grace=LONG_GRACE) as scope:
+                scope.start_soon(StopSignal.wait, scope.signal, name="sibling")
+                with anyio.CancelScope() as inner:
+                    inner.cancel()
+                    await scope.start(_serve, scope.signal, name="server")
+                assert inner.cancelled_caught
+                await anyio.wait_all_tasks_blocked()
+                assert not scope.signal.is_set()  # the body runs on, the scope too
+                value = await scope.start(_serve, scope.signal, name="server")
+                assert value == "up"
+        assert scope.report.reason is StopReason.BODY_EXITED
+        assert [(r.name, r.outcome) for r in scope.report.tasks] == [
+            ("sibling", Outcome.STOPPED),
+            ("server", Outcome.STOPPED),
+        ]
+        assert not warnings_of(caplog)
+
+    async def test_a_start_called_off_cancels_only_that_member(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        with anyio.fail_after(HANG_GUARD):
+            async with TaskScope(grace=LONG_GRACE) as scope:
+                scope.start_soon(StopSignal.wait, scope.signal, name="sibling")
+                with anyio.CancelScope() as inner:
+                    await scope.start(_server, scope.signal, inner.cancel, name="server")
+                assert inner.cancelled_caught  # start() raised the caller's cancellation
+                await anyio.wait_all_tasks_blocked()
+                assert not scope.signal.is_set()
+        assert scope.report.reason is StopReason.BODY_EXITED
+        record = scope.report.by_name("server")
+        # cancelled because its caller was: not a grace overrun, not the scope's stop
+        assert (record.outcome, record.phase) == (Outcome.CANCELLED, "cancelled-from-outside")
+        assert scope.report.by_name("sibling").outcome is Outcome.STOPPED
+        messages = warnings_of(caplog)
+        assert not [m for m in messages if "from outside" in m or "grace period" in m]
+
+
+# ------------------------------------- 13: Task.cancel() of a member before it started
+
+
+@pytest.mark.parametrize("anyio_backend", ASYNCIO_BACKENDS)
+class TestNativeCancelBeforeStarted:
+    """``Task.cancel()`` of a member started with ``start()``, before it called
+    ``started()``: the member was cancelled, and ``start()`` says so."""
+
+    async def test_start_says_the_member_was_cancelled(self) -> None:
+        tasks: list[asyncio.Task[Any]] = []
+        raised: list[BaseException] = []
+
+        async def server(sig: StopSignal, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            tasks.append(task)
+            await anyio.sleep_forever()
+
+        async def starter(scope: TaskScope) -> None:
+            try:
+                await scope.start(server, scope.signal, name="server")
+            except RuntimeError as exc:
+                raised.append(exc)
+
+        with anyio.fail_after(HANG_GUARD):
+            async with TaskScope(grace=LONG_GRACE) as scope:
+                scope.start_soon(starter, scope, name="starter")
+                await anyio.wait_all_tasks_blocked()
+                tasks[0].cancel()
+        assert len(raised) == 1
+        assert "was cancelled before it called task_status.started()" in str(raised[0])
+        assert "without being cancelled" not in str(raised[0])
+        record = scope.report.by_name("server")
+        assert (record.outcome, record.phase) == (Outcome.CANCELLED, "cancelled-from-outside")
+        assert record.error is None
+
+
+# ------------------------------------------- 14: a child that exits badly after its stop
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+class TestProcessExitAfterTheStop:
+    """A process member that exits after the SIGTERM of its stop is STOPPED only if it
+    exited 0 or died of that SIGTERM; any other status, 128 + 15 included (a stopscope
+    service whose drain was cut exits so), is FAILED with ``CalledProcessError``."""
+
+    @pytest.mark.parametrize(
+        ("on_term", "outcome", "exit_code"),
+        [
+            pytest.param("exit 0", Outcome.STOPPED, 0, id="exit-0"),
+            pytest.param("trap - TERM; kill -TERM $$", Outcome.STOPPED, -signal.SIGTERM, id="dies"),
+            pytest.param("exit 143", Outcome.FAILED, 143, id="exit-143"),
+            pytest.param("exit 1", Outcome.FAILED, 1, id="exit-1"),
+        ],
+    )
+    async def test_the_exit_status_decides(
+        self, on_term: str, outcome: Outcome, exit_code: int
+    ) -> None:
+        script = f"trap '{on_term}' TERM; echo ready; while :; do sleep 0.05; done"
+        errors: list[BaseException] = []
+        with anyio.fail_after(HANG_GUARD):
+            try:
+                async with TaskScope(grace=LONG_GRACE) as scope:
+                    process = await _start_ready(scope, script, "child")
+            except ExceptionGroup as group:
+                errors.extend(group.exceptions)
+            await process.aclose()
+        record = scope.report.by_name("child")
+        assert (record.outcome, record.exit_code) == (outcome, exit_code)
+        if outcome is Outcome.FAILED:
+            assert record.phase == "grace"
+            assert errors == [record.error]
+            assert isinstance(record.error, subprocess.CalledProcessError)
+            assert record.error.returncode == exit_code
+        else:
+            assert errors == []
+            assert record.error is None

@@ -21,8 +21,9 @@ The facts, in the order :func:`judge` takes them:
     who issued a cancellation that covered it before it exited: :data:`NOBODY`,
     :data:`GRACE` (its grace ran out: the scope's budget or its own ``grace=``),
     :data:`HARD` (a ``KeyboardInterrupt``/``SystemExit`` stopped the scope at once),
-    :data:`OUTSIDE` (an enclosing cancel scope) or :data:`TASK` (its own task was
-    cancelled natively, ``Task.cancel()``).
+    :data:`OUTSIDE` (an enclosing cancel scope), :data:`TASK` (its own task was
+    cancelled natively, ``Task.cancel()``) or :data:`STARTER` (the caller of
+    ``start()`` was cancelled before the member called ``started()``).
 ``reach``
     for a member that returned although the scope cancelled it: whether the
     cancellation reached its code (:data:`REACHED`: it caught it), was held off by a
@@ -55,6 +56,7 @@ __all__ = [
     "RAISED",
     "REACHED",
     "RETURNED",
+    "STARTER",
     "TASK",
     "clean_stop_status",
     "judge",
@@ -71,6 +73,7 @@ GRACE: Final = 1
 HARD: Final = 2
 OUTSIDE: Final = 3
 TASK: Final = 4
+STARTER: Final = 5
 
 # whether a cancellation by the scope reached a member that returned: NOT_REACHED,
 # REACHED, DEFERRED (defined beside the backends, which tell them)

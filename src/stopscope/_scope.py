@@ -17,10 +17,22 @@ from typing import TYPE_CHECKING, Any, Final, final
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from . import _members
 from ._backends import Backend, Entry, LoopCall, TaskGroup, current, in_cancelled_scope
-from ._judge import CANCELLED, GRACE, HARD, NOBODY, NOT_REACHED, OUTSIDE, RAISED, RETURNED, TASK
+from ._judge import (
+    CANCELLED,
+    GRACE,
+    HARD,
+    NOBODY,
+    NOT_REACHED,
+    OUTSIDE,
+    RAISED,
+    RETURNED,
+    STARTER,
+    TASK,
+)
 from ._judge import DEFERRED as _DEFERRED
 from ._judge import judge as _judge
 from ._report import (
@@ -167,8 +179,18 @@ class _Stage:
 class _Member(MemberFacts):
     """One member: the scope's handles on it, and the facts recorded while it runs."""
 
-    __slots__ = ("cs", "deadline", "grace", "lagged", "marks", "stage", "started", "task_coro",
-                 "timer")
+    __slots__ = (
+        "cs",
+        "deadline",
+        "grace",
+        "lagged",
+        "marks",
+        "stage",
+        "start_aborted",
+        "started",
+        "task_coro",
+        "timer",
+    )
 
     def __init__(self, record: TaskRecord, grace: float | None) -> None:
         super().__init__(record)
@@ -186,6 +208,8 @@ class _Member(MemberFacts):
         self.timer: Entry | None = None
         self.marks: Any = None
         self.lagged = False
+        # started with start(), whose caller was cancelled before it called started()
+        self.start_aborted = False
 
 
 _CoroutineType: Final = types.CoroutineType
@@ -224,18 +248,37 @@ def _split(
 _in_cancelled_scope: Final = in_cancelled_scope
 
 
-class _TaskStatusProxy(anyio.abc.TaskStatus[Any]):
-    """Passes ``started()`` through, and tells the scope the member has started."""
+class _StartStatus(anyio.abc.TaskStatus[Any]):
+    """The ``task_status`` of a member started with :meth:`TaskScope.start`.
 
-    __slots__ = ("_member", "_status")
+    The member runs in the scope's group from its first step, not in the caller's
+    cancel scopes (as anyio's and trio's ``start()`` would have it until
+    ``started()``): a scope of the body, cancelled or not, never reaches a member.
+    The caller waits for ``ready``; ``value`` or ``error`` is what it gets.
+    """
 
-    def __init__(self, status: anyio.abc.TaskStatus[Any], member: _Member) -> None:
-        self._status = status
+    __slots__ = ("_member", "error", "exited", "ready", "value")
+
+    def __init__(self, member: _Member) -> None:
         self._member = member
+        self.ready = anyio.Event()  # started(), or the member ended before it
+        self.exited = anyio.Event()  # the member ended
+        self.value: Any = None
+        self.error: BaseException | None = None
 
     def started(self, value: Any = None) -> None:
-        self._status.started(value)
-        self._member.started = True
+        member = self._member
+        if member.started:
+            raise RuntimeError("called 'started' twice on the same task status")
+        member.started = True
+        self.value = value
+        self.ready.set()
+
+    def fail(self, error: BaseException) -> None:
+        """The member ended before it called ``started()``: the caller raises ``error``."""
+        if not self.ready.is_set():
+            self.error = error
+            self.ready.set()
 
 
 @final
@@ -414,8 +457,9 @@ class TaskScope:
 
         :param name: the member's name in the report and logs (default: the
             callable's qualified name)
-        :param grace: a shorter grace period for this member (the scope's grace
-            stays the overall budget)
+        :param grace: a shorter grace period for this member, counted from when its
+            own signal is set (its stage's stop, in a stage); the scope's grace stays
+            the overall budget
         :raises RuntimeError: outside the ``async with`` block
         :raises TypeError: if ``func(*args)`` does not return a coroutine
         """
@@ -450,14 +494,41 @@ class TaskScope:
         """Start ``func(*args, task_status=...)`` and wait until it calls ``started()``.
 
         As anyio's ``TaskGroup.start``: returns the value passed to
-        ``task_status.started()``; an error raised before that is raised here.
+        ``task_status.started()``; an error raised before that is raised here.  Unlike
+        there, the member runs in the scope from its first step: no cancel scope of
+        the caller ever reaches it.  A caller already cancelled starts nothing; one
+        cancelled while it waits calls the start off (the member is cancelled, and
+        reported ``CANCELLED``, phase ``"cancelled-from-outside"``).
         """
         tg = self._check_open("start")
         _check_callable(func, "start")
+        # a caller already cancelled starts nothing (its cancellation is raised here)
+        await anyio.lowlevel.checkpoint_if_cancelled()
         member = self._new_member(func, name, grace)
         member.started = False
+        if member.cs is None:  # to call the start off if the caller is cancelled first
+            member.cs = anyio.CancelScope()
         self._admit(member)
-        return await tg.start(self._run_started, member, func, args, name=member.record.name)
+        status = _StartStatus(member)
+        tg.start_soon(self._run_started, member, func, args, status, name=member.record.name)
+        try:
+            await status.ready.wait()
+        except BaseException:
+            if not member.started:
+                # the caller was cancelled first (as with anyio's start(), the member
+                # is then cancelled); the member is not the scope's to stop for it
+                member.start_aborted = True
+                member.cs.cancel()
+                with anyio.CancelScope(shield=True):
+                    await status.exited.wait()
+            raise
+        error = status.error
+        if error is not None:
+            try:
+                raise error
+            finally:
+                del error, status
+        return status.value
 
     def start_thread(
         self,
@@ -506,13 +577,15 @@ class TaskScope:
 
             proc = await scope.start_process(["nginx", "-g", "daemon off;"], grace=10)
 
-        On stop the process gets SIGTERM; if it has not exited when its grace is over
-        it gets SIGKILL, as Kubernetes and systemd do.  In the report it is
-        ``STOPPED`` if it exited within grace (whatever its exit code), ``CANCELLED``
-        if it had to be killed, ``FINISHED`` if it exited 0 before any stop, and
-        ``FAILED`` if it exited non-zero before any stop (the error is a
+        On stop (its stage's, if it belongs to one) the process gets SIGTERM; if it has
+        not exited when its grace is over it gets SIGKILL, as Kubernetes and systemd
+        do.  In the report it is ``STOPPED`` if it exited within grace with status 0
+        or died of that SIGTERM, ``CANCELLED`` if it had to be killed, ``FINISHED``
+        if it exited 0 before any stop, and ``FAILED`` if it exited with any other
+        status, before or after the stop (``128 + 15`` after SIGTERM included, as
+        systemd counts it; see ``docs/semantics.md``): the error is a
         :class:`subprocess.CalledProcessError`, which stops the scope like any
-        member's error).  ``record.exit_code`` holds the exit code (negative: killed
+        member's error.  ``record.exit_code`` holds the exit code (negative: killed
         by that signal).  The process is always waited for: no zombie is left.
 
         Under :func:`~stopscope.run` or :func:`~stopscope.stop_on_signals`, a signal
@@ -829,15 +902,39 @@ class TaskScope:
             self._release_stages()
 
     async def _run_started(
-        self,
-        member: _Member,
-        func: Callable[..., Any],
-        args: tuple[Any, ...],
-        *,
-        task_status: anyio.abc.TaskStatus[Any],
+        self, member: _Member, func: Callable[..., Any], args: tuple[Any, ...], status: _StartStatus
+    ) -> None:
+        """A member started with :meth:`start`: until it calls ``started()``, what it
+        raises goes to the caller of ``start()``, not to the scope's group."""
+        try:
+            await self._run_started_member(member, func, args, status)
+        except self._cancelled_exc as exc:
+            if not member.started:
+                status.fail(self._start_cancelled(member, exc))
+            raise
+        except BaseException as exc:
+            if member.started:
+                raise
+            status.fail(exc)  # start() raises it, as anyio does
+        else:
+            if not member.started:
+                status.fail(RuntimeError("child exited without calling task_status.started()"))
+        finally:
+            status.exited.set()
+
+    def _start_cancelled(self, member: _Member, exc: BaseException) -> BaseException:
+        error = RuntimeError(
+            f"member {member.record.name!r} was cancelled before it called "
+            f"task_status.started()"
+        )
+        error.__cause__ = exc
+        return error
+
+    async def _run_started_member(
+        self, member: _Member, func: Callable[..., Any], args: tuple[Any, ...], status: _StartStatus
     ) -> None:
         try:
-            coro = func(*args, task_status=_TaskStatusProxy(task_status, member))
+            coro = func(*args, task_status=status)
         except BaseException as exc:
             cut_by = self._cut_by(member)
             if not member.started:
@@ -858,10 +955,7 @@ class TaskScope:
             cut_by = self._cut_by(member)
             self._exited(member, RAISED, self._member_error(member, error), cut_by)
             return
-        if member.cs is None:
-            await self._run_member(member, coro)
-        else:
-            await self._run_scoped_member(member, coro)
+        await self._run_scoped_member(member, coro)
 
     async def _run_member(self, member: _Member, coro: Coroutine[Any, Any, Any]) -> None:
         """Run one member and record how it ended (facts only: ``_exited`` judges); its
@@ -961,12 +1055,15 @@ class TaskScope:
     def _cut_by(self, member: _Member) -> int:
         """Who issued a cancellation that covers this member (a fact; the scope first:
         its own grace, the scope's budget or a hard stop, then from outside)."""
-        if member.cs is not None and member.cs.cancel_called:
+        cs = member.cs
+        if cs is not None and cs.cancel_called and not member.start_aborted:
             return GRACE
         if self._cancelling:
             return self._cut_kind
         if self._outside:
             return OUTSIDE
+        if member.start_aborted:
+            return STARTER
         return NOBODY
 
     def _task_cancelled(self) -> bool:
