@@ -415,6 +415,8 @@ def _check_stop_status(returncode: int | None, cmd: Any, record: TaskRecord, *, 
     assert returncode is not None
     if clean_stop_status(returncode):
         return
+    if sys.platform == "win32" and sent and returncode == 1:  # pragma: no cover
+        return  # terminate() is TerminateProcess(handle, 1): Windows' "killed by us"
     if returncode < 0 or not sent:
         signum = _signal_behind_exit(returncode)
         if signum is not None and (not sent or clean_stop_status(returncode, int(signum))):

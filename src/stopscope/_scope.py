@@ -1141,8 +1141,7 @@ class TaskScope:
         if outcome is _CANCELLED or outcome is _ABANDONED:
             self._cut += 1
             if cut_by == GRACE and not self._hard:
-                if ended == CANCELLED and outcome is _CANCELLED:
-                    assert cancel is not None
+                if ended == CANCELLED and outcome is _CANCELLED and cancel is not None:
                     self._warn_cancelled(member, cancel)  # a thread logs its own
                 elif ended == RETURNED and reach == _DEFERRED:
                     self._warn_deferred(member)
