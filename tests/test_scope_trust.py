@@ -96,6 +96,36 @@ class TestLeftoverCancellingCount:
         assert scope.report.needed_cancellation == ()
         assert scope.report.reason is StopReason.BODY_EXITED  # not "cancelled from outside"
 
+    async def test_hypercorn_serve_as_a_member_is_stopped(self) -> None:
+        """The real trigger: ``hypercorn.asyncio.serve()`` ends through such a group."""
+        from hypercorn.asyncio import serve
+        from hypercorn.config import Config
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "lifespan":
+                while (await receive())["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                await send({"type": "lifespan.shutdown.complete"})
+
+        counts: list[int] = []
+
+        async def server(sig: StopSignal) -> None:
+            config = Config()
+            config.bind = ["127.0.0.1:0"]
+            await serve(app, config, shutdown_trigger=sig.wait)
+            task = asyncio.current_task()
+            assert task is not None
+            counts.append(task.cancelling())  # type: ignore[attr-defined,unused-ignore]
+
+        with anyio.fail_after(HANG_GUARD):
+            async with TaskScope(grace=LONG_GRACE) as scope:
+                scope.start_soon(server, scope.signal, name="hypercorn")
+                await anyio.wait_all_tasks_blocked()
+        record = scope.report.by_name("hypercorn")
+        assert counts  # it returned
+        assert (record.outcome, record.phase) == (Outcome.STOPPED, "grace")
+        assert scope.report.reason is StopReason.BODY_EXITED
+
 
 # --------------------------------------------------------- 10: a shielded cleanup overruns
 
