@@ -188,6 +188,7 @@ class _Member(MemberFacts):
         "stage",
         "start_aborted",
         "started",
+        "task",
         "task_coro",
         "timer",
     )
@@ -199,6 +200,7 @@ class _Member(MemberFacts):
         # group's scope covers the others, and a cancel scope per member is costly
         self.cs: anyio.CancelScope | None = None if grace is None else anyio.CancelScope()
         self.task_coro: Any = None
+        self.task: Any = None  # its task, noted only for a member with a scope of its own
         self.started = True
         self.stage: _Stage | None = None
         # facts: its own grace deadline (loop clock; armed when its own signal is set),
@@ -764,9 +766,10 @@ class TaskScope:
         assert cs is not None
         backend = self._backend
         assert backend is not None
-        marks = backend.cancel_marks(self._entered)
+        task = member.task  # None: not running yet, so look at every member task
+        marks = backend.cancel_marks(self._entered, task)
         cs.cancel()
-        member.marks = backend.cancel_shields(self._entered, marks)
+        member.marks = backend.cancel_shields(self._entered, marks, task)
 
     def _stop_moment(self) -> float:
         """When stop was requested (``time.monotonic()``), as close as we can tell."""
@@ -1018,12 +1021,14 @@ class TaskScope:
 
     async def _run_scoped_member(self, member: _Member, coro: Coroutine[Any, Any, Any]) -> None:
         """A member with its own grace: its own cancel scope, cancelled by its own timer."""
+        assert self._backend is not None
+        member.task = self._backend.current_task()
         try:
             with member.cs:  # type: ignore[union-attr]
                 await self._run_member(member, coro)
         finally:
+            member.task = member.marks = None  # no reference cycle through its task
             if member.timer is not None:
-                assert self._backend is not None
                 self._backend.cancel_call(member.timer)
                 member.timer = None
 

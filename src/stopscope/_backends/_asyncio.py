@@ -209,17 +209,22 @@ class AsyncioBackend:
         """The group (cancel_shields reads its member tasks)."""
         return group
 
-    def cancel_marks(self, entered: Any) -> Any:
+    def current_task(self) -> Any:
+        return _current_task(self.loop)
+
+    def cancel_marks(self, entered: Any, task: Any = None) -> Any:
         return None
 
-    def cancel_shields(self, entered: Any, marks: Any) -> frozenset[asyncio.Task[Any]] | None:
+    def cancel_shields(
+        self, entered: Any, marks: Any, task: Any = None
+    ) -> frozenset[asyncio.Task[Any]] | None:
         """The member tasks still blocked, their wait not cancelled, right after the
         cancellation: anyio cancels the wait of every blocked task that no shielded
         scope covers at once, inside ``cancel()``.  Private attributes (anyio's task
         set, asyncio's ``_fut_waiter``), read defensively: without them a late return
         is judged by the probe alone."""
         try:
-            tasks = entered._tasks
+            tasks = entered._tasks if task is None else (task,)
             return frozenset(
                 task
                 for task in tasks

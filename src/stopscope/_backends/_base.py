@@ -160,13 +160,17 @@ class Backend(Protocol):
         """Called in the task that entered ``group``; returns what :meth:`cancel_marks`
         needs later (``None``: nothing)."""
 
-    def cancel_marks(self, entered: Any) -> Any:
-        """The group (or one member's scope) is about to be cancelled: note where each
-        member task stands."""
+    def current_task(self) -> Any:
+        """The running task (asyncio's ``Task``, trio's ``Task``)."""
 
-    def cancel_shields(self, entered: Any, marks: Any) -> Any:
-        """The cancellation was just issued: add to ``marks`` which member tasks a
-        shielded scope keeps it from; returns the marks :meth:`cancel_reached` reads."""
+    def cancel_marks(self, entered: Any, task: Any = None) -> Any:
+        """The group (or one member's scope, ``task`` only) is about to be cancelled:
+        note where each member task stands."""
+
+    def cancel_shields(self, entered: Any, marks: Any, task: Any = None) -> Any:
+        """The cancellation was just issued: add to ``marks`` which member tasks (or
+        ``task`` only) a shielded scope keeps it from; returns the marks
+        :meth:`cancel_reached` reads."""
 
     def cancel_reached(self, marks: Any, probe: Callable[[], bool]) -> int:
         """Whether that cancellation reached the running member task (``_judge.REACHED``),

@@ -228,7 +228,12 @@ class TrioBackend:
         """The group's nursery (cancel_marks reads its member tasks)."""
         return group.nursery
 
-    def cancel_marks(self, entered: Any) -> dict[Any, tuple[int, bool, bool]] | None:
+    def current_task(self) -> Any:
+        return _current_task()
+
+    def cancel_marks(
+        self, entered: Any, task: Any = None
+    ) -> dict[Any, tuple[int, bool, bool]] | None:
         """Each member task's cancel-point count, and whether it is blocked (so it gets
         the Cancelled at once).  Private attributes, read defensively: without them
         every late return is reported as before."""
@@ -236,22 +241,22 @@ class TrioBackend:
             return None
         try:
             return {
-                task: (task._cancel_points, task._abort_func is not None, False)
-                for task in entered.child_tasks
+                each: (each._cancel_points, each._abort_func is not None, False)
+                for each in (entered.child_tasks if task is None else (task,))
             }
         except AttributeError:  # pragma: no cover - a trio without these attributes
             return None
 
     def cancel_shields(
-        self, entered: Any, marks: dict[Any, tuple[int, bool, bool]] | None
+        self, entered: Any, marks: dict[Any, tuple[int, bool, bool]] | None, task: Any = None
     ) -> dict[Any, tuple[int, bool, bool]] | None:
         """After the cancel: a task the cancellation does not reach now is shielded."""
         if marks is None:
             return None
         try:
-            for task, (points, blocked, _) in marks.items():
-                if not task._cancel_status.effectively_cancelled:
-                    marks[task] = (points, blocked, True)
+            for each, (points, blocked, _) in marks.items():
+                if not each._cancel_status.effectively_cancelled:
+                    marks[each] = (points, blocked, True)
         except AttributeError:  # pragma: no cover - a trio without these attributes
             pass
         return marks
