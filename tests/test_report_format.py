@@ -145,6 +145,7 @@ class TestDictFromFixedRecords:
             "phase": "grace",
             "exit_code": 3,
             "exited_at": 9.0,
+            "cut": 0,
         }
         assert TaskRecord("q", error=OSError(2, "gone")).to_dict()["error_type"] == (
             "FileNotFoundError"

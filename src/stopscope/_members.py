@@ -53,7 +53,8 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 import anyio
 import anyio.abc
 
-from ._report import Outcome, ShutdownReport, TaskRecord, _callable_name, current_record
+from ._judge import clean_stop_status
+from ._report import ShutdownReport, TaskRecord, _callable_name, current_facts
 from ._signal import StopSignal, logger
 
 if TYPE_CHECKING:
@@ -317,8 +318,8 @@ def _made_async(result: object, func: Callable[..., object]) -> TypeError:
 
 async def _run_thread(call: _ThreadCall) -> None:
 
-    record = current_record()
-    record.kind = "thread"
+    facts = current_facts()
+    facts.record.kind = "thread"
     try:
         await anyio.to_thread.run_sync(
             call, abandon_on_cancel=True, limiter=anyio.CapacityLimiter(1)
@@ -327,7 +328,7 @@ async def _run_thread(call: _ThreadCall) -> None:
     except anyio.get_cancelled_exc_class():
         state = call.abandon()
         if state == "abandoned":
-            record.outcome = Outcome.ABANDONED
+            facts.abandoned = True  # a fact: the scope judges the outcome
             logger.warning(
                 "thread member %r ignored its stop and was abandoned (a thread cannot be "
                 "cancelled); it is at:\n%s",
@@ -336,8 +337,8 @@ async def _run_thread(call: _ThreadCall) -> None:
             )
         elif state == "done" and call.error is None:
             # it returned before the cancellation reached its member, and a thread is
-            # never interrupted: nothing of it was cut
-            record.outcome = Outcome.STOPPED if call.stopped else Outcome.FINISHED
+            # never interrupted: nothing of it was cut (a fact for the judge)
+            facts.returned_first = True
         if state != "done" or call.error is None:
             raise
     except BaseException:
@@ -385,7 +386,8 @@ async def _run_process(
     task_status: anyio.abc.TaskStatus[Process],
 ) -> None:
 
-    record = current_record()
+    facts = current_facts()
+    record = facts.record
     record.kind = "process"
     process = await anyio.open_process(cmd, **popen_kwargs)
     pgid = process.pid if options.group else None
@@ -397,14 +399,20 @@ async def _run_process(
             if pgid is not None and process.returncode == 0:
                 await _group_gone(pgid)  # the member is the whole group
         if process.returncode is None or (pgid is not None and signal.is_set()):
-            # stop requested: ask it (and its group) to exit
-            _send(process, _SIGTERM, pgid)
+            # stop requested: ask it (and its group) to exit, unless it has exited
+            # already (a group's signal reached it first; not reaped yet)
+            sent = process.returncode is None and not _has_exited(process.pid)
+            if sent or pgid is not None:
+                _send(process, _SIGTERM, pgid)
             await process.wait()  # the scope cancels these when grace is over
             if pgid is not None:
                 await _group_gone(pgid)
-        elif not signal.is_set():  # it exited before any stop of this member
+            _check_stop_status(process.returncode, cmd, record, sent=sent)
+        elif signal.is_set():  # it exited after its stop, before we sent it anything
+            _check_stop_status(process.returncode, cmd, record, sent=False)
+        else:  # it exited before any stop of this member
             if _ended_by_the_services_signal(process.returncode, record.name):
-                record.outcome = Outcome.STOPPED
+                facts.stop_seen = True  # a fact: the scope judges it STOPPED
                 if pgid is not None and signal.is_set():  # the rest of its group too
                     _send(process, _SIGTERM, pgid)
                     await _group_gone(pgid)
@@ -415,7 +423,6 @@ async def _run_process(
         if process.returncode is None or (pgid is not None and _group_alive(pgid)):
             _send(process, _SIGKILL, pgid)
             killed = True
-            record.outcome = Outcome.CANCELLED
         raise
     finally:
         with anyio.CancelScope(shield=True):
@@ -499,6 +506,38 @@ def _send(process: Process, signum: int, pgid: int | None = None) -> None:
             process.terminate()
         else:
             process.kill()
+
+
+def _has_exited(pid: int) -> bool:
+    """Whether the child has exited, without reaping it (``waitid`` with ``WNOWAIT``)."""
+    waitid = getattr(os, "waitid", None)
+    if waitid is None:  # pragma: no cover - Windows
+        return False
+    try:
+        return waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:  # reaped meanwhile (a child watcher): it has exited
+        return True
+    except OSError:  # pragma: no cover - not ours to ask about
+        return False
+
+
+def _check_stop_status(returncode: int | None, cmd: Any, record: TaskRecord, *, sent: bool) -> None:
+    """A process that exited after its stop stopped cleanly only if it exited 0 or died
+    of the SIGTERM it was sent or of the service's own stop signal; any other status is
+    its failure, ``128 + n`` included (see ``docs/semantics.md``).  One that exited
+    before it was sent anything follows the rule of an exit before the stop: a status
+    the service's caught signal explains (``-n``, ``128 + n``, 0) is a stop."""
+    assert returncode is not None
+    if clean_stop_status(returncode):
+        return
+    if sys.platform == "win32" and sent and returncode == 1:  # pragma: no cover
+        return  # terminate() is TerminateProcess(handle, 1): Windows' "killed by us"
+    if returncode < 0 or not sent:
+        signum = _signal_behind_exit(returncode)
+        if signum is not None and (not sent or clean_stop_status(returncode, int(signum))):
+            return
+    record.exit_code = returncode
+    raise subprocess.CalledProcessError(returncode, cmd)
 
 
 def _ended_by_the_services_signal(returncode: int, name: str) -> bool:

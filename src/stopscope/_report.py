@@ -80,6 +80,10 @@ class TaskRecord:
     exit_code: int | None = None
     #: monotonic time of the exit
     exited_at: float | None = field(default=None, repr=False)
+    #: how many of its requests, connections or cleanups its stop cut short (a server
+    #: member adds to it, ``current_record().cut += n``, once they have unwound); a
+    #: member that cut anything is never ``STOPPED``
+    cut: int = 0
 
     def __str__(self) -> str:
         """One line: ``poller (task): stopped in 0.1 ms``."""
@@ -110,6 +114,7 @@ class TaskRecord:
             "phase": self.phase,
             "exit_code": self.exit_code,
             "exited_at": self.exited_at,
+            "cut": self.cut,
         }
 
 
@@ -252,24 +257,61 @@ def _reason_json(reason: object) -> object:
 
 # ----------------------------------------------------------- the member running now
 
-_current_record: Final[contextvars.ContextVar[TaskRecord]] = contextvars.ContextVar(
-    "stopscope_current_record"
+
+class MemberFacts:
+    """What is recorded about one member while it runs: facts, never an outcome.
+
+    The scope writes most of them; a member of another kind writes its own through
+    :func:`current_facts` (``abandoned`` for a thread left behind, ``stop_seen`` for a
+    process that the service's own stop signal reached first, ``returned_first`` for a
+    thread that returned before its member was cancelled).  When the member has
+    exited, ``_judge.judge`` turns them into the record's outcome and phase.
+    """
+
+    __slots__ = ("abandoned", "record", "returned_first", "stop_seen")
+
+    def __init__(self, record: TaskRecord) -> None:
+        self.record = record
+        #: a thread member still running after its grace, left behind
+        self.abandoned = False
+        #: a process member ended by a signal the service is stopping on, before its
+        #: own stop came (it was stopped, not failed)
+        self.stop_seen = False
+        #: a thread member whose function had returned before the cancellation reached
+        #: its member task: the cancellation only cut the delivery of its result
+        self.returned_first = False
+
+
+_current_member: Final[contextvars.ContextVar[MemberFacts]] = contextvars.ContextVar(
+    "stopscope_current_member"
 )
 
 
 def current_record() -> TaskRecord:
     """Return the :class:`TaskRecord` of the scope member whose task is running.
 
-    For code that runs a member of another kind (a thread, a subprocess) inside a task
-    started with ``start_soon``/``start``: it may set ``kind``, ``exit_code`` and
-    ``outcome`` (which the scope then keeps).
+    For code that runs a member of another kind (a thread, a subprocess, a server)
+    inside a task started with ``start_soon``/``start``: it may set ``kind`` and
+    ``exit_code``, and add to ``cut`` the requests or connections it cut short.  The
+    outcome and phase are the scope's to decide, from facts, when the member exits.
 
     :raises RuntimeError: outside a member of a :class:`TaskScope`
     """
     try:
-        return _current_record.get()
+        return _current_member.get().record
     except LookupError:
         raise RuntimeError("current_record() must be called from a member of a TaskScope") from None
+
+
+def current_facts() -> MemberFacts:
+    """The facts of the scope member whose task is running (for member kinds).
+
+    :raises RuntimeError: outside a member of a :class:`TaskScope`
+    """
+    try:
+        return _current_member.get()
+    except LookupError:
+        raise RuntimeError("current_facts() must be called from a member of a TaskScope") from None
 
 
 _FunctionType: Final = types.FunctionType

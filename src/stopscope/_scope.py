@@ -17,17 +17,32 @@ from typing import TYPE_CHECKING, Any, Final, final
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from . import _members
 from ._backends import Backend, Entry, LoopCall, TaskGroup, current, in_cancelled_scope
+from ._judge import (
+    CANCELLED,
+    GRACE,
+    HARD,
+    NOBODY,
+    NOT_REACHED,
+    OUTSIDE,
+    RAISED,
+    RETURNED,
+    STARTER,
+    TASK,
+)
+from ._judge import DEFERRED as _DEFERRED
+from ._judge import judge as _judge
 from ._report import (
+    MemberFacts,
     Outcome,
-    Phase,
     ShutdownReport,
     StopReason,
     TaskRecord,
     _callable_name,
-    _current_record,
+    _current_member,
     current_record,
 )
 from ._signal import StopSignal, _add_hook, _remove_hook, logger
@@ -151,35 +166,58 @@ def _stack_of_frames(frames: list[FrameType]) -> traceback.StackSummary:
 class _Stage:
     """A section of the start order that is stopped as one, after the later sections."""
 
-    __slots__ = ("done", "live", "name", "signal")
+    __slots__ = ("done", "live", "name", "set_at", "signal")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.signal = StopSignal()
         self.live = 0
         self.done: anyio.Event | None = None
+        self.set_at: float | None = None  # loop clock: when the scope set its signal
 
 
-class _Member:
-    __slots__ = ("cs", "grace", "record", "stage", "started", "task_coro")
+class _Member(MemberFacts):
+    """One member: the scope's handles on it, and the facts recorded while it runs."""
+
+    __slots__ = (
+        "cs",
+        "deadline",
+        "grace",
+        "lagged",
+        "marks",
+        "stage",
+        "start_aborted",
+        "started",
+        "task",
+        "task_coro",
+        "timer",
+    )
 
     def __init__(self, record: TaskRecord, grace: float | None) -> None:
-        self.record = record
+        super().__init__(record)
         self.grace = grace
         # a scope of its own only for a member with its own (shorter) grace: the task
         # group's scope covers the others, and a cancel scope per member is costly
         self.cs: anyio.CancelScope | None = None if grace is None else anyio.CancelScope()
         self.task_coro: Any = None
+        self.task: Any = None  # its task, noted only for a member with a scope of its own
         self.started = True
         self.stage: _Stage | None = None
+        # facts: its own grace deadline (loop clock; armed when its own signal is set),
+        # where its task stood when that deadline cancelled it, and whether it was
+        # still running well after it was cancelled (the laggard report saw it)
+        self.deadline: float | None = None
+        self.timer: Entry | None = None
+        self.marks: Any = None
+        self.lagged = False
+        # started with start(), whose caller was cancelled before it called started()
+        self.start_aborted = False
 
 
 _CoroutineType: Final = types.CoroutineType
 _FunctionType: Final = types.FunctionType
 _FINISHED: Final = Outcome.FINISHED
-_STOPPED: Final = Outcome.STOPPED
 _CANCELLED: Final = Outcome.CANCELLED
-_FAILED: Final = Outcome.FAILED
 _ABANDONED: Final = Outcome.ABANDONED
 
 
@@ -212,18 +250,37 @@ def _split(
 _in_cancelled_scope: Final = in_cancelled_scope
 
 
-class _TaskStatusProxy(anyio.abc.TaskStatus[Any]):
-    """Passes ``started()`` through, and tells the scope the member has started."""
+class _StartStatus(anyio.abc.TaskStatus[Any]):
+    """The ``task_status`` of a member started with :meth:`TaskScope.start`.
 
-    __slots__ = ("_member", "_status")
+    The member runs in the scope's group from its first step, not in the caller's
+    cancel scopes (as anyio's and trio's ``start()`` would have it until
+    ``started()``): a scope of the body, cancelled or not, never reaches a member.
+    The caller waits for ``ready``; ``value`` or ``error`` is what it gets.
+    """
 
-    def __init__(self, status: anyio.abc.TaskStatus[Any], member: _Member) -> None:
-        self._status = status
+    __slots__ = ("_member", "error", "exited", "ready", "value")
+
+    def __init__(self, member: _Member) -> None:
         self._member = member
+        self.ready = anyio.Event()  # started(), or the member ended before it
+        self.exited = anyio.Event()  # the member ended
+        self.value: Any = None
+        self.error: BaseException | None = None
 
     def started(self, value: Any = None) -> None:
-        self._status.started(value)
-        self._member.started = True
+        member = self._member
+        if member.started:
+            raise RuntimeError("called 'started' twice on the same task status")
+        member.started = True
+        self.value = value
+        self.ready.set()
+
+    def fail(self, error: BaseException) -> None:
+        """The member ended before it called ``started()``: the caller raises ``error``."""
+        if not self.ready.is_set():
+            self.error = error
+            self.ready.set()
 
 
 @final
@@ -287,6 +344,7 @@ class TaskScope:
         # the scope cancelled its own group: the grace ran out, or a BaseException
         # (KeyboardInterrupt, SystemExit...) stopped it at once
         self._cancelling = False
+        self._cut_kind = NOBODY  # GRACE or HARD once the scope cancelled its group
         # stopped without grace (from outside, or by a BaseException): no grace warnings
         self._hard = False
         self._outside = False  # the hard stop came from an enclosing cancel scope
@@ -374,6 +432,7 @@ class TaskScope:
         stage = _Stage(name or f"stage {len(self._stages) + 1}")
         self._stages.append(stage)
         if self._signal.is_set():
+            stage.set_at = self._clock()
             stage.signal.set(self._signal.reason)
         elif len(self._stages) == 1:
             # made here, not in the task: the body may end (and want the sequence
@@ -400,8 +459,9 @@ class TaskScope:
 
         :param name: the member's name in the report and logs (default: the
             callable's qualified name)
-        :param grace: a shorter grace period for this member (the scope's grace
-            stays the overall budget)
+        :param grace: a shorter grace period for this member, counted from when its
+            own signal is set (its stage's stop, in a stage); the scope's grace stays
+            the overall budget
         :raises RuntimeError: outside the ``async with`` block
         :raises TypeError: if ``func(*args)`` does not return a coroutine
         """
@@ -436,14 +496,41 @@ class TaskScope:
         """Start ``func(*args, task_status=...)`` and wait until it calls ``started()``.
 
         As anyio's ``TaskGroup.start``: returns the value passed to
-        ``task_status.started()``; an error raised before that is raised here.
+        ``task_status.started()``; an error raised before that is raised here.  Unlike
+        there, the member runs in the scope from its first step: no cancel scope of
+        the caller ever reaches it.  A caller already cancelled starts nothing; one
+        cancelled while it waits calls the start off (the member is cancelled, and
+        reported ``CANCELLED``, phase ``"cancelled-from-outside"``).
         """
         tg = self._check_open("start")
         _check_callable(func, "start")
+        # a caller already cancelled starts nothing (its cancellation is raised here)
+        await anyio.lowlevel.checkpoint_if_cancelled()
         member = self._new_member(func, name, grace)
         member.started = False
+        if member.cs is None:  # to call the start off if the caller is cancelled first
+            member.cs = anyio.CancelScope()
         self._admit(member)
-        return await tg.start(self._run_started, member, func, args, name=member.record.name)
+        status = _StartStatus(member)
+        tg.start_soon(self._run_started, member, func, args, status, name=member.record.name)
+        try:
+            await status.ready.wait()
+        except BaseException:
+            if not member.started:
+                # the caller was cancelled first (as with anyio's start(), the member
+                # is then cancelled); the member is not the scope's to stop for it
+                member.start_aborted = True
+                member.cs.cancel()
+                with anyio.CancelScope(shield=True):
+                    await status.exited.wait()
+            raise
+        error = status.error
+        if error is not None:
+            try:
+                raise error
+            finally:
+                del error, status
+        return status.value
 
     def start_thread(
         self,
@@ -494,13 +581,15 @@ class TaskScope:
 
             proc = await scope.start_process(["nginx", "-g", "daemon off;"], grace=10)
 
-        On stop the process gets SIGTERM; if it has not exited when its grace is over
-        it gets SIGKILL, as Kubernetes and systemd do.  In the report it is
-        ``STOPPED`` if it exited within grace (whatever its exit code), ``CANCELLED``
-        if it had to be killed, ``FINISHED`` if it exited 0 before any stop, and
-        ``FAILED`` if it exited non-zero before any stop (the error is a
+        On stop (its stage's, if it belongs to one) the process gets SIGTERM; if it has
+        not exited when its grace is over it gets SIGKILL, as Kubernetes and systemd
+        do.  In the report it is ``STOPPED`` if it exited within grace with status 0
+        or died of that SIGTERM, ``CANCELLED`` if it had to be killed, ``FINISHED``
+        if it exited 0 before any stop, and ``FAILED`` if it exited with any other
+        status, before or after the stop (``128 + 15`` after SIGTERM included, as
+        systemd counts it; see ``docs/semantics.md``): the error is a
         :class:`subprocess.CalledProcessError`, which stops the scope like any
-        member's error).  ``record.exit_code`` holds the exit code (negative: killed
+        member's error.  ``record.exit_code`` holds the exit code (negative: killed
         by that signal).  The process is always waited for: no zombie is left.
 
         By default (POSIX) the child leads a process group of its own, so the stop is
@@ -646,11 +735,53 @@ class TaskScope:
 
     def _admit(self, member: _Member) -> None:
         self._live[member.record] = member
+        stage = None
         if self._stages:
-            member.stage = self._stages[-1]
-            member.stage.live += 1
-        if self._stop_base is not None and member.grace is not None:
-            member.cs.deadline = self._stop_base + member.grace  # type: ignore[union-attr]
+            stage = member.stage = self._stages[-1]
+            stage.live += 1
+        if member.grace is not None and not self._hard:
+            # started while its own signal is set: what is left of its grace
+            start = self._stop_base if stage is None else stage.set_at
+            if start is not None:
+                self._arm(member, start)
+
+    def _arm(self, member: _Member, start: float) -> None:
+        """Arm a member's own grace deadline, from ``start`` (loop clock), when its own
+        signal was set (the scope's, or its stage's), capped by the scope's budget."""
+        assert member.grace is not None
+        assert self._stop_base is not None
+        deadline = start + member.grace
+        if self._grace is not None:
+            deadline = min(deadline, self._stop_base + self._grace)
+        member.deadline = deadline
+        if deadline <= self._clock():
+            self._member_expired(member)
+        else:
+            assert self._backend is not None
+            member.timer = self._backend.call_at(deadline, lambda: self._member_expired(member))
+
+    def _arm_stage(self, stage: _Stage) -> None:
+        """A stage's signal was just set: its members' own grace starts now."""
+        stage.set_at = start = self._clock()
+        if self._hard or self._stop_base is None or self._state == "closed":
+            return
+        for member in list(self._live.values()):
+            if member.stage is stage and member.grace is not None and member.deadline is None:
+                self._arm(member, start)
+
+    def _member_expired(self, member: _Member) -> None:
+        """A member's own grace ran out: cancel it alone, noting where its task stood."""
+        member.timer = None
+        if self._state == "closed" or self._live.get(member.record) is not member:
+            return
+        cs = member.cs
+        assert cs is not None
+        backend = self._backend
+        assert backend is not None
+        task = member.task  # None: not running yet, so look at every member task
+        marks = backend.cancel_marks(self._entered, task)
+        cs.cancel()
+        member.marks = backend.cancel_shields(self._entered, marks, task)
 
     def _stop_moment(self) -> float:
         """When stop was requested (``time.monotonic()``), as close as we can tell."""
@@ -684,9 +815,9 @@ class TaskScope:
             else:
                 assert self._backend is not None
                 self._timer = self._backend.call_at(deadline, self._grace_expired)
-        for member in self._live.values():
-            if member.grace is not None:
-                member.cs.deadline = base + member.grace  # type: ignore[union-attr]
+        for member in list(self._live.values()):
+            if member.grace is not None and member.stage is None and member.deadline is None:
+                self._arm(member, base)
 
     def _grace_expired(self) -> None:
         """A timer call at the grace deadline: cancel what is left, then watch it."""
@@ -695,22 +826,27 @@ class TaskScope:
         if self._state == "closed" or tg is None:
             return
         self._cancelling = True
-        self._note_tasks_at_cancel()
-        tg.cancel_scope.cancel()
+        self._cut_kind = GRACE
+        self._cancel_group(tg)
         self._watch_laggards()
 
-    def _note_tasks_at_cancel(self) -> None:
-        """The scope is about to cancel its group: let the backend note where each
-        member task stands (trio: a task already woken by the stop sees the
-        cancellation only at its next checkpoint; one that returns first caught
-        nothing)."""
-        assert self._backend is not None
-        self._at_cancel = self._backend.cancel_marks(self._entered)
+    def _cancel_group(self, tg: TaskGroup) -> None:
+        """Cancel the group, letting the backend note where each member task stands
+        (trio: a task already woken by the stop sees the cancellation only at its next
+        checkpoint, and one that returns first caught nothing; on every backend, a
+        task in a shielded scope has it deferred)."""
+        backend = self._backend
+        assert backend is not None
+        marks = backend.cancel_marks(self._entered)
+        tg.cancel_scope.cancel()
+        self._at_cancel = backend.cancel_shields(self._entered, marks)
 
-    def _cancel_reached(self) -> bool:
-        """Whether a cancellation issued by the scope reached the running member."""
+    def _reach(self, member: _Member) -> int:
+        """Whether a cancellation issued by the scope reached the running member, was
+        deferred by a shield it was in, or never reached it (a fact, read in its task)."""
         assert self._backend is not None
-        return self._backend.cancel_reached(self._at_cancel, self._cancel_probe)
+        marks = member.marks if _cancel_called(member) else self._at_cancel
+        return self._backend.cancel_reached(marks, self._cancel_probe)
 
     def _watch_laggards(self) -> None:
         """Cancellation was issued (grace over, or hard): report whoever keeps running.
@@ -738,7 +874,7 @@ class TaskScope:
         since = self._clock() - self._cancelled_at
         for member in list(self._live.values()):
             if not self._outside:
-                member.record.phase = "after-cancel"
+                member.lagged = True
             where, stack = _describe_stack(_stack_of_frames(_frames_of(member.task_coro)))
             logger.warning(
                 "%s: member %r is still running %.3g s after it was cancelled, at %s; it "
@@ -772,6 +908,7 @@ class TaskScope:
                 return
             for stage in reversed(self._stages):
                 logger.debug("%s: stopping %s (%d members)", self._label(), stage.name, stage.live)
+                self._arm_stage(stage)
                 stage.signal.set(self._signal.reason)
                 if stage.live:
                     stage.done = anyio.Event()
@@ -780,23 +917,47 @@ class TaskScope:
             self._release_stages()
 
     async def _run_started(
-        self,
-        member: _Member,
-        func: Callable[..., Any],
-        args: tuple[Any, ...],
-        *,
-        task_status: anyio.abc.TaskStatus[Any],
+        self, member: _Member, func: Callable[..., Any], args: tuple[Any, ...], status: _StartStatus
+    ) -> None:
+        """A member started with :meth:`start`: until it calls ``started()``, what it
+        raises goes to the caller of ``start()``, not to the scope's group."""
+        try:
+            await self._run_started_member(member, func, args, status)
+        except self._cancelled_exc as exc:
+            if not member.started:
+                status.fail(self._start_cancelled(member, exc))
+            raise
+        except BaseException as exc:
+            if member.started:
+                raise
+            status.fail(exc)  # start() raises it, as anyio does
+        else:
+            if not member.started:
+                status.fail(RuntimeError("child exited without calling task_status.started()"))
+        finally:
+            status.exited.set()
+
+    def _start_cancelled(self, member: _Member, exc: BaseException) -> BaseException:
+        error = RuntimeError(
+            f"member {member.record.name!r} was cancelled before it called "
+            f"task_status.started()"
+        )
+        error.__cause__ = exc
+        return error
+
+    async def _run_started_member(
+        self, member: _Member, func: Callable[..., Any], args: tuple[Any, ...], status: _StartStatus
     ) -> None:
         try:
-            coro = func(*args, task_status=_TaskStatusProxy(task_status, member))
+            coro = func(*args, task_status=status)
         except BaseException as exc:
+            cut_by = self._cut_by(member)
             if not member.started:
-                self._exited(member, Outcome.FAILED, exc)
+                self._exited(member, RAISED, exc, cut_by)
                 raise  # start() raises it, as anyio does
             # a sync wrapper that called started() and then raised: a member's error,
             # which stops the others gracefully, whatever shape the callable has
-            error = self._member_error(member, exc)
-            self._exited(member, Outcome.FAILED, error, before_stop=self._caused_stop(error))
+            self._exited(member, RAISED, self._member_error(member, exc), cut_by)
             return
         if not isinstance(coro, Coroutine):
             error = TypeError(
@@ -806,41 +967,43 @@ class TaskScope:
             if not member.started:
                 self._forget(member)  # misuse, not a member that ran
                 raise error
-            self._member_error(member, error)
-            self._exited(member, Outcome.FAILED, error, before_stop=self._caused_stop(error))
+            cut_by = self._cut_by(member)
+            self._exited(member, RAISED, self._member_error(member, error), cut_by)
             return
-        if member.cs is None:
-            await self._run_member(member, coro)
-        else:
-            await self._run_scoped_member(member, coro)
+        await self._run_scoped_member(member, coro)
 
     async def _run_member(self, member: _Member, coro: Coroutine[Any, Any, Any]) -> None:
-        """Run one member and decide its outcome; its error goes to the scope's group,
-        never to anyio's (which would cancel the others at once)."""
-        record = member.record
-        _current_record.set(record)
+        """Run one member and record how it ended (facts only: ``_exited`` judges); its
+        error goes to the scope's group, never to anyio's (which would cancel the
+        others at once)."""
+        _current_member.set(member)
         member.task_coro = coro
-        outcome = _FINISHED
+        ended = RETURNED
         error: BaseException | None = None
+        cancel: BaseException | None = None
+        cut_by = NOBODY
         try:
             await coro
         except self._cancelled_exc as exc:
             if not self._task_cancelled():
                 # nobody cancelled this member (asyncio: it awaited a task that someone
                 # else cancelled): its own failure, not a cancellation of the scope
-                outcome, error = _FAILED, self._stray_cancellation(member, exc)
+                cut_by = self._cut_by(member)
+                ended, error = RAISED, self._stray_cancellation(member, exc)
             else:
-                outcome = _CANCELLED
-                self._member_cancelled(member, exc)
+                ended, cancel = CANCELLED, exc
+                cut_by = self._cancelled_by(member)
                 raise
         except Exception as exc:
+            ended, error = RAISED, exc
+            cut_by = self._cut_by(member)  # before its error stops the scope
             if not member.started:
-                self._exited(member, _FAILED, exc)
                 raise  # start() raises it, as anyio does
-            outcome, error = _FAILED, self._member_error(member, exc)
+            self._member_error(member, exc)
         except BaseException as exc:
+            ended, error = RAISED, exc
+            cut_by = self._cut_by(member)  # before its error stops the scope
             if not member.started:
-                self._exited(member, _FAILED, exc)
                 raise
             # KeyboardInterrupt, SystemExit, or a group: a raw nursery in the member
             # cancelled with it, whose children may also have raised
@@ -849,37 +1012,37 @@ class TaskScope:
                 cancel, rest = None, exc  # nobody cancelled it: all of it is its failure
             if rest is None:
                 assert cancel is not None
-                outcome = _CANCELLED
-                self._member_cancelled(member, cancel)
+                ended, error = CANCELLED, None
+                cut_by = self._cancelled_by(member)
                 raise cancel from None
+            if cancel is not None and not cut_by:
+                cut_by = OUTSIDE if _in_cancelled_scope() else TASK
+            error = self._member_error(member, rest)
             if cancel is not None:
-                record.phase = self._cut_phase(member)
-            outcome, error = _FAILED, self._member_error(member, rest)
-            if cancel is not None:
-                self._exited(member, outcome, error)
                 raise cancel from None  # the member was cancelled too: say so to anyio
         else:
-            if self._signal._flag:
-                if (
-                    self._cancelling
-                    or self._hard
-                    or member.cs is not None
-                    or self._cancel_probe()  # it swallowed a cancellation from outside?
-                ):
-                    outcome = self._returned_after_stop(member)
-                else:
-                    outcome = _STOPPED
-            elif self._cancel_probe():  # it swallowed a cancellation from outside
-                outcome = self._returned_after_stop(member)
+            cut_by = self._cut_by(member)
+            if not cut_by and self._cancel_probe() and _in_cancelled_scope():
+                # it returned inside a cancellation from outside (it swallowed it); a
+                # bare Task.cancel() count that nobody acted on is no evidence
+                self._cancelled_from_outside()
+                cut_by = OUTSIDE
         finally:
-            if record.exited_at is None:  # a member may have set its outcome itself
-                first = error is not None and self._caused_stop(error)
-                self._exited(member, outcome, error, before_stop=first)
+            reach = self._reach(member) if cut_by == GRACE and ended == RETURNED else NOT_REACHED
+            self._exited(member, ended, error, cut_by, reach, cancel)
 
     async def _run_scoped_member(self, member: _Member, coro: Coroutine[Any, Any, Any]) -> None:
-        """A member with its own grace: its own cancel scope, with its own deadline."""
-        with member.cs:  # type: ignore[union-attr]
-            await self._run_member(member, coro)
+        """A member with its own grace: its own cancel scope, cancelled by its own timer."""
+        assert self._backend is not None
+        member.task = self._backend.current_task()
+        try:
+            with member.cs:  # type: ignore[union-attr]
+                await self._run_member(member, coro)
+        finally:
+            member.task = member.marks = None  # no reference cycle through its task
+            if member.timer is not None:
+                self._backend.cancel_call(member.timer)
+                member.timer = None
 
     def _caused_stop(self, error: BaseException) -> bool:
         """Whether this member error is what requested the stop (it ran, then failed)."""
@@ -888,12 +1051,9 @@ class TaskScope:
     def _member_error(self, member: _Member, error: BaseException) -> BaseException:
         """Collect a member's error and stop the scope: gracefully for an ``Exception``,
         at once for a ``KeyboardInterrupt``, ``SystemExit`` or other BaseException."""
-        record = member.record
-        if not self._cancelled_by_us(member) and self._cancel_probe():
+        if not self._cut_by(member) and self._cancel_probe() and _in_cancelled_scope():
             # it raised in answer to a cancellation from outside, which came first
             self._cancelled_from_outside()
-        if record.phase == "running" and self._signal._flag:
-            record.phase = self._cut_phase(member) if self._was_cancelled(member) else "grace"
         self._errors.append(error)
         if isinstance(error, Exception):
             self._signal.set(error)
@@ -909,23 +1069,37 @@ class TaskScope:
         error.__cause__ = exc
         return self._member_error(member, error)
 
-    def _cancelled_by_us(self, member: _Member) -> bool:
-        """The scope cancelled this member: its grace ran out (the scope's or its own),
-        or a BaseException stopped the scope at once."""
-        return self._cancelling or _cancel_called(member)
+    def _cut_by(self, member: _Member) -> int:
+        """Who issued a cancellation that covers this member (a fact; the scope first:
+        its own grace, the scope's budget or a hard stop, then from outside)."""
+        cs = member.cs
+        if cs is not None and cs.cancel_called and not member.start_aborted:
+            return GRACE
+        if self._cancelling:
+            return self._cut_kind
+        if self._outside:
+            return OUTSIDE
+        if member.start_aborted:
+            return STARTER
+        return NOBODY
 
     def _task_cancelled(self) -> bool:
         """Whether anyone cancelled the running member's task (the cheap probe first)."""
         return self._cancel_probe() or _in_cancelled_scope()
 
-    def _was_cancelled(self, member: _Member) -> bool:
-        return self._outside or self._cancelled_by_us(member)
-
-    def _cut_phase(self, member: _Member) -> Phase:
-        """The phase of a member that was cancelled: by us, or from outside."""
-        if self._outside and not self._cancelled_by_us(member):
-            return "cancelled-from-outside"
-        return "cancelled"
+    def _cancelled_by(self, member: _Member) -> int:
+        """The member raised the cancellation: who sent it (the scope, an enclosing
+        cancel scope, or asyncio's ``Task.cancel()`` on its task alone)."""
+        cut_by = self._cut_by(member)
+        if cut_by:
+            return cut_by
+        if _in_cancelled_scope():
+            self._cancelled_from_outside()  # an enclosing cancel scope: hard, for all
+            return OUTSIDE
+        # asyncio: this member's task alone was cancelled (Task.cancel()), not the
+        # scope: the others stop gracefully, as after a member's failure
+        self._signal.set(StopReason.CANCELLED)
+        return TASK
 
     def _stop_hard(self, cause: BaseException) -> None:
         """Stop at once, without grace (a KeyboardInterrupt, SystemExit...), as anyio."""
@@ -937,8 +1111,8 @@ class TaskScope:
         tg = self._tg
         if tg is not None and self._state != "closed" and not self._cancelling:
             self._cancelling = True
-            self._note_tasks_at_cancel()
-            tg.cancel_scope.cancel()
+            self._cut_kind = HARD
+            self._cancel_group(tg)
             self._watch_laggards()
 
     def _cancelled_from_outside(self) -> None:
@@ -951,84 +1125,58 @@ class TaskScope:
             if self._state != "closed":
                 self._watch_laggards()
 
-    def _member_cancelled(self, member: _Member, exc: BaseException) -> None:
-        if self._cancelled_by_us(member):
-            # ours: the grace ran out (or a BaseException stopped the scope at once)
-            # a member that judged itself (a thread: abandoned, or it had returned
-            # before the cancellation reached it) logs its own, or has nothing to say
-            if not self._hard and member.record.outcome in (Outcome.RUNNING, Outcome.CANCELLED):
-                self._warn_cancelled(member, exc)
-        else:
-            self._cancelled_by_others(member)
-
-    def _cancelled_by_others(self, member: _Member) -> None:
-        """A cancellation the scope did not send reached this member."""
-        member.record.phase = "cancelled-from-outside"
-        if _in_cancelled_scope():
-            self._cancelled_from_outside()  # an enclosing cancel scope: hard, for all
-        else:
-            # asyncio: this member's task alone was cancelled (Task.cancel()), not the
-            # scope: the others stop gracefully, as after a member's failure
-            self._signal.set(StopReason.CANCELLED)
-
-    def _returned_after_stop(self, member: _Member) -> Outcome:
-        """STOPPED, unless it returned only after being cancelled (it swallowed it)."""
-        ours = self._cancelled_by_us(member)
-        if not ours:
-            if not self._task_cancelled():
-                return _STOPPED
-            self._cancelled_by_others(member)  # and it swallowed it
-            return _CANCELLED
-        if self._hard:  # stopped at once by a BaseException: no accusation
-            return _CANCELLED
-        if not self._cancel_reached():
-            # the member was already scheduled to run (woken by the stop in the same
-            # loop turn) and returned before the cancellation reached it: it stopped
-            # on its own and caught nothing (asyncio: anyio had not delivered it; trio:
-            # no checkpoint since)
-            return _STOPPED
-        member.record.phase = "after-cancel"
-        logger.warning(
-            "%s: member %r returned only after it was cancelled (did it catch the cancellation?)",
-            self._label(),
-            member.record.name,
-        )
-        return _CANCELLED
-
     def _exited(
         self,
         member: _Member,
-        outcome: Outcome,
+        ended: int,
         error: BaseException | None,
-        before_stop: bool = False,
+        cut_by: int = NOBODY,
+        reach: int = NOT_REACHED,
+        cancel: BaseException | None = None,
     ) -> None:
+        """The member has exited: judge its facts, once, and act on the verdict."""
         record = member.record
         now = time.monotonic()
         record.exited_at = now
-        if record.outcome is Outcome.RUNNING:
-            record.outcome = outcome
-        else:  # the member decided (a thread, a process)
-            outcome = record.outcome
         if error is not None:
             record.error = error
-        if outcome is _CANCELLED or outcome is _ABANDONED:
-            self._cut += 1
-        if before_stop:
-            pass  # its own failure requested the stop: it left while running
-        elif outcome is not _FINISHED and self._signal._flag:
+        stopping = self._signal._flag
+        caused = error is not None and stopping and self._signal._reason is error
+        if member.returned_first and ended == CANCELLED:
+            ended, cut_by = RETURNED, NOBODY  # a thread's result raced the cancellation
+        outcome, phase = _judge(
+            ended, stopping or member.stop_seen, caused, cut_by, reach, record.cut,
+            member.abandoned,
+        )
+        if member.lagged and phase == "cancelled":
+            phase = "after-cancel"  # it kept running well after it was cancelled
+        record.outcome = outcome
+        record.phase = phase
+        if outcome is not _FINISHED and not caused and stopping:
             requested = self._requested_at
             if requested is None:
                 requested = self._stop_moment()
             record.latency = now - requested if now > requested else 0.0
-            if record.phase == "running":
-                if outcome is _STOPPED or outcome is _FAILED:
-                    record.phase = "grace"
-                else:
-                    record.phase = self._cut_phase(member)
-        elif outcome is _CANCELLED and record.phase == "running":
-            record.phase = "cancelled"
+        if outcome is _CANCELLED or outcome is _ABANDONED:
+            self._cut += 1
+            if cut_by == GRACE and not self._hard:
+                if ended == CANCELLED and outcome is _CANCELLED and cancel is not None:
+                    self._warn_cancelled(member, cancel)  # a thread logs its own
+                elif ended == RETURNED and reach == _DEFERRED:
+                    self._warn_deferred(member)
+                elif ended == RETURNED and phase == "after-cancel" and not member.lagged:
+                    logger.warning(
+                        "%s: member %r returned only after it was cancelled (did it catch "
+                        "the cancellation?)",
+                        self._label(),
+                        record.name,
+                    )
+        self._leave(member)
+
+    def _leave(self, member: _Member) -> None:
+        """Take an exited member out of the live set and its stage."""
         live = self._live
-        del live[record]
+        del live[member.record]
         stage = member.stage
         if stage is not None:
             stage.live -= 1
@@ -1039,10 +1187,20 @@ class TaskScope:
 
     def _forget(self, member: _Member) -> None:
         self._records.remove(member.record)
-        self._exited(member, Outcome.FAILED, None)  # out of the live set and its stage
+        self._leave(member)
 
     def _label(self) -> str:
         return f"TaskScope {self.name!r}" if self.name else "TaskScope"
+
+    def _warn_deferred(self, member: _Member) -> None:
+        grace = member.grace if _cancel_called(member) else self._grace
+        logger.warning(
+            "%s: member %r did not stop within its grace period (%s): it was cancelled "
+            "inside a shielded scope, which ran past its grace",
+            self._label(),
+            member.record.name,
+            _seconds(grace),
+        )
 
     def _warn_cancelled(self, member: _Member, exc: BaseException) -> None:
         grace = member.grace if _cancel_called(member) else self._grace
@@ -1097,7 +1255,9 @@ class TaskScope:
         if not self._signal._flag:
             return  # never stopped: no stage is either
         for stage in self._stages:
-            stage.signal.set(self._signal.reason)
+            if not stage.signal._flag:
+                self._arm_stage(stage)
+                stage.signal.set(self._signal.reason)
 
     def _finish(self) -> None:
         self._state = "closed"
@@ -1111,7 +1271,7 @@ class TaskScope:
         if self._signal._flag and self._requested_at is None:
             self._stop_moment()  # set from elsewhere; the scope ended before it ran
         for member in list(self._live.values()):  # only after a hard exit
-            self._exited(member, Outcome.CANCELLED, None)
+            self._exited(member, CANCELLED, None, self._cut_by(member))
         self._frozen = (
             self._signal.reason if self._signal._flag else None,
             self._requested_at,

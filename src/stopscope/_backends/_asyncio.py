@@ -50,7 +50,10 @@ import anyio
 
 from ._base import (
     CALL,
+    DEFERRED,
     HOMES,
+    NOT_REACHED,
+    REACHED,
     WAKE_INLINE,
     Entry,
     LoopCall,
@@ -235,15 +238,39 @@ class AsyncioBackend:
         return anyio.create_task_group()
 
     def group_entered(self, group: TaskGroup) -> Any:
+        """The group (cancel_shields reads its member tasks)."""
+        return group
+
+    def current_task(self) -> Any:
+        return _current_task(self.loop)
+
+    def cancel_marks(self, entered: Any, task: Any = None) -> Any:
         return None
 
-    def cancel_marks(self, entered: Any) -> Any:
-        return None
+    def cancel_shields(
+        self, entered: Any, marks: Any, task: Any = None
+    ) -> frozenset[asyncio.Task[Any]] | None:
+        """The member tasks still blocked, their wait not cancelled, right after the
+        cancellation: anyio cancels the wait of every blocked task that no shielded
+        scope covers at once, inside ``cancel()``.  Private attributes (anyio's task
+        set, asyncio's ``_fut_waiter``), read defensively: without them a late return
+        is judged by the probe alone."""
+        try:
+            tasks = entered._tasks if task is None else (task,)
+            return frozenset(
+                task
+                for task in tasks
+                if (waiter := task._fut_waiter) is not None and not waiter.done()
+            )
+        except AttributeError:  # pragma: no cover - an anyio or asyncio without them
+            return None
 
-    def cancel_reached(self, marks: Any, probe: Callable[[], bool]) -> bool:
+    def cancel_reached(self, marks: Any, probe: Callable[[], bool]) -> int:
+        if marks is not None and _current_task(self.loop) in marks:
+            return DEFERRED  # a shield held the cancellation off
         # a task woken by the stop in the same loop turn returned before anyio
         # delivered the cancellation: Task.cancelling() tells
-        return probe()
+        return REACHED if probe() else NOT_REACHED
 
     # -- process signals -----------------------------------------------------------
 

@@ -31,6 +31,14 @@ CALL: Final[Any] = object()
 Entry = list[Any]
 
 
+#: whether a cancellation issued by a scope reached a member task that then returned:
+#: never (it returned before its next checkpoint), yes (it caught it), or held off by a
+#: shielded scope it was in (see ``stopscope._judge``)
+NOT_REACHED: Final = 0
+REACHED: Final = 1
+DEFERRED: Final = 2
+
+
 def _not_installed(*args: Any) -> bool:  # pragma: no cover - _signal installs the real ones
     raise RuntimeError("stopscope._signal has not installed its hook operations")
 
@@ -161,11 +169,22 @@ class Backend(Protocol):
         """Called in the task that entered ``group``; returns what :meth:`cancel_marks`
         needs later (``None``: nothing)."""
 
-    def cancel_marks(self, entered: Any) -> Any:
-        """The group is about to be cancelled: note where each member task stands."""
+    def current_task(self) -> Any:
+        """The running task (asyncio's ``Task``, trio's ``Task``)."""
 
-    def cancel_reached(self, marks: Any, probe: Callable[[], bool]) -> bool:
-        """Whether that cancellation reached the running member task."""
+    def cancel_marks(self, entered: Any, task: Any = None) -> Any:
+        """The group (or one member's scope, ``task`` only) is about to be cancelled:
+        note where each member task stands."""
+
+    def cancel_shields(self, entered: Any, marks: Any, task: Any = None) -> Any:
+        """The cancellation was just issued: add to ``marks`` which member tasks (or
+        ``task`` only) a shielded scope keeps it from; returns the marks
+        :meth:`cancel_reached` reads."""
+
+    def cancel_reached(self, marks: Any, probe: Callable[[], bool]) -> int:
+        """Whether that cancellation reached the running member task (``_judge.REACHED``),
+        was deferred by a shielded scope it was in (``DEFERRED``) or never reached it
+        (``NOT_REACHED``: it returned before its next checkpoint)."""
 
     def open_signal_wakeup(self) -> Callable[[], None] | None:
         """Make sure a process signal wakes this loop; returns how to undo it."""

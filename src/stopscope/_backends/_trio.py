@@ -43,7 +43,10 @@ from outcome import Value
 
 from ._base import (
     CALL,
+    DEFERRED,
     HOMES,
+    NOT_REACHED,
+    REACHED,
     WAKE_INLINE,
     Entry,
     LoopCall,
@@ -264,7 +267,12 @@ class TrioBackend:
         """The group's nursery (cancel_marks reads its member tasks)."""
         return group.nursery
 
-    def cancel_marks(self, entered: Any) -> dict[Any, tuple[int, bool]] | None:
+    def current_task(self) -> Any:
+        return _current_task()
+
+    def cancel_marks(
+        self, entered: Any, task: Any = None
+    ) -> dict[Any, tuple[int, bool, bool]] | None:
         """Each member task's cancel-point count, and whether it is blocked (so it gets
         the Cancelled at once).  Private attributes, read defensively: without them
         every late return is reported as before."""
@@ -272,21 +280,37 @@ class TrioBackend:
             return None
         try:
             return {
-                task: (task._cancel_points, task._abort_func is not None)
-                for task in entered.child_tasks
+                each: (each._cancel_points, each._abort_func is not None, False)
+                for each in (entered.child_tasks if task is None else (task,))
             }
         except AttributeError:  # pragma: no cover - a trio without these attributes
             return None
 
-    def cancel_reached(self, marks: Any, probe: Callable[[], bool]) -> bool:
+    def cancel_shields(
+        self, entered: Any, marks: dict[Any, tuple[int, bool, bool]] | None, task: Any = None
+    ) -> dict[Any, tuple[int, bool, bool]] | None:
+        """After the cancel: a task the cancellation does not reach now is shielded."""
         if marks is None:
-            return probe()
+            return None
+        try:
+            for each, (points, blocked, _) in marks.items():
+                if not each._cancel_status.effectively_cancelled:
+                    marks[each] = (points, blocked, True)
+        except AttributeError:  # pragma: no cover - a trio without these attributes
+            pass
+        return marks
+
+    def cancel_reached(self, marks: Any, probe: Callable[[], bool]) -> int:
+        if marks is None:
+            return REACHED if probe() else NOT_REACHED
         task = _current_task()
         then = marks.get(task)
         if then is None:  # started after the cancel: it was born cancelled
-            return True
-        points, blocked = then
-        return blocked or task._cancel_points != points  # type: ignore[no-any-return]
+            return REACHED
+        points, blocked, shielded = then
+        if shielded:
+            return DEFERRED
+        return REACHED if blocked or task._cancel_points != points else NOT_REACHED
 
     def open_signal_wakeup(self) -> Callable[[], None] | None:
         return None  # trio wakes itself on signals

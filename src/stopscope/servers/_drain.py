@@ -9,7 +9,6 @@ from typing import Final
 
 import anyio
 
-from .._report import Outcome
 from .._scope import TaskScope, _check_grace, current_record
 from .._signal import CallbackHandle, StopSignal, logger
 from ._readiness import ASGIApp, Readiness, ReadinessMiddleware
@@ -191,4 +190,4 @@ class Drain:
             record = current_record()
         except RuntimeError:  # pragma: no cover - a member always has a record
             return
-        record.outcome = Outcome.CANCELLED
+        record.cut += middleware.cancelled  # a fact: the scope judges the outcome
