@@ -339,6 +339,7 @@ async def _run_thread(call: _ThreadCall) -> None:
             # it returned before the cancellation reached its member, and a thread is
             # never interrupted: nothing of it was cut (a fact for the judge)
             facts.returned_first = True
+            facts.returned_asked = call.stopped
         if state != "done" or call.error is None:
             raise
     except BaseException:

@@ -268,7 +268,7 @@ class MemberFacts:
     exited, ``_judge.judge`` turns them into the record's outcome and phase.
     """
 
-    __slots__ = ("abandoned", "record", "returned_first", "stop_seen")
+    __slots__ = ("abandoned", "record", "returned_asked", "returned_first", "stop_seen")
 
     def __init__(self, record: TaskRecord) -> None:
         self.record = record
@@ -280,6 +280,8 @@ class MemberFacts:
         #: a thread member whose function had returned before the cancellation reached
         #: its member task: the cancellation only cut the delivery of its result
         self.returned_first = False
+        #: ...and whether its stop had been requested when it returned
+        self.returned_asked = False
 
 
 _current_member: Final[contextvars.ContextVar[MemberFacts]] = contextvars.ContextVar(

@@ -1142,11 +1142,12 @@ class TaskScope:
             record.error = error
         stopping = self._signal._flag
         caused = error is not None and stopping and self._signal._reason is error
+        asked = stopping or member.stop_seen
         if member.returned_first and ended == CANCELLED:
-            ended, cut_by = RETURNED, NOBODY  # a thread's result raced the cancellation
+            # a thread's result raced the cancellation: it cut nothing of the member
+            ended, cut_by, asked = RETURNED, NOBODY, member.returned_asked
         outcome, phase = _judge(
-            ended, stopping or member.stop_seen, caused, cut_by, reach, record.cut,
-            member.abandoned,
+            ended, asked, caused, cut_by, reach, record.cut, member.abandoned
         )
         if member.lagged and phase == "cancelled":
             phase = "after-cancel"  # it kept running well after it was cancelled
