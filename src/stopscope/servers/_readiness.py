@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import threading
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final, Literal, final
 
@@ -67,11 +68,14 @@ class Readiness:
     .. versionadded:: 0.1
     """
 
-    __slots__ = ("_draining", "_state")
+    __slots__ = ("_draining", "_lock", "_state")
 
     def __init__(self) -> None:
         self._state: State = "starting"
         self._draining = StopSignal()
+        # the moves may come from several threads (a stop from another thread, the
+        # loop); reads need no lock
+        self._lock = threading.Lock()
 
     @property
     def ready(self) -> bool:
@@ -91,17 +95,20 @@ class Readiness:
 
     def mark_ready(self) -> None:
         """The server listens: ready, unless a stop was requested already."""
-        if self._state == "starting":
-            self._state = "ready"
+        with self._lock:
+            if self._state == "starting":
+                self._state = "ready"
 
     def mark_stopping(self) -> None:
         """Stop was requested: not ready from now on (safe from any thread)."""
-        if self._state in ("starting", "ready"):
-            self._state = "stopping"
+        with self._lock:
+            if self._state in ("starting", "ready"):
+                self._state = "stopping"
 
     def mark_draining(self) -> None:
         """The listener is closed: set :attr:`draining` (in-flight requests see it)."""
-        self._state = "draining"
+        with self._lock:
+            self._state = "draining"
         self._draining.set(RequestStop.SERVER_DRAINING)
 
     def asgi(
@@ -143,7 +150,15 @@ class ReadinessMiddleware:
     .. versionadded:: 0.1
     """
 
-    __slots__ = ("app", "cancelled", "in_flight", "path", "readiness", "request_signals")
+    __slots__ = (
+        "_idle",
+        "app",
+        "cancelled",
+        "in_flight",
+        "path",
+        "readiness",
+        "request_signals",
+    )
 
     def __init__(
         self,
@@ -167,6 +182,13 @@ class ReadinessMiddleware:
         self.in_flight = 0
         #: HTTP requests that ended by cancellation (cut short by a drain timeout)
         self.cancelled = 0
+        self._idle: anyio.Event | None = None  # set when in_flight drops to 0
+
+    async def wait_idle(self) -> None:
+        """Return once no request is in flight (those cancelled have unwound)."""
+        while self.in_flight:
+            idle = self._idle = anyio.Event()
+            await idle.wait()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -179,18 +201,20 @@ class ReadinessMiddleware:
         ):
             await self._answer_probe(scope, self._sender(scope, send))
             return
-        cancelled = anyio.get_cancelled_exc_class()
         self.in_flight += 1
         try:
             if self.request_signals:
                 await self._call_with_signal(scope, receive, send)
             else:
                 await self.app(scope, receive, self._sender(scope, send))
-        except cancelled:
-            self.cancelled += 1
+        except BaseException as exc:
+            if isinstance(exc, anyio.get_cancelled_exc_class()):
+                self.cancelled += 1
             raise
         finally:
             self.in_flight -= 1
+            if not self.in_flight and self._idle is not None:
+                self._idle.set()
 
     async def _answer_probe(self, scope: Scope, send: Send) -> None:
         state = self.readiness.state

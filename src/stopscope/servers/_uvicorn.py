@@ -195,7 +195,7 @@ async def _serve(
         raise server.failure
     if not server.started:
         raise RuntimeError("uvicorn stopped before it listened; its log says why")
-    drain.finished()
+    await drain.settle()
 
 
 async def _run_server(server: Any, cancel_scope: anyio.CancelScope) -> None:
