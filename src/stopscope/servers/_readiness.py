@@ -215,7 +215,10 @@ class ReadinessMiddleware:
         try:
             if self.request_signals:
                 exchange = _Exchange(self.readiness._draining, receive, send)
-                await self.app({**scope, SCOPE_KEY: exchange}, exchange.receive, exchange.send)
+                # in place, as servers make a scope per request (and as Starlette does):
+                # a copy per request would cost more than all the rest
+                scope[SCOPE_KEY] = exchange
+                await self.app(scope, exchange.receive, exchange.send)
             else:
                 await self.app(scope, receive, send)
         except BaseException as exc:
@@ -295,13 +298,15 @@ class _Exchange:
         self._reading = 0  # the app is inside the server's receive() (this many calls)
         self._watch: _Watch | None = None
 
-    async def send(self, message: Message) -> None:
-        await self._raw_send(message)
+    def send(self, message: Message) -> Awaitable[None]:
+        # a plain function that hands back the server's own awaitable: no coroutine
+        # of ours per message (the response counts as complete once it is handed over)
         kind = message["type"]
         if (kind == "http.response.body" and not message.get("more_body", False)) or (
             kind == "websocket.close"
         ):
             self._complete = True
+        return self._raw_send(message)
 
     async def receive(self) -> Message:
         watch = self._watch
