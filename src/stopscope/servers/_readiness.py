@@ -356,7 +356,6 @@ class _Watch:
         "_from_pump",
         "_last",
         "_reader_left",
-        "_task",
         "_to_app",
         "pumping",
         "signal",
@@ -366,8 +365,7 @@ class _Watch:
         self._exchange = exchange
         self.signal = exchange._draining.child()
         self.pumping = False  # the pump is the only reader of the server's receive()
-        self._cancel = anyio.CancelScope()
-        self._task: object = None  # asyncio: the pump's task, kept alive
+        self._cancel: Callable[[], object] | None = None  # cancels the pump (and keeps it)
         self._failure: Exception | None = None
         self._last: Message = {"type": "http.disconnect"}  # said again once the pump ended
         self._reader_left: anyio.Event | None = None
@@ -377,19 +375,33 @@ class _Watch:
         self._to_app, self._from_pump = anyio.create_memory_object_stream[Message](1)
 
     def start(self) -> None:
-        """Run the pump beside the request (it ends with the request: :meth:`close`)."""
+        """Run the pump beside the request (it ends with the request: :meth:`close`).
+
+        A detached task of the backend's own (a trio system task, an asyncio task),
+        cancelled by the backend's own means: anyio's cancel scope would cost more
+        than the rest of the watch.
+        """
         if _backend() == "trio":
             import trio
 
-            trio.lowlevel.spawn_system_task(self._pump, name="stopscope request watch")
+            cancel = trio.CancelScope()
+            self._cancel = cancel.cancel
+
+            async def pump() -> None:
+                with cancel:
+                    await self._pump()
+
+            trio.lowlevel.spawn_system_task(pump, name="stopscope request watch")
         else:
             import asyncio
 
-            self._task = asyncio.get_running_loop().create_task(self._pump())
+            task = asyncio.get_running_loop().create_task(self._pump())
+            self._cancel = task.cancel
 
     def close(self) -> None:
         """The request is over: stop the pump (at once, or as soon as it starts)."""
-        self._cancel.cancel()
+        if self._cancel is not None:
+            self._cancel()
         self._to_app.close()
         self._from_pump.close()
 
@@ -400,26 +412,25 @@ class _Watch:
 
     async def _pump(self) -> None:
         exchange = self._exchange
-        with self._cancel:
-            try:
-                while exchange._reading:  # the app is reading: the pump waits its turn
-                    event = self._reader_left = anyio.Event()
-                    await event.wait()
-                self.pumping = True  # from here on, the app reads from the pump
-                while True:
-                    message = await exchange._raw_receive()
-                    if message["type"] in _DISCONNECT:
-                        self._last = message
-                        exchange._disconnected()
-                        await self._to_app.send(message)
-                        return
+        try:
+            while exchange._reading:  # the app is reading: the pump waits its turn
+                event = self._reader_left = anyio.Event()
+                await event.wait()
+            self.pumping = True  # from here on, the app reads from the pump
+            while True:
+                message = await exchange._raw_receive()
+                if message["type"] in _DISCONNECT:
+                    self._last = message
+                    exchange._disconnected()
                     await self._to_app.send(message)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                pass  # the request is over
-            except Exception as exc:  # the app gets it from its own receive()
-                self._failure = exc
-            finally:
-                self._to_app.close()
+                    return
+                await self._to_app.send(message)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass  # the request is over
+        except Exception as exc:  # the app gets it from its own receive()
+            self._failure = exc
+        finally:
+            self._to_app.close()
 
     async def receive(self) -> Message:
         try:
