@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 from collections.abc import Iterator, MutableMapping
 from typing import Any, ClassVar
 
@@ -202,7 +204,7 @@ class TestMiddleware:
         await readiness.asgi(keep)(http_scope(), exchange.receive, exchange.send)
         assert exchange.sent[0]["headers"] == [(b"Connection", b"upgrade")]
 
-    async def test_other_scope_types_pass_through(self) -> None:
+    async def test_lifespan_passes_through(self) -> None:
         seen: list[str] = []
 
         async def app(scope: Message, receive: Any, send: Any) -> None:
@@ -210,10 +212,10 @@ class TestMiddleware:
             assert "stopscope.signal" not in scope
 
         middleware = Readiness().asgi(app)
-        for kind in ("lifespan", "websocket"):
-            exchange = Exchange()
-            await middleware({"type": kind, "path": "/readyz"}, exchange.receive, exchange.send)
-        assert seen == ["lifespan", "websocket"]
+        exchange = Exchange()
+        await middleware({"type": "lifespan", "path": "/readyz"}, exchange.receive, exchange.send)
+        assert seen == ["lifespan"]
+        assert middleware.in_flight == 0
 
     async def test_app_errors_come_out_as_they_are(self) -> None:
         async def broken(scope: Message, receive: Any, send: Any) -> None:
@@ -320,6 +322,156 @@ class TestRequestSignal:
             assert app.in_flight == 1
             tg.cancel_scope.cancel()
         assert (app.in_flight, app.cancelled) == (0, 1)
+
+    async def test_made_only_when_asked(self) -> None:
+        """No signal, no watching task, for a request whose handler never asks."""
+        seen: list[Message] = []
+
+        async def quiet(scope: Message, receive: Any, send: Any) -> None:
+            seen.append(scope)
+            await hello(scope, receive, send)
+
+        async def asking(scope: Message, receive: Any, send: Any) -> None:
+            seen.append(scope)
+            assert request_signal(scope) is request_signal(scope)  # one per request
+            await hello(scope, receive, send)
+
+        for app in (quiet, asking):
+            exchange = Exchange({"type": "http.request", "body": b""})
+            await Readiness().asgi(app)(http_scope(), exchange.receive, exchange.send)
+        assert [scope["stopscope.signal"]._watch is None for scope in seen] == [True, False]
+
+    async def test_asked_after_the_app_saw_the_disconnect(self) -> None:
+        reasons: list[object] = []
+
+        async def late(scope: Message, receive: Any, send: Any) -> None:
+            await receive()  # the body
+            assert (await receive())["type"] == "http.disconnect"
+            reasons.append(request_signal(scope).reason)  # born set
+
+        exchange = Exchange({"type": "http.request", "body": b""}, {"type": "http.disconnect"})
+        with anyio.fail_after(HANG_GUARD):
+            await Readiness().asgi(late)(http_scope(), exchange.receive, exchange.send)
+        assert reasons == [RequestStop.CLIENT_DISCONNECTED]
+
+    async def test_asked_while_the_app_reads_no_message_is_lost(self) -> None:
+        """A handler that asks for its signal while another of its tasks is inside
+        ``receive()``: the watch waits its turn, and every message reaches the app once,
+        in order (a server's receive hands each message to one caller only)."""
+        got: list[Message] = []
+        reasons: list[object] = []
+
+        async def reader(scope: Message, receive: Any, send: Any) -> None:
+            async def read_all() -> None:
+                while True:
+                    message = await receive()
+                    got.append(message)
+                    if message["type"] == "http.disconnect":
+                        return
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(read_all)
+                await anyio.wait_all_tasks_blocked()  # read_all waits in receive()
+                stop = request_signal(scope)
+                exchange.send_in.send_nowait(
+                    {"type": "http.request", "body": b"a", "more_body": True}
+                )
+                exchange.send_in.send_nowait({"type": "http.request", "body": b"b"})
+                exchange.send_in.send_nowait({"type": "http.disconnect"})
+                await stop.wait()
+                reasons.append(stop.reason)
+
+        exchange = Exchange()
+        with anyio.fail_after(HANG_GUARD):
+            await Readiness().asgi(reader)(http_scope(), exchange.receive, exchange.send)
+        assert [m.get("body") for m in got] == [b"a", b"b", None]
+        assert reasons == [RequestStop.CLIENT_DISCONNECTED]
+
+    async def test_asked_from_a_worker_thread(self) -> None:
+        """A sync handler (Starlette runs them in a worker thread) may ask too."""
+        readiness = Readiness()
+        reasons: list[object] = []
+
+        def sync_handler(scope: Message) -> None:
+            stop = request_signal(scope)
+            readiness.mark_draining()
+            assert stop.wait_blocking(HANG_GUARD)
+            reasons.append(stop.reason)
+
+        async def app(scope: Message, receive: Any, send: Any) -> None:
+            await anyio.to_thread.run_sync(sync_handler, scope)
+
+        exchange = Exchange({"type": "http.request", "body": b""})
+        with anyio.fail_after(HANG_GUARD):
+            await readiness.asgi(app)(http_scope(), exchange.receive, exchange.send)
+        assert reasons == [RequestStop.SERVER_DRAINING]
+
+    async def test_a_websocket_session_has_one(self) -> None:
+        readiness = Readiness()
+        reasons: list[object] = []
+        after: list[Message] = []
+
+        async def chat(scope: Message, receive: Any, send: Any) -> None:
+            stop = request_signal(scope)
+            assert (await receive())["type"] == "websocket.connect"
+            await send({"type": "websocket.accept"})
+            await stop.wait()
+            reasons.append(stop.reason)
+            after.append(await receive())
+
+        app = readiness.asgi(chat)
+        for incoming, reason in (
+            (({"type": "websocket.disconnect", "code": 1001},), RequestStop.CLIENT_DISCONNECTED),
+            ((), RequestStop.SERVER_DRAINING),  # last: the readiness drains for good
+        ):
+            exchange = Exchange({"type": "websocket.connect"}, *incoming)
+            scope = {"type": "websocket", "path": "/ws"}
+            with anyio.fail_after(HANG_GUARD):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(app, scope, exchange.receive, exchange.send)
+                    await anyio.wait_all_tasks_blocked()
+                    if reason is RequestStop.SERVER_DRAINING:
+                        assert app.in_flight == 1  # a session in flight, as a request
+                        readiness.mark_draining()
+                        exchange.send_in.send_nowait({"type": "websocket.disconnect", "code": 1000})
+            assert reasons.pop() is reason
+        assert [m["type"] for m in after] == ["websocket.disconnect"] * 2
+        assert app.in_flight == 0
+
+    @pytest.mark.parametrize("asking", [False, True], ids=["not-asking", "asking"])
+    async def test_no_reference_cycle_per_request(self, asking: bool) -> None:
+        """Servers hand out ``receive``/``send`` as methods of a request object that
+        holds the scope; the scope holds the request's entry: a cycle per request for
+        the garbage collector (its pauses doubled the p99 latency) unless the
+        middleware breaks it when the request ends."""
+
+        class ServerRequest:  # as uvicorn's RequestResponseCycle, hypercorn's HTTPStream
+            def __init__(self) -> None:
+                self.scope = http_scope()
+
+            async def receive(self) -> Message:
+                await anyio.sleep_forever()
+                raise AssertionError("unreachable")
+
+            async def send(self, message: Message) -> None:
+                pass
+
+        async def app(scope: Message, receive: Any, send: Any) -> None:
+            if asking:
+                request_signal(scope)
+            await hello(scope, receive, send)
+
+        middleware = Readiness().asgi(app)
+        request = ServerRequest()
+        gone = weakref.ref(request)
+        gc.disable()
+        try:
+            await middleware(request.scope, request.receive, request.send)
+            del request
+            await anyio.wait_all_tasks_blocked()  # a watch's task unwinds
+            assert gone() is None
+        finally:
+            gc.enable()
 
     def test_outside_the_middleware(self) -> None:
         with pytest.raises(RuntimeError, match="no stop signal"):

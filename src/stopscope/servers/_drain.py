@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass
 from typing import Final
@@ -113,6 +114,11 @@ class Drain:
         self.budget = budget
         self.label = label
         self.stopped_at: float | None = None  # time.monotonic() of the stop request
+        self._lock = threading.Lock()
+        #: requests and connections the server cut at its drain timeout (a fact, counted
+        #: once they unwound: see :meth:`settle`); ``None`` until the server returned
+        self.cut: int | None = None
+        self._cancelled_before = 0  # the middleware's count when the drain began
         self._handles: list[CallbackHandle] = []
         self.middleware: ReadinessMiddleware | None = None
 
@@ -127,14 +133,23 @@ class Drain:
     def open(self) -> None:
         """Watch for the stop request (synchronously, in ``set()``: any thread)."""
         if self.scope.signal.is_set():
-            self.stopped_at = self.scope.report.requested_at or time.monotonic()
-            self.readiness.mark_stopping()
+            self._mark_stopped(self.scope.report.requested_at)
         for signal in (self.scope.signal, self.signal):
             self._handles.append(signal.on_set(self._on_stop))
 
     def _on_stop(self, reason: object) -> None:
-        if self.stopped_at is None:
-            self.stopped_at = time.monotonic()
+        self._mark_stopped(None)
+
+    def _mark_stopped(self, at: float | None) -> None:
+        """Note the stop's moment (the first one wins) and turn "not ready".
+
+        Called from ``set()``'s callbacks, on whatever thread stopped the scope, and
+        from :meth:`wait_for_stop` on the loop: a ``set()`` from another thread wakes
+        the loop before it runs its callbacks, so either may come first.
+        """
+        with self._lock:
+            if self.stopped_at is None:
+                self.stopped_at = time.monotonic() if at is None else at
         self.readiness.mark_stopping()
 
     def close(self) -> None:
@@ -145,7 +160,9 @@ class Drain:
     async def wait_for_stop(self) -> None:
         """Return when the server should close its listener: stop, then the drain delay."""
         await self.signal.wait()
-        assert self.stopped_at is not None  # _on_stop ran inside set()
+        # set() from another thread may wake us before its callbacks ran: mark it here
+        self._mark_stopped(None)
+        assert self.stopped_at is not None
         left = self.stopped_at + self.drain_delay - time.monotonic()
         if left > 0:
             logger.info(
@@ -169,6 +186,9 @@ class Drain:
         return max(0.0, left - reserve - overhead)
 
     def draining(self, timeout: float | None) -> None:
+        middleware = self.middleware
+        if middleware is not None:  # what was cut before the drain is not the drain's
+            self._cancelled_before = middleware.cancelled
         self.readiness.mark_draining()
         logger.info(
             "%s: closing the listener; in-flight requests have %s to finish",
@@ -176,18 +196,41 @@ class Drain:
             "all the time they need" if timeout is None else f"{timeout:.3g} s",
         )
 
-    def finished(self) -> None:
-        """After the server returned: report requests cut short by its timeout."""
+    async def settle(self) -> None:
+        """After the server returned: count the requests its timeout cut, once they
+        unwound, and report them (a warning, and the member ``CANCELLED``).
+
+        uvicorn cancels the requests still running at its timeout and returns without
+        waiting for them: they are waited for here, within what is left of the
+        budget.  A request still running after that was cut too (nobody waits for it
+        any more).  The count is kept in :attr:`cut`.
+        """
         middleware = self.middleware
-        if middleware is None or not middleware.cancelled:
+        if middleware is not None and middleware.in_flight:
+            left: float | None = None
+            if self.budget is not None and self.stopped_at is not None:
+                left = max(0.0, self.stopped_at + self.budget - time.monotonic())
+            with anyio.move_on_after(left):
+                await middleware.wait_idle()
+        self.finished()
+
+    def finished(self) -> None:
+        """After the server returned (and, with :meth:`settle`, its requests unwound):
+        record the requests cut in :attr:`cut`, and report them."""
+        middleware = self.middleware
+        cut = 0
+        if middleware is not None:
+            cut = middleware.cancelled - self._cancelled_before + middleware.in_flight
+        self.cut = cut
+        if not cut:
             return
         logger.warning(
             "%s: %d request(s) did not finish within the grace period and were cancelled",
             self.label,
-            middleware.cancelled,
+            cut,
         )
         try:
             record = current_record()
         except RuntimeError:  # pragma: no cover - a member always has a record
             return
-        record.cut += middleware.cancelled  # a fact: the scope judges the outcome
+        record.cut += cut  # a fact, counted once the requests unwound: the scope judges

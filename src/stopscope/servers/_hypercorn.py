@@ -185,7 +185,7 @@ async def _serve(
         raise _unwrap(failure[0])
     if not listening.is_set():
         raise RuntimeError("hypercorn stopped before it listened")
-    drain.finished()
+    await drain.settle()
 
 
 def _unwrap(error: BaseException) -> BaseException:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import enum
+import threading
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final, Literal, final
 
 import anyio
 
-from .._signal import StopSignal
+from .._signal import StopSignal, _backend
 
 __all__ = [
     "ASGIApp",
@@ -67,11 +68,14 @@ class Readiness:
     .. versionadded:: 0.1
     """
 
-    __slots__ = ("_draining", "_state")
+    __slots__ = ("_draining", "_lock", "_state")
 
     def __init__(self) -> None:
         self._state: State = "starting"
         self._draining = StopSignal()
+        # the moves may come from several threads (a stop from another thread, the
+        # loop); reads need no lock
+        self._lock = threading.Lock()
 
     @property
     def ready(self) -> bool:
@@ -91,17 +95,20 @@ class Readiness:
 
     def mark_ready(self) -> None:
         """The server listens: ready, unless a stop was requested already."""
-        if self._state == "starting":
-            self._state = "ready"
+        with self._lock:
+            if self._state == "starting":
+                self._state = "ready"
 
     def mark_stopping(self) -> None:
         """Stop was requested: not ready from now on (safe from any thread)."""
-        if self._state in ("starting", "ready"):
-            self._state = "stopping"
+        with self._lock:
+            if self._state in ("starting", "ready"):
+                self._state = "stopping"
 
     def mark_draining(self) -> None:
         """The listener is closed: set :attr:`draining` (in-flight requests see it)."""
-        self._state = "draining"
+        with self._lock:
+            self._state = "draining"
         self._draining.set(RequestStop.SERVER_DRAINING)
 
     def asgi(
@@ -126,24 +133,37 @@ class ReadinessMiddleware:
     * ``GET``/``HEAD`` on ``path`` answer ``200 ready`` while :attr:`Readiness.ready`,
       else ``503`` with the state (``starting``, ``stopping``, ``draining``); the
       application never sees these requests.  ``path=None`` leaves them to the app.
-    * From the stop request on, HTTP/1 responses carry ``Connection: close``: a client
-      with a keep-alive connection opens a new one for its next request, which the
-      load balancer sends to another replica, instead of reusing one that the server
-      will close when it stops listening.
-    * With ``request_signals=True``, each HTTP request gets a :class:`StopSignal`
-      (:func:`request_signal`) set when the client disconnects before the response is
-      complete (reason :attr:`RequestStop.CLIENT_DISCONNECTED`) or when the server
-      begins its drain (:attr:`RequestStop.SERVER_DRAINING`).  It costs a task per
-      request, which reads ``receive()`` on the application's behalf (one message at a
-      time, so the server's flow control still works).
+    * Requests that arrive from the stop request on get HTTP/1 responses with
+      ``Connection: close``: a client with a keep-alive connection opens a new one for
+      its next request, which the load balancer sends to another replica, instead of
+      reusing one that the server will close when it stops listening.
+    * With ``request_signals=True``, each HTTP request and WebSocket session can have a
+      :class:`StopSignal` (:func:`request_signal`), set when the client disconnects
+      before the response is complete (reason :attr:`RequestStop.CLIENT_DISCONNECTED`)
+      or when the server begins its drain (:attr:`RequestStop.SERVER_DRAINING`).  It
+      costs nothing until a handler asks for it: the signal, and the task that reads
+      ``receive()`` on the application's behalf to hear a disconnect (one message at a
+      time, so the server's flow control still works), are made on that first call.
 
-    :attr:`in_flight` counts the HTTP requests being handled; :attr:`cancelled` counts
-    those cut short by cancellation (the server's drain timeout).
+    :attr:`in_flight` counts the HTTP requests and WebSocket sessions being handled;
+    :attr:`cancelled` counts those cut short by cancellation (the server's drain
+    timeout).  Both are plain counters.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2
+       A request's signal and disconnect watching are made only when a handler asks;
+       WebSocket sessions have a signal too.
     """
 
-    __slots__ = ("app", "cancelled", "in_flight", "path", "readiness", "request_signals")
+    __slots__ = (
+        "_idle",
+        "app",
+        "cancelled",
+        "in_flight",
+        "path",
+        "readiness",
+        "request_signals",
+    )
 
     def __init__(
         self,
@@ -163,34 +183,54 @@ class ReadinessMiddleware:
         self.readiness = readiness
         self.path = path
         self.request_signals = bool(request_signals)
-        #: HTTP requests being handled now
+        #: HTTP requests and WebSocket sessions being handled now
         self.in_flight = 0
-        #: HTTP requests that ended by cancellation (cut short by a drain timeout)
+        #: those that ended by cancellation (cut short by a drain timeout)
         self.cancelled = 0
+        self._idle: anyio.Event | None = None  # set when in_flight drops to 0
+
+    async def wait_idle(self) -> None:
+        """Return once nothing is in flight (the requests cancelled have unwound)."""
+        while self.in_flight:
+            idle = self._idle = anyio.Event()
+            await idle.wait()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        kind = scope["type"]
+        if kind == "http":
+            if (
+                scope.get("path") == self.path
+                and self.path is not None
+                and scope.get("method") in ("GET", "HEAD")
+            ):
+                await self._answer_probe(scope, self._closing_sender(scope, send))
+                return
+            if self.readiness._state != "ready":  # from the stop on: clients move on
+                send = self._closing_sender(scope, send)
+        elif kind != "websocket":
             await self.app(scope, receive, send)
             return
-        if (
-            self.path is not None
-            and scope.get("path") == self.path
-            and scope.get("method") in ("GET", "HEAD")
-        ):
-            await self._answer_probe(scope, self._sender(scope, send))
-            return
-        cancelled = anyio.get_cancelled_exc_class()
         self.in_flight += 1
+        exchange: _Exchange | None = None
         try:
             if self.request_signals:
-                await self._call_with_signal(scope, receive, send)
+                exchange = _Exchange(self.readiness._draining, receive, send)
+                # in place, as servers make a scope per request (and as Starlette does):
+                # a copy per request would cost more than all the rest
+                scope[SCOPE_KEY] = exchange
+                await self.app(scope, exchange.receive, exchange.send)
             else:
-                await self.app(scope, receive, self._sender(scope, send))
-        except cancelled:
-            self.cancelled += 1
+                await self.app(scope, receive, send)
+        except BaseException as exc:
+            if isinstance(exc, anyio.get_cancelled_exc_class()):
+                self.cancelled += 1
             raise
         finally:
+            if exchange is not None:
+                exchange.close()
             self.in_flight -= 1
+            if not self.in_flight and self._idle is not None:
+                self._idle.set()
 
     async def _answer_probe(self, scope: Scope, send: Send) -> None:
         state = self.readiness.state
@@ -206,12 +246,14 @@ class ReadinessMiddleware:
             {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
         )
 
-    def _sender(self, scope: Scope, send: Send) -> Send:
+    def _closing_sender(self, scope: Scope, send: Send) -> Send:
+        """``send``, adding ``Connection: close`` to an HTTP/1 response once stopping."""
         if scope.get("http_version") not in ("1.0", "1.1"):
             return send  # HTTP/2 and 3 forbid the Connection header
+        readiness = self.readiness
 
         async def sender(message: Message) -> None:
-            if message["type"] == "http.response.start" and self.readiness.state in (
+            if message["type"] == "http.response.start" and readiness._state in (
                 "stopping",
                 "draining",
             ):
@@ -223,68 +265,210 @@ class ReadinessMiddleware:
 
         return sender
 
-    async def _call_with_signal(self, scope: Scope, receive: Receive, send: Send) -> None:
-        signal = self.readiness.draining.child()
-        scope = {**scope, SCOPE_KEY: signal}
-        inner_send = self._sender(scope, send)
-        complete = False
-        failure: list[Exception] = []
+
+#: what a server sends to ``receive()`` when the client has gone
+_DISCONNECT: Final = frozenset({"http.disconnect", "websocket.disconnect"})
+
+
+@final
+class _Exchange:
+    """One request's (or WebSocket session's) ``receive`` and ``send`` as the app sees
+    them; where :func:`request_signal` finds the request.
+
+    Until a handler asks for the signal, both are thin pass-throughs that note two
+    facts: whether the response is complete, and whether a disconnect was seen.
+    """
+
+    __slots__ = (
+        "_complete",
+        "_draining",
+        "_gone",
+        "_raw_receive",
+        "_raw_send",
+        "_reading",
+        "_watch",
+    )
+
+    def __init__(self, draining: StopSignal, receive: Receive, send: Send) -> None:
+        self._draining = draining
+        self._raw_receive = receive
+        self._raw_send = send
+        self._complete = False  # the response (or the WebSocket close) was sent
+        self._gone = False  # a disconnect before the response was complete
+        self._reading = 0  # the app is inside the server's receive() (this many calls)
+        self._watch: _Watch | None = None
+
+    def send(self, message: Message) -> Awaitable[None]:
+        # a plain function that hands back the server's own awaitable: no coroutine
+        # of ours per message (the response counts as complete once it is handed over)
+        kind = message["type"]
+        if (kind == "http.response.body" and not message.get("more_body", False)) or (
+            kind == "websocket.close"
+        ):
+            self._complete = True
+        return self._raw_send(message)
+
+    async def receive(self) -> Message:
+        watch = self._watch
+        if watch is not None and watch.pumping:
+            message = await watch.receive()
+        else:
+            self._reading += 1
+            try:
+                message = await self._raw_receive()
+            finally:
+                self._reading -= 1
+                watch = self._watch  # it may have begun while the app was reading
+                if watch is not None and not self._reading:
+                    watch.reader_left()
+        if message["type"] in _DISCONNECT:
+            self._disconnected()
+        return message
+
+    def close(self) -> None:
+        """The request is over: stop the watch, and let go of the server's callables.
+
+        They hold the server's request object, which holds the scope, which holds this
+        exchange: a reference cycle per request, left to the garbage collector (its
+        pauses showed as a doubled p99 latency), unless it is broken here.
+        """
+        self._raw_receive = _over_receive
+        self._raw_send = _over_send
+        watch = self._watch
+        if watch is not None:
+            watch.close()
+
+    def _disconnected(self) -> None:
+        if self._complete or self._gone:
+            return
+        self._gone = True
+        watch = self._watch
+        if watch is not None:
+            watch.signal.set(RequestStop.CLIENT_DISCONNECTED)
+
+    def signal(self) -> StopSignal:
+        """The request's stop signal: made, and the disconnect watched, on first call."""
+        watch = self._watch
+        if watch is None:
+            watch = self._watch = _Watch(self)
+            if self._gone:
+                watch.signal.set(RequestStop.CLIENT_DISCONNECTED)
+            elif not self._complete:
+                watch.start()
+        return watch.signal
+
+
+async def _over_receive() -> Message:
+    return {"type": "http.disconnect"}  # what servers say once a request is over
+
+
+async def _over_send(message: Message) -> None:
+    raise RuntimeError("the request is over: its response can no longer be sent")
+
+
+@final
+class _Watch:
+    """A request's stop signal and the task that hears its client disconnect."""
+
+    __slots__ = (
+        "_cancel",
+        "_exchange",
+        "_failure",
+        "_from_pump",
+        "_last",
+        "_reader_left",
+        "_to_app",
+        "pumping",
+        "signal",
+    )
+
+    def __init__(self, exchange: _Exchange) -> None:
+        self._exchange: _Exchange | None = exchange
+        self.signal = exchange._draining.child()
+        self.pumping = False  # the pump is the only reader of the server's receive()
+        self._cancel: Callable[[], object] | None = None  # cancels the pump (and keeps it)
+        self._failure: Exception | None = None
+        self._last: Message = {"type": "http.disconnect"}  # said again once the pump ended
+        self._reader_left: anyio.Event | None = None
         # one message of slack: the pump hands over the request's last body chunk and
         # goes back to receive() to hear a disconnect, even if the app never reads the
         # body; a longer body still waits for the app (the server's flow control holds)
-        to_app, from_pump = anyio.create_memory_object_stream[Message](1)
+        self._to_app, self._from_pump = anyio.create_memory_object_stream[Message](1)
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal complete
-            await inner_send(message)
-            if message["type"] == "http.response.body" and not message.get("more_body", False):
-                complete = True
+    def start(self) -> None:
+        """Run the pump beside the request (it ends with the request: :meth:`close`).
 
-        async def pump() -> None:
-            async with to_app:
-                while True:
-                    try:
-                        message = await receive()
-                    except Exception as exc:  # the app gets it from its own receive()
-                        failure.append(exc)
-                        return
-                    if message["type"] == "http.disconnect":
-                        if not complete:
-                            signal.set(RequestStop.CLIENT_DISCONNECTED)
-                        await to_app.send(message)
-                        return
-                    await to_app.send(message)
+        A detached task of the backend's own (a trio system task, an asyncio task),
+        cancelled by the backend's own means: anyio's cancel scope would cost more
+        than the rest of the watch.
+        """
+        if _backend() == "trio":
+            import trio
 
-        async def app_receive() -> Message:
-            try:
-                return await from_pump.receive()
-            except (anyio.EndOfStream, anyio.ClosedResourceError):
-                if failure:
-                    raise failure[0] from None
-                return {"type": "http.disconnect"}
+            cancel = trio.CancelScope()
+            self._cancel = cancel.cancel
 
-        error: Exception | None = None
+            async def pump() -> None:
+                with cancel:
+                    await self._pump()
+
+            trio.lowlevel.spawn_system_task(pump, name="stopscope request watch")
+        else:
+            import asyncio
+
+            task = asyncio.get_running_loop().create_task(self._pump())
+            self._cancel = task.cancel
+
+    def close(self) -> None:
+        """The request is over: stop the pump (at once, or as soon as it starts)."""
+        if self._cancel is not None:
+            self._cancel()
+            self._cancel = None
+        self._exchange = None  # no cycle left for the garbage collector
+        self._to_app.close()
+        self._from_pump.close()
+
+    def reader_left(self) -> None:
+        event = self._reader_left
+        if event is not None:
+            event.set()
+
+    async def _pump(self) -> None:
+        exchange = self._exchange
+        if exchange is None:  # the request ended before the pump ran
+            return
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(pump)
-                try:
-                    await self.app(scope, app_receive, tracking_send)
-                except Exception as exc:  # raised as it is, not in a group
-                    error = exc
-                finally:
-                    tg.cancel_scope.cancel()
+            while exchange._reading:  # the app is reading: the pump waits its turn
+                event = self._reader_left = anyio.Event()
+                await event.wait()
+            self.pumping = True  # from here on, the app reads from the pump
+            while True:
+                message = await exchange._raw_receive()
+                if message["type"] in _DISCONNECT:
+                    self._last = message
+                    exchange._disconnected()
+                    await self._to_app.send(message)
+                    return
+                await self._to_app.send(message)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass  # the request is over
+        except Exception as exc:  # the app gets it from its own receive()
+            self._failure = exc
         finally:
-            to_app.close()  # the pump may not have run at all
-            from_pump.close()
-        if error is not None:
-            try:
-                raise error
-            finally:
-                error = None
+            self._to_app.close()
+
+    async def receive(self) -> Message:
+        try:
+            return await self._from_pump.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            if self._failure is not None:
+                raise self._failure from None
+            return self._last
 
 
 def request_signal(request: object) -> StopSignal:
-    """The stop signal of an HTTP request served through :class:`ReadinessMiddleware`.
+    """The stop signal of an HTTP request or WebSocket session served through
+    :class:`ReadinessMiddleware` (the server members use it).
 
     ::
 
@@ -294,21 +478,33 @@ def request_signal(request: object) -> StopSignal:
                 ...                              # server drains
 
     It is set when the client disconnects before the response is complete, or when
-    the server begins its drain; its reason is a :class:`RequestStop`.
+    the server begins its drain; its reason is a :class:`RequestStop`.  The first call
+    for a request makes the signal and starts watching for the client's disconnect;
+    later calls return the same signal.  Call it from the request's task (or a task or
+    worker thread of the request's handler).
 
     :param request: the ASGI scope, or an object with a ``scope`` attribute (a
-        Starlette or FastAPI ``Request``)
+        Starlette or FastAPI ``Request`` or ``WebSocket``)
     :raises RuntimeError: if the request did not go through the middleware with
         ``request_signals=True``
     """
     scope = getattr(request, "scope", request)
     try:
-        signal = scope[SCOPE_KEY]  # type: ignore[index]
+        found = scope[SCOPE_KEY]  # type: ignore[index]
     except (KeyError, TypeError):
         raise RuntimeError(
             "this request has no stop signal: serve the app through start_uvicorn(), "
             "start_hypercorn() or Readiness.asgi(app) with request_signals=True"
         ) from None
-    if not isinstance(signal, StopSignal):
-        raise RuntimeError(f"the ASGI scope's {SCOPE_KEY!r} is not a StopSignal: {signal!r}")
-    return signal
+    if type(found) is _Exchange:
+        watch = found._watch
+        if watch is not None:
+            return watch.signal
+        try:
+            _backend()
+        except RuntimeError:  # a worker thread (a sync endpoint): make it on the loop
+            return anyio.from_thread.run_sync(found.signal)
+        return found.signal()
+    if not isinstance(found, StopSignal):
+        raise RuntimeError(f"the ASGI scope's {SCOPE_KEY!r} is not a StopSignal: {found!r}")
+    return found

@@ -89,7 +89,8 @@ async def start_uvicorn(
     :param drain_delay: seconds to keep serving, not ready, after the stop request;
         must be shorter than the grace
     :param readiness_path: the readiness probe's path; ``None``: no probe route
-    :param request_signals: give each request a stop signal (:func:`request_signal`)
+    :param request_signals: let handlers ask for their request's stop signal
+        (:func:`request_signal`); nothing is made for a request until its handler asks
     :param readiness: a :class:`Readiness` to drive (default: a new one)
     :param signal: the signal that stops the server (default: the signal of the
         scope's current stage, or the scope's own)
@@ -195,7 +196,7 @@ async def _serve(
         raise server.failure
     if not server.started:
         raise RuntimeError("uvicorn stopped before it listened; its log says why")
-    drain.finished()
+    await drain.settle()
 
 
 async def _run_server(server: Any, cancel_scope: anyio.CancelScope) -> None:
