@@ -6,8 +6,8 @@ Each hypothesis example is a whole :class:`~stopscope.TaskScope` run with its ow
 ``anyio.run`` on the backend of the ``anyio_backend`` fixture; ``fuzz_model`` holds the
 plans, the reference model and the invariants checked on every run.  A failure prints
 the plan, what the model said and what happened.  The profiles tolerate the defects
-listed in ``fuzz_model.KNOWN_DEFECTS`` (found, not fixed yet); the shrunk plans below
-do not: each is a strict xfail where its defect shows today.
+listed in ``fuzz_model.KNOWN_DEFECTS`` (found, not fixed yet: none today); the shrunk
+plans below never do.
 
 ``python tests/fuzz_model.py trio 10000`` runs the same plans without stopping at the
 first failure, tolerating nothing, and prints each kind of difference once, with its
@@ -199,8 +199,8 @@ def test_grace0_thread_member_is_not_accused(plan: Plan, backend: str) -> None:
 
 
 # Found by the fuzzer of issue 15 on 9d5795a (member grace=, shielded cleanups, process
-# members).  Each is xfail(strict=True) on the backends where it fails today: when the
-# fix lands, the lead removes the mark (a strict xfail that passes fails the run).
+# members), each failing on 9d5795a on the backends its docstring names ("Is"); fixed
+# since (issue 15), and kept as regression tests.
 
 MEMBER_GRACE0_OBEY = Plan("none", True, False, "stop", (Member("obey", grace="zero"),))
 MEMBER_GRACE0_RAISE = Plan("none", True, False, "stop", (Member("raise_grace", grace="zero"),))
@@ -224,8 +224,6 @@ PROCESS_EXIT3_AFTER_SIGTERM = Plan(
     ("plan", "backend"),
     _cases(
         MEMBER_GRACE0_OBEY,
-        failing=("trio",),
-        reason="a member's own grace=0 lets the woken member run; it is then accused",
     ),
 )
 def test_member_grace0_is_cancelled_not_accused(plan: Plan, backend: str) -> None:
@@ -240,8 +238,6 @@ def test_member_grace0_is_cancelled_not_accused(plan: Plan, backend: str) -> Non
     ("plan", "backend"),
     _cases(
         MEMBER_GRACE0_RAISE,
-        failing=("trio",),
-        reason="a member's own grace=0 lets the woken member run on after its grace",
     ),
 )
 def test_member_grace0_runs_nothing_after_the_stop(plan: Plan, backend: str) -> None:
@@ -256,8 +252,6 @@ def test_member_grace0_runs_nothing_after_the_stop(plan: Plan, backend: str) -> 
     ("plan", "backend"),
     _cases(
         SHIELD_OVERRUNS_OWN_GRACE,
-        failing=ALL,
-        reason="a shielded cleanup that overruns its grace: STOPPED, or accused",
     ),
 )
 def test_shielded_cleanup_overrunning_own_grace(plan: Plan, backend: str) -> None:
@@ -274,8 +268,6 @@ def test_shielded_cleanup_overrunning_own_grace(plan: Plan, backend: str) -> Non
     ("plan", "backend"),
     _cases(
         SHIELD_OVERRUNS_GRACE,
-        failing=ALL,
-        reason="a shielded cleanup that overruns the scope's grace: STOPPED, or accused",
     ),
 )
 def test_shielded_cleanup_overrunning_scope_grace(plan: Plan, backend: str) -> None:
@@ -289,8 +281,6 @@ def test_shielded_cleanup_overrunning_scope_grace(plan: Plan, backend: str) -> N
     ("plan", "backend"),
     _cases(
         STAGE_MEMBER_GRACE,
-        failing=("trio",),
-        reason="a member's grace counts from the scope's stop, not from its stage's",
     ),
 )
 def test_member_grace_starts_at_its_stage_stop(plan: Plan, backend: str) -> None:
@@ -308,8 +298,6 @@ def test_member_grace_starts_at_its_stage_stop(plan: Plan, backend: str) -> None
     ("plan", "backend"),
     _cases(
         PROCESS_EXIT3_AFTER_SIGTERM,
-        failing=ALL,
-        reason="a process that exits 3 after our SIGTERM is reported STOPPED",
     ),
 )
 def test_process_exiting_nonzero_after_sigterm_is_not_stopped(plan: Plan, backend: str) -> None:
@@ -329,10 +317,6 @@ FALSE_OUTSIDE = Plan(
     ("plan", "backend"),
     _cases(
         FALSE_OUTSIDE,
-        failing=("trio",),
-        reason="asyncio: a member with its own grace reads as cancelled from outside; "
-        "trio: the grace=0 member is accused",
-        rarely=("asyncio", "asyncio+uvloop"),
     ),
 )
 def test_own_grace_member_is_not_cancelled_from_outside(plan: Plan, backend: str) -> None:
@@ -352,9 +336,6 @@ def test_own_grace_member_is_not_cancelled_from_outside(plan: Plan, backend: str
 # before that member runs, and before anyio's timer has cancelled its scope.
 
 
-EXPIRED_REASON = "an expired own deadline, not yet acted on by anyio, reads as an outside cancel"
-
-
 class TestExpiredOwnDeadline:
     @pytest.mark.anyio
     @pytest.mark.parametrize(
@@ -363,23 +344,15 @@ class TestExpiredOwnDeadline:
             pytest.param(
                 ("asyncio", {"debug": True}),
                 id="asyncio",
-                marks=pytest.mark.xfail(strict=True, reason=EXPIRED_REASON),
             ),
             pytest.param(
                 ("asyncio", {"use_uvloop": True}),
                 id="asyncio+uvloop",
-                marks=[
-                    pytest.mark.xfail(strict=True, reason=EXPIRED_REASON),
-                    pytest.mark.skipif(sys.platform == "win32", reason="uvloop is POSIX only"),
-                ],
+                marks=pytest.mark.skipif(sys.platform == "win32", reason="uvloop is POSIX only"),
             ),
-            # trio runs the two woken tasks in random order: the defect shows in about
+            # trio runs the two woken tasks in random order: the defect showed in about
             # two runs in three ("cancelled-from-outside", or "after-cancel")
-            pytest.param(
-                ("trio", {}),
-                id="trio",
-                marks=pytest.mark.xfail(strict=False, reason=EXPIRED_REASON),
-            ),
+            pytest.param(("trio", {}), id="trio"),
         ],
     )
     async def test_is_not_a_cancellation_from_outside(
