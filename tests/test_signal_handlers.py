@@ -128,6 +128,24 @@ async def test_a_set_from_a_plain_function_leaves_the_cancel_to_the_loop() -> No
     assert reached == []
 
 
+async def test_grace_zero_still_cancels_when_the_stop_may_come_from_a_handler() -> None:
+    """``grace=0`` cancels at once, wherever the stop comes from.  From a plain
+    function (maybe a handler) the scope's loop work runs a moment later, on the loop:
+    the members that stop wakes run only after it, so they are cancelled, not STOPPED.
+    (Found by the fuzzer's signal-storm profile: a member woken in place ran first.)"""
+
+    def stop(scope: TaskScope) -> None:  # called like a handler would be
+        scope.stop("handler")
+
+    with anyio.fail_after(10):
+        async with TaskScope(grace=0) as scope:
+            scope.start_soon(scope.signal.wait, name="waiter")
+            await anyio.wait_all_tasks_blocked()
+            stop(scope)
+    record = scope.report.by_name("waiter")
+    assert (record.outcome.name, record.phase) == ("CANCELLED", "cancelled")
+
+
 async def test_a_handler_that_interrupts_a_task_hands_the_loop_work_over() -> None:
     """signal.raise_signal() runs the handler before it returns, inside this task."""
     sig = StopSignal()

@@ -654,7 +654,9 @@ class TaskScope:
         self._cancelled_exc = backend.cancelled_exc
         self._cancel_probe = backend.cancel_probe()
         self._clock = backend.clock
-        call = LoopCall(self._on_stop, backend)
+        # a barrier: a stop from a signal handler hands our loop work to the loop, and the
+        # members it wakes then run only after it (grace=0 cancels them first)
+        call = LoopCall(self._on_stop, backend, barrier=True)
         self._stop_call = call
         if not _add_hook(self._signal, call):
             self._on_stop()

@@ -14,7 +14,8 @@ import math
 import os
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
+from contextlib import contextmanager
 from types import FrameType, TracebackType
 from typing import Any, Final, Protocol
 
@@ -244,6 +245,24 @@ _ASYNC_CODE: Final = inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
 _FRAMES_LOOKED_AT: Final = 12
 
 
+#: > 0 while code known to be ordinary (not a signal handler) sets a signal from a
+#: plain function: the testing kit's stop, from trio's instruments or asyncio's step
+_vouched = 0
+
+
+@contextmanager
+def not_a_signal_handler() -> Iterator[None]:
+    """Vouch that the ``set()`` calls inside run in ordinary code of the loop's thread
+    (a plain function called by the loop, such as an instrument hook), so that their
+    loop calls run in place, as from a task."""
+    global _vouched
+    _vouched += 1
+    try:
+        yield
+    finally:
+        _vouched -= 1
+
+
 def may_be_in_signal_handler(ours: int = 0) -> bool:
     """Whether the caller might be a Python signal handler (or run inside one).
 
@@ -256,7 +275,7 @@ def may_be_in_signal_handler(ours: int = 0) -> bool:
     :param ours: how many frames above the caller are known to be this package's
         (they are skipped unread: reading a frame costs about 0.2 µs)
     """
-    if _get_ident() != _main_ident:
+    if _get_ident() != _main_ident or _vouched:
         return False
     try:
         frame: FrameType | None = _getframe(2 + ours)

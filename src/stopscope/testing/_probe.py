@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final, final
 
 import anyio
 
+from .._backends._base import not_a_signal_handler
 from .._report import Outcome, ShutdownReport, TaskRecord
 from .._scope import TaskScope
 from .._signal import StopSignal, _backend
@@ -279,7 +280,11 @@ class _Tracer:
         self.stop_time = self.now()
         self.stop_points = self.points
         self.stop_stack = self.last
-        self.scope.stop(reason)
+        # called by the loop (trio's instrument, asyncio's task step), never by a
+        # signal handler: the scope's loop work runs in place, as from a task, so the
+        # stop lands at the very point explored
+        with not_a_signal_handler():
+            self.scope.stop(reason)
         self.wake.set()
 
     async def run(
