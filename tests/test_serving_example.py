@@ -188,6 +188,10 @@ def test_sigterm_drains_in_order_and_exits_0(
     # every answered request's event was flushed: 3 + 1 during the delay + 2 slow
     assert service.seen["stdout"][-1] == "worker: flushed 6 events", service.seen
     assert not [line for line in service.seen["stderr"] if "WARNING" in line or "ERROR" in line]
+    # each of the server's own lines once, in the service's log format (hypercorn's
+    # "Running on" came out twice: through logging, and from its own stderr handler)
+    running = [line for line in service.seen["stderr"] if "Running on" in line]
+    assert len(running) == (1 if server == "hypercorn" else 0), running
 
 
 @pytest.mark.parametrize(("server", "backend"), COMBOS)

@@ -135,11 +135,18 @@ class ShutdownReport:
         """Return the record of the member called *name*.
 
         :raises KeyError: if no member has that name
+        :raises LookupError: if several members have it (give them distinct ``name=``
+            values, or look through :attr:`tasks`)
         """
-        for record in self.tasks:
-            if record.name == name:
-                return record
-        raise KeyError(name)
+        found = [record for record in self.tasks if record.name == name]
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            raise KeyError(name)
+        raise LookupError(
+            f"{len(found)} members are named {name!r}: give them distinct names "
+            f"(name=...), or look through report.tasks"
+        )
 
     @property
     def needed_cancellation(self) -> tuple[TaskRecord, ...]:

@@ -97,6 +97,7 @@ def _reason_text(reason: object) -> str:
 
 def _check_callable(func: object, method: str) -> None:
     if inspect.iscoroutine(func):
+        func.close()  # refused: no "never awaited" warning on top of the error
         raise TypeError(
             f"{method}() takes an async function and its arguments, not a coroutine "
             f"object: pass `fn, arg`, not `fn(arg)`"
@@ -468,8 +469,11 @@ class TaskScope:
         tg = self._tg
         if tg is None or self._state == "closed":
             tg = self._check_open("start_soon")
+        if name is not None and not isinstance(name, str):
+            # before making the coroutine, so that none is left unawaited
+            raise TypeError(f"`name` must be a string or None, got {name!r}")
         if grace is not None:
-            _check_grace(grace)  # before making the coroutine, so none is left unawaited
+            _check_grace(grace)
         try:
             coro = func(*args)
         except TypeError:
@@ -726,11 +730,28 @@ class TaskScope:
             )
         return self._tg
 
-    def _new_member(self, func: Callable[..., Any], name: object, grace: float | None) -> _Member:
+    def _check_member(self, name: object, grace: float | None) -> float | None:
+        """A member's ``name`` and own ``grace``, checked; the grace as a number."""
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"`name` must be a string or None, got {name!r}")
         if grace is not None:
             grace = _check_grace(grace)
-            if grace is not None and self._grace is not None:
-                grace = min(grace, self._grace)
+            if grace is not None and self._grace is not None and grace > self._grace:
+                logger.warning(
+                    "%s: member %s: its grace (%g s) is longer than the scope's (%g s), "
+                    "the whole stop's budget: it gets at most %g s (give the scope a "
+                    "longer grace, or the member a shorter one)",
+                    self._label(),
+                    "" if name is None else repr(name),
+                    grace,
+                    self._grace,
+                    self._grace,
+                )
+                grace = self._grace
+        return grace
+
+    def _new_member(self, func: Callable[..., Any], name: object, grace: float | None) -> _Member:
+        grace = self._check_member(name, grace)
         record = TaskRecord(name=_callable_name(func) if name is None else str(name))
         self._records.append(record)
         return _Member(record, grace)

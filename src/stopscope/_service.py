@@ -49,6 +49,8 @@ How the signals arrive (the why of the code below):
 from __future__ import annotations
 
 import contextvars
+import importlib.util
+import inspect
 import logging
 import os
 import signal
@@ -127,11 +129,24 @@ def _check_grace(value: float | None) -> float | None:
     return _check_grace_of_scope(value, none_means="to wait for a second signal")
 
 
-def _check_signals(signums: Iterable[int]) -> tuple[signal.Signals, ...]:
+def _check_signals(signums: Iterable[int | str]) -> tuple[signal.Signals, ...]:
     if isinstance(signums, int):
         raise TypeError("`signals` must be a sequence of signals, such as (SIGINT, SIGTERM)")
     out: list[signal.Signals] = []
     for value in signums:
+        if isinstance(value, str):  # a name: "SIGTERM" (or "TERM") stands for signal.SIGTERM
+            name = value.upper() if value.upper().startswith("SIG") else f"SIG{value.upper()}"
+            if name not in signal.Signals.__members__:
+                raise ValueError(
+                    f"`signals`: {value!r} is not a signal name of this platform; pass a "
+                    f"signal such as signal.SIGTERM (or its name, 'SIGTERM')"
+                )
+            value = signal.Signals[name]
+        elif isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(
+                f"`signals`: {value!r} is not a signal; pass one such as signal.SIGTERM "
+                f"(or its name, 'SIGTERM')"
+            )
         try:
             sig = signal.Signals(value)
         except ValueError:
@@ -141,6 +156,52 @@ def _check_signals(signums: Iterable[int]) -> tuple[signal.Signals, ...]:
         if sig not in out:
             out.append(sig)
     return tuple(out)
+
+
+#: what ``run(backend=...)`` takes: anyio's backends, and uvloop as asyncio's loop
+_BACKENDS: Final = ("asyncio", "trio", "uvloop")
+
+
+def _check_backend(
+    backend: str, options: dict[str, Any] | None
+) -> tuple[str, dict[str, Any] | None]:
+    """``"uvloop"`` is asyncio with uvloop's loop; anything else is anyio's to run."""
+    if backend not in _BACKENDS:
+        names = ", ".join(map(repr, _BACKENDS))
+        raise ValueError(f"`backend` must be one of {names}, got {backend!r}")
+    module = "asyncio" if backend == "asyncio" else backend
+    if module != "asyncio" and importlib.util.find_spec(module) is None:
+        raise RuntimeError(
+            f"backend={backend!r} needs {module}, which is not installed: "
+            f"pip install 'stopscope[{module}]'"
+        )
+    if backend == "uvloop":
+        return "asyncio", {**(options or {}), "use_uvloop": True}
+    return backend, options
+
+
+def _check_main(main: object, args: tuple[Any, ...], task_status: bool) -> None:
+    """``main`` must take the stop signal first, then ``args`` (and ``task_status``)."""
+    if not callable(main):
+        raise TypeError(f"`main` must be an async function taking the stop signal, got {main!r}")
+    try:
+        params = inspect.signature(main)
+    except (TypeError, ValueError):  # a builtin or an object without a signature: try it
+        return
+    extra = {"task_status": None} if task_status else {}
+    try:
+        params.bind(None, *args, **extra)
+    except TypeError as exc:
+        shown = "main(signal, *args" + (", task_status=...)" if task_status else ")")
+        raise TypeError(
+            f"`main` is called as {shown} with the service's StopSignal first "
+            f"and the {len(args)} extra argument(s) given to run(); "
+            f"{_callable_label(main)}{params} cannot take them: {exc}"
+        ) from None
+
+
+def _callable_label(func: object) -> str:
+    return getattr(func, "__qualname__", None) or repr(func)
 
 
 def _check_escalation(escalation: Sequence[str]) -> tuple[Action, ...]:
@@ -727,7 +788,7 @@ class _ReadyStatus(anyio.abc.TaskStatus[None]):
 
 def stop_on_signals(
     sig: StopSignal,
-    *signals: int,
+    *signals: int | str,
     grace: float | None = None,
     escalation: Sequence[Action] = DEFAULT_ESCALATION,
 ) -> SignalTrap:
@@ -753,7 +814,8 @@ def stop_on_signals(
 
     Must run in the main thread (Python delivers signals only there).
 
-    :param signals: the signals to handle (default: SIGINT and SIGTERM)
+    :param signals: the signals to handle (default: SIGINT and SIGTERM), as
+        :class:`signal.Signals` or by name (``"SIGTERM"``)
     :param grace: after the first signal, cancel the block if it has not ended within
         this many seconds; ``None`` waits for the next signal
     :param escalation: what the first, second, ... signal does: ``"stop"``,
@@ -885,7 +947,7 @@ def run(
     *args: Unpack[PosArgsT],
     backend: str = "asyncio",
     backend_options: dict[str, Any] | None = None,
-    signals: Iterable[int] = DEFAULT_SIGNALS,
+    signals: Iterable[int | str] = DEFAULT_SIGNALS,
     grace: float | None = DEFAULT_GRACE,
     escalation: Sequence[Action] = DEFAULT_ESCALATION,
     fail_if_cut_short: bool = False,
@@ -944,7 +1006,8 @@ def run(
     ``run()`` exits the process with ``os._exit`` (after flushing stdio and logging)
     rather than wait for it forever at interpreter exit.
 
-    :param backend: ``"asyncio"`` or ``"trio"``, as for :func:`anyio.run`
+    :param backend: ``"asyncio"`` or ``"trio"``, as for :func:`anyio.run`, or
+        ``"uvloop"``: asyncio with uvloop's loop (``use_uvloop`` in ``backend_options``)
     :param backend_options: as for :func:`anyio.run` (``{"use_uvloop": True}``)
     :param signals: the signals that stop the service
     :param grace: seconds ``main`` may take after the first signal; ``None`` waits
@@ -959,6 +1022,8 @@ def run(
     :raises SystemExit: after a stop that needed cancellation
     :raises RuntimeError: outside the main thread
     """
+    backend, backend_options = _check_backend(backend, backend_options)
+    _check_main(main, args, ready == "task_status")
     signums = _check_signals(signals)
     grace = _check_grace(grace)
     actions = _check_escalation(escalation)
@@ -985,11 +1050,17 @@ def run(
         async with trap:
             if ready == "task_status":
                 call: Any = main
-                outcome.result = await call(stop, *args, task_status=_ReadyStatus(notifier))
+                awaitable = call(stop, *args, task_status=_ReadyStatus(notifier))
             else:
                 if notifier is not None:
                     notifier.send("READY=1", "STATUS=running")
-                outcome.result = await main(stop, *args)
+                awaitable = main(stop, *args)
+            if not inspect.isawaitable(awaitable):
+                raise TypeError(
+                    f"`main` must be an async function (run() awaits what it returns); "
+                    f"{label} returned {awaitable!r}"
+                )
+            outcome.result = await awaitable
             outcome.returned = True
 
     logger.addHandler(fallback)

@@ -80,11 +80,12 @@ def _backend() -> str:
     return current().name
 
 
-def _check_duration(value: float, name: str) -> float:
+def _check_duration(value: float, name: str, positive: bool = False) -> float:
     """Validate a duration: an int, a float or another real number (``__float__``).
 
     A ``str``, ``bytes`` or ``bool`` raises ``TypeError`` (``float("1")`` would accept
-    a string), as does anything else without ``__float__``.
+    a string), as does anything else without ``__float__``.  A negative value (or 0,
+    where ``positive``) raises ``ValueError``.
     """
     if type(value) is not float:
         if isinstance(value, bool) or not (
@@ -97,8 +98,9 @@ def _check_duration(value: float, name: str) -> float:
             value = math.inf if value > 0 else -math.inf
         except (TypeError, ValueError):
             raise TypeError(f"`{name}` must be a number of seconds, got {value!r}") from None
-    if math.isnan(value) or value < 0:
-        raise ValueError(f"`{name}` must be a non-negative number of seconds, got {value!r}")
+    if math.isnan(value) or value < 0 or (positive and value == 0):
+        kind = "positive" if positive else "non-negative"
+        raise ValueError(f"`{name}` must be a {kind} number of seconds, got {value!r}")
     return value
 
 
@@ -814,10 +816,7 @@ class StopSignal:
             ``bool`` included)
         :raises ValueError: if ``period`` is not a positive number of seconds
         """
-        period = _check_duration(period, "period")
-        if period == 0:
-            raise ValueError("`period` must be a positive number of seconds, got 0")
-        return _Every(self, period)
+        return _Every(self, _check_duration(period, "period", positive=True))
 
     # -- cancel scope ----------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import socket
 import sys
@@ -100,6 +101,10 @@ async def start_hypercorn(
     )
     wrapped = drain.wrap(app, readiness_path, request_signals)
     config = config_module.Config()
+    if "errorlog" not in options and logging.getLogger().handlers:
+        # logging is set up: hypercorn's records go there, once; its default ("-") adds
+        # a stderr handler of its own, and every line came out twice, in two formats
+        config.errorlog = logging.getLogger("hypercorn.error")
     for key, value in options.items():
         if not hasattr(config, key):
             raise TypeError(f"hypercorn's Config has no option {key!r}")

@@ -11,6 +11,7 @@ otherwise let a 30 s grace period run out.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
@@ -93,6 +94,7 @@ def virtual_time(backend: object) -> tuple[str, dict[str, Any]]:
     :raises ValueError: for uvloop, whose clock is C code that cannot be faked (run
         uvloop tests in real time), or an unknown backend
     :raises TypeError: if *backend* is not an ``anyio_backend`` value
+    :raises RuntimeError: for asyncio without looptime (the ``testing`` extra)
     """
     name, options = _split(backend)
     if name == "trio":
@@ -105,6 +107,11 @@ def virtual_time(backend: object) -> tuple[str, dict[str, Any]]:
             raise ValueError(
                 "uvloop's clock cannot be faked (its timers run on libuv's clock, in C): "
                 "give virtual time to asyncio and trio, and test uvloop in real time"
+            )
+        if importlib.util.find_spec("looptime") is None:
+            raise RuntimeError(
+                "virtual time on asyncio needs looptime, which is not installed: "
+                "pip install 'stopscope[testing]'"
             )
         options["loop_factory"] = _LooptimeLoopFactory(options.get("loop_factory"))
         return name, options
