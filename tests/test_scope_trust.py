@@ -455,3 +455,36 @@ class TestProcessExitAfterTheStop:
         else:
             assert errors == []
             assert record.error is None
+
+
+# ------------------------------- a stop from another thread on a virtual clock (fuzzer)
+
+
+@pytest.mark.parametrize(
+    "anyio_backend",
+    [p for p in _virtual_backends() if "virtual" in str(p.id)],
+)
+class TestForeignStopOnAVirtualClock:
+    """Found by the fuzzer's long profile on trio: a stop set from another thread
+    while the loop was busy.  The scope counts that delay back from the deadlines (on a
+    real clock the loop clock moved with it), but a virtual clock stands still while the
+    loop works: the real delay cut a member's own grace short before it was even woken.
+    """
+
+    async def test_real_delay_does_not_cut_a_virtual_grace(
+        self, anyio_backend: Any
+    ) -> None:
+        import threading
+        import time
+
+        async with TaskScope(grace=10) as scope:
+            scope.start_soon(scope.signal.wait, name="quick", grace=0.04)
+            await anyio.wait_all_tasks_blocked()
+            go = threading.Event()
+            stopper = threading.Thread(target=lambda: (go.wait(), scope.stop("thread")))
+            stopper.start()
+            go.set()
+            stopper.join()  # set() returned; the loop has not run our hook yet
+            time.sleep(0.1)  # the loop is busy (blocked) for longer than the grace
+        record = scope.report.by_name("quick")
+        assert (record.outcome, record.phase) == (Outcome.STOPPED, "grace")

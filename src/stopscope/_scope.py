@@ -215,6 +215,9 @@ class _Member(MemberFacts):
         self.start_aborted = False
 
 
+#: how far the loop clock may drift from time.monotonic() and still count as real
+#: (uvloop's clock has millisecond steps)
+_REAL_CLOCK_DRIFT: Final = 0.005
 _CoroutineType: Final = types.CoroutineType
 _FunctionType: Final = types.FunctionType
 _FINISHED: Final = Outcome.FINISHED
@@ -335,6 +338,10 @@ class TaskScope:
         self._requested_at: float | None = None
         self._stop_base: float | None = None  # loop-clock time of the stop request
         self._clock: Callable[[], float] = time.monotonic
+        # the loop clock minus time.monotonic() at the start: while both run together
+        # (a real clock) it stays put; a virtual clock (trio's MockClock, looptime)
+        # drifts away from it
+        self._clock_offset = 0.0
         self._body_done = False
         self._stop_call: LoopCall | None = None  # the hook that runs _on_stop on our loop
         self._backend: Backend | None = None  # the loop's, from __aenter__ on
@@ -658,6 +665,7 @@ class TaskScope:
         self._cancelled_exc = backend.cancelled_exc
         self._cancel_probe = backend.cancel_probe()
         self._clock = backend.clock
+        self._clock_offset = backend.clock() - time.monotonic()
         # a barrier: a stop from a signal handler hands our loop work to the loop, and the
         # members it wakes then run only after it (grace=0 cancels them first)
         call = LoopCall(self._on_stop, backend, barrier=True)
@@ -826,7 +834,13 @@ class TaskScope:
             # (which may be virtual: real time must not leak into the deadline)
             base = self._clock()
         else:  # set from another thread or a handler: we run later; count the delay
-            base = self._clock() - max(0.0, time.monotonic() - requested)
+            now, real_now = self._clock(), time.monotonic()
+            base = now
+            if abs(now - real_now - self._clock_offset) < _REAL_CLOCK_DRIFT:
+                # a real clock: the loop clock moved with the delay too.  A virtual one
+                # did not (it stands still while the loop works): real time must not
+                # leak into its deadlines, which would cut members short under load
+                base -= max(0.0, real_now - requested)
         self._stop_base = base
         if self._hard:
             return  # cancelled from outside, or a BaseException: no grace to time
