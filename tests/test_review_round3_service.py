@@ -1,0 +1,111 @@
+"""Review round 3 of the service level: defects proven with real signals.
+
+Each test runs a tiny service in a child process (a session of its own), sends it
+real signals by PID and reads how it ended.  Timeouts only guard against hangs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+
+#: seconds; only a guard against hangs, never a timing assertion
+HANG_GUARD = 30.0
+
+_RESTORE_DEFAULT_INT = """
+import asyncio, signal, sys
+import anyio, stopscope
+
+async def main(stop):
+    if MODE == "loop":
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, lambda: None)
+        # the loop's removal puts back signal.default_int_handler for SIGINT
+        loop.remove_signal_handler(signal.SIGINT)
+    else:
+        # a library that puts back Python's own SIGINT handler
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    with anyio.fail_after(HANG_GUARD):
+        # the trap's watch thread takes the signal back
+        while signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            await anyio.sleep(0.01)
+        print("READY", flush=True)
+        await stop.wait()
+    return "graceful"
+
+print(stopscope.run(main, backend=BACKEND, backend_options=OPTIONS, grace=None))
+"""
+
+
+def _run_child(script: str, **names: Any) -> subprocess.Popen[str]:
+    prelude = "".join(f"{k} = {v!r}\n" for k, v in names.items())
+    return subprocess.Popen(
+        [sys.executable, "-c", prelude + textwrap.dedent(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _finish(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
+    try:
+        out, err = proc.communicate(timeout=HANG_GUARD)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"the service hung; stdout={out!r} stderr={err!r}")
+    return proc.returncode, out, err
+
+
+def _restore_default_int(backend: tuple[str, dict[str, Any]], mode: str) -> None:
+    name, options = backend
+    proc = _run_child(
+        _RESTORE_DEFAULT_INT, BACKEND=name, OPTIONS=options, MODE=mode, HANG_GUARD=HANG_GUARD
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.strip() == "READY", (line, proc.stderr.read() if proc.stderr else "")
+        os.kill(proc.pid, signal.SIGINT)
+        code, out, err = _finish(proc)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert "KeyboardInterrupt" not in err, err
+    assert (code, out.strip()) == (0, "graceful"), (code, out, err)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="R3-1: the watch thread chains to signal.default_int_handler, so SIGINT raises KeyboardInterrupt",
+)
+def test_python_default_sigint_handler_put_back_is_not_chained(
+    anyio_backend: tuple[str, dict[str, Any]],
+) -> None:
+    """Defect R3-1: a library inside ``main`` puts back ``signal.default_int_handler``
+    (as asyncio's ``remove_signal_handler`` does for SIGINT); the watch thread chained
+    to it, so Ctrl-C raised KeyboardInterrupt at a random point instead of a graceful
+    stop.  It is Python's default, to be replaced as SIG_DFL is."""
+    _restore_default_int(anyio_backend, "plain")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="R3-1: the watch thread chains to signal.default_int_handler, so SIGINT raises KeyboardInterrupt",
+)
+@pytest.mark.parametrize("use_uvloop", [False, True], ids=["asyncio", "uvloop"])
+def test_loop_add_then_remove_sigint_handler_keeps_graceful_stop(use_uvloop: bool) -> None:
+    """Defect R3-1 through its usual trigger: ``loop.add_signal_handler(SIGINT)`` then
+    ``loop.remove_signal_handler(SIGINT)`` inside ``main`` (a server started and
+    stopped inside the service)."""
+    _restore_default_int(("asyncio", {"use_uvloop": use_uvloop}), "loop")
