@@ -85,10 +85,6 @@ def _restore_default_int(backend: tuple[str, dict[str, Any]], mode: str) -> None
     assert (code, out.strip()) == (0, "graceful"), (code, out, err)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R3-1: the watch thread chains to signal.default_int_handler, so SIGINT raises KeyboardInterrupt",
-)
 def test_python_default_sigint_handler_put_back_is_not_chained(
     anyio_backend: tuple[str, dict[str, Any]],
 ) -> None:
@@ -99,10 +95,6 @@ def test_python_default_sigint_handler_put_back_is_not_chained(
     _restore_default_int(anyio_backend, "plain")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="R3-1: the watch thread chains to signal.default_int_handler, so SIGINT raises KeyboardInterrupt",
-)
 @pytest.mark.parametrize("use_uvloop", [False, True], ids=["asyncio", "uvloop"])
 def test_loop_add_then_remove_sigint_handler_keeps_graceful_stop(use_uvloop: bool) -> None:
     """Defect R3-1 through its usual trigger: ``loop.add_signal_handler(SIGINT)`` then

@@ -515,8 +515,9 @@ class SignalTrap:
         A replacement that is a Python callable is chained: this trap's handler is put
         back, and calls it after doing its own work, so both keep working (a loop's
         ``add_signal_handler`` callbacks still run, through the loop's wake-up fd).
-        ``SIG_DFL`` or ``SIG_IGN`` (a library that removed its handler) is simply
-        replaced by this trap's again.  Each replacement is logged once, as a WARNING.
+        ``SIG_DFL``, ``SIG_IGN`` or :func:`signal.default_int_handler` (a library that
+        removed its handler) is simply replaced by this trap's again.  Each replacement
+        is logged once, as a WARNING.
         """
         if self._state != "open":
             return
@@ -528,7 +529,10 @@ class SignalTrap:
                 self._installed[signum] = self._on_signal
                 continue
             what = _describe_handler(signum, current)
-            if callable(current):
+            # Python's own SIGINT handler (what asyncio's remove_signal_handler puts
+            # back) is a default, as SIG_DFL: chained, it would raise KeyboardInterrupt
+            # at a random point of the program instead of a graceful stop
+            if callable(current) and current is not signal.default_int_handler:
                 handler = self._chain(signum, current)
                 outcome = f"{self._label} keeps handling {signum.name}: both run on each signal"
             else:
