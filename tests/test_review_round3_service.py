@@ -101,3 +101,62 @@ def test_loop_add_then_remove_sigint_handler_keeps_graceful_stop(use_uvloop: boo
     ``loop.remove_signal_handler(SIGINT)`` inside ``main`` (a server started and
     stopped inside the service)."""
     _restore_default_int(("asyncio", {"use_uvloop": use_uvloop}), "loop")
+
+
+_NESTED = """
+import logging, signal
+import anyio
+from stopscope import StopSignal, stop_on_signals
+
+replaced = []
+
+class Seen(logging.Handler):
+    def emit(self, record):
+        if "was replaced" in record.getMessage():
+            replaced.append(record.getMessage())
+
+logging.getLogger("stopscope").addHandler(Seen())
+
+async def main():
+    outer, inner = StopSignal(), StopSignal()
+    async with stop_on_signals(outer, signal.SIGTERM) as outer_trap:
+        async with stop_on_signals(inner, signal.SIGTERM) as inner_trap:
+            handler = signal.getsignal(signal.SIGTERM)
+            for _ in range(3):  # what each trap's watch thread hands to the loop
+                outer_trap._check_handlers()
+                inner_trap._check_handlers()
+            print("UNCHANGED", signal.getsignal(signal.SIGTERM) is handler, flush=True)
+            print("READY", flush=True)
+            with anyio.fail_after(HANG_GUARD):
+                await inner.wait()
+                await outer.wait()  # the enclosing trap hears it too
+    print("WARNINGS", len(replaced), replaced, flush=True)
+
+anyio.run(main, backend=BACKEND, backend_options=OPTIONS)
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="R3-2: nested traps re-chain each other for ever")
+def test_nested_traps_do_not_fight_over_the_handler(
+    anyio_backend: tuple[str, dict[str, Any]],
+) -> None:
+    """Defect R3-2: ``stop_on_signals()`` inside another (inside ``run()``'s ``main``):
+    each trap's watch thread took the other's handler for a library's, chained it and
+    logged a WARNING, then again every half second for as long as both were open (a
+    log flood and an ever deeper chain), against "logs one WARNING".  The inner trap
+    owns the signal for its block and passes each signal on to the enclosing one."""
+    name, options = anyio_backend
+    proc = _run_child(_NESTED, BACKEND=name, OPTIONS=options, HANG_GUARD=HANG_GUARD)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline().strip()
+        ready = proc.stdout.readline().strip()
+        assert ready == "READY", (first, ready, proc.stderr.read() if proc.stderr else "")
+        os.kill(proc.pid, signal.SIGTERM)
+        code, out, err = _finish(proc)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert first == "UNCHANGED True"
+    assert (code, out.strip()) == (0, "WARNINGS 0 []"), (code, out, err)
