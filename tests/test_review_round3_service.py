@@ -136,7 +136,6 @@ anyio.run(main, backend=BACKEND, backend_options=OPTIONS)
 """
 
 
-@pytest.mark.xfail(strict=True, reason="R3-2: nested traps re-chain each other for ever")
 def test_nested_traps_do_not_fight_over_the_handler(
     anyio_backend: tuple[str, dict[str, Any]],
 ) -> None:

@@ -246,9 +246,25 @@ def _foreign(handler: _Handler) -> bool:
     before, while the trap is open."""
     if not callable(handler):
         return False
+    if _trap_of(handler) is not None:
+        return True  # an enclosing trap: it hears each signal too, as a server would
     module = getattr(handler, "__module__", None) or ""
     return module.split(".")[0] in _SERVERS or module == "stopscope.asgi._hooks"
 
+
+def _trap_of(handler: object) -> SignalTrap | None:
+    """The trap that installed ``handler`` (its own handler or one of its chains)."""
+    owner = getattr(handler, "__self__", None)
+    if isinstance(owner, SignalTrap) and getattr(handler, "__name__", None) == "_on_signal":
+        return owner
+    owner = getattr(handler, "_stopscope_trap", None)
+    return owner if isinstance(owner, SignalTrap) else None
+
+
+#: the traps open in this process, in the order they were entered: only the innermost
+#: one that handles a signal takes its handler back (an enclosing one would take the
+#: inner trap's handler for a library's, and the two would re-chain each other for ever)
+_open_stack: list[SignalTrap] = []
 
 #: the packages whose signal handlers a trap passes signals on to
 _SERVERS: Final = frozenset({"uvicorn", "uvicorn_worker", "gunicorn", "hypercorn", "granian"})
@@ -383,6 +399,7 @@ class SignalTrap:
             self._uninstall()
             raise
         if self._signals:
+            _open_stack.append(self)
             self._start_watch()
         self._scope = anyio.CancelScope().__enter__()
         self._state = "open"
@@ -414,6 +431,8 @@ class SignalTrap:
     def _uninstall(self) -> None:
         # From here on _deliver does nothing; what it did not get to is redelivered.
         self._state = "closed"
+        with suppress(ValueError):
+            _open_stack.remove(self)
         done, self._watch_done = self._watch_done, None
         if done is not None:
             done.set()
@@ -521,7 +540,13 @@ class SignalTrap:
         """
         if self._state != "open":
             return
+        inner: set[int] = set()
+        if self in _open_stack:
+            for trap in _open_stack[_open_stack.index(self) + 1 :]:
+                inner.update(trap._installed)
         for signum, expected in list(self._installed.items()):
+            if signum in inner:
+                continue  # a trap entered inside this block owns it until it ends
             current = signal.getsignal(signum)
             if current is expected:
                 continue
@@ -576,6 +601,7 @@ class SignalTrap:
             finally:
                 relaying.discard(signum)
 
+        chained._stopscope_trap = self  # type: ignore[attr-defined]
         return chained
 
     def _deliver(self) -> None:
