@@ -159,3 +159,57 @@ def test_nested_traps_do_not_fight_over_the_handler(
             proc.wait()
     assert first == "UNCHANGED True"
     assert (code, out.strip()) == (0, "WARNINGS 0 []"), (code, out, err)
+
+
+#: seconds a stuck library handler blocks in the child (the defect's path waits it out)
+STUCK = 10.0
+
+_STUCK_HANDLER = """
+import signal, threading
+import anyio, stopscope
+
+def stuck(signum, frame):
+    print("IN", flush=True)
+    threading.Event().wait(STUCK)  # a library's handler blocked (on a lock, a pipe)
+
+async def main(stop):
+    signal.signal(signal.SIGTERM, stuck)
+    with anyio.fail_after(HANG_GUARD):
+        while signal.getsignal(signal.SIGTERM) is stuck:  # until the trap chains it
+            await anyio.sleep(0.01)
+    print("READY", flush=True)
+    await stop.wait()
+    return "graceful"
+
+print(stopscope.run(
+    main, backend=BACKEND, backend_options=OPTIONS, escalation=("stop", "exit"), grace=None
+))
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="R3-3: a signal during a chained handler is dropped")
+def test_a_signal_during_a_chained_handler_is_not_lost(
+    anyio_backend: tuple[str, dict[str, Any]],
+) -> None:
+    """Defect R3-3: while a chained (replacing) handler ran, a new signal was taken for
+    that handler calling back into the trap and dropped: with a library handler stuck,
+    the escalation's "exit at once" never came (the process went on, then stopped
+    "gracefully" once the handler returned)."""
+    name, options = anyio_backend
+    proc = _run_child(
+        _STUCK_HANDLER, BACKEND=name, OPTIONS=options, HANG_GUARD=HANG_GUARD, STUCK=STUCK
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.strip() == "READY", (line, proc.stderr.read() if proc.stderr else "")
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.stdout.readline().strip() == "IN"  # the chained handler runs
+        os.kill(proc.pid, signal.SIGTERM)  # second signal: exit at once
+        code, out, err = _finish(proc)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert code == -signal.SIGTERM, (code, out, err)
+    assert "second signal): exiting at once" in err, err
