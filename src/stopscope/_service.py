@@ -246,19 +246,8 @@ def _foreign(handler: _Handler) -> bool:
     before, while the trap is open."""
     if not callable(handler):
         return False
-    if _trap_of(handler) is not None:
-        return True  # an enclosing trap: it hears each signal too, as a server would
     module = getattr(handler, "__module__", None) or ""
     return module.split(".")[0] in _SERVERS or module == "stopscope.asgi._hooks"
-
-
-def _trap_of(handler: object) -> SignalTrap | None:
-    """The trap that installed ``handler`` (its own handler or one of its chains)."""
-    owner = getattr(handler, "__self__", None)
-    if isinstance(owner, SignalTrap) and getattr(handler, "__name__", None) == "_on_signal":
-        return owner
-    owner = getattr(handler, "_stopscope_trap", None)
-    return owner if isinstance(owner, SignalTrap) else None
 
 
 #: the traps open in this process, in the order they were entered: only the innermost
@@ -601,7 +590,6 @@ class SignalTrap:
             finally:
                 relaying.discard(signum)
 
-        chained._stopscope_trap = self  # type: ignore[attr-defined]
         return chained
 
     def _deliver(self) -> None:
