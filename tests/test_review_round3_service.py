@@ -187,7 +187,6 @@ print(stopscope.run(
 """
 
 
-@pytest.mark.xfail(strict=True, reason="R3-3: a signal during a chained handler is dropped")
 def test_a_signal_during_a_chained_handler_is_not_lost(
     anyio_backend: tuple[str, dict[str, Any]],
 ) -> None:

@@ -463,6 +463,9 @@ class SignalTrap:
         """The raw handler: count, exit at once if that is the action, else queue."""
         if signum in self._relaying:
             return  # a replacement that chains to us, called by our chain: counted
+        self._count_signal(signum)
+
+    def _count_signal(self, signum: int) -> None:
         self._count += 1
         if self._action(self._count) == "exit":
             _exit_now(signum, self._count)
@@ -579,15 +582,26 @@ class SignalTrap:
     ) -> Callable[[int, FrameType | None], None]:
         """This trap's handler, then ``theirs`` (which may call back into ours)."""
         relaying = self._relaying
+        inside = False  # theirs is running, called by this chain
 
         def chained(signum: int, frame: FrameType | None) -> None:
+            nonlocal inside
+            if inside:
+                # Python calls the installed handler (this one) for a new signal that
+                # arrives while theirs runs; theirs calling back the handler it
+                # replaced reaches _on_signal or an older chain.  Count it: a stuck
+                # handler must not swallow the escalation.
+                self._count_signal(signum)
+                return
             if signum in relaying:
-                return  # theirs chains to the handler it replaced: this one
+                return  # theirs chains to the handler it replaced: an older chain
             self._on_signal(signum, frame)
             relaying.add(signum)
+            inside = True
             try:
                 theirs(signum, frame)
             finally:
+                inside = False
                 relaying.discard(signum)
 
         return chained
