@@ -212,3 +212,66 @@ def test_a_signal_during_a_chained_handler_is_not_lost(
             proc.wait()
     assert code == -signal.SIGTERM, (code, out, err)
     assert "second signal): exiting at once" in err, err
+
+
+_RESTORED_CHAIN = """
+import logging, signal
+import anyio
+from stopscope import StopSignal, stop_on_signals
+
+replaced = []
+heard = []
+
+class Seen(logging.Handler):
+    def emit(self, record):
+        if "was replaced" in record.getMessage():
+            replaced.append(record.getMessage())
+
+logging.getLogger("stopscope").addHandler(Seen())
+
+def first(signum, frame):  # a library's handler, installed inside the block
+    heard.append("first")
+
+def second(signum, frame):  # another one, which puts back what it found
+    heard.append("second")
+
+async def main():
+    stop = StopSignal()
+    async with stop_on_signals(stop, signal.SIGTERM) as trap:
+        signal.signal(signal.SIGTERM, first)
+        trap._check_handlers()  # what the watch thread hands to the loop: chains it
+        found = signal.signal(signal.SIGTERM, second)
+        trap._check_handlers()
+        signal.signal(signal.SIGTERM, found)  # second is done: it puts back what it found
+        trap._check_handlers()
+        print("READY", flush=True)
+        with anyio.fail_after(HANG_GUARD):
+            await stop.wait()
+    print("HEARD", heard, "WARNINGS", len(replaced), flush=True)
+
+anyio.run(main, backend=BACKEND, backend_options=OPTIONS)
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="R3-4: the trap chains its own chain")
+def test_a_chain_put_back_by_a_library_is_taken_as_the_trap_own(
+    anyio_backend: tuple[str, dict[str, Any]],
+) -> None:
+    """Defect R3-4: a library that replaced the trap's chain and then put back what it
+    found (the chain) made the trap chain its own chain: a WARNING that named
+    stopscope's own handler, and the library handler the chain was made for was never
+    called again (the inner chain took the call for a call-back)."""
+    name, options = anyio_backend
+    proc = _run_child(_RESTORED_CHAIN, BACKEND=name, OPTIONS=options, HANG_GUARD=HANG_GUARD)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.strip() == "READY", (line, proc.stderr.read() if proc.stderr else "")
+        os.kill(proc.pid, signal.SIGTERM)
+        code, out, err = _finish(proc)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    # one warning per replacement: first, second; none for the trap's own chain
+    assert (code, out.strip()) == (0, "HEARD ['first'] WARNINGS 2"), (code, out, err)
