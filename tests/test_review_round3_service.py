@@ -253,7 +253,6 @@ anyio.run(main, backend=BACKEND, backend_options=OPTIONS)
 """
 
 
-@pytest.mark.xfail(strict=True, reason="R3-4: the trap chains its own chain")
 def test_a_chain_put_back_by_a_library_is_taken_as_the_trap_own(
     anyio_backend: tuple[str, dict[str, Any]],
 ) -> None:

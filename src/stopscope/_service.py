@@ -542,8 +542,9 @@ class SignalTrap:
             current = signal.getsignal(signum)
             if current is expected:
                 continue
-            if current == self._on_signal:  # our own handler put back (trio does)
-                self._installed[signum] = self._on_signal
+            if current == self._on_signal or getattr(current, "_stopscope_trap", None) is self:
+                # our own handler or chain, put back by whoever replaced it (trio does)
+                self._installed[signum] = current  # type: ignore[assignment]
                 continue
             what = _describe_handler(signum, current)
             # Python's own SIGINT handler (what asyncio's remove_signal_handler puts
@@ -603,6 +604,8 @@ class SignalTrap:
             finally:
                 inside = False
                 relaying.discard(signum)
+
+        chained._stopscope_trap = self  # type: ignore[attr-defined]
 
         return chained
 
