@@ -311,6 +311,11 @@ def _foreign(handler: _Handler) -> bool:
     return module.split(".")[0] in _SERVERS or module == "stopscope.asgi._hooks"
 
 
+#: the traps open in this process, in the order they were entered: only the innermost
+#: one that handles a signal takes its handler back (an enclosing one would take the
+#: inner trap's handler for a library's, and the two would re-chain each other for ever)
+_open_stack: list[SignalTrap] = []
+
 #: the packages whose signal handlers a trap passes signals on to
 _SERVERS: Final = frozenset({"uvicorn", "uvicorn_worker", "gunicorn", "hypercorn", "granian"})
 
@@ -444,6 +449,7 @@ class SignalTrap:
             self._uninstall()
             raise
         if self._signals:
+            _open_stack.append(self)
             self._start_watch()
         self._scope = anyio.CancelScope().__enter__()
         self._state = "open"
@@ -475,6 +481,8 @@ class SignalTrap:
     def _uninstall(self) -> None:
         # From here on _deliver does nothing; what it did not get to is redelivered.
         self._state = "closed"
+        with suppress(ValueError):
+            _open_stack.remove(self)
         done, self._watch_done = self._watch_done, None
         if done is not None:
             done.set()
@@ -516,6 +524,9 @@ class SignalTrap:
         """The raw handler: count, exit at once if that is the action, else queue."""
         if signum in self._relaying:
             return  # a replacement that chains to us, called by our chain: counted
+        self._count_signal(signum)
+
+    def _count_signal(self, signum: int) -> None:
         self._count += 1
         if self._action(self._count) == "exit":
             _exit_now(signum, self._count)
@@ -576,20 +587,31 @@ class SignalTrap:
         A replacement that is a Python callable is chained: this trap's handler is put
         back, and calls it after doing its own work, so both keep working (a loop's
         ``add_signal_handler`` callbacks still run, through the loop's wake-up fd).
-        ``SIG_DFL`` or ``SIG_IGN`` (a library that removed its handler) is simply
-        replaced by this trap's again.  Each replacement is logged once, as a WARNING.
+        ``SIG_DFL``, ``SIG_IGN`` or :func:`signal.default_int_handler` (a library that
+        removed its handler) is simply replaced by this trap's again.  Each replacement
+        is logged once, as a WARNING.
         """
         if self._state != "open":
             return
+        inner: set[int] = set()
+        if self in _open_stack:
+            for trap in _open_stack[_open_stack.index(self) + 1 :]:
+                inner.update(trap._installed)
         for signum, expected in list(self._installed.items()):
+            if signum in inner:
+                continue  # a trap entered inside this block owns it until it ends
             current = signal.getsignal(signum)
             if current is expected:
                 continue
-            if current == self._on_signal:  # our own handler put back (trio does)
-                self._installed[signum] = self._on_signal
+            if current == self._on_signal or getattr(current, "_stopscope_trap", None) is self:
+                # our own handler or chain, put back by whoever replaced it (trio does)
+                self._installed[signum] = current  # type: ignore[assignment]
                 continue
             what = _describe_handler(signum, current)
-            if callable(current):
+            # Python's own SIGINT handler (what asyncio's remove_signal_handler puts
+            # back) is a default, as SIG_DFL: chained, it would raise KeyboardInterrupt
+            # at a random point of the program instead of a graceful stop
+            if callable(current) and current is not signal.default_int_handler:
                 handler = self._chain(signum, current)
                 outcome = f"{self._label} keeps handling {signum.name}: both run on each signal"
             else:
@@ -622,16 +644,29 @@ class SignalTrap:
     ) -> Callable[[int, FrameType | None], None]:
         """This trap's handler, then ``theirs`` (which may call back into ours)."""
         relaying = self._relaying
+        inside = False  # theirs is running, called by this chain
 
         def chained(signum: int, frame: FrameType | None) -> None:
+            nonlocal inside
+            if inside:
+                # Python calls the installed handler (this one) for a new signal that
+                # arrives while theirs runs; theirs calling back the handler it
+                # replaced reaches _on_signal or an older chain.  Count it: a stuck
+                # handler must not swallow the escalation.
+                self._count_signal(signum)
+                return
             if signum in relaying:
-                return  # theirs chains to the handler it replaced: this one
+                return  # theirs chains to the handler it replaced: an older chain
             self._on_signal(signum, frame)
             relaying.add(signum)
+            inside = True
             try:
                 theirs(signum, frame)
             finally:
+                inside = False
                 relaying.discard(signum)
+
+        chained._stopscope_trap = self  # type: ignore[attr-defined]
 
         return chained
 
