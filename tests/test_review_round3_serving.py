@@ -1,0 +1,131 @@
+"""Review round 3 (serving): defects proven against real servers and clients."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator, MutableMapping
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from stopscope.servers import Readiness, request_signal
+
+pytestmark = pytest.mark.anyio
+
+Message = MutableMapping[str, Any]
+HANG_GUARD = 30.0
+
+ASYNCIO_BACKENDS = [
+    pytest.param(("asyncio", {"debug": False}), id="asyncio"),
+    pytest.param(
+        ("asyncio", {"use_uvloop": True}),
+        id="asyncio+uvloop",
+        marks=pytest.mark.skipif(sys.platform == "win32", reason="uvloop is POSIX only"),
+    ),
+]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the watch's memory stream loses a message handed over to a receive() that "
+    "an asyncio timeout cancels before it resumes",
+)
+@pytest.mark.parametrize("anyio_backend", ASYNCIO_BACKENDS)
+async def test_a_cancelled_receive_loses_no_body_chunk_while_the_watch_pumps() -> None:
+    """uvicorn's own ``receive()`` is cancel-safe (the body waits in the server); with
+    the request's signal asked for, the app's ``receive()`` must stay so.
+
+    The app's task is cancelled as an ``asyncio.timeout()`` or ``asyncio.wait_for()``
+    around ``receive()`` cancels it (plain asyncio code, as in many apps), a few loop
+    steps after the server handed a chunk over: on some step, after the watch handed it
+    to the app's ``receive()`` and before that resumed.  Every
+    chunk the client sent must reach the app.
+    """
+    import uvicorn
+
+    chunks = 48
+    size = 100
+    waiting: list[asyncio.Task[Any]] = []  # the app's task, while in receive()
+    got = bytearray()
+    pumping = anyio.Event()
+
+    async def app(scope: Message, receive: Any, send: Any) -> None:
+        assert scope["type"] == "http"
+        request_signal(scope)
+        await anyio.sleep(0.05)  # the watch takes over the server's receive()
+        pumping.set()
+        while True:
+            task = asyncio.current_task()
+            assert task is not None
+            waiting.append(task)
+            try:
+                message = await receive()
+            except asyncio.CancelledError:  # what asyncio.timeout() turns into TimeoutError
+                if sys.version_info >= (3, 11):
+                    task.uncancel()
+                continue
+            finally:
+                waiting.clear()
+            got.extend(message.get("body", b""))
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": str(len(got)).encode()})
+
+    def hooked(inner: Any) -> Any:
+        """Between the server and the middleware: after each chunk the server hands
+        over, expire the app's timeout a different number of loop steps later."""
+        handed = 0
+
+        async def outer(scope: Message, receive: Any, send: Any) -> None:
+            async def hooked_receive() -> Message:
+                nonlocal handed
+                message: Message = await receive()
+                if message.get("body"):
+                    handed += 1
+                    loop = asyncio.get_running_loop()
+
+                    def step(left: int) -> None:
+                        if left:
+                            loop.call_soon(step, left - 1)
+                        elif waiting:  # as an expiring asyncio.timeout() does
+                            waiting[0].cancel()
+
+                    step(handed % 6)
+                return message
+
+            await inner(scope, hooked_receive if scope["type"] == "http" else receive, send)
+
+        return outer
+
+    async def body() -> AsyncIterator[bytes]:
+        await pumping.wait()
+        for _ in range(chunks):
+            yield b"x" * size
+            await anyio.sleep(0.002)
+
+    config = uvicorn.Config(
+        hooked(Readiness().asgi(app)),
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+    with anyio.fail_after(HANG_GUARD):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.serve)
+            while not server.started:
+                await anyio.sleep(0.01)
+            port = server.servers[0].sockets[0].getsockname()[1]
+            try:
+                async with httpx.AsyncClient() as client:
+                    response = await client.post(f"http://127.0.0.1:{port}/", content=body())
+            finally:
+                server.should_exit = True
+    assert response.status_code == 200
+    assert int(response.text) == chunks * size
+    assert len(got) == chunks * size
