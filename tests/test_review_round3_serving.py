@@ -28,11 +28,6 @@ ASYNCIO_BACKENDS = [
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the watch's memory stream loses a message handed over to a receive() that "
-    "an asyncio timeout cancels before it resumes",
-)
 @pytest.mark.parametrize("anyio_backend", ASYNCIO_BACKENDS)
 async def test_a_cancelled_receive_loses_no_body_chunk_while_the_watch_pumps() -> None:
     """uvicorn's own ``receive()`` is cancel-safe (the body waits in the server); with
