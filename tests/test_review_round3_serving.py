@@ -124,3 +124,121 @@ async def test_a_cancelled_receive_loses_no_body_chunk_while_the_watch_pumps() -
     assert response.status_code == 200
     assert int(response.text) == chunks * size
     assert len(got) == chunks * size
+
+
+# -- GracefulApp: a WebSocket session the server cuts is a cut -------------------------
+
+WS_CUT_APP = """
+import anyio
+from stopscope.asgi import GracefulApp
+
+
+async def inner(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    assert scope["type"] == "websocket"
+    await receive()
+    await send({"type": "websocket.accept"})
+    print("SESSION OPEN", flush=True)
+    while True:  # deaf to its signal: only the server's drain timeout ends it
+        await anyio.sleep(0.05)
+
+
+app = GracefulApp(inner, grace=2.0)
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="GracefulApp sends WebSocket sessions around the middleware: a session the "
+    "server cuts is not counted, and the report says STOPPED",
+)
+@pytest.mark.parametrize("server", ["uvicorn", "hypercorn asyncio", "hypercorn trio"])
+def test_graceful_app_reports_a_websocket_session_the_server_cut(
+    server: str, tmp_path: Any
+) -> None:
+    """The contract: ``STOPPED`` is a promise that nothing was cut, connection included.
+
+    A WebSocket session that ignores its signal outlives the grace; the server (its
+    real command line, SIGTERM sent by PID) cuts it.  The report must say so.
+    """
+    import os
+    import signal
+    import subprocess
+    import threading
+    import time
+
+    from websockets.sync.client import connect
+
+    (tmp_path / "ws_cut_app.py").write_text(WS_CUT_APP)
+    port = _free_port()
+    py = sys.executable
+    if server == "uvicorn":
+        argv = [py, "-m", "uvicorn", "ws_cut_app:app", "--host", "127.0.0.1"]
+        argv += ["--port", str(port)]
+    else:
+        argv = [py, "-m", "hypercorn", "ws_cut_app:app", "--bind", f"127.0.0.1:{port}"]
+        argv += ["-k", server.split()[1]]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    process = subprocess.Popen(
+        argv,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    opened = threading.Event()
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            if "SESSION OPEN" in line:
+                opened.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + HANG_GUARD
+        client = None
+        while client is None:
+            assert process.poll() is None, "".join(lines)
+            try:
+                client = connect(f"ws://127.0.0.1:{port}/", open_timeout=HANG_GUARD)
+            except OSError:
+                assert time.monotonic() < deadline, "".join(lines)
+                time.sleep(0.05)
+        with client:
+            assert opened.wait(HANG_GUARD), "".join(lines)
+            os.kill(process.pid, signal.SIGTERM)
+            process.wait(timeout=HANG_GUARD)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        reader.join(HANG_GUARD)
+        assert process.stdout is not None
+        process.stdout.close()
+    log = "".join(lines)
+    report = [line for line in log.splitlines() if "report:" in line and " http " in line]
+    assert report, log
+    assert "cancelled" in report[-1], log
+    assert "did not finish within the grace period" in log, log
