@@ -163,11 +163,6 @@ def _free_port() -> int:
         return port
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GracefulApp sends WebSocket sessions around the middleware: a session the "
-    "server cuts is not counted, and the report says STOPPED",
-)
 @pytest.mark.parametrize("server", ["uvicorn", "hypercorn asyncio", "hypercorn trio"])
 def test_graceful_app_reports_a_websocket_session_the_server_cut(
     server: str, tmp_path: Any
