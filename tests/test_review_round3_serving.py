@@ -150,7 +150,7 @@ async def inner(scope, receive, send):
         await anyio.sleep(0.05)
 
 
-app = GracefulApp(inner, grace=2.0)
+app = GracefulApp(inner, grace=2.0, request_signals=REQUEST_SIGNALS)
 """
 
 
@@ -163,9 +163,10 @@ def _free_port() -> int:
         return port
 
 
+@pytest.mark.parametrize("request_signals", [True, False], ids=["signals", "no-signals"])
 @pytest.mark.parametrize("server", ["uvicorn", "hypercorn asyncio", "hypercorn trio"])
 def test_graceful_app_reports_a_websocket_session_the_server_cut(
-    server: str, tmp_path: Any
+    server: str, request_signals: bool, tmp_path: Any
 ) -> None:
     """The contract: ``STOPPED`` is a promise that nothing was cut, connection included.
 
@@ -180,7 +181,8 @@ def test_graceful_app_reports_a_websocket_session_the_server_cut(
 
     from websockets.sync.client import connect
 
-    (tmp_path / "ws_cut_app.py").write_text(WS_CUT_APP)
+    app = WS_CUT_APP.replace("REQUEST_SIGNALS", repr(request_signals))
+    (tmp_path / "ws_cut_app.py").write_text(app)
     port = _free_port()
     py = sys.executable
     if server == "uvicorn":
