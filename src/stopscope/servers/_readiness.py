@@ -433,6 +433,7 @@ class _Watch:
             self._cancel()
             self._cancel = None
         self._exchange = None  # no cycle left for the garbage collector
+        self._slot.clear()  # the request is over: receive() says so, as the server does
         self._end()
         writable = self._writable
         if writable is not None:
