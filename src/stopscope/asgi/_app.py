@@ -226,7 +226,7 @@ class GracefulApp:
 
     @property
     def in_flight(self) -> int:
-        """HTTP requests being handled now."""
+        """HTTP requests and WebSocket sessions being handled now."""
         return self._middleware.in_flight
 
     def stop(self, reason: object = None) -> bool:
@@ -291,13 +291,35 @@ class GracefulApp:
         elif kind == "websocket":
             if self._state == "new":
                 raise RuntimeError(_NO_LIFESPAN)
-            # a connection-level stop signal, set when the drain begins
-            signal = self.readiness.draining.child()
-            await self.app({**scope, SCOPE_KEY: signal}, receive, send)
+            if self._middleware.request_signals:
+                # counted as the requests are (a session the server cuts is a cut), with
+                # a signal set when the drain begins or the client leaves
+                await self._middleware(scope, receive, send)
+            else:
+                await self._websocket(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(scope, receive, send)
         else:
             await self.app(scope, receive, send)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket session without request signals: it still gets a connection-level
+        stop signal, set when the drain begins, and is counted as in flight (a session
+        the server cuts at its drain timeout is a cut, reported)."""
+        middleware = self._middleware
+        signal = self.readiness.draining.child()
+        middleware.in_flight += 1
+        try:
+            await self.app({**scope, SCOPE_KEY: signal}, receive, send)
+        except BaseException as exc:
+            if isinstance(exc, anyio.get_cancelled_exc_class()):
+                middleware.cancelled += 1
+            raise
+        finally:
+            middleware.in_flight -= 1
+            idle = middleware._idle
+            if not middleware.in_flight and idle is not None:
+                idle.set()
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = await receive()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import threading
+from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final, Literal, final
 
@@ -372,12 +373,14 @@ class _Watch:
 
     __slots__ = (
         "_cancel",
+        "_ended",
         "_exchange",
         "_failure",
-        "_from_pump",
         "_last",
+        "_readable",
         "_reader_left",
-        "_to_app",
+        "_slot",
+        "_writable",
         "pumping",
         "signal",
     )
@@ -392,8 +395,13 @@ class _Watch:
         self._reader_left: anyio.Event | None = None
         # one message of slack: the pump hands over the request's last body chunk and
         # goes back to receive() to hear a disconnect, even if the app never reads the
-        # body; a longer body still waits for the app (the server's flow control holds)
-        self._to_app, self._from_pump = anyio.create_memory_object_stream[Message](1)
+        # body; a longer body still waits for the app (the server's flow control holds).
+        # The message stays in the slot until a receive() that resumed takes it: a
+        # receive() cancelled after the hand-over loses nothing (as the server's own)
+        self._slot: deque[Message] = deque()
+        self._ended = False  # the pump will hand over nothing more
+        self._readable: anyio.Event | None = None  # a message is in the slot (or ended)
+        self._writable: anyio.Event | None = None  # the slot was emptied (or closed)
 
     def start(self) -> None:
         """Run the pump beside the request (it ends with the request: :meth:`close`).
@@ -425,13 +433,35 @@ class _Watch:
             self._cancel()
             self._cancel = None
         self._exchange = None  # no cycle left for the garbage collector
-        self._to_app.close()
-        self._from_pump.close()
+        self._slot.clear()  # the request is over: receive() says so, as the server does
+        self._end()
+        writable = self._writable
+        if writable is not None:
+            writable.set()
+
+    def _end(self) -> None:
+        self._ended = True
+        readable = self._readable
+        if readable is not None:
+            readable.set()
 
     def reader_left(self) -> None:
         event = self._reader_left
         if event is not None:
             event.set()
+
+    async def _hand_over(self, message: Message) -> bool:
+        """Put ``message`` in the slot once it is free; ``False`` if the request is over."""
+        while self._slot and self._exchange is not None:
+            writable = self._writable = anyio.Event()
+            await writable.wait()
+        if self._exchange is None:
+            return False
+        self._slot.append(message)
+        readable = self._readable
+        if readable is not None:
+            readable.set()
+        return True
 
     async def _pump(self) -> None:
         exchange = self._exchange
@@ -447,23 +477,31 @@ class _Watch:
                 if message["type"] in _DISCONNECT:
                     self._last = message
                     exchange._disconnected()
-                    await self._to_app.send(message)
+                    await self._hand_over(message)
                     return
-                await self._to_app.send(message)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            pass  # the request is over
+                if not await self._hand_over(message):
+                    return  # the request is over
         except Exception as exc:  # the app gets it from its own receive()
             self._failure = exc
         finally:
-            self._to_app.close()
+            self._end()
 
     async def receive(self) -> Message:
-        try:
-            return await self._from_pump.receive()
-        except (anyio.EndOfStream, anyio.ClosedResourceError):
-            if self._failure is not None:
-                raise self._failure from None
-            return self._last
+        slot = self._slot
+        while not slot:
+            if self._ended:
+                if self._failure is not None:
+                    raise self._failure from None
+                return self._last
+            readable = self._readable
+            if readable is None or readable.is_set():
+                readable = self._readable = anyio.Event()
+            await readable.wait()
+        message = slot.popleft()  # taken only once resumed: a cancelled wait loses nothing
+        writable = self._writable
+        if writable is not None:
+            writable.set()
+        return message
 
 
 def request_signal(request: object) -> StopSignal:
