@@ -485,6 +485,6 @@ class TestForeignStopOnAVirtualClock:
             stopper.start()
             go.set()
             stopper.join()  # set() returned; the loop has not run our hook yet
-            time.sleep(0.1)  # the loop is busy (blocked) for longer than the grace
+            time.sleep(0.1)  # noqa: ASYNC251 - the loop is busy (blocked) past the grace
         record = scope.report.by_name("quick")
         assert (record.outcome, record.phase) == (Outcome.STOPPED, "grace")
