@@ -25,16 +25,7 @@ async def _ignores_its_grace(signal: StopSignal) -> None:
 
 
 class TestStopFromAPlainFunction:
-    async def test_a_staged_member_gets_its_own_grace(
-        self, request: pytest.FixtureRequest, anyio_backend_name: str
-    ) -> None:
-        # fails every run on asyncio and uvloop; trio loses the race about 1 run in 5
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=anyio_backend_name != "trio",
-                reason="the stage sequence ran before _on_stop: own grace never armed",
-            )
-        )
+    async def test_a_staged_member_gets_its_own_grace(self) -> None:
         scope = TaskScope(grace=60)
 
         def stop() -> None:  # a plain function: the scope's loop work runs later
@@ -50,7 +41,6 @@ class TestStopFromAPlainFunction:
         # its own grace ran out long before its nap ended: it was cancelled
         assert (record.outcome, record.phase) == (Outcome.CANCELLED, "cancelled")
 
-    @pytest.mark.xfail(strict=True, reason="_admit arms before _on_stop set _stop_base")
     async def test_a_member_with_grace_started_in_a_stage_made_after_the_stop(self) -> None:
         scope = TaskScope(grace=60)
 
