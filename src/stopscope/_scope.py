@@ -773,8 +773,8 @@ class TaskScope:
         if member.grace is not None and not self._hard:
             # started while its own signal is set: what is left of its grace
             start = self._stop_base if stage is None else stage.set_at
-            if start is not None:
-                self._arm(member, start)
+            if start is not None and self._stop_base is not None:
+                self._arm(member, start)  # else _on_stop arms it, once it has run
 
     def _arm(self, member: _Member, start: float) -> None:
         """Arm a member's own grace deadline, from ``start`` (loop clock), when its own
@@ -853,8 +853,15 @@ class TaskScope:
                 assert self._backend is not None
                 self._timer = self._backend.call_at(deadline, self._grace_expired)
         for member in list(self._live.values()):
-            if member.grace is not None and member.stage is None and member.deadline is None:
+            if member.grace is None or member.deadline is not None:
+                continue
+            stage = member.stage
+            if stage is None:
                 self._arm(member, base)
+            elif stage.set_at is not None:
+                # its stage was set before we ran (a stop from a handler, a thread or a
+                # plain function: the stage sequence may run first): its grace is due
+                self._arm(member, stage.set_at)
 
     def _grace_expired(self) -> None:
         """A timer call at the grace deadline: cancel what is left, then watch it."""
