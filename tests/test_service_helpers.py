@@ -111,3 +111,38 @@ class TestServerHookRefusals:
         monkeypatch.setattr("stopscope.asgi._hooks.signal.getsignal", lambda signum: None)
         with pytest.raises(RuntimeError, match=r"handled by native code here"):
             anyio.run(install)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+class TestGroupAlive:
+    """Whether a process group still holds a live process, when the kernel's answer
+    to ``killpg(pgid, 0)`` is not enough (a group we may not signal, no /proc)."""
+
+    def test_a_group_we_may_not_signal_is_read_from_proc(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        import os
+
+        from stopscope import _members
+
+        def refuse(pgid: int, signum: int) -> None:
+            raise PermissionError(pgid)
+
+        monkeypatch.setattr("stopscope._members.os.killpg", refuse)
+        assert _members._group_alive(os.getpgrp())  # this test runs in it
+        assert not _members._group_alive(2**22 + 12345)  # no such group in /proc
+
+    def test_without_proc_a_group_is_taken_for_alive(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        from stopscope import _members
+
+        def refuse(pgid: int, signum: int) -> None:
+            raise PermissionError(pgid)
+
+        def no_proc(path: str) -> list[str]:
+            raise OSError(path)
+
+        monkeypatch.setattr("stopscope._members.os.killpg", refuse)
+        monkeypatch.setattr("stopscope._members.os.listdir", no_proc)
+        assert _members._group_alive(2**22 + 12345)  # it cannot tell: it waits on
