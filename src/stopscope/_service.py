@@ -872,7 +872,25 @@ def stop_on_signals(
 # ------------------------------------------------------------------------- run()
 
 
-class _StderrFallback(logging.Handler):
+class _CurrentStderr(logging.Handler):
+    """Writes each record to ``sys.stderr`` as it is when the record comes (a test
+    runner or an application may have replaced it since the handler was made)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._write(record)
+
+    def _write(self, record: logging.LogRecord) -> None:
+        stream = sys.stderr
+        if stream is None:
+            return
+        try:
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except Exception:
+            self.handleError(record)
+
+
+class _StderrFallback(_CurrentStderr):
     """Under :func:`run`: write stopscope's warnings to stderr if no handler would.
 
     Checked per record, so an application that configures logging later (inside
@@ -895,16 +913,6 @@ class _StderrFallback(logging.Handler):
         if self._handled_elsewhere(record):
             return
         self._write(record)
-
-    def _write(self, record: logging.LogRecord) -> None:
-        stream = sys.stderr
-        if stream is None:
-            return
-        try:
-            stream.write(self.format(record) + "\n")
-            stream.flush()
-        except Exception:
-            self.handleError(record)
 
     def _handled_elsewhere(self, record: logging.LogRecord, any_level: bool = False) -> bool:
         current: logging.Logger | None = logging.getLogger(record.name)

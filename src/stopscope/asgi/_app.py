@@ -15,6 +15,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .._report import ShutdownReport
 from .._scope import TaskScope, _check_grace, current_record
+from .._service import _CurrentStderr
 from .._signal import StopSignal, logger
 from ..servers._drain import Drain, check_drain_delay
 from ..servers._readiness import (
@@ -578,7 +579,7 @@ class _InnerLifespan:
             stream.close()
 
 
-class _LogFallback(logging.Handler):
+class _LogFallback(_CurrentStderr):
     """While a GracefulApp runs: stopscope's INFO lines (the steps, the report) go to
     stderr when the server's logging config gives them no handler (uvicorn's, gunicorn's
     and hypercorn's configure their own loggers only)."""
@@ -601,16 +602,6 @@ class _LogFallback(logging.Handler):
     def detach(self) -> None:
         logger.removeHandler(self)
         logger.setLevel(self._level)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        stream = sys.stderr
-        if stream is None:
-            return
-        try:
-            stream.write(self.format(record) + "\n")
-            stream.flush()
-        except Exception:
-            self.handleError(record)
 
 
 class _NoFallback:
