@@ -65,6 +65,15 @@ PosArgsT = TypeVarTuple("PosArgsT")
 #: seconds after cancellation before a member still running is reported (then doubling)
 AFTER_CANCEL_REPORT_DELAY: float = 1.0
 
+#: Who listens to stops (``stopscope.otel``), or None.  A scope reads it only on the
+#: stop's slow paths (escalation, a laggard, a member cut, the end of a stopped scope),
+#: so nobody listening costs one global load there and nothing per member.  A listener
+#: has ``event(scope, record, name, attributes)`` (``record`` None: the scope's own)
+#: and ``finished(scope)``, called as a stopped scope exits; both run on the loop and
+#: must be quick and never raise.  ``run()`` calls its ``at_exit()`` once ``main`` is
+#: done, off the loop, so that the telemetry leaves before the process does.
+_observer: Any = None
+
 
 def _check_grace(value: float | None, none_means: str = "to wait forever") -> float | None:
     """Validate a ``grace`` argument; ``inf`` becomes ``None``."""
@@ -167,10 +176,11 @@ def _stack_of_frames(frames: list[FrameType]) -> traceback.StackSummary:
 class _Stage:
     """A section of the start order that is stopped as one, after the later sections."""
 
-    __slots__ = ("done", "live", "name", "set_at", "signal")
+    __slots__ = ("done", "first", "live", "name", "set_at", "signal")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, first: int) -> None:
         self.name = name
+        self.first = first  # the index of its first member's record (later ones follow)
         self.signal = StopSignal()
         self.live = 0
         self.done: anyio.Event | None = None
@@ -437,7 +447,7 @@ class TaskScope:
         :param name: a name for logs (default ``"stage N"``)
         """
         tg = self._check_open("stage")
-        stage = _Stage(name or f"stage {len(self._stages) + 1}")
+        stage = _Stage(name or f"stage {len(self._stages) + 1}", len(self._records))
         self._stages.append(stage)
         if self._signal.is_set():
             stage.set_at = self._clock()
@@ -813,6 +823,9 @@ class TaskScope:
         marks = backend.cancel_marks(self._entered, task)
         cs.cancel()
         member.marks = backend.cancel_shields(self._entered, marks, task)
+        observer = _observer
+        if observer is not None:
+            observer.event(self, member.record, "stopscope.escalation", {"grace": member.grace})
 
     def _stop_moment(self) -> float:
         """When stop was requested (``time.monotonic()``), as close as we can tell."""
@@ -871,6 +884,9 @@ class TaskScope:
             return
         self._cancelling = True
         self._cut_kind = GRACE
+        observer = _observer
+        if observer is not None:
+            observer.event(self, None, "stopscope.escalation", {"live": len(self._live)})
         self._cancel_group(tg)
         self._watch_laggards()
 
@@ -929,6 +945,11 @@ class TaskScope:
                 where,
                 stack,
             )
+            observer = _observer
+            if observer is not None:
+                observer.event(
+                    self, member.record, "stopscope.laggard", {"where": where, "since": since}
+                )
         self._laggard_delay = min(self._laggard_delay * 2, 30.0)
         assert self._backend is not None
         self._timer = self._backend.call_at(
@@ -1231,7 +1252,11 @@ class TaskScope:
             self._check_idle()
 
     def _forget(self, member: _Member) -> None:
-        self._records.remove(member.record)
+        index = self._records.index(member.record)
+        del self._records[index]
+        for stage in self._stages:  # the stages' first records move up with the rest
+            if stage.first > index:
+                stage.first -= 1
         self._leave(member)
 
     def _label(self) -> str:
@@ -1258,6 +1283,9 @@ class TaskScope:
             where,
             stack,
         )
+        observer = _observer
+        if observer is not None:
+            observer.event(self, member.record, "stopscope.cancelled", {"where": where})
 
     def _log_summary(self) -> None:
         """One INFO line per stop: reason, grace, members by outcome, the slowest."""
@@ -1324,6 +1352,9 @@ class TaskScope:
         if self._cut:  # for run(fail_if_cut_short=True)
             _members.scope_exited(self.report)
         self._log_summary()
+        observer = _observer
+        if observer is not None and self._requested_at is not None:
+            observer.finished(self)
         if self._hard:
             cut = [r.name for r in self._records if r.outcome is Outcome.CANCELLED]
             if self._outside:
