@@ -67,6 +67,7 @@ from typing import Any, Final, Literal, NoReturn, TypeVar, final
 import anyio
 import anyio.abc
 
+from . import _scope
 from ._backends import current
 from ._members import _abandoned_threads, _open_traps, _Trap
 from ._members import _note_scope_report as _note_scope_report
@@ -985,6 +986,13 @@ class _Outcome:
         self.trap: SignalTrap | None = None
 
 
+def _flush_telemetry() -> None:
+    """``main`` is done: stopscope.otel exports the stop, within its reserve (if on)."""
+    observer = _scope._observer
+    if observer is not None:
+        observer.at_exit()
+
+
 def run(
     main: Callable[[StopSignal, Unpack[PosArgsT]], Awaitable[T]],
     *args: Unpack[PosArgsT],
@@ -1109,7 +1117,10 @@ def run(
     logger.addHandler(fallback)
     try:
         try:
-            anyio.run(runner, backend=backend, backend_options=backend_options)
+            try:
+                anyio.run(runner, backend=backend, backend_options=backend_options)
+            finally:
+                _flush_telemetry()
         except Exception as exc:
             _summary(fallback, outcome.trap, label, "raised")
             if _abandoned_threads:

@@ -1,0 +1,509 @@
+"""OpenTelemetry for stops: a span tree and counters for every :class:`~stopscope.TaskScope` stop.
+
+::
+
+    import stopscope
+    import stopscope.otel
+
+    stopscope.otel.instrument()          # the global providers your SDK set up
+    # or: stopscope.otel.instrument(exporter="otlp")   # OTLP/HTTP, from OTEL_* variables
+    stopscope.run(main)                  # flushes the telemetry before the process exits
+
+Needs the ``otel`` extra (``pip install "stopscope[otel]"``, the OpenTelemetry API);
+``exporter="otlp"`` and ``"console"`` need the SDK too.  Once instrumented, every
+scope that stops yields one span for the stop, a child span per stage, and a child span
+(of its stage, or of the stop) per member that was running when the stop came, with
+the report's facts as attributes and an event per escalation, cut and laggard warning.
+The spans are built from the scope's recorded times once the stop is over, off the
+event loop (a worker thread), so the stop itself pays for none of it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import signal as _signal_module
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
+
+from . import _scope
+from ._report import Outcome, TaskRecord
+from ._signal import logger
+
+if TYPE_CHECKING:
+    from ._scope import TaskScope
+
+__all__ = [
+    "DEFAULT_FLUSH_RESERVE",
+    "EXPORTERS",
+    "flush",
+    "flush_reserve",
+    "instrument",
+    "is_instrumented",
+    "uninstrument",
+]
+
+#: seconds :func:`~stopscope.run` gives the telemetry to leave before the process exits
+DEFAULT_FLUSH_RESERVE: Final = 1.0
+
+#: the ``exporter`` names :func:`instrument` knows (``None``: the providers you set up)
+EXPORTERS: Final = ("otlp", "console")
+
+_INSTALL_API: Final = 'pip install "stopscope[otel]"'
+_INSTALL_SDK: Final = {
+    "otlp": "pip install opentelemetry-sdk opentelemetry-exporter-otlp-proto-http",
+    "console": "pip install opentelemetry-sdk",
+}
+
+_lock = threading.Lock()
+_listener: _Listener | None = None
+
+
+class _Stop(NamedTuple):
+    """What a finished stop leaves for the worker thread (all of it final)."""
+
+    name: str | None
+    grace: float | None
+    reason: object
+    requested: float  # time.monotonic()
+    ended: float  # time.monotonic()
+    wall_offset: int  # time.time_ns() - time.monotonic_ns() at the end
+    clock_offset: float  # the loop clock minus time.monotonic()
+    hard: bool
+    outside: bool
+    records: tuple[TaskRecord, ...]
+    stages: tuple[tuple[str, float | None, int], ...]  # name, set_at (loop clock), first
+    events: list[tuple[int, TaskRecord | None, str, dict[str, Any]]]
+
+
+def _reason_text(reason: object) -> str:
+    return _scope._reason_text(reason)
+
+
+def _signal_name(reason: object) -> str | None:
+    if isinstance(reason, _signal_module.Signals):
+        return reason.name
+    return None
+
+
+class _Listener:
+    """The observer a scope calls (``_scope._observer``), and the worker that exports."""
+
+    def __init__(
+        self,
+        tracer_provider: Any,
+        meter_provider: Any,
+        reserve: float,
+        owned: bool,
+    ) -> None:
+        from opentelemetry import metrics, trace
+
+        from . import __version__
+
+        self.tracer_provider = tracer_provider
+        self.meter_provider = meter_provider
+        self.reserve = reserve
+        self.owned = owned  # providers made by instrument(exporter=...): shut down at the end
+        self._trace = trace
+        self.tracer = (tracer_provider or trace.get_tracer_provider()).get_tracer(
+            "stopscope", __version__
+        )
+        meter = (meter_provider or metrics.get_meter_provider()).get_meter("stopscope", __version__)
+        self.stops = meter.create_counter(
+            "stopscope.stops", unit="{stop}", description="TaskScope stops"
+        )
+        self.cancelled = meter.create_counter(
+            "stopscope.members.cancelled",
+            unit="{member}",
+            description="members cancelled (or threads abandoned) after their grace",
+        )
+        self.cut = meter.create_counter(
+            "stopscope.cut",
+            unit="{request}",
+            description="requests, connections and cleanups cut short by a stop",
+        )
+        self._pending: dict[TaskScope, list[tuple[int, TaskRecord | None, str, dict[str, Any]]]]
+        self._pending = {}
+        self._queue: list[_Stop] = []
+        self._cond = threading.Condition()
+        self._submitted = 0
+        self._done = 0
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    # -- called by scopes, on their loop: quick, and never raising ------------------
+
+    def event(
+        self, scope: TaskScope, record: TaskRecord | None, name: str, attributes: dict[str, Any]
+    ) -> None:
+        self._pending.setdefault(scope, []).append((time.time_ns(), record, name, attributes))
+
+    def finished(self, scope: TaskScope) -> None:
+        requested = scope._requested_at
+        assert requested is not None
+        events = self._pending.pop(scope, [])
+        stop = _Stop(
+            scope.name,
+            scope._grace,
+            scope._signal.reason,
+            requested,
+            time.monotonic(),
+            time.time_ns() - time.monotonic_ns(),
+            scope._clock_offset,
+            scope._hard,
+            scope._outside,
+            tuple(scope._records),
+            tuple((s.name, s.set_at, s.first) for s in scope._stages),
+            events,
+        )
+        with self._cond:
+            if self._closed:
+                return
+            self._queue.append(stop)
+            self._submitted += 1
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._work, name="stopscope.otel exporter", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify_all()
+
+    # -- the worker thread -------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                stop = self._queue.pop(0)
+            try:
+                self._export(stop)
+            except Exception:  # telemetry must never take the service down
+                logger.exception("stopscope.otel: could not record a stop")
+            with self._cond:
+                self._done += 1
+                self._cond.notify_all()
+
+    def _export(self, stop: _Stop) -> None:
+        from opentelemetry.trace import Status, StatusCode
+
+        trace = self._trace
+        tracer = self.tracer
+
+        def wall(mono: float) -> int:
+            return stop.wall_offset + int(mono * 1e9)
+
+        start, end = stop.requested, max(stop.ended, stop.requested)
+
+        def within(mono: float) -> float:
+            return min(max(mono, start), end)
+
+        records = stop.records
+        cut_members = [r for r in records if r.outcome in (Outcome.CANCELLED, Outcome.ABANDONED)]
+        cut = sum(r.cut for r in records)
+        signal_name = _signal_name(stop.reason)
+        scope_name = stop.name or "TaskScope"
+        attributes: dict[str, Any] = {
+            "stopscope.scope": scope_name,
+            "stopscope.reason": _reason_text(stop.reason),
+            "stopscope.hard": stop.hard,
+            "stopscope.members": len(records),
+            "stopscope.members.cut": len(cut_members),
+            "stopscope.cut": cut,
+            "stopscope.latency": end - start,
+        }
+        if signal_name is not None:
+            attributes["stopscope.signal"] = signal_name
+        if stop.grace is not None:
+            attributes["stopscope.grace"] = stop.grace
+        root = tracer.start_span(
+            f"stop {scope_name}", attributes=attributes, start_time=wall(start)
+        )
+        failed = [r for r in records if r.outcome is Outcome.FAILED]
+        if failed:
+            root.set_status(Status(StatusCode.ERROR, f"{len(failed)} member(s) failed"))
+        # the stages, each a child of the stop, with the members that belong to it
+        # (a member's stop starts with its stage's, or with the scope's)
+        parents: list[Any] = [root] * len(records)
+        starts = [start] * len(records)
+        stage_spans: list[tuple[Any, float, tuple[TaskRecord, ...]]] = []
+        bounds = [first for _, _, first in stop.stages] + [len(records)]
+        for i, (name, set_at, first) in enumerate(stop.stages):
+            mine = records[first : bounds[i + 1]]
+            # set_at is on the loop's clock (set for every stage once the scope stopped)
+            begun = start if set_at is None else within(set_at - stop.clock_offset)
+            span = tracer.start_span(
+                f"stage {name}",
+                context=trace.set_span_in_context(root),
+                attributes={"stopscope.stage": name, "stopscope.members": len(mine)},
+                start_time=wall(begun),
+            )
+            stage_spans.append((span, begun, mine))
+            parents[first : bounds[i + 1]] = [span] * len(mine)
+            starts[first : bounds[i + 1]] = [begun] * len(mine)
+        member_spans: dict[int, Any] = {}
+        for record, parent, begun in zip(records, parents, starts, strict=True):
+            if record.outcome is Outcome.FINISHED:
+                continue  # it ended before the stop: not part of it
+            exited = end if record.exited_at is None else within(record.exited_at)
+            attrs: dict[str, Any] = {
+                "stopscope.member": record.name,
+                "stopscope.kind": record.kind,
+                "stopscope.outcome": record.outcome.value,
+                "stopscope.phase": record.phase,
+                "stopscope.cut": record.cut,
+            }
+            if record.latency is not None:
+                attrs["stopscope.latency"] = record.latency
+            if record.exit_code is not None:
+                attrs["stopscope.exit_code"] = record.exit_code
+            span = tracer.start_span(
+                f"member {record.name}",
+                context=trace.set_span_in_context(parent),
+                attributes=attrs,
+                start_time=wall(min(begun, exited)),
+            )
+            if record.error is not None:
+                span.record_exception(record.error, timestamp=wall(exited))
+                span.set_status(Status(StatusCode.ERROR, _scope._reason_text(record.error)))
+            member_spans[id(record)] = (span, exited)
+        for at, whose, name, event_attrs in stop.events:
+            target = root if whose is None else member_spans.get(id(whose), (root,))[0]
+            target.add_event(
+                name, {f"stopscope.{k}": v for k, v in event_attrs.items() if v is not None}, at
+            )
+        for span, exited in member_spans.values():
+            span.end(wall(exited))
+        for span, begun, mine in stage_spans:
+            ends = [within(r.exited_at) for r in mine if r.exited_at is not None]
+            span.end(wall(max([begun, *ends])))
+        root.end(wall(end))
+        labels = {"stopscope.scope": scope_name}
+        self.stops.add(1, {**labels, "stopscope.hard": stop.hard})
+        for outcome in (Outcome.CANCELLED, Outcome.ABANDONED):
+            self.cancelled.add(
+                sum(1 for r in cut_members if r.outcome is outcome),
+                {**labels, "stopscope.outcome": outcome.value},
+            )
+        self.cut.add(cut, labels)
+
+    # -- flushing --------------------------------------------------------------------
+
+    def flush(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            target = self._submitted
+            while self._done < target:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        ok = True
+        for provider in self._providers():
+            force_flush = getattr(provider, "force_flush", None)
+            if force_flush is None:
+                continue  # the API's no-op providers: nothing to flush
+            left = max(0.0, deadline - time.monotonic())
+            ok = bool(force_flush(timeout_millis=left * 1000)) and ok
+        return ok
+
+    def _providers(self) -> list[Any]:
+        from opentelemetry import metrics, trace
+
+        return [
+            self.tracer_provider or trace.get_tracer_provider(),
+            self.meter_provider or metrics.get_meter_provider(),
+        ]
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(self.reserve)
+        if self.owned:
+            for provider in self._providers():
+                provider.shutdown()
+
+    def at_exit(self) -> None:
+        self.flush(self.reserve)
+
+
+def _import_api() -> None:
+    try:
+        import opentelemetry.metrics
+        import opentelemetry.trace  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(
+            f"stopscope.otel needs the OpenTelemetry API, which is not installed: {_INSTALL_API}"
+        ) from exc
+
+
+def _make_providers(exporter: str) -> tuple[Any, Any]:
+    """SDK providers that send to ``exporter`` (a name of :data:`EXPORTERS`)."""
+    try:
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        if exporter == "otlp":
+            from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+                OTLPMetricExporter,
+            )
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            spans: Any = OTLPSpanExporter()
+            metrics: Any = OTLPMetricExporter()
+        else:
+            from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
+            from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+            spans, metrics = ConsoleSpanExporter(), ConsoleMetricExporter()
+    except ImportError as exc:
+        raise ImportError(
+            f"stopscope.otel.instrument(exporter={exporter!r}) needs the OpenTelemetry SDK "
+            f"and that exporter: {_INSTALL_SDK[exporter]}"
+        ) from exc
+    resource = Resource.create()  # service.name and the rest from OTEL_* variables
+    tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+    tracer_provider.add_span_processor(BatchSpanProcessor(spans))
+    reader = PeriodicExportingMetricReader(metrics)
+    meter_provider = MeterProvider(
+        resource=resource, metric_readers=[reader], shutdown_on_exit=False
+    )
+    return tracer_provider, meter_provider
+
+
+def _check_reserve(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`flush_reserve` must be a number of seconds, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"`flush_reserve` must be a finite number of seconds >= 0, got {value!r}")
+    return value
+
+
+def instrument(
+    *,
+    tracer_provider: Any = None,
+    meter_provider: Any = None,
+    exporter: str | None = None,
+    flush_reserve: float = DEFAULT_FLUSH_RESERVE,
+) -> None:
+    """Record every :class:`~stopscope.TaskScope` stop as spans and counters, from now on.
+
+    ::
+
+        stopscope.otel.instrument()                  # the global providers
+        stopscope.otel.instrument(exporter="otlp")   # or: an OTLP/HTTP pipeline of its own
+
+    Call it once, at startup, before the scopes you want to see stop.  Spans are
+    built when a stop is over, from its recorded times, by a worker thread.
+    :func:`~stopscope.run` flushes them (and the counters) when ``main`` is done,
+    spending at most ``flush_reserve`` seconds, so count that reserve in the
+    orchestrator's budget on top of ``grace``; without ``run()``, call
+    :func:`flush` before the process exits.
+
+    :param tracer_provider: where spans go (default: the global one,
+        :func:`opentelemetry.trace.get_tracer_provider`, read when a stop is recorded)
+    :param meter_provider: where the counters go (default: the global one)
+    :param exporter: ``None`` (use the providers above), or a name of
+        :data:`EXPORTERS`: ``"otlp"`` builds SDK providers with the OTLP/HTTP
+        exporters (configured by the standard ``OTEL_EXPORTER_OTLP_*`` variables),
+        ``"console"`` prints to stdout; either needs the OpenTelemetry SDK
+    :param flush_reserve: the seconds :func:`~stopscope.run` may spend flushing
+        telemetry after ``main`` is done (see :func:`flush_reserve`)
+    :raises ImportError: if the OpenTelemetry API (the ``otel`` extra) or, for
+        ``exporter``, the SDK is not installed; the message says what to install
+    :raises ValueError: for an unknown ``exporter``, or an ``exporter`` together with
+        providers
+    :raises RuntimeError: if already instrumented (call :func:`uninstrument` first)
+    """
+    global _listener
+    reserve = _check_reserve(flush_reserve)
+    if exporter is not None:
+        if exporter not in EXPORTERS:
+            names = ", ".join(repr(n) for n in EXPORTERS)
+            raise ValueError(
+                f"`exporter` must be None (your own providers) or one of {names}, got {exporter!r}"
+            )
+        if tracer_provider is not None or meter_provider is not None:
+            raise ValueError(
+                "pass either `exporter` or your own `tracer_provider`/`meter_provider`, not both"
+            )
+    _import_api()
+    with _lock:
+        if _listener is not None:
+            raise RuntimeError(
+                "stopscope.otel is already instrumented; call stopscope.otel.uninstrument() "
+                "first to change how"
+            )
+        owned = exporter is not None
+        if owned:
+            assert exporter is not None
+            tracer_provider, meter_provider = _make_providers(exporter)
+        listener = _Listener(tracer_provider, meter_provider, reserve, owned)
+        _listener = listener
+        _scope._observer = listener
+        atexit.register(listener.at_exit)
+
+
+def uninstrument() -> None:
+    """Stop recording stops; flush what was recorded (within the reserve).
+
+    Providers that :func:`instrument` made for an ``exporter`` are shut down; yours
+    are left as they are.  Does nothing if not instrumented.
+    """
+    global _listener
+    with _lock:
+        listener = _listener
+        if listener is None:
+            return
+        _listener = None
+        _scope._observer = None
+    atexit.unregister(listener.at_exit)
+    listener.flush(listener.reserve)
+    listener.close()
+
+
+def is_instrumented() -> bool:
+    """Whether :func:`instrument` is in effect."""
+    return _listener is not None
+
+
+def flush(timeout: float | None = None) -> bool:
+    """Export what was recorded so far: wait for the worker, then flush the providers.
+
+    :param timeout: seconds to spend at most (default: the reserve given to
+        :func:`instrument`)
+    :return: ``True`` if everything was exported in time (also when not instrumented)
+    """
+    listener = _listener
+    if listener is None:
+        return True
+    if timeout is None:
+        return listener.flush(listener.reserve)
+    return listener.flush(_check_timeout(timeout))
+
+
+def _check_timeout(value: object) -> float:
+    try:
+        return _check_reserve(value)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(str(exc).replace("`flush_reserve`", "`timeout`")) from None
+
+
+def flush_reserve() -> float:
+    """The seconds :func:`~stopscope.run` spends at most flushing telemetry as it ends.
+
+    ``0.0`` when not instrumented.  A budget check (``grace`` + drain + reserves
+    against ``terminationGracePeriodSeconds``) adds it.
+    """
+    listener = _listener
+    return 0.0 if listener is None else listener.reserve
