@@ -176,7 +176,7 @@ def _stack_of_frames(frames: list[FrameType]) -> traceback.StackSummary:
 class _Stage:
     """A section of the start order that is stopped as one, after the later sections."""
 
-    __slots__ = ("done", "first", "live", "name", "set_at", "signal")
+    __slots__ = ("done", "first", "live", "name", "set_at", "set_real", "signal")
 
     def __init__(self, name: str, first: int) -> None:
         self.name = name
@@ -185,6 +185,7 @@ class _Stage:
         self.live = 0
         self.done: anyio.Event | None = None
         self.set_at: float | None = None  # loop clock: when the scope set its signal
+        self.set_real: float | None = None  # ...and on time.monotonic(), for telemetry
 
 
 class _Member(MemberFacts):
@@ -451,6 +452,7 @@ class TaskScope:
         self._stages.append(stage)
         if self._signal.is_set():
             stage.set_at = self._clock()
+            stage.set_real = time.monotonic()
             stage.signal.set(self._signal.reason)
         elif len(self._stages) == 1:
             # made here, not in the task: the body may end (and want the sequence
@@ -804,6 +806,7 @@ class TaskScope:
     def _arm_stage(self, stage: _Stage) -> None:
         """A stage's signal was just set: its members' own grace starts now."""
         stage.set_at = start = self._clock()
+        stage.set_real = time.monotonic()
         if self._hard or self._stop_base is None or self._state == "closed":
             return
         for member in list(self._live.values()):

@@ -69,11 +69,10 @@ class _Stop(NamedTuple):
     requested: float  # time.monotonic()
     ended: float  # time.monotonic()
     wall_offset: int  # time.time_ns() - time.monotonic_ns() at the end
-    clock_offset: float  # the loop clock minus time.monotonic()
     hard: bool
     outside: bool
     records: tuple[TaskRecord, ...]
-    stages: tuple[tuple[str, float | None, int], ...]  # name, set_at (loop clock), first
+    stages: tuple[tuple[str, float | None, int], ...]  # name, set (monotonic), first
     events: list[tuple[int, TaskRecord | None, str, dict[str, Any]]]
 
 
@@ -150,11 +149,10 @@ class _Listener:
             requested,
             time.monotonic(),
             time.time_ns() - time.monotonic_ns(),
-            scope._clock_offset,
             scope._hard,
             scope._outside,
             tuple(scope._records),
-            tuple((s.name, s.set_at, s.first) for s in scope._stages),
+            tuple((s.name, s.set_real, s.first) for s in scope._stages),
             events,
         )
         with self._cond:
@@ -233,8 +231,12 @@ class _Listener:
         bounds = [first for _, _, first in stop.stages] + [len(records)]
         for i, (name, set_at, first) in enumerate(stop.stages):
             mine = records[first : bounds[i + 1]]
-            # set_at is on the loop's clock (set for every stage once the scope stopped)
-            begun = start if set_at is None else within(set_at - stop.clock_offset)
+            # (every stage is set once the scope stopped; a member that left before its
+            # stage was set starts the stage's span)
+            begun = within(start if set_at is None else set_at)
+            for record in mine:
+                if record.outcome is not Outcome.FINISHED and record.exited_at is not None:
+                    begun = min(begun, within(record.exited_at))
             span = tracer.start_span(
                 f"stage {name}",
                 context=trace.set_span_in_context(root),
@@ -264,7 +266,7 @@ class _Listener:
                 f"member {record.name}",
                 context=trace.set_span_in_context(parent),
                 attributes=attrs,
-                start_time=wall(min(begun, exited)),
+                start_time=wall(begun),
             )
             if record.error is not None:
                 span.record_exception(record.error, timestamp=wall(exited))
@@ -484,12 +486,11 @@ def flush(timeout: float | None = None) -> bool:
         :func:`instrument`)
     :return: ``True`` if everything was exported in time (also when not instrumented)
     """
+    seconds = None if timeout is None else _check_timeout(timeout)
     listener = _listener
     if listener is None:
         return True
-    if timeout is None:
-        return listener.flush(listener.reserve)
-    return listener.flush(_check_timeout(timeout))
+    return listener.flush(listener.reserve if seconds is None else seconds)
 
 
 def _check_timeout(value: object) -> float:
