@@ -411,6 +411,18 @@ class TestRobustness:
             tracer.release.set()
             stopscope.otel.uninstrument()
 
+    async def test_spans_leave_by_themselves_shortly_after_the_stop(
+        self, telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(stopscope.otel, "_POLL", 0.01)  # the worker looks often,
+        monkeypatch.setattr(stopscope.otel, "_SETTLE", 0.1)  # and waits for the stop to settle
+        with anyio.fail_after(HANG_GUARD):
+            async with TaskScope(grace=30) as scope:
+                scope.start_soon(until_stopped, scope.signal)
+            while not telemetry.exporter.get_finished_spans():  # no flush: the worker's poll
+                await anyio.sleep(0.01)
+        assert len(telemetry.exporter.get_finished_spans()) == 2
+
     async def test_off_means_no_observer_at_all(self, telemetry: Telemetry) -> None:
         assert _scope._observer is not None
         stopscope.otel.uninstrument()

@@ -56,6 +56,13 @@ _INSTALL_SDK: Final = {
     "console": "pip install opentelemetry-sdk",
 }
 
+#: The worker looks for finished stops this often (seconds), and builds the spans of
+#: those that ended at least _SETTLE seconds ago; a flush takes them all at once.  A
+#: stop never wakes it: a thread woken there takes the GIL from the loop right when the
+#: service is busiest (measured: a p90 of milliseconds on a stop of microseconds).
+_POLL = 0.5
+_SETTLE = 0.1
+
 _lock = threading.Lock()
 _listener: _Listener | None = None
 
@@ -128,8 +135,12 @@ class _Listener:
         self._cond = threading.Condition()
         self._submitted = 0
         self._done = 0
-        self._thread: threading.Thread | None = None
+        self._urgent = 0  # flushes waiting
         self._closed = False
+        self._thread = threading.Thread(
+            target=self._work, name="stopscope.otel exporter", daemon=True
+        )
+        self._thread.start()
 
     # -- called by scopes, on their loop: quick, and never raising ------------------
 
@@ -160,30 +171,44 @@ class _Listener:
                 return
             self._queue.append(stop)
             self._submitted += 1
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._work, name="stopscope.otel exporter", daemon=True
-                )
-                self._thread.start()
-            self._cond.notify_all()
 
     # -- the worker thread -------------------------------------------------------------
 
+    def _take(self) -> list[_Stop] | None:
+        """The stops to export now (under the lock): all for a flush, else the settled."""
+        queue = self._queue
+        if not queue:
+            return None
+        n = len(queue)
+        if not self._urgent and not self._closed:
+            settled = time.monotonic() - _SETTLE
+            n = 0
+            while n < len(queue) and queue[n].ended <= settled:
+                n += 1
+            if not n:
+                return None
+        batch = queue[:n]
+        del queue[:n]
+        return batch
+
     def _work(self) -> None:
+        cond = self._cond
         while True:
-            with self._cond:
-                while not self._queue and not self._closed:
-                    self._cond.wait()
-                if not self._queue:
-                    return
-                stop = self._queue.pop(0)
-            try:
-                self._export(stop)
-            except Exception:  # telemetry must never take the service down
-                logger.exception("stopscope.otel: could not record a stop")
-            with self._cond:
-                self._done += 1
-                self._cond.notify_all()
+            with cond:
+                batch = self._take()
+                while batch is None:
+                    if self._closed:
+                        return
+                    cond.wait(_POLL)
+                    batch = self._take()
+            for stop in batch:
+                try:
+                    self._export(stop)
+                except Exception:  # telemetry must never take the service down
+                    logger.exception("stopscope.otel: could not record a stop")
+            with cond:
+                self._done += len(batch)
+                cond.notify_all()
 
     def _export(self, stop: _Stop) -> None:
         from opentelemetry.trace import Status, StatusCode
@@ -298,11 +323,16 @@ class _Listener:
         deadline = time.monotonic() + timeout
         with self._cond:
             target = self._submitted
-            while self._done < target:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
+            self._urgent += 1
+            self._cond.notify_all()
+            try:
+                while self._done < target:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._cond.wait(left)
+            finally:
+                self._urgent -= 1
         ok = True
         for provider in self._providers():
             force_flush = getattr(provider, "force_flush", None)
@@ -324,9 +354,7 @@ class _Listener:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-            thread = self._thread
-        if thread is not None:
-            thread.join(self.reserve)
+        self._thread.join(self.reserve)
         if self.owned:
             for provider in self._providers():
                 provider.shutdown()
