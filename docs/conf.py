@@ -94,6 +94,7 @@ site_nav: list[tuple[str, list[tuple[str, str]]]] = [
         ("An app under its server's own command", "how-to/deployments"),
         ("Threads and subprocesses", "how-to/threads-and-subprocesses"),
         ("Ordered shutdown", "how-to/ordered-shutdown"),
+        ("OpenTelemetry: the stop as spans", "how-to/opentelemetry"),
         ("Testing your workers", "how-to/testing"),
         ("Testing kit: every stop point", "testing"),
     ]),

@@ -441,7 +441,7 @@ def instrument(
     :func:`flush` before the process exits.
 
     :param tracer_provider: where spans go (default: the global one,
-        :func:`opentelemetry.trace.get_tracer_provider`, read when a stop is recorded)
+        ``opentelemetry.trace.get_tracer_provider()``, read when a stop is recorded)
     :param meter_provider: where the counters go (default: the global one)
     :param exporter: ``None`` (use the providers above), or a name of
         :data:`EXPORTERS`: ``"otlp"`` builds SDK providers with the OTLP/HTTP
