@@ -129,6 +129,7 @@ class TestSpanTree:
                 scope.start_soon(until_stopped, scope.signal, name="plain")
                 db = scope.stage("db")
                 scope.start_soon(until_stopped, db, name="writer")
+                scope.start_soon(quick, name="db-job")  # no span either, but counted
                 http = scope.stage("http")
                 scope.start_soon(until_stopped, http, name="server1")
                 scope.start_soon(until_stopped, http, name="server2")
@@ -149,6 +150,7 @@ class TestSpanTree:
         for name in ("stage db", "stage http", "member plain"):
             assert parent_of(spans[name]) == span_id(root)
         assert parent_of(spans["member writer"]) == span_id(spans["stage db"])
+        assert spans["stage db"].attributes == {"stopscope.stage": "db", "stopscope.members": 2}
         assert parent_of(spans["member server1"]) == span_id(spans["stage http"])
         assert parent_of(spans["member server2"]) == span_id(spans["stage http"])
         assert {span.context.trace_id for span in spans.values() if span.context} == {
@@ -167,7 +169,7 @@ class TestSpanTree:
             "stopscope.scope": "svc",
             "stopscope.reason": "deploy",
             "stopscope.hard": False,
-            "stopscope.members": 5,
+            "stopscope.members": 6,
             "stopscope.members.cut": 0,
             "stopscope.cut": 0,
             "stopscope.latency": pytest.approx((end - start) / 1e9, abs=1e-6),
@@ -202,6 +204,45 @@ class TestSpanTree:
         assert root.attributes is not None
         assert root.attributes["stopscope.signal"] == "SIGTERM"
         assert root.attributes["stopscope.reason"] == "Signals.SIGTERM"
+
+    async def test_a_start_refused_leaves_the_stages_members_in_place(
+        self, telemetry: Telemetry
+    ) -> None:
+        """start() of a callable that returns no coroutine forgets its record; a stage
+        created meanwhile (here by that very callable) still owns the right members."""
+        with anyio.fail_after(HANG_GUARD):
+            async with TaskScope(grace=30) as scope:
+                scope.start_soon(until_stopped, scope.signal, name="first")
+
+                late: list[StopSignal] = []
+
+                def not_async(task_status: object) -> int:
+                    late.append(scope.stage("late"))
+                    return 42
+
+                with pytest.raises(TypeError, match="start\\(\\) needs an async function"):
+                    await scope.start(not_async)
+                scope.start_soon(until_stopped, late[0], name="in-late")
+                stage = scope.stage("last")
+                scope.start_soon(until_stopped, stage, name="staged")
+                await anyio.wait_all_tasks_blocked()
+        spans = await telemetry.spans()
+        assert parent_of(spans["member first"]) == span_id(spans["stop TaskScope"])
+        assert parent_of(spans["member staged"]) == span_id(spans["stage last"])
+        assert parent_of(spans["member in-late"]) == span_id(spans["stage late"])
+        assert spans["stage late"].attributes == {"stopscope.stage": "late", "stopscope.members": 1}
+
+    async def test_without_grace_the_stop_has_no_grace_attribute(
+        self, telemetry: Telemetry
+    ) -> None:
+        with anyio.fail_after(HANG_GUARD):
+            async with TaskScope(grace=None) as scope:
+                scope.start_soon(until_stopped, scope.signal, name="worker")
+        root = (await telemetry.spans())["stop TaskScope"].attributes
+        assert root is not None
+        assert "stopscope.grace" not in root
+        assert "stopscope.signal" not in root
+        assert root["stopscope.reason"] == "StopReason.BODY_EXITED"
 
     async def test_no_span_when_the_scope_never_stopped(self, telemetry: Telemetry) -> None:
         async def quick() -> None:
@@ -416,6 +457,7 @@ class TestRobustness:
     ) -> None:
         monkeypatch.setattr(stopscope.otel, "_POLL", 0.01)  # the worker looks often,
         monkeypatch.setattr(stopscope.otel, "_SETTLE", 0.1)  # and waits for the stop to settle
+        assert stopscope.otel.flush()  # wakes the worker: it polls that often from now on
         with anyio.fail_after(HANG_GUARD):
             async with TaskScope(grace=30) as scope:
                 scope.start_soon(until_stopped, scope.signal)

@@ -167,8 +167,6 @@ class _Listener:
             events,
         )
         with self._cond:
-            if self._closed:
-                return
             self._queue.append(stop)
             self._submitted += 1
 
