@@ -221,7 +221,7 @@ class TestSpanTree:
                     return 42
 
                 with pytest.raises(TypeError, match="start\\(\\) needs an async function"):
-                    await scope.start(not_async)
+                    await scope.start(not_async)  # type: ignore[arg-type]
                 scope.start_soon(until_stopped, late[0], name="in-late")
                 stage = scope.stage("last")
                 scope.start_soon(until_stopped, stage, name="staged")
