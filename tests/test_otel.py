@@ -242,7 +242,7 @@ class TestSpanTree:
         assert root is not None
         assert "stopscope.grace" not in root
         assert "stopscope.signal" not in root
-        assert root["stopscope.reason"] == "StopReason.BODY_EXITED"
+        assert root["stopscope.reason"] == "body exited"  # as the log line says it
 
     async def test_no_span_when_the_scope_never_stopped(self, telemetry: Telemetry) -> None:
         async def quick() -> None:

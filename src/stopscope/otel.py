@@ -25,6 +25,7 @@ import math
 import signal as _signal_module
 import threading
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from . import _scope
@@ -75,12 +76,10 @@ class _Stop(NamedTuple):
     reason: object
     requested: float  # time.monotonic()
     ended: float  # time.monotonic()
-    wall_offset: int  # time.time_ns() - time.monotonic_ns() at the end
     hard: bool
-    outside: bool
     records: tuple[TaskRecord, ...]
     stages: tuple[tuple[str, float | None, int], ...]  # name, set (monotonic), first
-    events: list[tuple[int, TaskRecord | None, str, dict[str, Any]]]
+    events: Sequence[tuple[int, TaskRecord | None, str, dict[str, Any]]]
 
 
 def _reason_text(reason: object) -> str:
@@ -131,8 +130,9 @@ class _Listener:
         )
         self._pending: dict[TaskScope, list[tuple[int, TaskRecord | None, str, dict[str, Any]]]]
         self._pending = {}
-        self._queue: list[_Stop] = []
-        self._cond = threading.Condition()
+        self._queue: list[tuple[Any, ...]] = []  # _Stop fields
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._submitted = 0
         self._done = 0
         self._urgent = 0  # flushes waiting
@@ -152,27 +152,26 @@ class _Listener:
     def finished(self, scope: TaskScope) -> None:
         requested = scope._requested_at
         assert requested is not None
-        events = self._pending.pop(scope, [])
-        stop = _Stop(
+        # as little as will do: this runs at the end of the stop, on its loop
+        stages = scope._stages
+        stop = (  # a plain tuple (a _Stop's fields): a NamedTuple is slower to make
             scope.name,
             scope._grace,
-            scope._signal.reason,
+            scope._signal._reason,
             requested,
             time.monotonic(),
-            time.time_ns() - time.monotonic_ns(),
             scope._hard,
-            scope._outside,
             tuple(scope._records),
-            tuple((s.name, s.set_real, s.first) for s in scope._stages),
-            events,
+            tuple([(s.name, s.set_real, s.first) for s in stages]) if stages else (),
+            self._pending.pop(scope, ()),
         )
-        with self._cond:
+        with self._lock:
             self._queue.append(stop)
             self._submitted += 1
 
     # -- the worker thread -------------------------------------------------------------
 
-    def _take(self) -> list[_Stop] | None:
+    def _take(self) -> list[tuple[Any, ...]] | None:
         """The stops to export now (under the lock): all for a flush, else the settled."""
         queue = self._queue
         if not queue:
@@ -181,7 +180,7 @@ class _Listener:
         if not self._urgent and not self._closed:
             settled = time.monotonic() - _SETTLE
             n = 0
-            while n < len(queue) and queue[n].ended <= settled:
+            while n < len(queue) and _Stop._make(queue[n]).ended <= settled:
                 n += 1
             if not n:
                 return None
@@ -201,7 +200,7 @@ class _Listener:
                     batch = self._take()
             for stop in batch:
                 try:
-                    self._export(stop)
+                    self._export(_Stop._make(stop))
                 except Exception:  # telemetry must never take the service down
                     logger.exception("stopscope.otel: could not record a stop")
             with cond:
@@ -214,8 +213,10 @@ class _Listener:
         trace = self._trace
         tracer = self.tracer
 
+        wall_offset = time.time_ns() - time.monotonic_ns()  # the wall clock's, now
+
         def wall(mono: float) -> int:
-            return stop.wall_offset + int(mono * 1e9)
+            return wall_offset + int(mono * 1e9)
 
         start, end = stop.requested, max(stop.ended, stop.requested)
 
