@@ -194,6 +194,17 @@ class TestSpanTree:
         assert counters["stopscope.cut"] == [({"stopscope.scope": "svc"}, 0)]
         assert sum(v for _, v in counters["stopscope.members.cancelled"]) == 0
 
+    async def test_the_stop_is_a_child_of_the_span_current_where_the_block_ran(
+        self, telemetry: Telemetry
+    ) -> None:
+        tracer = telemetry.tracer_provider.get_tracer("test")
+        with anyio.fail_after(HANG_GUARD), tracer.start_as_current_span("request"):
+            async with TaskScope(grace=30) as scope:
+                scope.start_soon(until_stopped, scope.signal, name="worker")
+        spans = await telemetry.spans()
+        assert parent_of(spans["stop TaskScope"]) == span_id(spans["request"])
+        assert parent_of(spans["member worker"]) == span_id(spans["stop TaskScope"])
+
     async def test_a_stop_by_a_signal_names_it(self, telemetry: Telemetry) -> None:
         with anyio.fail_after(HANG_GUARD):
             async with TaskScope(grace=30) as scope:

@@ -80,6 +80,7 @@ class _Stop(NamedTuple):
     records: tuple[TaskRecord, ...]
     stages: tuple[tuple[str, float | None, int], ...]  # name, set (monotonic), first
     events: Sequence[tuple[int, TaskRecord | None, str, dict[str, Any]]]
+    context: Any  # the OpenTelemetry context of the task that ran the block
 
 
 def _reason_text(reason: object) -> str:
@@ -102,7 +103,7 @@ class _Listener:
         reserve: float,
         owned: bool,
     ) -> None:
-        from opentelemetry import metrics, trace
+        from opentelemetry import context, metrics, trace
 
         from . import __version__
 
@@ -111,6 +112,7 @@ class _Listener:
         self.reserve = reserve
         self.owned = owned  # providers made by instrument(exporter=...): shut down at the end
         self._trace = trace
+        self._context = context.get_current
         self.tracer = (tracer_provider or trace.get_tracer_provider()).get_tracer(
             "stopscope", __version__
         )
@@ -164,6 +166,7 @@ class _Listener:
             tuple(scope._records),
             tuple([(s.name, s.set_real, s.first) for s in stages]) if stages else (),
             self._pending.pop(scope, ()),
+            self._context(),
         )
         with self._lock:
             self._queue.append(stop)
@@ -242,7 +245,10 @@ class _Listener:
         if stop.grace is not None:
             attributes["stopscope.grace"] = stop.grace
         root = tracer.start_span(
-            f"stop {scope_name}", attributes=attributes, start_time=wall(start)
+            f"stop {scope_name}",
+            context=stop.context,  # a child of the span current where the block ran
+            attributes=attributes,
+            start_time=wall(start),
         )
         failed = [r for r in records if r.outcome is Outcome.FAILED]
         if failed:
