@@ -5,6 +5,7 @@ of instrument()."""
 from __future__ import annotations
 
 import http.server
+import json
 import logging
 import os
 import signal
@@ -714,3 +715,50 @@ def test_a_real_sigterm_reaches_the_collector(receiver: Receiver, backend: str) 
     assert by_outcome == {"cancelled": 1, "abandoned": 0}
     (stops,) = metrics["stopscope.stops"].sum.data_points
     assert stops.as_int == 1
+
+
+# ------------------------------------------------------------- the scripts behind the docs
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+class TestScripts:
+    """benchmarks/bench_otel.py and otel_span_tree.py still run (smoke: 1 sample each)."""
+
+    def test_bench_otel_smoke(self, tmp_path: Path) -> None:
+        out = tmp_path / "otel.json"
+        proc = subprocess.run(
+            [sys.executable, str(SCRIPTS / "bench_otel.py"), "--smoke", "--out", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=HANG_GUARD * 9,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        results = json.loads(out.read_text())
+        cells = {(r["backend"], r["n"], r["variant"]) for r in results["summary"]}
+        assert {variant for _, _, variant in cells} == {"without", "off", "on"}
+        assert {n for _, n, _ in cells} == {1, 1000}
+        assert all(r["samples"] == 1 for r in results["summary"])
+        assert results["hook_seconds_per_site"] >= 0
+
+    def test_span_tree_picture(self, tmp_path: Path) -> None:
+        svg, spans = tmp_path / "tree.svg", tmp_path / "tree.json"
+        proc = subprocess.run(
+            [
+                sys.executable,
+                str(SCRIPTS / "otel_span_tree.py"),
+                "--svg",
+                str(svg),
+                "--json",
+                str(spans),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=HANG_GUARD * 3,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        names = {span["name"] for span in json.loads(spans.read_text())["spans"]}
+        assert {"stop service", "stage http", "member stuck-export"} <= names
+        assert svg.read_text().startswith("<?xml")
