@@ -11,15 +11,17 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 import pytest
 import structlog
 from pythonjsonlogger.json import JsonFormatter
@@ -264,12 +266,6 @@ def test_run_without_a_budget_keeps_its_line(
     assert record.getMessage().endswith(" s after SIGTERM; exit status 0")
     assert (fields["budget"], fields["reserve"], fields["left"]) == (None, 5.0, None)
     assert fields["used"] is not None
-
-
-async def ignore_stop(stop: StopSignal) -> None:
-    with anyio.CancelScope(shield=True):
-        await anyio.lowlevel.checkpoint()
-    await anyio.sleep_forever()  # cancelled by run()'s grace
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -563,3 +559,59 @@ class TestGracefulAppRecord:
         with anyio.fail_after(HANG_GUARD):
             await lifespan_step(graceful, ["startup", "SIGTERM", "shutdown"], server_handler)
         assert not [r for r in caplog.records if hasattr(r, "stopscope")]
+
+
+# ------------------------------------------------- examples/stop_budget.py, for real
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "stop_budget.py"
+
+
+def example(*options: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(EXAMPLE.parent.parent / "src")}
+    return subprocess.Popen(
+        [sys.executable, str(EXAMPLE), *options],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGTERM")
+def test_the_example_logs_its_stop_as_json_against_the_budget() -> None:
+    proc = example(
+        "--port", "0", "--budget", "6", "--grace", "4", "--reserve", "1", "--drain-delay", "0.2"
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("listening on http://127.0.0.1:"), line
+        proc.send_signal(TERM)
+        _, err = proc.communicate(timeout=HANG_GUARD)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    lines = [json.loads(text) for text in err.splitlines()]
+    (service,) = [x for x in lines if x.get("stopscope", {}).get("event") == "service.stopped"]
+    fields = service["stopscope"]
+    assert (fields["budget"], fields["reserve"], fields["grace"]) == (6.0, 1.0, 4.0)
+    assert list(fields["phases"]) == ["drain delay", "HTTP drain"]
+    assert service["message"].startswith("main() returned ")
+    assert "; budget 6 s: drain delay " in service["message"]
+    (scope,) = [x for x in lines if x.get("stopscope", {}).get("event") == "scope.stopped"]
+    assert scope["stopscope"]["tasks"][0]["kind"] == "server"
+
+
+def test_the_example_refuses_a_grace_that_does_not_fit() -> None:
+    proc = example("--grace", "28", "--budget", "30")
+    out, err = proc.communicate(timeout=HANG_GUARD)
+    assert proc.returncode == 1
+    assert out == ""
+    assert err.strip() == (
+        "stop_budget.py: run(): the stop does not fit the orchestrator's budget: grace 28 s "
+        "+ reserve 5 s = 33 s > budget 30 s; shorten `grace` by 3 s (to 25 s), or "
+        "`reserve`, or raise the budget (terminationGracePeriodSeconds, TimeoutStopSec) "
+        "to 33 s"
+    )

@@ -1,0 +1,114 @@
+"""A/B: what the structured stop record (issue 19) costs a TaskScope's stop.
+
+The scope's summary line carries its report as a field (``extra={"stopscope": ...}``),
+built only when the ``stopscope`` logger is enabled for INFO.  A is the code as it is;
+B patches the building out (the field is an empty dict, the line and its text stay).
+Both are measured with the logger at INFO and a handler that takes every record and
+drops it (what the record costs to build, not what a formatter costs to write), and
+with the logger at WARNING (the default: nothing is built, so A/B should be 1).
+
+Measured in one process, A and B alternating round by round (their order
+alternating too), as the median of the paired ratios A/B of ``scope.stop()`` from the
+body -> the scope's exit, with N members in ``sig.wait()``.
+
+    python benchmarks/ab_stop_record.py [--rounds 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+
+import stopscope
+from stopscope import _scope
+
+BACKENDS: list[tuple[str, str, dict[str, Any]]] = [
+    ("asyncio", "asyncio", {}),
+    ("asyncio+uvloop", "asyncio", {"use_uvloop": True}),
+    ("trio", "trio", {}),
+]
+
+
+class Drop(logging.Handler):
+    """Takes every record (so the logger is enabled), writes nothing."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        pass
+
+
+def patch(old: bool) -> Callable[[], None]:
+    """B: the record's field built as an empty dict; returns how to undo it."""
+    if not old:
+        return lambda: None
+    saved = _scope.scope_fields
+    _scope.scope_fields = lambda report, name, grace: {}  # type: ignore[assignment]
+
+    def undo() -> None:
+        _scope.scope_fields = saved
+
+    return undo
+
+
+async def scope_stop_exit(n: int) -> float:
+    async def member(sig: stopscope.StopSignal) -> None:
+        await sig.wait()
+
+    async with stopscope.TaskScope(grace=60, name="bench") as scope:
+        for _ in range(n):
+            scope.start_soon(member, scope.signal)
+        await anyio.wait_all_tasks_blocked()
+        t0 = time.perf_counter()
+        scope.stop("bench")
+    return time.perf_counter() - t0
+
+
+async def measure(rounds: int, level: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    await anyio.lowlevel.checkpoint()
+    log = logging.getLogger("stopscope")
+    log.setLevel(level)
+    for n in (1, 100, 1000):
+        ratios: list[float] = []
+        count = rounds if n == 1 else max(10, rounds // (10 if n == 1000 else 2))
+        for i in range(count):
+            pair: dict[bool, float] = {}
+            for old in (False, True) if i % 2 else (True, False):
+                undo = patch(old)
+                try:
+                    gc.collect()
+                    gc.disable()
+                    pair[old] = await scope_stop_exit(n)
+                finally:
+                    gc.enable()
+                    undo()
+            ratios.append(pair[False] / pair[True])
+        out[f"N={n}"] = statistics.median(ratios)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=200)
+    args = parser.parse_args()
+    log = logging.getLogger("stopscope")
+    log.addHandler(Drop())
+    log.propagate = False
+    for level_name, level in (("INFO", logging.INFO), ("WARNING", logging.WARNING)):
+        for label, backend, options in BACKENDS:
+            figures = anyio.run(
+                measure, args.rounds, level, backend=backend, backend_options=options
+            )
+            cells = "  ".join(f"{k}: {v:.3f}" for k, v in figures.items())
+            print(f"logger at {level_name:8} {label:15} A/B median  {cells}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
