@@ -125,6 +125,14 @@ class TestScopeRecord:
         assert fields["tasks"][0]["cut"] == 3
         assert fields["outcomes"] == {"cancelled": 1}  # a member that cut is not STOPPED
 
+    async def test_a_scope_without_members(self, caplog: pytest.LogCaptureFixture) -> None:
+        caplog.set_level(logging.INFO, logger="stopscope")
+        async with TaskScope(grace=1) as scope:
+            scope.stop("nothing to do")
+        _, fields = fields_of(caplog, "scope.stopped")
+        assert (fields["members"], fields["outcomes"], fields["tasks"]) == (0, {}, [])
+        assert fields["took"] is None
+
     async def test_nothing_is_built_when_info_is_not_enabled(
         self, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
     ) -> None:
@@ -428,6 +436,11 @@ class TestTimeline:
         assert timeline.to_dict(104.5)["left"] == 25.5
         assert timeline.text(104.5) == "budget 30 s: drain delay 3.00 s; 4.5 s used, 25.5 s left"
         assert timeline.used(99.0) == 0.0
+
+    def test_used_without_a_budget(self) -> None:
+        timeline = Timeline(None, 5.0)
+        timeline.start(10.0)
+        assert timeline.text(12.0) == "no budget given: no phase recorded; 2 s used"
 
 
 # ------------------------------------------------- GracefulApp: phases in its report

@@ -1041,8 +1041,8 @@ def _summary(
     trap: SignalTrap | None,
     label: str,
     ended: str,
-    code: int | None = None,
-    timeline: Timeline | None = None,
+    code: int | None,
+    timeline: Timeline,
 ) -> None:
     """After a stop signal: one line on how ``main`` ended, and the exit status (INFO,
     and on stderr if logging is not set up, as the first signal's line).  With a
@@ -1055,10 +1055,9 @@ def _summary(
     took = now - trap._first_at
     status = "" if code is None else f"; exit status {code}"
     message = f"{label} {ended} {took:.3g} s after {first}{status}"
-    if timeline is not None:
-        timeline.started_at = trap._first_at  # the service's stop began at its first signal
-        if timeline.budget is not None:
-            message += f"; {timeline.text(now)}"
+    timeline.started_at = trap._first_at  # the service's stop began at its first signal
+    if timeline.budget is not None:
+        message += f"; {timeline.text(now)}"
     if logger.isEnabledFor(logging.INFO):
         fields = _service_fields(trap, label, ended, code, took, timeline, now)
         logger.info("%s", message, extra={LOG_FIELD: fields})
@@ -1071,7 +1070,7 @@ def _service_fields(
     ended: str,
     code: int | None,
     took: float,
-    timeline: Timeline | None,
+    timeline: Timeline,
     now: float,
 ) -> dict[str, Any]:
     """The structured form of the service's stop (see docs/observability.md)."""
@@ -1089,8 +1088,7 @@ def _service_fields(
         "cut_short": trap._cut_count,
         "cut_short_members": [r.to_dict() for r in trap._cut_records],
     }
-    if timeline is not None:
-        fields.update(timeline.to_dict(now))
+    fields.update(timeline.to_dict(now))
     return fields
 
 

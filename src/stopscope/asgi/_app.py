@@ -536,8 +536,7 @@ class GracefulApp:
         report = scope.report
         now = time.monotonic()
         timeline = self._timeline
-        if report.requested_at is not None:
-            timeline.start(report.requested_at)
+        timeline.start(report.requested_at)  # set by now: the server's shutdown stops it
         lines = str(report).splitlines()
         if timeline.budget is not None:
             lines.append(timeline.text(now))
