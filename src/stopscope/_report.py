@@ -112,7 +112,7 @@ class TaskRecord:
         return {
             "name": self.name,
             "kind": self.kind,
-            "outcome": self.outcome.value,
+            "outcome": self.outcome._value_,  # .value is a descriptor: 3x slower
             "latency": self.latency,
             "error": None if error is None else repr(error),
             "error_type": None if error is None else _type_name(error),
@@ -356,30 +356,36 @@ def _seconds_json(value: float | None) -> float | None:
 
 def scope_fields(report: ShutdownReport, name: str | None, grace: float | None) -> dict[str, Any]:
     """The structured form of a scope's stop: its report, and what an operator
-    filters on first (the signal, the outcomes counted, what was cut, how long)."""
-    fields = report.to_dict()
-    tasks = fields["tasks"]
+    filters on first (the signal, the outcomes counted, what was cut, how long).
+
+    One pass over the members: it runs on the stop's path when INFO is enabled."""
+    tasks: list[dict[str, Any]] = []
     counts: dict[str, int] = {}
-    for task in tasks:
-        counts[task["outcome"]] = counts.get(task["outcome"], 0) + 1
-    took: float | None = None
+    cut = 0
+    last: float | None = None
+    for record in report.tasks:
+        entry = record.to_dict()
+        tasks.append(entry)
+        outcome = entry["outcome"]
+        counts[outcome] = counts.get(outcome, 0) + 1
+        cut += record.cut
+        ended = record.exited_at
+        if ended is not None and (last is None or ended > last):
+            last = ended
     requested = report.requested_at
-    if requested is not None:
-        ends = [r.exited_at for r in report.tasks if r.exited_at is not None]
-        if ends:
-            took = max(0.0, max(ends) - requested)
+    took = None if requested is None or last is None else max(0.0, last - requested)
     reason = report.reason
     return {
         "event": "scope.stopped",
         "scope": name,
-        "reason": fields["reason"],
+        "reason": _reason_json(reason),
         "signal": _signal_of(reason),
         "grace": grace,
         "requested_at": requested,
         "took": _seconds_json(took),
         "members": len(tasks),
         "outcomes": counts,
-        "cut": sum(r.cut for r in report.tasks),
+        "cut": cut,
         "tasks": tasks,
     }
 
