@@ -9,7 +9,8 @@ with the logger at WARNING (the default: nothing is built, so A/B should be 1).
 
 Measured in one process, A and B alternating round by round (their order
 alternating too), as the median of the paired ratios A/B of ``scope.stop()`` from the
-body -> the scope's exit, with N members in ``sig.wait()``.
+body -> the scope's exit, with N members in ``sig.wait()``; in brackets the
+interquartile range of the ratios, in parentheses B's median stop in microseconds.
 
     python benchmarks/ab_stop_record.py [--rounds 200]
 """
@@ -70,13 +71,14 @@ async def scope_stop_exit(n: int) -> float:
     return time.perf_counter() - t0
 
 
-async def measure(rounds: int, level: int) -> dict[str, float]:
-    out: dict[str, float] = {}
+async def measure(rounds: int, level: int) -> dict[str, str]:
+    out: dict[str, str] = {}
     await anyio.lowlevel.checkpoint()
     log = logging.getLogger("stopscope")
     log.setLevel(level)
     for n in (1, 100, 1000):
         ratios: list[float] = []
+        plain: list[float] = []
         count = rounds if n == 1 else max(10, rounds // (10 if n == 1000 else 2))
         for i in range(count):
             pair: dict[bool, float] = {}
@@ -90,7 +92,10 @@ async def measure(rounds: int, level: int) -> dict[str, float]:
                     gc.enable()
                     undo()
             ratios.append(pair[False] / pair[True])
-        out[f"N={n}"] = statistics.median(ratios)
+            plain.append(pair[True])
+        q1, median, q3 = statistics.quantiles(ratios, n=4)
+        b_us = statistics.median(plain) * 1e6
+        out[f"N={n}"] = f"{median:.3f} [{q1:.2f}-{q3:.2f}] (B {b_us:.0f} us)"
     return out
 
 
@@ -106,7 +111,7 @@ def main() -> None:
             figures = anyio.run(
                 measure, args.rounds, level, backend=backend, backend_options=options
             )
-            cells = "  ".join(f"{k}: {v:.3f}" for k, v in figures.items())
+            cells = "  ".join(f"{k}: {v}" for k, v in figures.items())
             print(f"logger at {level_name:8} {label:15} A/B median  {cells}", flush=True)
 
 
