@@ -11,6 +11,7 @@ Measured in one process, A and B alternating round by round (their order
 alternating too), as the median of the paired ratios A/B of ``scope.stop()`` from the
 body -> the scope's exit, with N members in ``sig.wait()``; in brackets the
 interquartile range of the ratios, in parentheses B's median stop in microseconds.
+First, what building the field takes by itself (the fastest of 20 repeats).
 
     python benchmarks/ab_stop_record.py [--rounds 200]
 """
@@ -18,10 +19,12 @@ interquartile range of the ratios, in parentheses B's median stop in microsecond
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import logging
 import statistics
 import time
+import timeit
 from collections.abc import Callable
 from typing import Any
 
@@ -99,10 +102,39 @@ async def measure(rounds: int, level: int) -> dict[str, str]:
     return out
 
 
+def build_cost() -> str:
+    """What building the field takes by itself, per N (the fastest of 20 repeats: the
+    least disturbed by other work on the machine), against nothing."""
+    cells = []
+    for n in (1, 100, 1000):
+        records = tuple(
+            stopscope.TaskRecord(
+                f"m{i}",
+                outcome=stopscope.Outcome.STOPPED,
+                latency=0.001,
+                exited_at=1.0,
+                phase="grace",
+            )
+            for i in range(n)
+        )
+        report = stopscope.ShutdownReport("bench", 0.5, records)
+        number = max(1, 2000 // n)
+        best = min(
+            timeit.repeat(
+                functools.partial(_scope.scope_fields, report, "bench", 60.0),
+                number=number,
+                repeat=20,
+            )
+        )
+        cells.append(f"N={n}: {best / number * 1e6:.1f} us")
+    return "  ".join(cells)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=200)
     args = parser.parse_args()
+    print(f"building the field alone   {build_cost()}", flush=True)
     log = logging.getLogger("stopscope")
     log.addHandler(Drop())
     log.propagate = False
