@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import pytest
@@ -32,7 +32,8 @@ from stopscope import StopSignal, TaskScope
 from stopscope._report import Timeline
 from stopscope._scope import current_record
 from stopscope.asgi import GracefulApp
-from stopscope.servers._readiness import ASGIApp, Message
+from stopscope.servers import WebService
+from stopscope.servers._readiness import ASGIApp, Message, Receive, Scope, Send
 
 HANG_GUARD = 20.0
 TERM = signal.SIGTERM
@@ -312,6 +313,38 @@ def test_run_that_raised_still_logs_the_record(
         run_in_process(backend, term_then_return(fail), budget=30)
     _, fields = fields_of(caplog, "service.stopped")
     assert (fields["ended"], fields["exit_status"]) == ("raised", None)
+
+
+async def plain_app(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+    elif scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+@pytest.mark.parametrize(
+    ("backend", "server"), [("asyncio", "uvicorn"), ("uvloop", "uvicorn"), ("trio", "hypercorn")]
+)
+def test_run_records_the_server_members_drain_phases(
+    backend: str, server: Literal["uvicorn", "hypercorn"], caplog: pytest.LogCaptureFixture
+) -> None:
+    async def main(stop: StopSignal) -> None:
+        async with WebService(signal=stop, grace=8) as service:
+            await service.serve(
+                plain_app, server=server, host="127.0.0.1", port=0, drain_delay=0.05
+            )
+            signal.raise_signal(TERM)
+            await stop.wait()
+
+    caplog.set_level(logging.INFO, logger="stopscope")
+    run_in_process(backend, main, grace=10, budget=20)
+    record, fields = fields_of(caplog, "service.stopped")
+    assert list(fields["phases"]) == ["drain delay", "HTTP drain"]
+    assert fields["used"] >= sum(fields["phases"].values()) - 1e-5
+    assert "; budget 20 s: drain delay " in record.getMessage()
 
 
 def test_run_builds_no_record_when_info_is_not_enabled(
