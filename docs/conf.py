@@ -102,6 +102,7 @@ site_nav: list[tuple[str, list[tuple[str, str]]]] = [
         ("The contract", "contract"),
         ("Semantics", "semantics"),
         ("Backends", "backends"),
+        ("Observability: logs and budget", "observability"),
         ("How it is tested", "correctness"),
         ("API reference", "reference"),
         ("Benchmarks", "benchmarks"),

@@ -146,6 +146,7 @@ class TestDictFromFixedRecords:
             "exit_code": 3,
             "exited_at": 9.0,
             "cut": 0,
+            "where": None,
         }
         assert TaskRecord("q", error=OSError(2, "gone")).to_dict()["error_type"] == (
             "FileNotFoundError"

@@ -36,6 +36,7 @@ from ._judge import (
 from ._judge import DEFERRED as _DEFERRED
 from ._judge import judge as _judge
 from ._report import (
+    LOG_FIELD,
     MemberFacts,
     Outcome,
     ShutdownReport,
@@ -44,6 +45,7 @@ from ._report import (
     _callable_name,
     _current_member,
     current_record,
+    scope_fields,
 )
 from ._signal import StopSignal, _add_hook, _remove_hook, logger
 
@@ -939,6 +941,7 @@ class TaskScope:
             if not self._outside:
                 member.lagged = True
             where, stack = _describe_stack(_stack_of_frames(_frames_of(member.task_coro)))
+            member.record.where = where
             logger.warning(
                 "%s: member %r is still running %.3g s after it was cancelled, at %s; it "
                 "swallows cancellation or blocks the loop.%s",
@@ -1278,6 +1281,7 @@ class TaskScope:
     def _warn_cancelled(self, member: _Member, exc: BaseException) -> None:
         grace = member.grace if _cancel_called(member) else self._grace
         where, stack = _describe_stack(traceback.extract_tb(exc.__traceback__))
+        member.record.where = where
         logger.warning(
             "%s: member %r did not stop within its grace period (%s) and was cancelled at %s%s",
             self._label(),
@@ -1317,6 +1321,7 @@ class TaskScope:
             len(records),
             tally,
             slowest,
+            extra={LOG_FIELD: scope_fields(self.report, self.name, self._grace)},
         )
 
     def _group(self) -> BaseExceptionGroup[BaseException]:

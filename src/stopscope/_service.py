@@ -52,6 +52,7 @@ import contextvars
 import importlib.util
 import inspect
 import logging
+import math
 import os
 import signal
 import socket
@@ -72,7 +73,7 @@ from ._backends import current
 from ._members import _abandoned_threads, _open_traps, _Trap
 from ._members import _note_scope_report as _note_scope_report
 from ._members import _signal_behind_exit as _signal_behind_exit
-from ._report import TaskRecord
+from ._report import LOG_FIELD, TaskRecord, Timeline, _timeline
 from ._scope import _check_grace as _check_grace_of_scope
 from ._signal import StopSignal, logger
 
@@ -110,6 +111,9 @@ EXIT_CUT_SHORT: Final = 70
 #: what :func:`run` adds to its grace in ``EXTEND_TIMEOUT_USEC``: room for cancelled code
 #: to unwind once the grace is over
 _UNWIND_ALLOWANCE: Final = 5.0
+#: what ``budget=`` keeps after the grace unless told otherwise (seconds): cancelled
+#: code unwinding, a lifespan shutdown, a telemetry flush, the process exit
+DEFAULT_RESERVE: Final = _UNWIND_ALLOWANCE
 #: how often (real seconds) a trap checks that nobody replaced its signal handlers
 _WATCH_PERIOD: Final = 0.5
 #: how many cut-short members a trap keeps to name (it counts them all)
@@ -128,6 +132,81 @@ _UNCATCHABLE: Final = frozenset(
 
 def _check_grace(value: float | None) -> float | None:
     return _check_grace_of_scope(value, none_means="to wait for a second signal")
+
+
+def _check_seconds(name: str, value: object, *, zero: bool) -> float:
+    """A finite number of seconds (positive, or also 0 with ``zero``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"`{name}` must be a number of seconds, got {value!r}"
+            + (
+                " (Kubernetes' terminationGracePeriodSeconds or systemd's TimeoutStopSec, "
+                "in seconds)"
+                if name == "budget"
+                else ""
+            )
+        )
+    seconds = float(value)
+    if math.isnan(seconds) or seconds == math.inf or seconds < 0 or (seconds == 0 and not zero):
+        kind = "non-negative" if zero else "positive"
+        raise ValueError(f"`{name}` must be a finite, {kind} number of seconds, got {value!r}")
+    return seconds
+
+
+def _fmt(seconds: float) -> str:
+    return f"{round(seconds, 3):g} s"
+
+
+def _check_budget(
+    budget: object,
+    reserve: object,
+    grace: float | None,
+    owner: str,
+    drain_delay: float = 0.0,
+) -> tuple[float | None, float]:
+    """Check that the stop fits the orchestrator's budget: the drain delay and the grace
+    (which includes it), then ``reserve`` for what comes after the grace.
+
+    :return: the budget (``None``: not given) and the reserve, as floats
+    :raises ValueError: naming the phase to shorten, and by how much
+    """
+    reserve_s = _check_seconds("reserve", reserve, zero=True)
+    if budget is None:
+        return None, reserve_s
+    budget_s = _check_seconds("budget", budget, zero=False)
+    room = budget_s - reserve_s
+    if room <= 0:
+        raise ValueError(
+            f"{owner}: `reserve` ({_fmt(reserve_s)}) leaves nothing of the budget "
+            f"({_fmt(budget_s)}) for the stop itself: shorten `reserve` to less than "
+            f"{_fmt(budget_s)}, or raise the budget"
+        )
+    if drain_delay and drain_delay >= room:
+        raise ValueError(
+            f"{owner}: the drain delay ({_fmt(drain_delay)}) does not fit the budget "
+            f"({_fmt(budget_s)}) less the reserve ({_fmt(reserve_s)}): shorten "
+            f"`drain_delay` by more than {_fmt(drain_delay - room)} (to less than "
+            f"{_fmt(room)}, leaving the server time to finish its requests), or raise the "
+            f"budget to more than {_fmt(drain_delay + reserve_s)}"
+        )
+    if grace is None:
+        raise ValueError(
+            f"{owner}: grace=None waits for ever, which no budget holds: give a `grace` of "
+            f"at most {_fmt(room)} (the budget, {_fmt(budget_s)}, less the reserve, "
+            f"{_fmt(reserve_s)})"
+        )
+    if grace > room:
+        what = f"grace {_fmt(grace)}"
+        if drain_delay:
+            what += f" (the drain delay's {_fmt(drain_delay)} included)"
+        raise ValueError(
+            f"{owner}: the stop does not fit the orchestrator's budget: {what} + reserve "
+            f"{_fmt(reserve_s)} = {_fmt(grace + reserve_s)} > budget {_fmt(budget_s)}; "
+            f"shorten `grace` by {_fmt(grace - room)} (to {_fmt(room)}), or `reserve`, or "
+            f"raise the budget (terminationGracePeriodSeconds, TimeoutStopSec) to "
+            f"{_fmt(grace + reserve_s)}"
+        )
+    return budget_s, reserve_s
 
 
 def _check_signals(signums: Iterable[int | str]) -> tuple[signal.Signals, ...]:
@@ -963,18 +1042,55 @@ def _summary(
     trap: SignalTrap | None,
     label: str,
     ended: str,
-    code: int | None = None,
+    code: int | None,
+    timeline: Timeline,
 ) -> None:
     """After a stop signal: one line on how ``main`` ended, and the exit status (INFO,
-    and on stderr if logging is not set up, as the first signal's line)."""
+    and on stderr if logging is not set up, as the first signal's line).  With a
+    budget, the line ends with how much of it each phase used.  The record carries the
+    stop as fields (``extra``), built only when a handler may take it."""
     if trap is None or trap._first_at is None or not trap._received:
         return
     first = trap._received[0].name
-    took = time.monotonic() - trap._first_at
+    now = time.monotonic()
+    took = now - trap._first_at
     status = "" if code is None else f"; exit status {code}"
     message = f"{label} {ended} {took:.3g} s after {first}{status}"
-    logger.info("%s", message)
+    timeline.started_at = trap._first_at  # the service's stop began at its first signal
+    if timeline.budget is not None:
+        message += f"; {timeline.text(now)}"
+    if logger.isEnabledFor(logging.INFO):
+        fields = _service_fields(trap, label, ended, code, took, timeline, now)
+        logger.info("%s", message, extra={LOG_FIELD: fields})
     console.say(logging.INFO, message)
+
+
+def _service_fields(
+    trap: SignalTrap,
+    label: str,
+    ended: str,
+    code: int | None,
+    took: float,
+    timeline: Timeline,
+    now: float,
+) -> dict[str, Any]:
+    """The structured form of the service's stop (see docs/observability.md)."""
+    fields: dict[str, Any] = {
+        "event": "service.stopped",
+        "service": label,
+        "ended": ended.replace(" ", "_"),
+        "signal": trap._received[0].name,
+        "signals": [s.name for s in trap._received],
+        "reason": f"Signals.{trap._received[0].name}",
+        "grace": trap._grace,
+        "cancelled": trap.cancelled,
+        "exit_status": code,
+        "took": round(took, 6),
+        "cut_short": trap._cut_count,
+        "cut_short_members": [r.to_dict() for r in trap._cut_records],
+    }
+    fields.update(timeline.to_dict(now))
+    return fields
 
 
 class _Outcome:
@@ -1003,6 +1119,8 @@ def run(
     escalation: Sequence[Action] = DEFAULT_ESCALATION,
     fail_if_cut_short: bool = False,
     ready: Ready = "at_start",
+    budget: float | None = None,
+    reserve: float = DEFAULT_RESERVE,
 ) -> T:
     """Run ``main(signal, *args)`` as a service that stops gracefully on SIGINT/SIGTERM.
 
@@ -1070,13 +1188,24 @@ def run(
     :param ready: when to send systemd ``READY=1``: ``"at_start"`` (as ``main`` is
         called) or ``"task_status"`` (``main(signal, *args, task_status=...)`` calls
         ``task_status.started()``)
+    :param budget: the orchestrator's limit, seconds from the first signal to SIGKILL
+        (Kubernetes' ``terminationGracePeriodSeconds`` less any ``preStop``, systemd's
+        ``TimeoutStopSec``); ``None``: not checked.  ``run()`` checks at once that
+        ``grace + reserve`` fits in it, and its summary line (and the structured log
+        record) says how much of it each phase of the stop used
+    :param reserve: seconds of the budget kept after the grace, for cancelled code to
+        unwind, a lifespan shutdown or a telemetry flush, and the process exit
+        (default 5)
     :raises SystemExit: after a stop that needed cancellation
     :raises RuntimeError: outside the main thread
+    :raises ValueError: for a ``grace`` (or ``reserve``) that does not fit ``budget``:
+        the message says which to shorten, and by how much
     """
     backend, backend_options = _check_backend(backend, backend_options)
     _check_main(main, args, ready == "task_status")
     signums = _check_signals(signals)
     grace = _check_grace(grace)
+    budget_s, reserve_s = _check_budget(budget, reserve, grace, "run()")
     actions = _check_escalation(escalation)
     if not isinstance(fail_if_cut_short, bool):
         raise TypeError(f"`fail_if_cut_short` must be True or False, got {fail_if_cut_short!r}")
@@ -1094,7 +1223,10 @@ def run(
 
     fallback = _StderrFallback()
 
+    timeline = Timeline(budget_s, reserve_s)
+
     async def runner() -> None:
+        _timeline.set(timeline)  # the server members inside record their phases in it
         stop = StopSignal()
         trap = SignalTrap(stop, signums, grace, actions, label, notifier, fallback)
         outcome.trap = trap
@@ -1122,7 +1254,7 @@ def run(
             finally:
                 _flush_telemetry()
         except Exception as exc:
-            _summary(fallback, outcome.trap, label, "raised")
+            _summary(fallback, outcome.trap, label, "raised", None, timeline)
             if _abandoned_threads:
                 sys.excepthook(type(exc), exc, exc.__traceback__)
                 _leave_abandoned_threads(1)
@@ -1141,15 +1273,15 @@ def run(
                     f", and {more} more" if more else "",
                     EXIT_CUT_SHORT,
                 )
-                _summary(fallback, trap, label, "returned", EXIT_CUT_SHORT)
+                _summary(fallback, trap, label, "returned", EXIT_CUT_SHORT, timeline)
                 _leave_abandoned_threads(EXIT_CUT_SHORT)
                 raise SystemExit(EXIT_CUT_SHORT)
-            _summary(fallback, trap, label, "returned", 0)
+            _summary(fallback, trap, label, "returned", 0, timeline)
             _leave_abandoned_threads(0)
             return outcome.result  # type: ignore[no-any-return]
         received = outcome.trap.received if outcome.trap is not None else ()
         code = 128 + received[0] if received else 1
-        _summary(fallback, outcome.trap, label, "was cancelled", code)
+        _summary(fallback, outcome.trap, label, "was cancelled", code, timeline)
         _leave_abandoned_threads(code)
         raise SystemExit(code)
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from typing import Any, Final, Literal, final
@@ -13,9 +14,9 @@ import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .._report import ShutdownReport
+from .._report import LOG_FIELD, ShutdownReport, Timeline, _timeline, scope_fields
 from .._scope import TaskScope, _check_grace, current_record
-from .._service import _CurrentStderr
+from .._service import DEFAULT_RESERVE, _check_budget, _CurrentStderr
 from .._signal import StopSignal, logger
 from ..servers._drain import Drain, check_drain_delay
 from ..servers._readiness import (
@@ -106,8 +107,16 @@ class GracefulApp:
     :param request_signals: give each HTTP request a stop signal (``request_signal()``
         of ``stopscope.servers``); WebSocket connections always get one
     :param name: the scope's name in logs and in the report
-    :raises ValueError: for a bad ``grace`` or ``drain_delay``, or an ``app`` that is
-        a GracefulApp already
+    :param budget: the orchestrator's limit, seconds from SIGTERM to SIGKILL
+        (Kubernetes' ``terminationGracePeriodSeconds`` less any ``preStop``, systemd's
+        ``TimeoutStopSec``); ``None``: not checked.  Checked at once: the drain delay
+        and ``grace`` (which includes it), then ``reserve``, must fit in it; the logged
+        report then says how much of it each phase used
+    :param reserve: seconds of the budget kept after the grace: the app's lifespan
+        shutdown, a telemetry flush, the server's exit (default 5)
+    :raises ValueError: for a bad ``grace`` or ``drain_delay``, an ``app`` that is
+        a GracefulApp already, or a stop that does not fit ``budget`` (the message
+        says which phase to shorten, and by how much)
 
     .. versionadded:: 0.1
     """
@@ -118,12 +127,14 @@ class GracefulApp:
         "_failure",
         "_grace",
         "_hook",
+        "_http_done",
         "_middleware",
         "_name",
         "_scope",
         "_server_done",
         "_service_done",
         "_state",
+        "_timeline",
         "_waiting",
         "app",
         "readiness",
@@ -138,6 +149,8 @@ class GracefulApp:
         readiness_path: str | None = "/readyz",
         request_signals: bool = True,
         name: str = "app",
+        budget: float | None = None,
+        reserve: float = DEFAULT_RESERVE,
     ) -> None:
         if isinstance(app, GracefulApp):
             raise ValueError(
@@ -155,6 +168,9 @@ class GracefulApp:
             )
         if not isinstance(name, str):
             raise TypeError(f"`name` must be a str, got {name!r}")
+        budget_s, reserve_s = _check_budget(budget, reserve, grace, "GracefulApp", delay)
+        #: the phases of the stop, against the budget
+        self._timeline = Timeline(budget_s, reserve_s)
         #: the wrapped application
         self.app = app
         #: the readiness state (also answered on ``readiness_path``)
@@ -173,6 +189,8 @@ class GracefulApp:
         self._server_done: anyio.Event | None = None
         self._service_done: anyio.Event | None = None
         self._failure: BaseException | None = None
+        #: time.monotonic() when the HTTP member ended (the background stop's start)
+        self._http_done: float | None = None
 
     # -- what the app's code uses ---------------------------------------------------
 
@@ -336,6 +354,7 @@ class GracefulApp:
         inner = _InnerLifespan(self.app, {**scope, WRAPPED_KEY: self})
         logging_fallback = _LogFallback.attach()
         token = _current.set(self)  # the app's lifespan task inherits it
+        timeline_token = _timeline.set(self._timeline)  # the HTTP member records its drain
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(inner.run)
@@ -352,8 +371,14 @@ class GracefulApp:
                 await send({"type": "lifespan.startup.complete"})
                 message = await receive()  # lifespan.shutdown: the HTTP side has drained
                 self._on_server_done()
+                drained = time.monotonic()
                 await self._service_done.wait()
+                shutdown = time.monotonic()
+                # the background stage is stopped once the HTTP member has ended
+                begun = max(drained, self._http_done or drained)
+                self._timeline.add("background stop", shutdown - begun)
                 ok, why = await inner.exchange("shutdown")
+                self._timeline.add("lifespan shutdown", time.monotonic() - shutdown)
                 inner.close()
             self._state = "stopped"
             self._log_report()
@@ -371,6 +396,7 @@ class GracefulApp:
             if hook is not None:
                 hook.uninstall()
             _current.reset(token)
+            _timeline.reset(timeline_token)
             logging_fallback.detach()
 
     def _refusal(self, scope: Scope) -> str | None:
@@ -478,6 +504,7 @@ class GracefulApp:
         finally:
             drain.close()
         drain.finished()
+        self._http_done = time.monotonic()
 
     async def _unwound(self) -> None:
         """Wait for the requests the server cut (it cancels them and goes on with the
@@ -501,11 +528,28 @@ class GracefulApp:
             self._scope.stop("server shutdown")
 
     def _log_report(self) -> None:
+        """The report, a line at a time; with a budget, a last line on how much of it
+        each phase used.  The first record carries the whole stop as fields."""
         scope = self._scope
         if scope is None:
             return
-        for line in str(scope.report).splitlines():
-            logger.info("%s report: %s", self._name, line)
+        report = scope.report
+        now = time.monotonic()
+        timeline = self._timeline
+        timeline.start(report.requested_at)  # set by now: the server's shutdown stops it
+        lines = str(report).splitlines()
+        if timeline.budget is not None:
+            lines.append(timeline.text(now))
+        fields: dict[str, Any] | None = None
+        if logger.isEnabledFor(logging.INFO):
+            fields = scope_fields(report, self._name, self._grace)
+            fields["event"] = "app.stopped"
+            fields["drain_delay"] = self._delay
+            fields.update(timeline.to_dict(now))
+        for line in lines:
+            extra = None if fields is None else {LOG_FIELD: fields}
+            logger.info("%s report: %s", self._name, line, extra=extra)
+            fields = None  # one record carries them
 
 
 def _describe(error: BaseException) -> str:

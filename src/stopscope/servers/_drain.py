@@ -10,6 +10,7 @@ from typing import Final
 
 import anyio
 
+from .._report import current_timeline
 from .._scope import TaskScope, _check_grace, current_record
 from .._signal import CallbackHandle, StopSignal, logger
 from ._readiness import ASGIApp, Readiness, ReadinessMiddleware
@@ -121,6 +122,8 @@ class Drain:
         self._cancelled_before = 0  # the middleware's count when the drain began
         self._handles: list[CallbackHandle] = []
         self.middleware: ReadinessMiddleware | None = None
+        #: time.monotonic() when the listener was closed (the drain delay's end)
+        self._draining_at: float | None = None
 
     def wrap(self, app: ASGIApp, path: str | None, request_signals: bool) -> ASGIApp:
         if not callable(app):
@@ -186,6 +189,11 @@ class Drain:
         return max(0.0, left - reserve - overhead)
 
     def draining(self, timeout: float | None) -> None:
+        self._draining_at = time.monotonic()
+        timeline = current_timeline()
+        if timeline is not None and self.stopped_at is not None:
+            timeline.start(self.stopped_at)
+            timeline.add("drain delay", self._draining_at - self.stopped_at)
         middleware = self.middleware
         if middleware is not None:  # what was cut before the drain is not the drain's
             self._cancelled_before = middleware.cancelled
@@ -217,6 +225,9 @@ class Drain:
     def finished(self) -> None:
         """After the server returned (and, with :meth:`settle`, its requests unwound):
         record the requests cut in :attr:`cut`, and report them."""
+        timeline = current_timeline()
+        if timeline is not None and self._draining_at is not None:
+            timeline.add("HTTP drain", time.monotonic() - self._draining_at)
         middleware = self.middleware
         cut = 0
         if middleware is not None:
