@@ -762,3 +762,48 @@ class TestScripts:
         names = {span["name"] for span in json.loads(spans.read_text())["spans"]}
         assert {"stop service", "stage http", "member stuck-export"} <= names
         assert svg.read_text().startswith("<?xml")
+
+
+# --------------------------------------------- the flush in run()'s budget (issue 19)
+
+
+def _term_then_return() -> Any:
+    async def main(stop: StopSignal) -> str:
+        signal.raise_signal(signal.SIGTERM)
+        await stop.wait()
+        return "done"
+
+    return main
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "uvloop", "trio"])
+def test_run_refuses_a_reserve_smaller_than_the_flush_reserve(
+    backend: str, telemetry: Telemetry
+) -> None:
+    stopscope.otel.uninstrument()
+    stopscope.otel.instrument(tracer_provider=telemetry.tracer_provider, flush_reserve=3)
+    started: list[bool] = []
+
+    async def main(stop: StopSignal) -> None:
+        started.append(True)
+
+    with pytest.raises(ValueError, match=r"raise `reserve` to at least 3 s.*`flush_reserve`"):
+        stopscope.run(main, backend=backend, grace=10, budget=30, reserve=2)
+    assert not started  # refused before anything ran
+    # without a budget there is nothing to check against
+    assert stopscope.run(_term_then_return(), backend=backend, grace=10, reserve=2) == "done"
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "uvloop", "trio"])
+def test_the_flush_is_a_phase_of_the_budget(
+    backend: str, telemetry: Telemetry, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="stopscope")
+    assert stopscope.run(_term_then_return(), backend=backend, grace=10, budget=30) == "done"
+    (record,) = [
+        r for r in caplog.records if getattr(r, "stopscope", {}).get("event") == "service.stopped"
+    ]
+    fields = record.stopscope  # type: ignore[attr-defined]
+    assert set(fields["phases"]) == {"telemetry flush"}
+    assert 0 <= fields["phases"]["telemetry flush"] <= fields["used"]
+    assert "telemetry flush " in record.getMessage()

@@ -1102,11 +1102,31 @@ class _Outcome:
         self.trap: SignalTrap | None = None
 
 
-def _flush_telemetry() -> None:
-    """``main`` is done: stopscope.otel exports the stop, within its reserve (if on)."""
+def _flush_telemetry(timeline: Timeline) -> None:
+    """``main`` is done: stopscope.otel exports the stop, within its reserve (if on);
+    the time it took is the budget's "telemetry flush" phase."""
     observer = _scope._observer
     if observer is not None:
-        observer.at_exit()
+        began = time.monotonic()
+        try:
+            observer.at_exit()
+        finally:
+            timeline.add("telemetry flush", time.monotonic() - began)
+
+
+def _check_flush_reserve(budget: float | None, reserve: float) -> None:
+    """With a budget, the telemetry flush (stopscope.otel, if on) must fit ``reserve``."""
+    observer = _scope._observer
+    if budget is None or observer is None:
+        return
+    flush = float(observer.reserve)
+    if flush > reserve:
+        raise ValueError(
+            f"run(): stopscope.otel may spend {_fmt(flush)} flushing telemetry after the "
+            f"stop, more than `reserve` ({_fmt(reserve)}): raise `reserve` to at least "
+            f"{_fmt(flush)} (and keep grace + reserve within the budget), or pass a "
+            f"smaller `flush_reserve` to stopscope.otel.instrument()"
+        )
 
 
 def run(
@@ -1206,6 +1226,7 @@ def run(
     signums = _check_signals(signals)
     grace = _check_grace(grace)
     budget_s, reserve_s = _check_budget(budget, reserve, grace, "run()")
+    _check_flush_reserve(budget_s, reserve_s)
     actions = _check_escalation(escalation)
     if not isinstance(fail_if_cut_short, bool):
         raise TypeError(f"`fail_if_cut_short` must be True or False, got {fail_if_cut_short!r}")
@@ -1252,7 +1273,7 @@ def run(
             try:
                 anyio.run(runner, backend=backend, backend_options=backend_options)
             finally:
-                _flush_telemetry()
+                _flush_telemetry(timeline)
         except Exception as exc:
             _summary(fallback, outcome.trap, label, "raised", None, timeline)
             if _abandoned_threads:
