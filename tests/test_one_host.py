@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -145,3 +146,19 @@ def test_the_drain_delay_decides(delay: float, close: bool) -> None:
     wrapped = drain.wrap(_hello, "/readyz", True)
     assert isinstance(wrapped, ReadinessMiddleware)
     assert wrapped.close_connections is close
+
+
+def test_the_benchmark_quick_mode_writes_its_results(tmp_path: Path) -> None:
+    # the command line end to end, on the smallest set: what it prints and writes
+    out = tmp_path / "one_host.json"
+    one_host.main(
+        ["--quick", "--servers", "uvicorn", "--ways", "plain", "member", "--out", str(out)]
+    )
+    doc = json.loads(out.read_text())
+    assert doc["conditions"]["runs"] == 2
+    assert doc["conditions"]["drain_delay"] == 0
+    assert [(row["way"], row["runs"]) for row in doc["summary"]] == [("member", 2), ("plain", 2)]
+    assert len(doc["runs"]) == 4
+    for run in doc["runs"]:
+        assert run["failed"] == run["cut"] + run["refused"]
+        assert run["ok_before"] >= 1
