@@ -82,15 +82,15 @@ class GracefulApp:
         app = graceful          # uvicorn main:app, fastapi run, hypercorn main:app,
                                 # gunicorn -k uvicorn_worker.UvicornWorker main:app
 
-    On SIGTERM, before the server's own handler sees it: the readiness turns "not
-    ready" (``readiness_path`` answers 503; with a drain delay, HTTP/1 responses carry
-    ``Connection: close``); the server keeps serving for ``drain_delay`` seconds; then the server
-    is let go on with its own shutdown (it closes its listener and finishes in-flight
-    requests, within what is left of the grace where the server lets us set its
-    timeout); once the server has drained the HTTP side (its lifespan shutdown), the
+    On SIGTERM, before the server's own handler sees it: the readiness turns "not ready"
+    (``readiness_path`` answers 503; with a drain delay, HTTP/1 responses carry
+    ``Connection: close``); the server keeps serving for ``drain_delay`` seconds; then
+    the server is let go on with its own shutdown (it closes its listener and finishes
+    in-flight requests, within what is left of the grace where the server lets us set
+    its timeout); once the server has drained the HTTP side (its lifespan shutdown), the
     background members are stopped; then the app's own lifespan shutdown runs, and the
-    report is logged.  A repeated SIGTERM changes nothing (a process-group kill
-    reaches a worker twice: from the supervisor and from its master).
+    report is logged.  A repeated SIGTERM changes nothing (a process-group kill reaches a
+    worker twice: from the supervisor and from its master).
 
     It needs the ASGI lifespan (every server named above sends it) and the main
     thread.  Background members are started from the app's lifespan startup with
