@@ -83,15 +83,15 @@ class GracefulApp:
         app = graceful          # uvicorn main:app, fastapi run, hypercorn main:app,
                                 # gunicorn -k uvicorn_worker.UvicornWorker main:app
 
-    On SIGTERM, before the server's own handler sees it: the readiness turns "not
-    ready" (``readiness_path`` answers 503, HTTP/1 responses carry ``Connection:
-    close``); the server keeps serving for ``drain_delay`` seconds; then the server
-    is let go on with its own shutdown (it closes its listener and finishes in-flight
-    requests, within what is left of the grace where the server lets us set its
-    timeout); once the server has drained the HTTP side (its lifespan shutdown), the
+    On SIGTERM, before the server's own handler sees it: the readiness turns "not ready"
+    (``readiness_path`` answers 503; with a drain delay, HTTP/1 responses carry
+    ``Connection: close``); the server keeps serving for ``drain_delay`` seconds; then
+    the server is let go on with its own shutdown (it closes its listener and finishes
+    in-flight requests, within what is left of the grace where the server lets us set
+    its timeout); once the server has drained the HTTP side (its lifespan shutdown), the
     background members are stopped; then the app's own lifespan shutdown runs, and the
-    report is logged.  A repeated SIGTERM changes nothing (a process-group kill
-    reaches a worker twice: from the supervisor and from its master).
+    report is logged.  A repeated SIGTERM changes nothing (a process-group kill reaches a
+    worker twice: from the supervisor and from its master).
 
     It needs the ASGI lifespan (every server named above sends it) and the main
     thread.  Background members are started from the app's lifespan startup with
@@ -178,6 +178,8 @@ class GracefulApp:
         self._middleware = ReadinessMiddleware(
             app, self.readiness, path=readiness_path, request_signals=request_signals
         )
+        # Connection: close only when a balancer may move clients elsewhere
+        self._middleware.close_connections = delay > 0
         self._grace = grace
         self._delay = delay
         self._name = name

@@ -131,6 +131,9 @@ class Drain:
         self.middleware = ReadinessMiddleware(
             app, self.readiness, path=path, request_signals=request_signals
         )
+        # no drain delay, no balancer to move clients to: keep-alive connections end
+        # the way the server ends them at its shutdown
+        self.middleware.close_connections = self.drain_delay > 0
         return self.middleware
 
     def open(self) -> None:

@@ -137,7 +137,10 @@ class ReadinessMiddleware:
     * Requests that arrive from the stop request on get HTTP/1 responses with
       ``Connection: close``: a client with a keep-alive connection opens a new one for
       its next request, which the load balancer sends to another replica, instead of
-      reusing one that the server will close when it stops listening.
+      reusing one that the server will close when it stops listening.  With
+      :attr:`close_connections` false the responses are left as the app made them,
+      and keep-alive connections end as the server ends them at its own shutdown: what
+      a server alone on its host (no drain delay, no other replica to move to) wants.
     * With ``request_signals=True``, each HTTP request and WebSocket session can have a
       :class:`StopSignal` (:func:`request_signal`), set when the client disconnects
       before the response is complete (reason :attr:`RequestStop.CLIENT_DISCONNECTED`)
@@ -160,6 +163,7 @@ class ReadinessMiddleware:
         "_idle",
         "app",
         "cancelled",
+        "close_connections",
         "in_flight",
         "path",
         "readiness",
@@ -184,6 +188,12 @@ class ReadinessMiddleware:
         self.readiness = readiness
         self.path = path
         self.request_signals = bool(request_signals)
+        #: add ``Connection: close`` to HTTP/1 responses from the stop on; the server
+        #: members and GracefulApp set it to ``drain_delay > 0``: without a drain delay
+        #: nothing takes the server out of rotation, and a client told to reconnect
+        #: would only reach the same listener as it closes (more failed requests than
+        #: the plain server's own shutdown, measured by benchmarks/one_host.py)
+        self.close_connections = True
         #: HTTP requests and WebSocket sessions being handled now
         self.in_flight = 0
         #: those that ended by cancellation (cut short by a drain timeout)
@@ -249,8 +259,8 @@ class ReadinessMiddleware:
 
     def _closing_sender(self, scope: Scope, send: Send) -> Send:
         """``send``, adding ``Connection: close`` to an HTTP/1 response once stopping."""
-        if scope.get("http_version") not in ("1.0", "1.1"):
-            return send  # HTTP/2 and 3 forbid the Connection header
+        if not self.close_connections or scope.get("http_version") not in ("1.0", "1.1"):
+            return send  # not asked for; HTTP/2 and 3 forbid the Connection header
         readiness = self.readiness
 
         async def sender(message: Message) -> None:
