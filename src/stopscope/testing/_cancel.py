@@ -274,10 +274,10 @@ class _CancelTracer(_Tracer):
 
     def hang(self) -> None:
         if self.stop_time is None:
-            self.hung = (
+            self.hung += (
                 f"the worker never waited: {self.points} scheduling points went by "
                 f"without an end, at {_where(self.last)} (a busy loop?); the kit cancelled "
-                f"it to end the run (hang_points={self.hang_points})"
+                f"it to end the run (hang_points={self.hang_points})",
             )
             self.request_stop("stopscope.testing: the worker never waited")
             self.hang_at = self.points + self.hang_points
@@ -421,9 +421,7 @@ async def run_cancel(
         moment = f"after {after:g} s"
     else:
         moment = "once it was waiting"
-    extra: list[str] = []
-    if tracer.hung is not None:
-        extra.append(tracer.hung)
+    extra = list(tracer.hung)
     if tracer.gave_up is not None:
         extra.append(tracer.gave_up)
     if swallowed:

@@ -267,7 +267,7 @@ class _Tracer:
         # the hang guard: at point hang_at the worker is taken for a busy loop
         self.hang_at: float = math.inf
         self.hang_points = DEFAULT_HANG_POINTS
-        self.hung: str | None = None  # why the kit ended the run, if it did
+        self.hung: tuple[str, ...] = ()  # why the kit ended the run, if it did
         self.hang_stop: int | None = None  # the point at which the hang guard stopped it
         self.escape: anyio.CancelScope | None = None  # cancels the scope from outside
 
@@ -288,21 +288,21 @@ class _Tracer:
         that never waits keeps virtual time (and so the grace) from passing."""
         where = _where(self.last)
         if self.stop_time is None:
-            self.hung = (
+            self.hung += (
                 f"the worker never waited: {self.points} scheduling points went by "
                 f"without an end, at {where} (a busy loop?); the kit requested its stop "
-                f"to end the run (hang_points={self.hang_points})"
+                f"to end the run (hang_points={self.hang_points})",
             )
             self.request_stop("stopscope.testing: the worker never waited")
             self.hang_at = self.points + self.hang_points
             self.hang_stop = self.points
             return
         self.hang_at = math.inf
-        self.hung = (
+        self.hung += (
             f"the worker did not stop: {self.points - (self.stop_points or 0)} scheduling "
             f"points after the stop request it was still at {where}, without ever waiting "
             f"(a busy loop? in virtual time its grace cannot pass while it runs), so the "
-            f"kit cancelled it to end the run (hang_points={self.hang_points})"
+            f"kit cancelled it to end the run (hang_points={self.hang_points})",
         )
         if self.escape is not None:
             self.escape.cancel()
@@ -849,7 +849,7 @@ async def _run(
         _waited=tracer.unreached,
         cut_cleanup=cut,
         _extra=extra,
-        _cut_short=tracer.hung is not None and tracer.hang_at == math.inf,
+        _cut_short=bool(tracer.hung) and tracer.hang_at == math.inf,
     )
 
 
@@ -858,9 +858,7 @@ def _graceful_extra(tracer: _Tracer, allow_cut_cleanup: bool) -> tuple[str | Non
     during a graceful run beyond what the scope's report says."""
     from ._cancel import cut_cleanup, cut_cleanup_failure
 
-    extra: list[str] = []
-    if tracer.hung is not None:
-        extra.append(tracer.hung)
+    extra = list(tracer.hung)
     cut = cut_cleanup(tracer.raised, _is_library)
     if cut is not None and not allow_cut_cleanup:
         extra.append(cut_cleanup_failure(cut))
