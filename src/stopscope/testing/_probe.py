@@ -52,7 +52,7 @@ DEFAULT_MAX_POINTS: Final = 200
 DEFAULT_IDLE_REAL: Final = 1.0
 #: the scheduling points a run may go through past its stop point (or from its start,
 #: when it has none) before the kit takes the worker for a busy loop and ends the run
-DEFAULT_HANG_POINTS: Final = 100_000
+DEFAULT_HANG_POINTS: Final = 10_000
 
 #: how a run ends the worker: ask it to stop (its signal, the grace, then a cancel), or
 #: cancel it outright, as an enclosing cancel scope does (anyio's and trio's way)
