@@ -17,6 +17,9 @@ from typing import Any
 import anyio
 import pytest
 
+if sys.version_info < (3, 11):  # anyio depends on the backport on 3.10
+    from exceptiongroup import BaseExceptionGroup
+
 from stopscope import Outcome, StopSignal
 from stopscope.testing import (
     Exploration,
@@ -299,6 +302,61 @@ class TestHardCancel:
         assert finished.outcome is Outcome.FINISHED
         assert "before any cancellation" in str(finished)
 
+    async def test_a_shielded_cleanup_that_sleeps_swallows_nothing(self) -> None:
+        """A cancellation inside a shield is the worker's own (its sleep's deadline):
+        returning normally after the shielded cleanup is no swallowed cancellation."""
+        done: list[str] = []
+
+        async def shielded_work(signal: StopSignal) -> None:
+            with anyio.move_on_after(5, shield=True):
+                await anyio.sleep(0.01)
+                await anyio.sleep(0.01)
+                done.append("flushed")
+            # returns with no checkpoint after the shield: the cancellation never lands
+
+        result = await explore(lambda: Scenario(shielded_work), within=1.0, mode="cancel")
+        result.assert_ok()
+        assert result.points == (0, 1, 2)  # cancelled before it, and in each sleep
+        assert {run.outcome for run in result.runs} == {Outcome.STOPPED}
+        assert not any(run.swallowed_cancellation for run in result.runs)
+
+    async def test_cancelled_after_a_time(self) -> None:
+        result = await probe(take_then_ack, Broker(), after=0.01, mode="cancel")
+        assert result.moment == "after 0.01 s"
+        assert result.outcome is Outcome.CANCELLED
+        assert result.ok, result.describe()
+
+    async def test_a_worker_that_lingers_past_its_grace_is_closed(
+        self, anyio_backend: object
+    ) -> None:
+        real = isinstance(anyio_backend, tuple) and anyio_backend[1].get("use_uvloop")
+
+        async def lingers(signal: StopSignal) -> None:
+            try:
+                await anyio.sleep_forever()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await anyio.sleep(0.2 if real else 60.0)
+                    await anyio.sleep(0.2 if real else 60.0)
+
+        result = await probe(lingers, mode="cancel", grace=0.05 if real else 1.0)
+        assert result.outcome is Outcome.ABANDONED
+        line = line_of(lingers, "await anyio.sleep(0.2 if real else 60.0)")
+        assert result.failures == (
+            f"the worker kept running after the cancellation: "
+            f"{'50 ms' if real else '1 s'} later it was still at "
+            f"`await anyio.sleep(0.2 if real else 60.0)` (test_testing_cancel.py:{line}, "
+            f"in lingers), so the kit closed it",
+        )
+
+    async def test_not_an_async_function(self) -> None:
+        def plain(signal: StopSignal) -> int:
+            return 1
+
+        with pytest.raises(BaseExceptionGroup) as caught:
+            await probe(plain, mode="cancel")  # type: ignore[arg-type]
+        assert caught.group_contains(TypeError, match="the worker must be an async function")
+
     async def test_bad_mode(self) -> None:
         with pytest.raises(ValueError, match="`mode` must be 'stop' or 'cancel'"):
             await probe(fails_when_cancelled, mode="kill")  # type: ignore[arg-type]
@@ -373,6 +431,25 @@ class TestCutCleanup:
         result = await probe(closes, mode="cancel")
         assert result.cut_cleanup is None
         assert result.ok, result.describe()
+
+    @pytest.mark.parametrize("mode", ["stop", "cancel"])
+    async def test_through_an_exception_group(self, mode: str) -> None:
+        async def groups_it(signal: StopSignal) -> None:
+            try:
+                try:
+                    await anyio.sleep_forever()
+                finally:
+                    await anyio.sleep(0.001)  # the cleanup
+            except BaseException as exc:
+                raise BaseExceptionGroup("wrapped", [exc]) from None
+
+        grace = 0.0 if mode == "stop" else 1.0  # stop: cancelled at once
+        result = await probe(groups_it, mode=mode, grace=grace)  # type: ignore[arg-type]
+        line = line_of(groups_it, "await anyio.sleep(0.001)  # the cleanup")
+        assert result.cut_cleanup == (
+            f"`await anyio.sleep(0.001)  # the cleanup` (test_testing_cancel.py:{line}, "
+            f"in groups_it)"
+        )
 
     async def test_after_the_grace_in_graceful_mode(self, anyio_backend: object) -> None:
         real = isinstance(anyio_backend, tuple) and anyio_backend[1].get("use_uvloop")
@@ -510,6 +587,18 @@ class TestLongTimers:
         result.assert_ok()
         assert result.exhausted
         assert len(result.points) < 10
+
+    async def test_sleep_forever_is_a_wait_for_ever(self) -> None:
+        """anyio's sleep_forever() on asyncio is a timer at infinity: no deadline."""
+
+        async def sleeps(signal: StopSignal) -> None:
+            with signal.cancel_scope():
+                await anyio.sleep_forever()
+
+        with anyio.fail_after(3600):  # virtual: ends the test if the kit waits for it
+            result = await probe(sleeps, at_point=5)
+        assert result.moment == "at scheduling point 5, which it never reached"
+        assert result.outcome is Outcome.STOPPED
 
     async def test_a_thread_is_not_a_wait_for_ever(self) -> None:
         import time

@@ -212,20 +212,64 @@ class _Driven:
             except BaseException as exc:  # asyncio throws the cancellation in
                 value, error = None, exc
                 if isinstance(exc, cancelled) and tracer.stop_time is not None:
-                    tracer.delivered += 1
+                    tracer.delivered += _visible(tracer.hard)
             else:  # trio sends it, as an outcome.Error the trap unwraps
                 if tracer.stop_time is not None and isinstance(
                     getattr(value, "error", None), cancelled
                 ):
-                    tracer.delivered += 1
+                    tracer.delivered += _visible(tracer.hard)
             if tracer.giving_up():
                 tracer.abandoned = True
                 tracer.last = tracer.last or []
                 try:
                     coro.close()  # its finally blocks and cancel scopes unwind
-                except RuntimeError:
+                except RuntimeError:  # it awaited again: it cannot be closed
                     _kept.append(coro)
+                except Exception:  # it raised as it closed: it is closed
+                    pass
                 raise _Abandoned
+
+
+def _visible(hard: Any) -> bool:
+    """Whether the kit's cancellation reaches the worker where it is now, with no
+    shield in between (a cancellation the worker gets inside a shield is its own: a
+    deadline of its own, say).  Reads the backend's scope stack (private attributes,
+    read defensively: without them, every cancellation counts)."""
+    try:
+        if _backend() == "trio":
+            import trio
+
+            status: Any = trio.lowlevel.current_task()._cancel_status
+            while status is not None:
+                if status._scope is hard:
+                    return True
+                if status._scope.shield:
+                    return False
+                status = status._parent
+            return True
+        from anyio._backends._asyncio import _task_states
+
+        state = _task_states.get(asyncio.current_task())  # type: ignore[arg-type]
+        scope: Any = None if state is None else state.cancel_scope
+        while scope is not None:
+            if scope is hard:
+                return True
+            if scope._shield:
+                return False
+            scope = scope._parent_scope
+    except (AttributeError, ImportError):  # pragma: no cover - other versions
+        pass
+    return True
+
+
+def _new_scope() -> Any:
+    """The kit's cancel scope: trio's own on trio (its scope stack is what
+    :func:`_visible` reads), anyio's on asyncio."""
+    if _backend() == "trio":
+        import trio
+
+        return trio.CancelScope()
+    return anyio.CancelScope()
 
 
 class _CancelTracer(_Tracer):
@@ -239,7 +283,7 @@ class _CancelTracer(_Tracer):
         # no TaskScope: the worker runs in a plain task group, and request_stop is ours
         super().__init__(cast("TaskScope", None), target, grace, now)
         self.hang_points = hang_points
-        self.hard: anyio.CancelScope | None = None
+        self.hard: Any = None  # the kit's cancel scope around the worker
         self.cancel_first = False
         self.delivered = 0  # cancellations thrown into the worker after the kit's cancel
         self.abandoned = False
@@ -301,26 +345,40 @@ class _CancelTracer(_Tracer):
                 f"the worker must be an async function; {_callable_name(worker)} returned {coro!r}"
             )
         self.coro = coro
-        cancelled = anyio.get_cancelled_exc_class()
         try:
-            with anyio.CancelScope() as hard:
+            with _new_scope() as hard:
                 self.hard = hard
                 if self.cancel_first:
                     hard.cancel()
                 try:
                     await _Driven(coro, self)
-                except cancelled as exc:
-                    self.raised = exc  # ours, caught by `hard` (kept for the cleanup check)
+                except BaseException as exc:
+                    # the cancellation (caught by `hard`, kept for the cleanup check) or
+                    # the worker's error (a fact of the run, not the kit's)
+                    self.raised = exc
                     raise
                 self.returned = True
         except _Abandoned:
-            pass
-        except Exception as exc:  # the worker's error: a fact of the run, not the kit's
-            self.raised = exc
+            self.raised = None
+        except Exception:
+            pass  # kept in self.raised
         finally:
             self.exited = True
             self.exit_time = self.now()
             self.wake.set()
+
+
+def _split(exc: BaseException | None) -> tuple[bool, BaseException | None]:
+    """Whether *exc* is (or holds) a cancellation, and the rest of it: the worker's error."""
+    kind = anyio.get_cancelled_exc_class()
+    if exc is None:
+        return False, None
+    if isinstance(exc, kind):
+        return True, None
+    if isinstance(exc, BaseExceptionGroup):
+        match, rest = exc.split(kind)
+        return match is not None, rest
+    return False, exc
 
 
 def _ms(seconds: float) -> str:
@@ -393,8 +451,7 @@ async def run_cancel(
             trio.lowlevel.remove_instrument(instrument)  # type: ignore[arg-type]
 
     raised = tracer.raised
-    cancelled = isinstance(raised, anyio.get_cancelled_exc_class())
-    error = None if raised is None or cancelled else raised
+    cancelled, error = _split(raised)
     stopped = tracer.stop_time is not None
     if error is not None:
         outcome = Outcome.FAILED

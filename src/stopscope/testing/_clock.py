@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import math
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
@@ -246,7 +247,12 @@ def next_deadline() -> float | None:
     scheduled: Any = getattr(loop, "_scheduled", None)
     if scheduled is None:  # not a BaseEventLoop (uvloop): no heap to read
         return None
-    whens: list[float] = [handle.when() for handle in scheduled if not handle.cancelled()]
+    # anyio's sleep_forever() on asyncio is a timer at infinity: no deadline at all
+    whens: list[float] = [
+        when
+        for handle in scheduled
+        if not handle.cancelled() and math.isfinite(when := handle.when())
+    ]
     if not whens:
         return None
     return max(0.0, min(whens) - loop.time())

@@ -870,11 +870,15 @@ async def _until_point_any(tracer: _Tracer, idle: float | None, virtual: bool) -
     for something only a stop can end.  On a real clock that is *idle* seconds without
     a scheduling point (one second by default).  On a virtual clock it is read from the
     clock: once every task waits and no thread runs, a worker with no timer pending
-    (its own or anyone's) has no more points; a pending timer, however far (an
-    ``every(7200)``), is followed.  An explicit *idle* bounds the wait there too."""
+    (its own or anyone's, before the deadline of a scope around the run) has no more
+    points; a pending timer, however far (an ``every(7200)``), is followed.  An
+    explicit *idle* bounds the wait there too."""
     if not virtual:
         await _until_point(tracer, DEFAULT_IDLE_REAL if idle is None else idle)
         return
+    # a timer at or after the deadline around the run (a fail_after in the test) would
+    # only fire once that deadline has cancelled the run: it is no reason to wait
+    outer = anyio.current_effective_deadline()
     while not tracer.wake.is_set():
         await wait_loop_idle()
         if tracer.wake.is_set():
@@ -883,6 +887,8 @@ async def _until_point_any(tracer: _Tracer, idle: float | None, virtual: bool) -
             await tracer.wake.sleep(_TICK)
             continue
         delay = next_deadline()
+        if delay is not None and tracer.now() + delay >= outer:
+            delay = None
         if idle is not None:
             left = idle - (tracer.now() - tracer.last_at)
             if left <= 0:
