@@ -163,8 +163,8 @@ def cut_cleanup_failure(where: str) -> str:
     return (
         f"a cancellation cut the cleanup await {where} short: an await in a `finally` or "
         f"`except` block that is not shielded raises at once when cancelled, and the "
-        f"cleanup never happens (shield it: `with anyio.CancelScope(shield=True):`, with "
-        f"a timeout)"
+        f"cleanup never happens (shield it, with a timeout: "
+        f"`with anyio.move_on_after(seconds, shield=True):`)"
     )
 
 

@@ -482,7 +482,7 @@ class ProbeResult:
     _waited: bool = field(default=False, repr=False)
     #: how the kit ended the worker: ``"stop"`` (its signal, the grace, then a
     #: cancellation) or ``"cancel"`` (a cancellation at once; see :func:`explore`)
-    mode: Mode = "stop"
+    mode: Literal["stop", "cancel"] = "stop"
     #: the cleanup await a cancellation cut short, in short ("`line` (file:N, in fn)"):
     #: an unshielded await in a ``finally`` or ``except`` block the cancellation came
     #: through (the run-time ASYNC102); ``None`` if none
@@ -938,7 +938,7 @@ async def probe(
     grace: float | None = 1.0,
     within: float | None = None,
     idle: float | None = None,
-    mode: Mode = "stop",
+    mode: Literal["stop", "cancel"] = "stop",
     hang_points: int = DEFAULT_HANG_POINTS,
     allow_cut_cleanup: bool = False,
 ) -> ProbeResult:
@@ -1024,7 +1024,7 @@ async def explore(
     sample: int | None = None,
     seed: int | None = None,
     idle: float | None = None,
-    mode: Mode = "stop",
+    mode: Literal["stop", "cancel"] = "stop",
     hang_points: int = DEFAULT_HANG_POINTS,
     allow_cut_cleanup: bool = False,
 ) -> Exploration:
@@ -1215,7 +1215,7 @@ class StopKit:
         grace: float | None = 1.0,
         within: float | None = None,
         idle: float | None = None,
-        mode: Mode = "stop",
+        mode: Literal["stop", "cancel"] = "stop",
         hang_points: int = DEFAULT_HANG_POINTS,
         allow_cut_cleanup: bool = False,
     ) -> ProbeResult:
@@ -1244,7 +1244,7 @@ class StopKit:
         sample: int | None = None,
         seed: int | None = None,
         idle: float | None = None,
-        mode: Mode = "stop",
+        mode: Literal["stop", "cancel"] = "stop",
         hang_points: int = DEFAULT_HANG_POINTS,
         allow_cut_cleanup: bool = False,
     ) -> Exploration:
