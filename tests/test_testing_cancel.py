@@ -12,6 +12,7 @@ import re
 import sys
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -310,7 +311,8 @@ class TestHardCancel:
         async def shielded_work(signal: StopSignal) -> None:
             with anyio.move_on_after(5, shield=True):
                 await anyio.sleep(0.01)
-                await anyio.sleep(0.01)
+                with anyio.move_on_after(0.01):  # a timeout of its own, in the shield
+                    await anyio.sleep(1)
                 done.append("flushed")
             # returns with no checkpoint after the shield: the cancellation never lands
 
@@ -325,6 +327,29 @@ class TestHardCancel:
         assert result.moment == "after 0.01 s"
         assert result.outcome is Outcome.CANCELLED
         assert result.ok, result.describe()
+
+    async def test_a_worker_that_finishes_before_a_timed_cancel(self) -> None:
+        async def quick(signal: StopSignal) -> None:
+            await anyio.sleep(0.001)
+
+        result = await probe(quick, after=1.0, mode="cancel")
+        assert result.outcome is Outcome.FINISHED
+        assert not result.requested
+        assert result.report.reason is None
+
+    async def test_a_worker_that_raises_as_it_is_closed(self) -> None:
+        async def raises_on_close(signal: StopSignal) -> None:
+            while True:
+                try:
+                    await anyio.sleep(0.01)
+                except anyio.get_cancelled_exc_class():
+                    pass
+                except GeneratorExit:
+                    raise RuntimeError("closed in the middle of it") from None
+
+        result = await probe(raises_on_close, mode="cancel", hang_points=20)
+        assert result.outcome is Outcome.ABANDONED
+        assert result.failures[0].startswith("the worker kept running after the cancellation")
 
     async def test_a_worker_that_lingers_past_its_grace_is_closed(
         self, anyio_backend: object
@@ -419,6 +444,62 @@ class TestCutCleanup:
         assert gave_up == []
         assert not result.ok
 
+    async def test_async_with_in_a_finally(self) -> None:
+        lock = anyio.Lock()
+        log: list[str] = []
+
+        async def locks_in_finally(signal: StopSignal) -> None:
+            try:
+                await anyio.sleep_forever()
+            finally:
+
+                def note() -> None:  # a function defined here awaits nothing of ours
+                    log.append("noted")
+
+                async with lock:
+                    note()
+
+        result = await probe(locks_in_finally, mode="cancel")
+        line = line_of(locks_in_finally, "async with lock:")
+        assert result.cut_cleanup == (
+            f"`async with lock:` (test_testing_cancel.py:{line}, in locks_in_finally)"
+        )
+        assert log == []
+
+    def test_code_whose_source_cannot_be_read(self, tmp_path: Path) -> None:
+        from stopscope.testing import _cancel
+
+        # no source at all, a source that is not Python, and a function not in it
+        assert _cancel._cleanup_lines(compile("pass", "<string>", "exec")) == frozenset()
+        bad = tmp_path / "bad.py"
+        bad.write_text("this is not python (\n")
+        assert _cancel._cleanup_lines(compile("pass", str(bad), "exec")) == frozenset()
+        good = tmp_path / "good.py"
+        good.write_text("async def f():\n    pass\n")
+        assert _cancel._cleanup_lines(compile("pass", str(good), "exec")) == frozenset()
+
+    def test_the_cache_is_bounded(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from stopscope.testing import _cancel
+
+        async def nested(signal: StopSignal) -> None:
+            try:
+
+                async def inner() -> None:  # its awaits are its own frame's
+                    try:
+                        await anyio.lowlevel.checkpoint()
+                    finally:
+                        await anyio.lowlevel.checkpoint()
+
+                await inner()
+            finally:
+                await anyio.lowlevel.checkpoint()  # the outer cleanup
+
+        monkeypatch.setattr(_cancel, "_MAX_CACHED", 1)
+        _cancel._cleanup_lines(steps_code())
+        lines = _cancel._cleanup_lines(nested.__code__)
+        assert lines == {line_of(nested, "# the outer cleanup")}
+        assert len(_cancel._cleanup_cache) == 1
+
     async def test_aclose_is_exempt(self) -> None:
         async def closes(signal: StopSignal) -> None:
             send, receive = anyio.create_memory_object_stream[int](1)
@@ -478,6 +559,13 @@ async def busy(signal: StopSignal) -> None:
 async def busy_until_stopped(signal: StopSignal) -> None:
     while not signal.is_set():
         await anyio.lowlevel.checkpoint()
+
+
+def steps_code() -> Any:
+    async def steps(signal: StopSignal) -> None:
+        await anyio.lowlevel.checkpoint()
+
+    return steps.__code__
 
 
 class TestHangGuard:

@@ -41,7 +41,9 @@ from ._probe import (
     _where,
 )
 
-if sys.version_info < (3, 11):  # anyio depends on the backport on 3.10
+if sys.version_info >= (3, 11):
+    from builtins import BaseExceptionGroup
+else:  # anyio depends on the backport on 3.10
     from exceptiongroup import BaseExceptionGroup
 
 __all__ = ["cut_cleanup", "run_cancel"]
@@ -240,9 +242,7 @@ def _visible(hard: Any) -> bool:
             import trio
 
             status: Any = trio.lowlevel.current_task()._cancel_status
-            while status is not None:
-                if status._scope is hard:
-                    return True
+            while status._scope is not hard:  # the kit's scope is in the chain
                 if status._scope.shield:
                     return False
                 status = status._parent
@@ -250,10 +250,8 @@ def _visible(hard: Any) -> bool:
         from anyio._backends._asyncio import _task_states
 
         state = _task_states.get(asyncio.current_task())  # type: ignore[arg-type]
-        scope: Any = None if state is None else state.cancel_scope
-        while scope is not None:
-            if scope is hard:
-                return True
+        scope: Any = state.cancel_scope  # type: ignore[union-attr]
+        while scope is not hard:  # the kit's scope is in the chain
             if scope._shield:
                 return False
             scope = scope._parent_scope

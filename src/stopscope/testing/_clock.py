@@ -244,9 +244,7 @@ def next_deadline() -> float | None:
         seconds: float = trio.lowlevel.current_statistics().seconds_to_next_deadline
         return None if seconds == float("inf") else max(0.0, seconds)
     loop = asyncio.get_running_loop()
-    scheduled: Any = getattr(loop, "_scheduled", None)
-    if scheduled is None:  # not a BaseEventLoop (uvloop): no heap to read
-        return None
+    scheduled: Any = getattr(loop, "_scheduled", ())  # a BaseEventLoop's timer heap
     # anyio's sleep_forever() on asyncio is a timer at infinity: no deadline at all
     whens: list[float] = [
         when
@@ -270,8 +268,8 @@ async def wait_loop_idle() -> None:
         await trio.testing.wait_all_tasks_blocked()
         return
     loop = asyncio.get_running_loop()
-    ready: Any = getattr(loop, "_ready", None)
+    ready: Any = getattr(loop, "_ready", ())  # a BaseEventLoop's ready queue
     while True:
         await asyncio.sleep(0)
-        if ready is None or not ready:
+        if not ready:
             return

@@ -304,8 +304,8 @@ class _Tracer:
             f"(a busy loop? in virtual time its grace cannot pass while it runs), so the "
             f"kit cancelled it to end the run (hang_points={self.hang_points})",
         )
-        if self.escape is not None:
-            self.escape.cancel()
+        assert self.escape is not None  # set by the run before the worker starts
+        self.escape.cancel()
 
     def resumed(self) -> None:
         """Runs in the worker's task context, as it resumes."""
