@@ -56,7 +56,7 @@ _TRY: Final = tuple(getattr(ast, name) for name in ("Try", "TryStar") if hasattr
 
 
 #: the lines of each function's awaits that sit in a `finally` or `except` block
-_cleanup_cache: dict[CodeType, frozenset[int]] = {}
+_cleanup_cache: dict[tuple[str, CodeType], frozenset[int]] = {}
 _MAX_CACHED: Final = 4096
 
 
@@ -98,7 +98,8 @@ def _function_node(tree: ast.AST, code: CodeType) -> ast.AST | None:
 
 def _cleanup_lines(code: CodeType) -> frozenset[int]:
     """The lines of *code*'s awaits inside a ``finally`` or ``except`` block."""
-    found = _cleanup_cache.get(code)
+    key = (code.co_filename, code)  # equal code objects may come from two files
+    found = _cleanup_cache.get(key)
     if found is not None:
         return found
     lines: set[int] = set()
@@ -122,7 +123,7 @@ def _cleanup_lines(code: CodeType) -> frozenset[int]:
             stack.extend(ast.iter_child_nodes(child))
     if len(_cleanup_cache) >= _MAX_CACHED:
         _cleanup_cache.clear()
-    result = _cleanup_cache[code] = frozenset(lines)
+    result = _cleanup_cache[key] = frozenset(lines)
     return result
 
 
