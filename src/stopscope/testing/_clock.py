@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import math
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
@@ -223,3 +224,52 @@ def _guard_selector(loop: asyncio.AbstractEventLoop) -> None:
 
     selector.select = select
     loop._stopscope_thread_guard = True  # type: ignore[attr-defined]
+
+
+def threads_busy() -> bool:
+    """Whether a thread of anyio's default limiter is running (call from a task)."""
+    return anyio.to_thread.current_default_thread_limiter().borrowed_tokens > 0
+
+
+def next_deadline() -> float | None:
+    """Seconds from now to the loop's next timer (a sleep, a timeout, a ``call_later``),
+    or ``None`` if no timer is pending: what a virtual clock would jump to next.
+
+    Call from a task, once every other task waits.  On trio this is the run's own
+    statistic (the one ``MockClock`` jumps by); on asyncio, the loop's timer heap.
+    """
+    if _backend() == "trio":
+        import trio
+
+        seconds: float = trio.lowlevel.current_statistics().seconds_to_next_deadline
+        return None if seconds == float("inf") else max(0.0, seconds)
+    loop = asyncio.get_running_loop()
+    scheduled: Any = getattr(loop, "_scheduled", ())  # a BaseEventLoop's timer heap
+    # anyio's sleep_forever() on asyncio is a timer at infinity: no deadline at all
+    whens: list[float] = [
+        when
+        for handle in scheduled
+        if not handle.cancelled() and math.isfinite(when := handle.when())
+    ]
+    if not whens:
+        return None
+    return max(0.0, min(whens) - loop.time())
+
+
+async def wait_loop_idle() -> None:
+    """Return once every other task waits and nothing is ready to run on the loop.
+
+    On trio this is ``wait_all_tasks_blocked()``; on asyncio, the loop's ready queue is
+    empty (no task step or callback pending) when this task runs.  Neither moves time.
+    """
+    if _backend() == "trio":
+        import trio.testing
+
+        await trio.testing.wait_all_tasks_blocked()
+        return
+    loop = asyncio.get_running_loop()
+    ready: Any = getattr(loop, "_ready", ())  # a BaseEventLoop's ready queue
+    while True:
+        await asyncio.sleep(0)
+        if not ready:
+            return

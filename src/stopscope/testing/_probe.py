@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, Literal, final
 
 import anyio
 
@@ -21,7 +21,7 @@ from .._backends._base import not_a_signal_handler
 from .._report import Outcome, ShutdownReport, TaskRecord
 from .._scope import TaskScope
 from .._signal import StopSignal, _backend
-from ._clock import ThreadGuard, running_virtual
+from ._clock import ThreadGuard, next_deadline, running_virtual, threads_busy, wait_loop_idle
 
 if TYPE_CHECKING:
     import trio
@@ -49,8 +49,14 @@ DEFAULT_MAX_POINTS: Final = 200
 #: seconds without a scheduling point after which a worker that has not reached the
 #: point of its run is taken to wait for ever (it has no more points): on a virtual
 #: clock, and on a real one
-DEFAULT_IDLE_VIRTUAL: Final = 3600.0
 DEFAULT_IDLE_REAL: Final = 1.0
+#: the scheduling points a run may go through past its stop point (or from its start,
+#: when it has none) before the kit takes the worker for a busy loop and ends the run
+DEFAULT_HANG_POINTS: Final = 10_000
+
+#: how a run ends the worker: ask it to stop (its signal, the grace, then a cancel), or
+#: cancel it outright, as an enclosing cancel scope does (anyio's and trio's way)
+Mode = Literal["stop", "cancel"]
 
 _Stack = list[tuple[FrameType, int]]
 
@@ -211,9 +217,14 @@ class _Tracer:
 
     __slots__ = (
         "coro",
+        "escape",
         "exit_time",
         "exited",
         "grace",
+        "hang_at",
+        "hang_points",
+        "hang_stop",
+        "hung",
         "last",
         "last_at",
         "now",
@@ -253,6 +264,12 @@ class _Tracer:
         self.raised: BaseException | None = None
         self.unreached = False  # the worker waited for ever before the target point
         self.wake = StopSignal()  # the probe's body waits on it: stop landed, or exit
+        # the hang guard: at point hang_at the worker is taken for a busy loop
+        self.hang_at: float = math.inf
+        self.hang_points = DEFAULT_HANG_POINTS
+        self.hung: tuple[str, ...] = ()  # why the kit ended the run, if it did
+        self.hang_stop: int | None = None  # the point at which the hang guard stopped it
+        self.escape: anyio.CancelScope | None = None  # cancels the scope from outside
 
     def suspended(self) -> None:
         if self.exited:
@@ -262,6 +279,33 @@ class _Tracer:
         self.last_at = self.now()
         if self.points == self.target and self.stop_time is None:
             self.request_stop(f"stopscope.testing: stop at scheduling point {self.points}")
+        if self.points >= self.hang_at:
+            self.hang()
+
+    def hang(self) -> None:
+        """The hang guard: *hang_points* points went by without the run ending.  Before
+        the stop, request it; after it, cancel the scope from outside, since a worker
+        that never waits keeps virtual time (and so the grace) from passing."""
+        where = _where(self.last)
+        if self.stop_time is None:
+            self.hung += (
+                f"the worker never waited: {self.points} scheduling points went by "
+                f"without an end, at {where} (a busy loop?); the kit requested its stop "
+                f"to end the run (hang_points={self.hang_points})",
+            )
+            self.request_stop("stopscope.testing: the worker never waited")
+            self.hang_at = self.points + self.hang_points
+            self.hang_stop = self.points
+            return
+        self.hang_at = math.inf
+        self.hung += (
+            f"the worker did not stop: {self.points - (self.stop_points or 0)} scheduling "
+            f"points after the stop request it was still at {where}, without ever waiting "
+            f"(a busy loop? in virtual time its grace cannot pass while it runs), so the "
+            f"kit cancelled it to end the run (hang_points={self.hang_points})",
+        )
+        assert self.escape is not None  # set by the run before the worker starts
+        self.escape.cancel()
 
     def resumed(self) -> None:
         """Runs in the worker's task context, as it resumes."""
@@ -436,6 +480,17 @@ class ProbeResult:
     #: the worker never reached the point of the run: it waited *idle* seconds without
     #: a scheduling point, and was stopped only to end the run
     _waited: bool = field(default=False, repr=False)
+    #: how the kit ended the worker: ``"stop"`` (its signal, the grace, then a
+    #: cancellation) or ``"cancel"`` (a cancellation at once; see :func:`explore`)
+    mode: Literal["stop", "cancel"] = "stop"
+    #: the cleanup await a cancellation cut short, in short ("`line` (file:N, in fn)"):
+    #: an unshielded await in a ``finally`` or ``except`` block the cancellation came
+    #: through (the run-time ASYNC102); ``None`` if none
+    cut_cleanup: str | None = None
+    #: what else went wrong, found during the run (the hang guard, a cut cleanup, ...)
+    _extra: tuple[str, ...] = field(default=(), repr=False)
+    #: the hang guard cancelled the worker before its grace ran out
+    _cut_short: bool = field(default=False, repr=False)
 
     @property
     def needed_cancellation(self) -> bool:
@@ -446,13 +501,14 @@ class ProbeResult:
     def failures(self) -> tuple[str, ...]:
         """Each way this run misses the requirement, in words; empty if it meets it."""
         out: list[str] = []
-        if self.swallowed_cancellation:
+        graceful = self.mode == "stop"  # in hard-cancel mode the cancellation is the kit's
+        if graceful and self.swallowed_cancellation:
             out.append(
                 f"the worker swallowed the cancellation: still at {self.where_at_grace or '?'} "
                 f"after the {self.grace:g} s grace, it was cancelled and returned normally "
                 f"instead of letting the cancellation propagate"
             )
-        elif self.needed_cancellation:
+        elif graceful and self.needed_cancellation and not self._cut_short:
             out.append(
                 f"the worker needed cancellation: still at {self.where_at_grace or '?'} "
                 f"after the {self.grace:g} s grace"
@@ -464,6 +520,7 @@ class ProbeResult:
             )
         if self.error is not None:
             out.append(f"the worker raised {type(self.error).__name__}: {self.error}")
+        out.extend(self._extra)
         out.extend(self.invariant_failures)
         return tuple(out)
 
@@ -475,11 +532,13 @@ class ProbeResult:
     def describe(self) -> str:
         """The run in words: how the stop was requested, what went wrong, and where."""
         clock = "virtual" if self.virtual else "real"
-        lines = [f"{self.worker} on {self.backend} ({clock} time), stop requested {self.moment}:"]
+        asked = "stop requested" if self.mode == "stop" else "cancelled"
+        lines = [f"{self.worker} on {self.backend} ({clock} time), {asked} {self.moment}:"]
         if not self.requested and not self._waited:
             ended = "finished" if self.outcome is Outcome.FINISHED else "raised"
             points = _count(self.points, "scheduling point")
-            lines.append(f"  the worker {ended} after {points}, before any stop")
+            what = "stop" if self.mode == "stop" else "cancellation"
+            lines.append(f"  the worker {ended} after {points}, before any {what}")
         elif not self.requested:
             lines.append(
                 f"  after its scheduling point {self.points} the worker waited for something "
@@ -490,10 +549,12 @@ class ProbeResult:
             lines.append(f"  outcome {self.outcome.name}, stop latency {latency}")
         lines.extend(f"  - {failure}" for failure in self.failures)
         if self.requested and self.stack_at_stop:
-            lines.append(f"  when the stop landed the worker was at {self.where_at_stop}:")
+            what = "stop" if self.mode == "stop" else "cancellation"
+            lines.append(f"  when the {what} landed the worker was at {self.where_at_stop}:")
             lines.extend("  " + line for line in self.stack_at_stop.splitlines())
         elif self.requested:
-            lines.append("  the stop landed before the worker's first step")
+            what = "stop" if self.mode == "stop" else "cancellation"
+            lines.append(f"  the {what} landed before the worker's first step")
         return "\n".join(lines)
 
     def _check(self, failures: Sequence[str]) -> None:
@@ -586,8 +647,9 @@ class Exploration:
         elif before:
             passed = f"; points {_ranges(before)} pass"
         if self.failure.point is not None:
+            what = "stop" if self.failure.mode == "stop" else "cancellation"
             headline = (
-                f"{self.worker} fails when the stop lands at scheduling point "
+                f"{self.worker} fails when the {what} lands at scheduling point "
                 f"{self.failure.point}{passed}"
             )
         else:  # the run where it ran out of points: no stop landed at its point
@@ -670,11 +732,25 @@ async def _run(
     grace: float | None,
     within: float | None,
     idle: float | None = None,
+    mode: Mode = "stop",
+    hang_points: int = DEFAULT_HANG_POINTS,
+    allow_cut_cleanup: bool = False,
 ) -> ProbeResult:
+    if mode == "cancel":
+        from ._cancel import run_cancel
+
+        return await run_cancel(
+            scenario,
+            at_point=at_point,
+            after=after,
+            grace=grace,
+            within=within,
+            idle=idle,
+            hang_points=hang_points,
+            allow_cut_cleanup=allow_cut_cleanup,
+        )
     backend = _backend()
     virtual = running_virtual()
-    if idle is None:
-        idle = DEFAULT_IDLE_VIRTUAL if virtual else DEFAULT_IDLE_REAL
     if backend == "trio":
         import trio
 
@@ -683,6 +759,8 @@ async def _run(
         now = asyncio.get_running_loop().time
     scope = TaskScope(grace=grace, name="stopscope.testing")
     tracer = _Tracer(scope, at_point, grace, now)
+    tracer.hang_points = hang_points
+    tracer.hang_at = (at_point or 0) + hang_points
     guard = ThreadGuard() if virtual else None
     instrument: _TrioInstrument | None = None
     if backend == "trio":
@@ -692,6 +770,7 @@ async def _run(
         guard.install_asyncio(asyncio.get_running_loop())
     try:
         async with anyio.create_task_group() as helpers:
+            tracer.escape = helpers.cancel_scope  # the hang guard's way out
             if guard is not None and backend == "trio":
                 helpers.start_soon(guard.run_trio, name="stopscope.testing thread guard")
             try:
@@ -702,7 +781,7 @@ async def _run(
                     if at_point == 0:
                         tracer.request_stop("stopscope.testing: stop before the first step")
                     elif at_point is not None:
-                        await _until_point(tracer, idle)
+                        await _until_point_any(tracer, idle, virtual)
                     elif after is not None:
                         await tracer.wake.sleep(after)
                         if not tracer.exited:
@@ -731,7 +810,9 @@ async def _run(
         latency = max(0.0, tracer.exit_time - tracer.stop_time)
     error = record.error
     swallowed = record.outcome is Outcome.CANCELLED and tracer.returned
-    if tracer.unreached:
+    if tracer.hang_stop is not None and at_point is None:
+        moment = f"by the hang guard, after {tracer.hang_stop} scheduling points"
+    elif tracer.unreached:
         moment = f"at scheduling point {at_point}, which it never reached"
     elif at_point is not None:
         moment = "before its first step" if at_point == 0 else f"at scheduling point {at_point}"
@@ -740,6 +821,7 @@ async def _run(
     else:
         moment = "once it was waiting"
     stop_stack = tracer.stop_stack or []
+    cut, extra = _graceful_extra(tracer, allow_cut_cleanup)
     stuck = None
     if record.outcome in (Outcome.CANCELLED, Outcome.ABANDONED):
         stuck = tracer.stuck_stack or tracer.last  # else: its last await before the exit
@@ -765,7 +847,63 @@ async def _run(
         where_at_stop=_where(stop_stack),
         where_at_grace=None if stuck is None else _where(stuck),
         _waited=tracer.unreached,
+        cut_cleanup=cut,
+        _extra=extra,
+        _cut_short=bool(tracer.hung) and tracer.hang_at == math.inf,
     )
+
+
+def _graceful_extra(tracer: _Tracer, allow_cut_cleanup: bool) -> tuple[str | None, tuple[str, ...]]:
+    """The cleanup await the grace's cancellation cut (if any), and the failures found
+    during a graceful run beyond what the scope's report says."""
+    from ._cancel import cut_cleanup, cut_cleanup_failure
+
+    extra = list(tracer.hung)
+    cut = cut_cleanup(tracer.raised, _is_library)
+    if cut is not None and not allow_cut_cleanup:
+        extra.append(cut_cleanup_failure(cut))
+    return cut, tuple(extra)
+
+
+async def _until_point_any(tracer: _Tracer, idle: float | None, virtual: bool) -> None:
+    """Wait until the stop has landed at its point, or the worker exited, or it waits
+    for something only a stop can end.  On a real clock that is *idle* seconds without
+    a scheduling point (one second by default).  On a virtual clock it is read from the
+    clock: once every task waits and no thread runs, a worker with no timer pending
+    (its own or anyone's, before the deadline of a scope around the run) has no more
+    points; a pending timer, however far (an ``every(7200)``), is followed.  An
+    explicit *idle* bounds the wait there too."""
+    if not virtual:
+        await _until_point(tracer, DEFAULT_IDLE_REAL if idle is None else idle)
+        return
+    # a timer at or after the deadline around the run (a fail_after in the test) would
+    # only fire once that deadline has cancelled the run: it is no reason to wait
+    outer = anyio.current_effective_deadline()
+    while not tracer.wake.is_set():
+        await wait_loop_idle()
+        if tracer.wake.is_set():
+            return
+        if threads_busy():  # virtual time stands still for it: let it finish
+            await tracer.wake.sleep(_TICK)
+            continue
+        delay = next_deadline()
+        if delay is not None and tracer.now() + delay >= outer:
+            delay = None
+        if idle is not None:
+            left = idle - (tracer.now() - tracer.last_at)
+            if left <= 0:
+                delay = None  # its last point is idle seconds ago: waits for ever
+            elif delay is None or left < delay:
+                delay = left
+        if delay is None:
+            tracer.unreached = True
+            tracer.request_stop("stopscope.testing: no more scheduling points")
+            return
+        await tracer.wake.sleep(delay)
+
+
+#: one tick of looptime's clock: the shortest virtual wait
+_TICK: Final = 1e-6
 
 
 async def _until_point(tracer: _Tracer, idle: float) -> None:
@@ -800,6 +938,9 @@ async def probe(
     grace: float | None = 1.0,
     within: float | None = None,
     idle: float | None = None,
+    mode: Literal["stop", "cancel"] = "stop",
+    hang_points: int = DEFAULT_HANG_POINTS,
+    allow_cut_cleanup: bool = False,
 ) -> ProbeResult:
     """Run *worker* in a scope, request its stop, and say what happened.
 
@@ -821,9 +962,19 @@ async def probe(
     :param within: the stop latency :meth:`ProbeResult.assert_ok` requires
     :param idle: with *at_point*: seconds without a scheduling point (since the
         worker's last one) after which the worker is taken to wait for ever, and
-        stopped (default: an hour of virtual time, one second of real time); the
-        result then says it never reached the point
-    :raises ValueError: for a negative point or duration, or both *at_point* and *after*
+        stopped (default: one second of real time; in virtual time, only once every
+        task waits with no timer pending); the result then says it never reached the
+        point
+    :param mode: ``"stop"`` (default) requests a graceful stop; ``"cancel"`` cancels
+        the worker instead, as an enclosing cancel scope does, without setting its
+        signal (see :func:`explore`)
+    :param hang_points: the hang guard: a worker that goes through this many
+        scheduling points past the stop point (or from its start, without one) is
+        taken for a busy loop; the kit ends the run and it fails
+    :param allow_cut_cleanup: do not fail a run in which a cancellation cut a cleanup
+        await short (:attr:`ProbeResult.cut_cleanup` still names it)
+    :raises ValueError: for a negative point or duration, both *at_point* and *after*,
+        an unknown *mode* or a *hang_points* below 1
     """
     scenario = _scenario(worker, args)
     if at_point is not None:
@@ -835,8 +986,32 @@ async def probe(
     within = _check_seconds(within, "within")
     idle = _check_seconds(idle, "idle")
     return await _run(
-        scenario, at_point=at_point, after=after, grace=grace, within=within, idle=idle
+        scenario,
+        at_point=at_point,
+        after=after,
+        grace=grace,
+        within=within,
+        idle=idle,
+        mode=_check_mode(mode),
+        hang_points=_check_hang_points(hang_points),
+        allow_cut_cleanup=allow_cut_cleanup,
     )
+
+
+def _check_mode(mode: object) -> Mode:
+    if mode == "stop":
+        return "stop"
+    if mode == "cancel":
+        return "cancel"
+    raise ValueError(f"`mode` must be 'stop' or 'cancel', got {mode!r}")
+
+
+def _check_hang_points(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`hang_points` must be an int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"`hang_points` must be at least 1, got {value!r}")
+    return value
 
 
 async def explore(
@@ -849,6 +1024,9 @@ async def explore(
     sample: int | None = None,
     seed: int | None = None,
     idle: float | None = None,
+    mode: Literal["stop", "cancel"] = "stop",
+    hang_points: int = DEFAULT_HANG_POINTS,
+    allow_cut_cleanup: bool = False,
 ) -> Exploration:
     """Stop the worker at every scheduling point in turn, and check each run.
 
@@ -879,10 +1057,41 @@ async def explore(
     :param seed: the random mode's seed (default: a fresh one, shown in the report)
     :param idle: seconds without a scheduling point (since the worker's last one)
         after which a worker that has not reached the run's point is taken to wait for
-        ever (default: an hour of virtual time, one second of real time)
-    :raises ValueError: for a negative duration or limit, or *points* with *sample*
+        ever (default: one second of real time; in virtual time the clock decides: a
+        worker waits for ever once every task waits with no timer pending, and a timer
+        hours away is followed, so an ``every(7200)`` job is explored up to
+        *max_points*)
+    :param mode: ``"stop"`` (default): each run requests a graceful stop, as above.
+        ``"cancel"``: each run cancels the worker at its point instead, as an
+        enclosing cancel scope (``tg.cancel_scope.cancel()``) does, without setting
+        its signal: for code that shuts down by plain cancellation.  The cancellation
+        is then no failure; a run fails if the worker raises, swallows the
+        cancellation (returns normally, or keeps running for *grace* seconds or
+        *hang_points* points after it), takes more than *within* to exit, has a
+        cleanup await cut short, or breaks an invariant
+    :param hang_points: the hang guard: a worker that goes through this many
+        scheduling points past a run's point without the run ending is taken for a
+        busy loop; the kit ends the run (stop, then cancellation) and it fails
+    :param allow_cut_cleanup: do not fail a run in which a cancellation cut a cleanup
+        await short: an unshielded await in a ``finally`` or ``except`` block (flake8-async's
+        ASYNC102, at run time); the report still names it
+    :raises ValueError: for a negative duration or limit, *points* with *sample*, an
+        unknown *mode* or a *hang_points* below 1
     """
-    return await _explore(setup, within, grace, max_points, points, sample, seed, idle, None)
+    return await _explore(
+        setup,
+        within,
+        grace,
+        max_points,
+        points,
+        sample,
+        seed,
+        idle,
+        None,
+        mode=mode,
+        hang_points=hang_points,
+        allow_cut_cleanup=allow_cut_cleanup,
+    )
 
 
 async def _explore(
@@ -895,8 +1104,14 @@ async def _explore(
     seed: int | None,
     idle: float | None,
     replay_hint: str | None,
+    *,
+    mode: Mode = "stop",
+    hang_points: int = DEFAULT_HANG_POINTS,
+    allow_cut_cleanup: bool = False,
 ) -> Exploration:
     idle = _check_seconds(idle, "idle")
+    mode = _check_mode(mode)
+    hang_points = _check_hang_points(hang_points)
     within_s = _check_seconds(within, "within", allow_none=False)
     assert within_s is not None
     grace = 2 * within_s if grace is None else _check_seconds(grace, "grace")
@@ -928,7 +1143,15 @@ async def _explore(
             raise TypeError(f"`setup` must return a Scenario, got {scenario!r}")
         name = scenario.name
         result = await _run(
-            scenario, at_point=point, after=None, grace=grace, within=within_s, idle=idle
+            scenario,
+            at_point=point,
+            after=None,
+            grace=grace,
+            within=within_s,
+            idle=idle,
+            mode=mode,
+            hang_points=hang_points,
+            allow_cut_cleanup=allow_cut_cleanup,
         )
         if not result.requested:
             # the worker finished (or waited for ever) before this point: no more
@@ -992,10 +1215,22 @@ class StopKit:
         grace: float | None = 1.0,
         within: float | None = None,
         idle: float | None = None,
+        mode: Literal["stop", "cancel"] = "stop",
+        hang_points: int = DEFAULT_HANG_POINTS,
+        allow_cut_cleanup: bool = False,
     ) -> ProbeResult:
         """:func:`probe`, for this test."""
         return await probe(
-            worker, *args, at_point=at_point, after=after, grace=grace, within=within, idle=idle
+            worker,
+            *args,
+            at_point=at_point,
+            after=after,
+            grace=grace,
+            within=within,
+            idle=idle,
+            mode=mode,
+            hang_points=hang_points,
+            allow_cut_cleanup=allow_cut_cleanup,
         )
 
     async def explore(
@@ -1009,6 +1244,9 @@ class StopKit:
         sample: int | None = None,
         seed: int | None = None,
         idle: float | None = None,
+        mode: Literal["stop", "cancel"] = "stop",
+        hang_points: int = DEFAULT_HANG_POINTS,
+        allow_cut_cleanup: bool = False,
     ) -> Exploration:
         """:func:`explore`, for this test (``--stopscope-point`` replays one point)."""
         if points is None and self._point is not None:
@@ -1018,4 +1256,17 @@ class StopKit:
         hint = None
         if self._nodeid:
             hint = f"pytest '{self._nodeid}' --stopscope-point={{point}}"
-        return await _explore(setup, within, grace, max_points, points, sample, seed, idle, hint)
+        return await _explore(
+            setup,
+            within,
+            grace,
+            max_points,
+            points,
+            sample,
+            seed,
+            idle,
+            hint,
+            mode=mode,
+            hang_points=hang_points,
+            allow_cut_cleanup=allow_cut_cleanup,
+        )
