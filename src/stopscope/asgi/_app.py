@@ -459,20 +459,19 @@ class GracefulApp:
                             "%s: the server's own timeout bounds the in-flight requests",
                             label,
                         )
+                    overhead = _OVERHEAD.get(hook.server, _DEFAULT_OVERHEAD)
                     if hook.cuts_websockets:
                         # uvicorn cuts every WebSocket connection (1012) as its shutdown
                         # begins: the library closes them first, with the listener closed
                         hook.close_listeners()
                         drain.draining(timeout)
-                        await drain.close_websockets(wait=True)
-                        hook.set_timeout(
-                            drain.timeout(_OVERHEAD.get(hook.server, _DEFAULT_OVERHEAD))
-                        )
+                        await drain.close_websockets(overhead)
+                        hook.set_timeout(drain.timeout(overhead))
                         hook.release()
                     else:
                         drain.draining(timeout)
                         hook.release()
-                        await drain.close_websockets(wait=False)
+                        await drain.close_websockets(overhead)
                 await server_done.wait()
                 tg.cancel_scope.cancel()
             await self._unwound()

@@ -198,9 +198,9 @@ class ServerHook:
     def close_listeners(self) -> None:
         """Stop accepting connections now (before :meth:`release`); only for a server
         that :attr:`cuts_websockets` (its shutdown closes them again, harmlessly)."""
-        if self._listeners is not None:
-            for listener in self._listeners():
-                listener.close()
+        assert self._listeners is not None
+        for listener in self._listeners():
+            listener.close()
 
     def release(self) -> None:
         """On the loop: the server starts its own shutdown now (idempotent)."""

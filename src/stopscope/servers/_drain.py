@@ -21,6 +21,9 @@ __all__ = ["RESERVE_FRACTION", "RESERVE_MAX", "ServerInfo"]
 RESERVE_FRACTION: Final = 0.1
 #: ... but never more than this many seconds
 RESERVE_MAX: Final = 1.0
+#: seconds before the server's drain timeout at which the library cuts the WebSocket
+#: sessions still running (at most a tenth of the time they had)
+WEBSOCKET_CUT_MARGIN: Final = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,14 +205,17 @@ class Drain:
             "all the time they need" if timeout is None else f"{timeout:.3g} s",
         )
 
-    async def close_websockets(self, *, wait: bool) -> None:
-        """Once the drain began: the library closes the WebSocket sessions still open
-        (see :meth:`ReadinessMiddleware.close_websockets`), within what is left of the
-        server's budget."""
+    async def close_websockets(self, overhead: float = 0.0) -> None:
+        """Once the drain began: the library closes the WebSocket sessions still open,
+        and cuts those still running a little before the server's own timeout (see
+        :meth:`ReadinessMiddleware.close_websockets`)."""
         middleware = self.middleware
         if middleware is None:
             return
-        sent = await middleware.close_websockets(self.timeout(), wait=wait)
+        limit = self.timeout(overhead)
+        if limit is not None:  # ahead of the server's own cut, which would log each one
+            limit = max(0.0, limit - min(WEBSOCKET_CUT_MARGIN, limit * RESERVE_FRACTION))
+        sent = await middleware.close_websockets(limit)
         if sent:
             logger.info(
                 "%s: sent a close frame (code %d) to %d open WebSocket session(s)",

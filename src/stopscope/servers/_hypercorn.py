@@ -186,9 +186,10 @@ async def _serve(
             config.graceful_timeout = (math.inf if trio else None) if timeout is None else timeout
             drain.draining(timeout)
             stop_now.set()
-            # hypercorn leaves open WebSocket connections alone until its timeout: the
-            # library closes them while it waits for the in-flight requests
-            await drain.close_websockets(wait=False)
+            # hypercorn leaves open WebSocket connections alone until its timeout (then
+            # cuts them, logging each): the library closes them while it waits for the
+            # in-flight requests, and cuts those still running just before it
+            await drain.close_websockets()
     finally:
         drain.close()
         sock.close()  # closed already by hypercorn, unless it failed before it listened

@@ -159,14 +159,15 @@ class ReadinessMiddleware:
 
     * When the drain begins, the open WebSocket sessions are closed by the server
       member (:meth:`close_websockets`): each handler's signal is set first, and
-      0.2 s later each session still open gets a close
-      frame with ``websocket_close_code`` (1001 "going away" by default; 1012 "service
-      restart" tells clients to come back soon).  From then on the handler's
+      0.2 s later each session still open gets a close frame with
+      ``websocket_close_code`` (1001 "going away" by default; 1012 "service restart"
+      tells clients to come back soon).  From then on the handler's
       ``receive()`` says ``websocket.disconnect`` with that code, and its ``send()``
       raises :class:`OSError` (as the ASGI spec asks of a closed connection) without
-      reaching the client; the middleware absorbs that error (and one raised from it,
-      such as Starlette's ``WebSocketDisconnect``), so the session ends without a
-      traceback.
+      reaching the client.  The middleware absorbs the errors this close causes in
+      the handler (that ``OSError``, an error raised from it, and an error carrying
+      the close code once ``receive()`` said so, as Starlette's
+      ``WebSocketDisconnect``), so the session ends without a traceback.
 
     :attr:`in_flight` counts the HTTP requests and WebSocket sessions being handled;
     :attr:`cancelled` counts those cut short by cancellation (the server's drain
@@ -282,7 +283,7 @@ class ReadinessMiddleware:
         self, scope: Scope, receive: Receive, send: Send, signal: StopSignal | None = None
     ) -> None:
         """Serve one WebSocket session: counted in :attr:`in_flight`, closed by the
-        library when the drain begins (:meth:`close_websockets`).
+        library when the drain begins, cut at its end (:meth:`close_websockets`).
 
         :param signal: with ``request_signals=False``, a stop signal to put in the
             scope all the same (:class:`stopscope.asgi.GracefulApp` gives one)
@@ -293,27 +294,32 @@ class ReadinessMiddleware:
         exchange: _Exchange | None = None
         cut = False
         try:
-            if self.request_signals:
-                exchange = _Exchange(self.readiness._draining, session.receive, session.send)
-                scope[SCOPE_KEY] = exchange
-                await self.app(scope, exchange.receive, exchange.send)
-            else:
-                if signal is not None:
-                    scope = {**scope, SCOPE_KEY: signal}
-                await self.app(scope, session.receive, session.send)
+            # the library's own cut (see close_websockets): the handler unwinds, and the
+            # server sees the session end as it should, without an error to log
+            with session.cut_scope:
+                if self.request_signals:
+                    exchange = _Exchange(self.readiness._draining, session.receive, session.send)
+                    scope[SCOPE_KEY] = exchange
+                    await self.app(scope, exchange.receive, exchange.send)
+                else:
+                    if signal is not None:
+                        scope = {**scope, SCOPE_KEY: signal}
+                    await self.app(scope, session.receive, session.send)
+            cut = session.cut_scope.cancelled_caught
         except BaseException as exc:
             if isinstance(exc, anyio.get_cancelled_exc_class()):
-                cut = True
-                self.cancelled += 1
+                cut = True  # the server's cut
                 raise
             if not session.caused(exc):
                 raise
-            # the handler sent after the library closed the session: it is over
+            # an error the library's close caused: the session is over, cleanly
         finally:
             if exchange is not None:
                 exchange.close()
             session.release()
-            if session.closed_by_library and not cut:
+            if cut:
+                self.cancelled += 1
+            elif session.closed_by_library:
                 self.websockets_closed += 1
             self._sessions.discard(session)
             if not self._sessions and self._sessions_idle is not None:
@@ -322,17 +328,16 @@ class ReadinessMiddleware:
             if not self.in_flight and self._idle is not None:
                 self._idle.set()
 
-    async def close_websockets(self, limit: float | None, *, wait: bool) -> int:
+    async def close_websockets(self, limit: float | None) -> int:
         """Close the open WebSocket sessions, the library's way; call it once the drain
         began (:meth:`Readiness.mark_draining` set the sessions' signals).
 
-        Waits up to 0.2 s for the handlers to close
-        their sessions themselves, then sends a close frame with
-        :attr:`websocket_close_code` to each session still open (a session accepted
-        later gets it right after its accept).  With ``wait``, it then waits for the
-        sessions to end (a server that cuts its WebSocket connections when its own
-        shutdown begins, as uvicorn does, is let go on only then).  Everything within
-        ``limit`` seconds (``None``: no limit).  Returns the number of close frames sent.
+        Waits up to 0.2 s for the handlers to close their sessions themselves, then
+        sends a close frame with :attr:`websocket_close_code` to each session still
+        open (a session accepted later gets it right after its accept), then waits for
+        the sessions to end.  After ``limit`` seconds (``None``: no limit) it cuts the
+        sessions still running (they count in :attr:`cancelled`) and waits a moment
+        for them to unwind.  Returns the number of close frames sent.
         """
         self._closing_websockets = True
         if not self._sessions:
@@ -343,13 +348,16 @@ class ReadinessMiddleware:
                 await self._wait_sessions()
             code = self.websocket_close_code
             sessions = [session for session in self._sessions if session.open]
-            if sessions:
-                async with anyio.create_task_group() as tg:
-                    for session in sessions:
-                        tg.start_soon(session.close, code)
-                sent = len(sessions)
-            if wait:
-                await self._wait_sessions()
+            sent = len(sessions)
+            async with anyio.create_task_group() as tg:
+                for session in sessions:
+                    tg.start_soon(session.close, code)
+            await self._wait_sessions()
+            return sent
+        for session in self._sessions:
+            session.cut_scope.cancel()
+        with anyio.move_on_after(WEBSOCKET_UNWIND_WAIT):
+            await self._wait_sessions()
         return sent
 
     async def _wait_sessions(self) -> None:
@@ -395,6 +403,8 @@ class ReadinessMiddleware:
 #: library's close frame to the sessions still open: the handlers' time to send their
 #: own goodbye and close
 WEBSOCKET_CLOSE_WINDOW: Final = 0.2
+#: seconds the library waits for the WebSocket sessions it cut to unwind
+WEBSOCKET_UNWIND_WAIT: Final = 1.0
 
 #: what the close codes the library may send mean (RFC 6455 and the IANA registry)
 _CLOSE_REASONS: Final = {1000: "normal closure", 1001: "going away", 1012: "service restart"}
@@ -431,7 +441,9 @@ class _WebSocketSession:
         "accepted",
         "closed_by_library",
         "code",
+        "cut_scope",
         "ended",
+        "told",
     )
 
     def __init__(self, middleware: ReadinessMiddleware, receive: Receive, send: Send) -> None:
@@ -442,6 +454,8 @@ class _WebSocketSession:
         self.ended = False  # closed by either side, or refused
         self.closed_by_library = False
         self.code = 0  # the library's close code, once it closed the session
+        self.told = False  # receive() gave the handler the library's disconnect
+        self.cut_scope = anyio.CancelScope()  # the handler runs in it (replaced then)
         self._error: _SessionClosed | None = None
 
     @property
@@ -450,6 +464,7 @@ class _WebSocketSession:
 
     async def receive(self) -> Message:
         if self.code:
+            self.told = True
             return {"type": "websocket.disconnect", "code": self.code}
         message = await self._raw_receive()
         if message["type"] == "websocket.disconnect":
@@ -461,6 +476,7 @@ class _WebSocketSession:
         """The server's disconnect; with the library's code if it closed the session
         meanwhile (whatever the server says: hypercorn says 1000)."""
         if self.code:
+            self.told = True
             return {"type": "websocket.disconnect", "code": self.code}
         return message
 
@@ -496,8 +512,13 @@ class _WebSocketSession:
             logger.debug("the WebSocket close frame was not sent: %r", exc)
 
     def caused(self, error: BaseException) -> bool:
-        """Whether ``error`` is the handler's send after the library's close (or was
-        raised from it, as Starlette turns it into ``WebSocketDisconnect``)."""
+        """Whether ``error`` comes from the library's close: the handler's send after
+        it (or an error raised from that, as Starlette turns it into
+        ``WebSocketDisconnect``), or an error that carries the library's close code
+        once ``receive()`` gave it (Starlette's ``WebSocketDisconnect`` again, from a
+        ``receive_text()`` that got the disconnect)."""
+        if self.told and getattr(error, "code", None) == self.code:
+            return True
         mine = self._error
         if mine is None:
             return False

@@ -205,7 +205,7 @@ async def _serve(
                 listener.close()  # uvicorn's shutdown closes them again: no harm
             drain.draining(timeout)
             # before uvicorn's shutdown, which cuts every WebSocket connection at once
-            await drain.close_websockets(wait=True)
+            await drain.close_websockets(overhead=_OVERHEAD)
             server.config.timeout_graceful_shutdown = drain.timeout(overhead=_OVERHEAD)
             server.should_exit = True  # uvicorn looks at it every 0.1 s
     finally:
