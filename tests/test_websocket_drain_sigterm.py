@@ -107,17 +107,19 @@ async def clients_through_sigterm(served: Served) -> tuple[list[int | None], flo
     """Connect MANY clients, SIGTERM the server, return each close code and the
     seconds from SIGTERM until the last session closed."""
     url = f"ws://127.0.0.1:{served.port}/ws"
-    async with asyncio.timeout(HANG_GUARD):
-        connections: list[ClientConnection] = await asyncio.gather(
+    connections: list[ClientConnection] = await asyncio.wait_for(
+        asyncio.gather(
             *(connect(url, open_timeout=HANG_GUARD, ping_interval=None) for _ in range(MANY))
-        )
-        for ws in connections[:5]:  # they are served
-            await ws.send("hello")
-            assert await ws.recv() == "hello"
-        sent = time.monotonic()
-        served.proc.send_signal(signal.SIGTERM)
-        await asyncio.gather(*(ws.wait_closed() for ws in connections))
-        took = time.monotonic() - sent
+        ),
+        HANG_GUARD,
+    )
+    for ws in connections[:5]:  # they are served
+        await ws.send("hello")
+        assert await asyncio.wait_for(ws.recv(), HANG_GUARD) == "hello"
+    sent = time.monotonic()
+    served.proc.send_signal(signal.SIGTERM)
+    await asyncio.wait_for(asyncio.gather(*(ws.wait_closed() for ws in connections)), HANG_GUARD)
+    took = time.monotonic() - sent
     return [ws.close_code for ws in connections], took
 
 
