@@ -8,12 +8,14 @@ servers' logs are captured and must hold no traceback.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any, Literal
 
 import anyio
+import anyio.abc
 import pytest
 from anyio.abc import ByteStream
 from wsproto import ConnectionType, WSConnection
@@ -29,6 +31,7 @@ from stopscope.servers import (
     start_hypercorn,
     start_uvicorn,
 )
+from stopscope.servers._readiness import _WebSocketSession
 
 pytestmark = pytest.mark.anyio
 
@@ -366,3 +369,214 @@ class TestBadCode:
             with pytest.raises(TypeError, match="websocket_close_code"):
                 await starter(server)(scope, App(), websocket_close_code="1001")
         assert scope.report.tasks == ()  # nothing was started
+
+
+class FakeServer:
+    """The server side of one WebSocket session, in memory: what the app sent, and
+    messages for its receive()."""
+
+    def __init__(self, *, refuse_close: bool = False) -> None:
+        self.sent: list[Message] = []
+        self.refuse_close = refuse_close
+        self._queue: list[Message] = [{"type": "websocket.connect"}]
+        self._arrived: anyio.Event | None = None
+
+    async def receive(self) -> Message:
+        while not self._queue:
+            arrived = self._arrived = anyio.Event()
+            await arrived.wait()
+        return self._queue.pop(0)
+
+    async def send(self, message: Message) -> None:
+        if self.refuse_close and message["type"] == "websocket.close":
+            self.disconnect(1006)  # the client went: the server says so to receive()
+            raise OSError("the connection is gone")
+        self.sent.append(message)
+        if message["type"] == "websocket.close":  # as uvicorn does
+            self.disconnect(message["code"])
+
+    def disconnect(self, code: int) -> None:
+        self._queue.append({"type": "websocket.disconnect", "code": code})
+        if self._arrived is not None:
+            self._arrived.set()
+
+
+class Handler:
+    """Accepts, then does what ``then`` says once the library closed the session."""
+
+    def __init__(self, then: str = "read") -> None:
+        self.then = then
+        self.accepted = anyio.Event()
+        self.scopes: list[Message] = []
+        self.received: list[Message] = []
+
+    async def __call__(self, scope: Message, receive: Any, send: Any) -> None:
+        self.scopes.append(scope)
+        await receive()
+        await send({"type": "websocket.accept"})
+        self.accepted.set()
+        if self.then == "forever":
+            await anyio.sleep_forever()
+        self.received.append(await receive())
+        if self.then == "fail":
+            raise ValueError("a bug of the handler's own")
+        if self.then == "disconnect":
+            raise WebSocketGone(self.received[-1]["code"])
+        if self.then == "other-code":
+            raise WebSocketGone(1000)
+
+
+class WebSocketGone(Exception):
+    """What a framework raises when receive() says the session is over (a ``code``)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+WS_SCOPE: Message = {"type": "websocket", "path": "/ws"}
+
+
+@contextlib.asynccontextmanager
+async def bounded_group() -> AsyncIterator[anyio.abc.TaskGroup]:
+    with anyio.fail_after(HANG_GUARD):
+        async with anyio.create_task_group() as tg:
+            yield tg
+
+
+class TestSessionsInMemory:
+    async def test_a_signal_given_without_request_signals(self) -> None:
+        middleware = ReadinessMiddleware(Handler(), Readiness(), request_signals=False)
+        handler = middleware.app
+        assert isinstance(handler, Handler)
+        server = FakeServer()
+        signal = middleware.readiness.draining.child()
+        async with bounded_group() as tg:
+            tg.start_soon(middleware.websocket, dict(WS_SCOPE), server.receive, server.send, signal)
+            await handler.accepted.wait()
+            assert request_signal(handler.scopes[0]) is signal
+            middleware.readiness.mark_draining()
+            assert signal.is_set()
+            assert await middleware.close_websockets(None) == 1
+        assert server.sent[-1] == {"type": "websocket.close", "code": 1001, "reason": "going away"}
+        assert handler.received == [{"type": "websocket.disconnect", "code": 1001}]
+        assert (middleware.websockets_closed, middleware.cancelled) == (1, 0)
+
+    async def test_a_cut_by_the_server_is_counted_and_goes_on(self) -> None:
+        middleware = ReadinessMiddleware(Handler("forever"), Readiness())
+        handler = middleware.app
+        assert isinstance(handler, Handler)
+        server = FakeServer()
+        async with bounded_group() as tg:
+            tg.start_soon(middleware, dict(WS_SCOPE), server.receive, server.send)
+            await handler.accepted.wait()
+            tg.cancel_scope.cancel()  # the server's own cut
+        assert (middleware.cancelled, middleware.websockets_closed, middleware.in_flight) == (
+            1,
+            0,
+            0,
+        )
+
+    async def test_the_library_cuts_at_its_limit(self) -> None:
+        middleware = ReadinessMiddleware(Handler("forever"), Readiness())
+        handler = middleware.app
+        assert isinstance(handler, Handler)
+        server = FakeServer()
+        async with bounded_group() as tg:
+            tg.start_soon(middleware, dict(WS_SCOPE), server.receive, server.send)
+            await handler.accepted.wait()
+            middleware.readiness.mark_draining()
+            assert await middleware.close_websockets(0.3) == 1
+        assert (middleware.cancelled, middleware.websockets_closed, middleware.in_flight) == (
+            1,
+            0,
+            0,
+        )
+
+    @pytest.mark.parametrize("then", ["fail", "other-code"])
+    async def test_an_error_the_close_did_not_cause_is_raised(self, then: str) -> None:
+        middleware = ReadinessMiddleware(Handler(then), Readiness())
+        handler = middleware.app
+        assert isinstance(handler, Handler)
+        server = FakeServer()
+        errors: list[BaseException] = []
+
+        async def session() -> None:
+            try:
+                await middleware(dict(WS_SCOPE), server.receive, server.send)
+            except Exception as exc:
+                errors.append(exc)
+
+        async with bounded_group() as tg:
+            tg.start_soon(session)
+            await handler.accepted.wait()
+            await middleware.close_websockets(None)
+        assert [type(e) for e in errors] == [ValueError if then == "fail" else WebSocketGone]
+        assert middleware.websockets_closed == 1  # closed by the library, not cut
+
+    async def test_an_error_with_the_close_code_after_the_disconnect_is_absorbed(
+        self,
+    ) -> None:
+        middleware = ReadinessMiddleware(Handler("disconnect"), Readiness(), request_signals=False)
+        handler = middleware.app
+        assert isinstance(handler, Handler)
+        server = FakeServer()
+        async with bounded_group() as tg:
+            tg.start_soon(middleware, dict(WS_SCOPE), server.receive, server.send)
+            await handler.accepted.wait()
+            await middleware.close_websockets(None)
+        assert handler.received == [{"type": "websocket.disconnect", "code": 1001}]
+        assert (middleware.websockets_closed, middleware.cancelled) == (1, 0)
+
+    async def test_a_close_frame_the_server_cannot_send(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.DEBUG, "stopscope")
+        middleware = ReadinessMiddleware(Handler(), Readiness())
+        handler = middleware.app
+        assert isinstance(handler, Handler)
+        server = FakeServer(refuse_close=True)
+        async with bounded_group() as tg:
+            tg.start_soon(middleware, dict(WS_SCOPE), server.receive, server.send)
+            await handler.accepted.wait()
+            await middleware.close_websockets(None)
+        assert "the WebSocket close frame was not sent" in caplog.text
+        assert handler.received == [{"type": "websocket.disconnect", "code": 1001}]
+
+    async def test_a_session_that_ended_gets_no_close_frame(self) -> None:
+        readiness = Readiness()
+        middleware = ReadinessMiddleware(Handler(), readiness)
+        server = FakeServer()
+        session = _WebSocketSession(middleware, server.receive, server.send)
+        await session.receive()
+        await session.send({"type": "websocket.accept"})
+        await session.send({"type": "websocket.close", "code": 4000})
+        await session.close(1001)  # it is over: nothing more is sent
+        assert server.sent == [
+            {"type": "websocket.accept"},
+            {"type": "websocket.close", "code": 4000},
+        ]
+        assert not session.closed_by_library
+        assert not session.caused(RuntimeError("unrelated"))
+
+    async def test_after_the_close_receive_says_disconnect_and_send_raises(self) -> None:
+        middleware = ReadinessMiddleware(Handler(), Readiness(), websocket_close_code=1012)
+        server = FakeServer()
+        session = _WebSocketSession(middleware, server.receive, server.send)
+        await session.receive()
+        await session.send({"type": "websocket.accept"})
+        await session.close(1012)
+        await session.close(1012)  # once
+        assert server.sent[1:] == [
+            {"type": "websocket.close", "code": 1012, "reason": "service restart"}
+        ]
+        assert await session.receive() == {"type": "websocket.disconnect", "code": 1012}
+        with pytest.raises(OSError, match="closed by the server's drain") as raised:
+            await session.send({"type": "websocket.send", "text": "late"})
+        assert len(server.sent) == 2  # it did not reach the server
+        wrapped = RuntimeError("wrapped")
+        wrapped.__cause__ = raised.value
+        assert session.caused(wrapped)
+        unrelated = RuntimeError("unrelated")
+        unrelated.__context__ = RuntimeError("neither")
+        assert not session.caused(unrelated)
