@@ -1,8 +1,8 @@
 """WebSocket sessions drained on a real SIGTERM: the server started with its own
-command (``uvicorn app:app``, ``hypercorn app:app -k asyncio|trio``) around a
-:class:`GracefulApp`, many clients of the ``websockets`` package, the signal sent by
-PID to the process the test started (in a process group of its own, killed in
-``finally``).
+command (``uvicorn app:app``, ``gunicorn -k uvicorn_worker.UvicornWorker``,
+``hypercorn app:app -k asyncio|trio``) around a :class:`GracefulApp`, many clients of
+the ``websockets`` package, the signal sent by PID to the process the test started
+(in a process group of its own, killed in ``finally``).
 """
 
 from __future__ import annotations
@@ -42,6 +42,12 @@ def argv(server: str, port: int) -> list[str]:
     py = sys.executable
     if server == "uvicorn":
         return [py, "-m", "uvicorn", "ws_drain_app:app", "--host", "127.0.0.1", "--port", str(port)]
+    if server == "gunicorn":
+        return [
+            *(py, "-m", "gunicorn", "ws_drain_app:app", "-k", "uvicorn_worker.UvicornWorker"),
+            *("-w", "1", "-b", f"127.0.0.1:{port}", "--no-control-socket"),
+            *("--graceful-timeout", "20"),
+        ]
     worker = server.split()[-1]
     return [py, "-m", "hypercorn", "ws_drain_app:app", "--bind", f"127.0.0.1:{port}", "-k", worker]
 
@@ -123,7 +129,7 @@ async def clients_through_sigterm(served: Served) -> tuple[list[int | None], flo
     return [ws.close_code for ws in connections], took
 
 
-@pytest.mark.parametrize("server", ["uvicorn", "hypercorn asyncio", "hypercorn trio"])
+@pytest.mark.parametrize("server", ["uvicorn", "gunicorn", "hypercorn asyncio", "hypercorn trio"])
 @pytest.mark.parametrize("code", [1001, 1012])
 def test_sigterm_closes_every_session_with_the_code(
     server: str, code: int, started: list[Served], tmp_path: Path
