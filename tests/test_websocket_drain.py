@@ -27,6 +27,7 @@ from stopscope.servers import (
     Readiness,
     ReadinessMiddleware,
     ServerInfo,
+    WebService,
     request_signal,
     start_hypercorn,
     start_uvicorn,
@@ -293,6 +294,32 @@ class TestClosedByTheLibrary:
         assert (first.code, late.code) == (1001, 1001)
         assert app.disconnects == [1001, 1001]
         assert scope.report.by_name(server).outcome is Outcome.STOPPED
+        assert_no_traceback(caplog)
+
+
+class TestWebService:
+    @combos
+    async def test_serve_passes_the_code_on(
+        self, server: ServerName, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        app = App(expected=2)
+        clients: list[Client] = []
+        with anyio.fail_after(HANG_GUARD * 2):
+            async with (
+                anyio.create_task_group() as clients_tg,
+                WebService(grace=HANG_GUARD) as service,
+            ):
+                info = await service.serve(
+                    app, server=server, websocket_close_code=1012, **quiet(server)
+                )
+                for _ in range(2):
+                    client = Client(info, "/naive")
+                    clients.append(client)
+                    clients_tg.start_soon(client.run)
+                await app.all_accepted.wait()
+                service.stop("deploy")
+        assert [c.code for c in clients] == [1012, 1012]
+        assert service.scope.report.by_name(server).outcome is Outcome.STOPPED
         assert_no_traceback(caplog)
 
 
