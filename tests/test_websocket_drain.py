@@ -402,9 +402,13 @@ class FakeServer:
     """The server side of one WebSocket session, in memory: what the app sent, and
     messages for its receive()."""
 
-    def __init__(self, *, refuse_close: bool = False) -> None:
+    def __init__(
+        self, *, refuse_close: bool = False, close_gate: anyio.Event | None = None
+    ) -> None:
         self.sent: list[Message] = []
         self.refuse_close = refuse_close
+        self.close_gate = close_gate  # a close frame waits for it (a busy connection)
+        self.close_waits = anyio.Event()
         self._queue: list[Message] = [{"type": "websocket.connect"}]
         self._arrived: anyio.Event | None = None
 
@@ -415,6 +419,9 @@ class FakeServer:
         return self._queue.pop(0)
 
     async def send(self, message: Message) -> None:
+        if self.close_gate is not None and message["type"] == "websocket.close":
+            self.close_waits.set()
+            await self.close_gate.wait()
         if self.refuse_close and message["type"] == "websocket.close":
             self.disconnect(1006)  # the client went: the server says so to receive()
             raise OSError("the connection is gone")
@@ -434,6 +441,7 @@ class Handler:
     def __init__(self, then: str = "read") -> None:
         self.then = then
         self.accepted = anyio.Event()
+        self.proceed = anyio.Event()
         self.scopes: list[Message] = []
         self.received: list[Message] = []
 
@@ -444,6 +452,9 @@ class Handler:
         self.accepted.set()
         if self.then == "forever":
             await anyio.sleep_forever()
+        if self.then == "send-later":
+            await self.proceed.wait()
+            await send({"type": "websocket.send", "text": "late"})
         self.received.append(await receive())
         if self.then == "fail":
             raise ValueError("a bug of the handler's own")
@@ -539,7 +550,8 @@ class TestSessionsInMemory:
             await handler.accepted.wait()
             await middleware.close_websockets(None)
         assert [type(e) for e in errors] == [ValueError if then == "fail" else WebSocketGone]
-        assert middleware.websockets_closed == 1  # closed by the library, not cut
+        # closed by the library, but ended by an error of its own: neither closed nor cut
+        assert (middleware.websockets_closed, middleware.cancelled) == (0, 0)
 
     async def test_an_error_with_the_close_code_after_the_disconnect_is_absorbed(
         self,
@@ -569,6 +581,28 @@ class TestSessionsInMemory:
             await middleware.close_websockets(None)
         assert "the WebSocket close frame was not sent" in caplog.text
         assert handler.received == [{"type": "websocket.disconnect", "code": 1001}]
+
+    async def test_the_session_ends_only_once_the_close_frame_left(self) -> None:
+        """hypercorn closes the connection as soon as the handler returns: a handler
+        that ends (here: its send after the close raises) while the close frame waits
+        for the connection must not end before the frame was handed over."""
+        middleware = ReadinessMiddleware(Handler("send-later"), Readiness())
+        handler = middleware.app
+        assert isinstance(handler, Handler)
+        gate = anyio.Event()
+        server = FakeServer(close_gate=gate)
+        async with bounded_group() as tg:
+            tg.start_soon(middleware, dict(WS_SCOPE), server.receive, server.send)
+            await handler.accepted.wait()
+            tg.start_soon(middleware.close_websockets, None)
+            await server.close_waits.wait()  # the close frame waits at the gate
+            handler.proceed.set()  # the handler sends, after the close began
+            await anyio.wait_all_tasks_blocked()
+            assert middleware.in_flight == 1  # held until the frame is out
+            assert [m["type"] for m in server.sent] == ["websocket.accept"]
+            gate.set()
+        assert [m["type"] for m in server.sent] == ["websocket.accept", "websocket.close"]
+        assert (middleware.in_flight, middleware.websockets_closed) == (0, 1)
 
     async def test_a_session_that_ended_gets_no_close_frame(self) -> None:
         readiness = Readiness()
