@@ -523,6 +523,7 @@ class TestSessionsInMemory:
         async with bounded_group() as tg:
             tg.start_soon(middleware, dict(WS_SCOPE), server.receive, server.send)
             await handler.accepted.wait()
+            tg.start_soon(middleware.wait_idle)  # returns once the cut session unwound
             middleware.readiness.mark_draining()
             assert await middleware.close_websockets(0.3) == 1
         assert (middleware.cancelled, middleware.websockets_closed, middleware.in_flight) == (
