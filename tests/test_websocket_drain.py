@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from typing import Any, Literal
 
 import anyio
@@ -21,7 +22,9 @@ from anyio.abc import ByteStream
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
+import stopscope
 from stopscope import Outcome, TaskScope
+from stopscope._service import EXIT_CUT_SHORT
 from stopscope.asgi import GracefulApp
 from stopscope.servers import (
     Readiness,
@@ -642,3 +645,47 @@ class TestSessionsInMemory:
         unrelated = RuntimeError("unrelated")
         unrelated.__context__ = RuntimeError("neither")
         assert not session.caused(unrelated)
+
+
+@pytest.fixture
+def usr1_ignored() -> Iterator[None]:
+    """A SIGUSR1 that reaches the previous handler must not kill pytest."""
+    old = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+
+
+@pytest.mark.usefixtures("usr1_ignored")
+@pytest.mark.parametrize(
+    ("backend", "server"),
+    [("asyncio", "uvicorn"), ("asyncio", "hypercorn"), ("trio", "hypercorn")],
+)
+@pytest.mark.parametrize("path", ["/naive", "/stubborn"])
+def test_run_fail_if_cut_short(backend: str, server: ServerName, path: str) -> None:
+    """A session the library closed leaves run() at 0; one it cut makes it exit 70."""
+
+    async def main(signal_: stopscope.StopSignal) -> str:
+        app = App(expected=1)
+        async with (
+            anyio.create_task_group() as clients,
+            WebService(signal=signal_, grace=2.0) as service,
+        ):
+            info = await service.serve(app, server=server, **quiet(server))
+            client = Client(info, path)
+            clients.start_soon(client.run)
+            await app.all_accepted.wait()
+            signal.raise_signal(signal.SIGUSR1)
+        assert client.code == 1001
+        return "done"
+
+    if path == "/naive":
+        assert (
+            stopscope.run(main, backend=backend, signals=(signal.SIGUSR1,), fail_if_cut_short=True)
+            == "done"
+        )
+    else:
+        with pytest.raises(SystemExit) as info:
+            stopscope.run(main, backend=backend, signals=(signal.SIGUSR1,), fail_if_cut_short=True)
+        assert info.value.code == EXIT_CUT_SHORT == 70
