@@ -493,7 +493,9 @@ class TestSessionsInMemory:
         server = FakeServer()
         signal = middleware.readiness.draining.child()
         async with bounded_group() as tg:
-            tg.start_soon(middleware.websocket, dict(WS_SCOPE), server.receive, server.send, signal)
+            tg.start_soon(
+                middleware._websocket, dict(WS_SCOPE), server.receive, server.send, signal
+            )
             await handler.accepted.wait()
             assert request_signal(handler.scopes[0]) is signal
             middleware.readiness.mark_draining()

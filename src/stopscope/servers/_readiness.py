@@ -242,7 +242,7 @@ class ReadinessMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "websocket":
-            await self.websocket(scope, receive, send)
+            await self._websocket(scope, receive, send)
             return
         if kind == "http":
             if (
@@ -279,7 +279,7 @@ class ReadinessMiddleware:
             if not self.in_flight and self._idle is not None:
                 self._idle.set()
 
-    async def websocket(
+    async def _websocket(
         self, scope: Scope, receive: Receive, send: Send, signal: StopSignal | None = None
     ) -> None:
         """Serve one WebSocket session: counted in :attr:`in_flight`, closed by the
