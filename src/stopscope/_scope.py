@@ -983,8 +983,7 @@ class TaskScope:
 
     def _start_cancelled(self, member: _Member, exc: BaseException) -> BaseException:
         error = RuntimeError(
-            f"member {member.record.name!r} was cancelled before it called "
-            f"task_status.started()"
+            f"member {member.record.name!r} was cancelled before it called task_status.started()"
         )
         error.__cause__ = exc
         return error
@@ -1190,9 +1189,7 @@ class TaskScope:
         if member.returned_first and ended == CANCELLED:
             # a thread's result raced the cancellation: it cut nothing of the member
             ended, cut_by, asked = RETURNED, NOBODY, member.returned_asked
-        outcome, phase = _judge(
-            ended, asked, caused, cut_by, reach, record.cut, member.abandoned
-        )
+        outcome, phase = _judge(ended, asked, caused, cut_by, reach, record.cut, member.abandoned)
         if member.lagged and phase == "cancelled":
             phase = "after-cancel"  # it kept running well after it was cancelled
         record.outcome = outcome

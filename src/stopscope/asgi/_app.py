@@ -19,7 +19,6 @@ from .._service import _CurrentStderr
 from .._signal import StopSignal, logger
 from ..servers._drain import Drain, check_drain_delay
 from ..servers._readiness import (
-    SCOPE_KEY,
     ASGIApp,
     Message,
     Readiness,
@@ -105,9 +104,13 @@ class GracefulApp:
     :param readiness_path: the readiness probe's path; ``None``: no probe route
     :param request_signals: give each HTTP request a stop signal (``request_signal()``
         of ``stopscope.servers``); WebSocket connections always get one
+    :param websocket_close_code: the close code sent, when the drain begins, to each
+        WebSocket session its handler has not closed within 0.2 s of its signal: 1001
+        ("going away", the default) or 1012 ("service restart"), or any code an
+        endpoint may send (1000-1003, 1007-1014, 3000-4999)
     :param name: the scope's name in logs and in the report
-    :raises ValueError: for a bad ``grace`` or ``drain_delay``, or an ``app`` that is
-        a GracefulApp already
+    :raises ValueError: for a bad ``grace``, ``drain_delay`` or
+        ``websocket_close_code``, or an ``app`` that is a GracefulApp already
 
     .. versionadded:: 0.1
     """
@@ -137,6 +140,7 @@ class GracefulApp:
         drain_delay: float = 0.0,
         readiness_path: str | None = "/readyz",
         request_signals: bool = True,
+        websocket_close_code: int = 1001,
         name: str = "app",
     ) -> None:
         if isinstance(app, GracefulApp):
@@ -160,7 +164,11 @@ class GracefulApp:
         #: the readiness state (also answered on ``readiness_path``)
         self.readiness = Readiness()
         self._middleware = ReadinessMiddleware(
-            app, self.readiness, path=readiness_path, request_signals=request_signals
+            app,
+            self.readiness,
+            path=readiness_path,
+            request_signals=request_signals,
+            websocket_close_code=websocket_close_code,
         )
         self._grace = grace
         self._delay = delay
@@ -292,35 +300,16 @@ class GracefulApp:
         elif kind == "websocket":
             if self._state == "new":
                 raise RuntimeError(_NO_LIFESPAN)
-            if self._middleware.request_signals:
-                # counted as the requests are (a session the server cuts is a cut), with
-                # a signal set when the drain begins or the client leaves
-                await self._middleware(scope, receive, send)
-            else:
-                await self._websocket(scope, receive, send)
+            # counted as the requests are (a session the server cuts is a cut), with a
+            # signal set when the drain begins (or the client leaves), and closed by
+            # the library when the drain begins
+            middleware = self._middleware
+            signal = None if middleware.request_signals else self.readiness.draining.child()
+            await middleware.websocket(scope, receive, send, signal)
         elif kind == "lifespan":
             await self._lifespan(scope, receive, send)
         else:
             await self.app(scope, receive, send)
-
-    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """A WebSocket session without request signals: it still gets a connection-level
-        stop signal, set when the drain begins, and is counted as in flight (a session
-        the server cuts at its drain timeout is a cut, reported)."""
-        middleware = self._middleware
-        signal = self.readiness.draining.child()
-        middleware.in_flight += 1
-        try:
-            await self.app({**scope, SCOPE_KEY: signal}, receive, send)
-        except BaseException as exc:
-            if isinstance(exc, anyio.get_cancelled_exc_class()):
-                middleware.cancelled += 1
-            raise
-        finally:
-            middleware.in_flight -= 1
-            idle = middleware._idle
-            if not middleware.in_flight and idle is not None:
-                idle.set()
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = await receive()
@@ -470,8 +459,19 @@ class GracefulApp:
                             "%s: the server's own timeout bounds the in-flight requests",
                             label,
                         )
-                    drain.draining(timeout)
-                    hook.release()
+                    overhead = _OVERHEAD.get(hook.server, _DEFAULT_OVERHEAD)
+                    if hook.cuts_websockets:
+                        # uvicorn cuts every WebSocket connection (1012) as its shutdown
+                        # begins: the library closes them first, with the listener closed
+                        hook.close_listeners()
+                        drain.draining(timeout)
+                        await drain.close_websockets(overhead)
+                        hook.set_timeout(drain.timeout(overhead))
+                        hook.release()
+                    else:
+                        drain.draining(timeout)
+                        hook.release()
+                        await drain.close_websockets(overhead)
                 await server_done.wait()
                 tg.cancel_scope.cancel()
             await self._unwound()

@@ -68,6 +68,10 @@ class ServerHook:
         self.server = "the server"
         #: sets the server's own drain timeout (seconds, None: no limit), if we can
         self._set_timeout: Callable[[float | None], None] | None = None
+        #: the server's listeners, when the server cuts its WebSocket connections as
+        #: its shutdown begins (uvicorn: 1012 at once): the library closes the sessions
+        #: first, with the listeners closed by :meth:`close_listeners`
+        self._listeners: Callable[[], list[Any]] | None = None
         #: the hypercorn worker's shutdown event, and its own ``is_set``
         self._event: Any = None
         self._event_is_set: Callable[[], bool] | None = None
@@ -95,6 +99,7 @@ class ServerHook:
             self._set_timeout = lambda seconds: _set_attr(
                 owner.config, "timeout_graceful_shutdown", seconds
             )
+            self._listeners = lambda: list(getattr(owner, "servers", ()))
         self._gate_hypercorn_event()
         signal.signal(STOP_SIGNAL, self._on_signal)
         self._installed = True
@@ -184,6 +189,18 @@ class ServerHook:
             return False
         self._set_timeout(seconds)
         return True
+
+    @property
+    def cuts_websockets(self) -> bool:
+        """Whether the server cuts WebSocket connections as its shutdown begins."""
+        return self._listeners is not None
+
+    def close_listeners(self) -> None:
+        """Stop accepting connections now (before :meth:`release`); only for a server
+        that :attr:`cuts_websockets` (its shutdown closes them again, harmlessly)."""
+        assert self._listeners is not None
+        for listener in self._listeners():
+            listener.close()
 
     def release(self) -> None:
         """On the loop: the server starts its own shutdown now (idempotent)."""

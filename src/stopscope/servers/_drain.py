@@ -21,6 +21,9 @@ __all__ = ["RESERVE_FRACTION", "RESERVE_MAX", "ServerInfo"]
 RESERVE_FRACTION: Final = 0.1
 #: ... but never more than this many seconds
 RESERVE_MAX: Final = 1.0
+#: seconds before the server's drain timeout at which the library cuts the WebSocket
+#: sessions still running (at most a tenth of the time they had)
+WEBSOCKET_CUT_MARGIN: Final = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,11 +125,17 @@ class Drain:
         self._handles: list[CallbackHandle] = []
         self.middleware: ReadinessMiddleware | None = None
 
-    def wrap(self, app: ASGIApp, path: str | None, request_signals: bool) -> ASGIApp:
+    def wrap(
+        self, app: ASGIApp, path: str | None, request_signals: bool, websocket_close_code: int
+    ) -> ASGIApp:
         if not callable(app):
             raise TypeError(f"`app` must be an ASGI application, got {app!r}")
         self.middleware = ReadinessMiddleware(
-            app, self.readiness, path=path, request_signals=request_signals
+            app,
+            self.readiness,
+            path=path,
+            request_signals=request_signals,
+            websocket_close_code=websocket_close_code,
         )
         return self.middleware
 
@@ -196,6 +205,25 @@ class Drain:
             "all the time they need" if timeout is None else f"{timeout:.3g} s",
         )
 
+    async def close_websockets(self, overhead: float = 0.0) -> None:
+        """Once the drain began: the library closes the WebSocket sessions still open,
+        and cuts those still running a little before the server's own timeout (see
+        :meth:`ReadinessMiddleware.close_websockets`)."""
+        middleware = self.middleware
+        if middleware is None:
+            return
+        limit = self.timeout(overhead)
+        if limit is not None:  # ahead of the server's own cut, which would log each one
+            limit = max(0.0, limit - min(WEBSOCKET_CUT_MARGIN, limit * RESERVE_FRACTION))
+        sent = await middleware.close_websockets(limit)
+        if sent:
+            logger.info(
+                "%s: sent a close frame (code %d) to %d open WebSocket session(s)",
+                self.label,
+                middleware.websocket_close_code,
+                sent,
+            )
+
     async def settle(self) -> None:
         """After the server returned: count the requests its timeout cut, once they
         unwound, and report them (a warning, and the member ``CANCELLED``).
@@ -222,6 +250,15 @@ class Drain:
         if middleware is not None:
             cut = middleware.cancelled - self._cancelled_before + middleware.in_flight
         self.cut = cut
+        closed = 0 if middleware is None else middleware.websockets_closed
+        if closed:
+            assert middleware is not None
+            logger.info(
+                "%s: %d WebSocket session(s) closed by the drain (code %d)",
+                self.label,
+                closed,
+                middleware.websocket_close_code,
+            )
         if not cut:
             return
         logger.warning(

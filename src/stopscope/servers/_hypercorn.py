@@ -51,6 +51,7 @@ async def start_hypercorn(
     drain_delay: float = 0.0,
     readiness_path: str | None = "/readyz",
     request_signals: bool = True,
+    websocket_close_code: int = 1001,
     readiness: Readiness | None = None,
     signal: StopSignal | None = None,
     grace: float | None = None,
@@ -71,7 +72,9 @@ async def start_hypercorn(
     of the grace, cancel the rest), on asyncio, uvloop and trio alike: hypercorn's
     ``graceful_timeout`` is set from the grace at the moment the listener closes, so
     it never has to be lined up by hand.  hypercorn installs no signal handler when
-    it is given a shutdown trigger, which this member always does.
+    it is given a shutdown trigger, which this member always does.  Open WebSocket
+    sessions are closed when the drain begins, as with :func:`start_uvicorn` (hypercorn
+    itself would leave them open until its timeout, then cut them).
 
     :param options: set on :class:`hypercorn.config.Config` (``keep_alive_timeout``,
         ``h11_max_incomplete_size``, ``accesslog``, ...)
@@ -99,7 +102,7 @@ async def start_hypercorn(
         grace,
         name if name == "hypercorn" else f"{name} (hypercorn)",
     )
-    wrapped = drain.wrap(app, readiness_path, request_signals)
+    wrapped = drain.wrap(app, readiness_path, request_signals, websocket_close_code)
     config = config_module.Config()
     if "errorlog" not in options and logging.getLogger().handlers:
         # logging is set up: hypercorn's records go there, once; its default ("-") adds
@@ -183,6 +186,10 @@ async def _serve(
             config.graceful_timeout = (math.inf if trio else None) if timeout is None else timeout
             drain.draining(timeout)
             stop_now.set()
+            # hypercorn leaves open WebSocket connections alone until its timeout (then
+            # cuts them, logging each): the library closes them while it waits for the
+            # in-flight requests, and cuts those still running just before it
+            await drain.close_websockets()
     finally:
         drain.close()
         sock.close()  # closed already by hypercorn, unless it failed before it listened

@@ -10,7 +10,7 @@ from typing import Any, Final, Literal, final
 
 import anyio
 
-from .._signal import StopSignal, _backend
+from .._signal import StopSignal, _backend, logger
 
 __all__ = [
     "ASGIApp",
@@ -113,10 +113,21 @@ class Readiness:
         self._draining.set(RequestStop.SERVER_DRAINING)
 
     def asgi(
-        self, app: ASGIApp, path: str | None = "/readyz", *, request_signals: bool = True
+        self,
+        app: ASGIApp,
+        path: str | None = "/readyz",
+        *,
+        request_signals: bool = True,
+        websocket_close_code: int = 1001,
     ) -> ReadinessMiddleware:
         """Wrap an ASGI application: see :class:`ReadinessMiddleware`."""
-        return ReadinessMiddleware(app, self, path=path, request_signals=request_signals)
+        return ReadinessMiddleware(
+            app,
+            self,
+            path=path,
+            request_signals=request_signals,
+            websocket_close_code=websocket_close_code,
+        )
 
     def __repr__(self) -> str:
         return f"<Readiness {self._state}>"
@@ -146,24 +157,47 @@ class ReadinessMiddleware:
       ``receive()`` on the application's behalf to hear a disconnect (one message at a
       time, so the server's flow control still works), are made on that first call.
 
+    * When the drain begins, the open WebSocket sessions are closed by the server
+      member (:meth:`close_websockets`): each handler's signal is set first, and
+      0.2 s later each session still open gets a close frame with
+      ``websocket_close_code`` (1001 "going away" by default; 1012 "service restart"
+      tells clients to come back soon).  From then on the handler's
+      ``receive()`` says ``websocket.disconnect`` with that code, and its ``send()``
+      raises :class:`OSError` (as the ASGI spec asks of a closed connection) without
+      reaching the client.  The middleware absorbs the errors this close causes in
+      the handler (that ``OSError``, an error raised from it, and an error carrying
+      the close code once ``receive()`` said so, as Starlette's
+      ``WebSocketDisconnect``), so the session ends without a traceback.
+
     :attr:`in_flight` counts the HTTP requests and WebSocket sessions being handled;
     :attr:`cancelled` counts those cut short by cancellation (the server's drain
-    timeout).  Both are plain counters.
+    timeout); :attr:`websockets_closed` counts the WebSocket sessions the library
+    closed that then ended by themselves.  All are plain counters.
+
+    :raises ValueError: for a ``websocket_close_code`` an endpoint may not send (valid:
+        1000-1003, 1007-1014, 3000-4999)
+    :raises TypeError: for a ``websocket_close_code`` that is not an ``int``
 
     .. versionadded:: 0.1
     .. versionchanged:: 0.2
        A request's signal and disconnect watching are made only when a handler asks;
-       WebSocket sessions have a signal too.
+       WebSocket sessions have a signal too; ``websocket_close_code``, and the open
+       WebSocket sessions closed by the library when the drain begins.
     """
 
     __slots__ = (
+        "_closing_websockets",
         "_idle",
+        "_sessions",
+        "_sessions_idle",
         "app",
         "cancelled",
         "in_flight",
         "path",
         "readiness",
         "request_signals",
+        "websocket_close_code",
+        "websockets_closed",
     )
 
     def __init__(
@@ -173,6 +207,7 @@ class ReadinessMiddleware:
         *,
         path: str | None = "/readyz",
         request_signals: bool = True,
+        websocket_close_code: int = 1001,
     ) -> None:
         if not callable(app):
             raise TypeError(f"`app` must be an ASGI application, got {app!r}")
@@ -188,7 +223,15 @@ class ReadinessMiddleware:
         self.in_flight = 0
         #: those that ended by cancellation (cut short by a drain timeout)
         self.cancelled = 0
+        #: the close code the library sends to the WebSocket sessions still open when
+        #: the drain begins
+        self.websocket_close_code = check_close_code(websocket_close_code)
+        #: WebSocket sessions closed by the library that then ended (not cut)
+        self.websockets_closed = 0
         self._idle: anyio.Event | None = None  # set when in_flight drops to 0
+        self._sessions: set[_WebSocketSession] = set()  # being handled now
+        self._sessions_idle: anyio.Event | None = None  # set when _sessions empties
+        self._closing_websockets = False  # the library closes sessions from now on
 
     async def wait_idle(self) -> None:
         """Return once nothing is in flight (the requests cancelled have unwound)."""
@@ -198,6 +241,9 @@ class ReadinessMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
+        if kind == "websocket":
+            await self.websocket(scope, receive, send)
+            return
         if kind == "http":
             if (
                 scope.get("path") == self.path
@@ -208,7 +254,7 @@ class ReadinessMiddleware:
                 return
             if self.readiness._state != "ready":  # from the stop on: clients move on
                 send = self._closing_sender(scope, send)
-        elif kind != "websocket":
+        else:
             await self.app(scope, receive, send)
             return
         self.in_flight += 1
@@ -232,6 +278,92 @@ class ReadinessMiddleware:
             self.in_flight -= 1
             if not self.in_flight and self._idle is not None:
                 self._idle.set()
+
+    async def websocket(
+        self, scope: Scope, receive: Receive, send: Send, signal: StopSignal | None = None
+    ) -> None:
+        """Serve one WebSocket session: counted in :attr:`in_flight`, closed by the
+        library when the drain begins, cut at its end (:meth:`close_websockets`).
+
+        :param signal: with ``request_signals=False``, a stop signal to put in the
+            scope all the same (:class:`stopscope.asgi.GracefulApp` gives one)
+        """
+        session = _WebSocketSession(self, receive, send)
+        self._sessions.add(session)
+        self.in_flight += 1
+        exchange: _Exchange | None = None
+        cut = False
+        try:
+            # the library's own cut (see close_websockets): the handler unwinds, and the
+            # server sees the session end as it should, without an error to log
+            with session.cut_scope:
+                if self.request_signals:
+                    exchange = _Exchange(self.readiness._draining, session.receive, session.send)
+                    scope[SCOPE_KEY] = exchange
+                    await self.app(scope, exchange.receive, exchange.send)
+                else:
+                    if signal is not None:
+                        scope = {**scope, SCOPE_KEY: signal}
+                    await self.app(scope, session.receive, session.send)
+            cut = session.cut_scope.cancelled_caught
+        except BaseException as exc:
+            if isinstance(exc, anyio.get_cancelled_exc_class()):
+                cut = True  # the server's cut
+                raise
+            if not session.caused(exc):
+                raise
+            # an error the library's close caused: the session is over, cleanly
+        finally:
+            if exchange is not None:
+                exchange.close()
+            session.release()
+            if cut:
+                self.cancelled += 1
+            elif session.closed_by_library:
+                self.websockets_closed += 1
+            self._sessions.discard(session)
+            if not self._sessions and self._sessions_idle is not None:
+                self._sessions_idle.set()
+            self.in_flight -= 1
+            if not self.in_flight and self._idle is not None:
+                self._idle.set()
+
+    async def close_websockets(self, limit: float | None) -> int:
+        """Close the open WebSocket sessions, the library's way; call it once the drain
+        began (:meth:`Readiness.mark_draining` set the sessions' signals).
+
+        Waits up to 0.2 s for the handlers to close their sessions themselves, then
+        sends a close frame with :attr:`websocket_close_code` to each session still
+        open (a session accepted later gets it right after its accept), then waits for
+        the sessions to end.  After ``limit`` seconds (``None``: no limit) it cuts the
+        sessions still running (they count in :attr:`cancelled`) and waits a moment
+        for them to unwind.  Returns the number of close frames sent.
+        """
+        self._closing_websockets = True
+        if not self._sessions:
+            return 0
+        sent = 0
+        with anyio.move_on_after(limit):
+            with anyio.move_on_after(WEBSOCKET_CLOSE_WINDOW):
+                await self._wait_sessions()
+            code = self.websocket_close_code
+            sessions = [session for session in self._sessions if session.open]
+            sent = len(sessions)
+            async with anyio.create_task_group() as tg:
+                for session in sessions:
+                    tg.start_soon(session.close, code)
+            await self._wait_sessions()
+            return sent
+        for session in self._sessions:
+            session.cut_scope.cancel()
+        with anyio.move_on_after(WEBSOCKET_UNWIND_WAIT):
+            await self._wait_sessions()
+        return sent
+
+    async def _wait_sessions(self) -> None:
+        while self._sessions:
+            idle = self._sessions_idle = anyio.Event()
+            await idle.wait()
 
     async def _answer_probe(self, scope: Scope, send: Send) -> None:
         state = self.readiness.state
@@ -265,6 +397,145 @@ class ReadinessMiddleware:
             await send(message)
 
         return sender
+
+
+#: seconds between the drain's start (every WebSocket handler's signal is set) and the
+#: library's close frame to the sessions still open: the handlers' time to send their
+#: own goodbye and close
+WEBSOCKET_CLOSE_WINDOW: Final = 0.2
+#: seconds the library waits for the WebSocket sessions it cut to unwind
+WEBSOCKET_UNWIND_WAIT: Final = 1.0
+
+#: what the close codes the library may send mean (RFC 6455 and the IANA registry)
+_CLOSE_REASONS: Final = {1000: "normal closure", 1001: "going away", 1012: "service restart"}
+
+
+def check_close_code(value: object, name: str = "websocket_close_code") -> int:
+    """A close code an endpoint may send in a close frame (RFC 6455, section 7.4)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`{name}` must be an int WebSocket close code, got {value!r}")
+    if not (1000 <= value <= 1003 or 1007 <= value <= 1014 or 3000 <= value <= 4999):
+        raise ValueError(
+            f"`{name}` must be a close code an endpoint may send (1000-1003, 1007-1014 or "
+            f"3000-4999; 1004-1006 and 1015 are reserved), got {value}; 1001 (going away) "
+            f"or 1012 (service restart) suit a stopping server"
+        )
+    return value
+
+
+class _SessionClosed(OSError):
+    """``send()`` after the library closed the WebSocket session (an ``OSError``, as
+    the ASGI spec asks of a server for a closed connection)."""
+
+
+@final
+class _WebSocketSession:
+    """One WebSocket session's ``receive`` and ``send`` under the middleware: whether
+    it is open, and the library's close."""
+
+    __slots__ = (
+        "_error",
+        "_middleware",
+        "_raw_receive",
+        "_raw_send",
+        "accepted",
+        "closed_by_library",
+        "code",
+        "cut_scope",
+        "ended",
+        "told",
+    )
+
+    def __init__(self, middleware: ReadinessMiddleware, receive: Receive, send: Send) -> None:
+        self._middleware: ReadinessMiddleware | None = middleware
+        self._raw_receive = receive
+        self._raw_send = send
+        self.accepted = False  # the handler accepted the session
+        self.ended = False  # closed by either side, or refused
+        self.closed_by_library = False
+        self.code = 0  # the library's close code, once it closed the session
+        self.told = False  # receive() gave the handler the library's disconnect
+        self.cut_scope = anyio.CancelScope()  # the handler runs in it (replaced then)
+        self._error: _SessionClosed | None = None
+
+    @property
+    def open(self) -> bool:
+        return self.accepted and not self.ended
+
+    async def receive(self) -> Message:
+        if self.code:
+            self.told = True
+            return {"type": "websocket.disconnect", "code": self.code}
+        message = await self._raw_receive()
+        if message["type"] == "websocket.disconnect":
+            self.ended = True
+            return self._disconnect(message)
+        return message
+
+    def _disconnect(self, message: Message) -> Message:
+        """The server's disconnect; with the library's code if it closed the session
+        meanwhile (whatever the server says: hypercorn says 1000)."""
+        if self.code:
+            self.told = True
+            return {"type": "websocket.disconnect", "code": self.code}
+        return message
+
+    async def send(self, message: Message) -> None:
+        if self.closed_by_library:
+            error = self._error = _SessionClosed(
+                f"the WebSocket session was closed by the server's drain (code {self.code})"
+            )
+            raise error
+        kind = message["type"]
+        if kind == "websocket.accept":
+            await self._raw_send(message)
+            self.accepted = True
+            middleware = self._middleware
+            if middleware is not None and middleware._closing_websockets:
+                await self.close(middleware.websocket_close_code)  # accepted too late
+            return
+        if kind == "websocket.close" or kind == "websocket.http.response.body":
+            self.ended = True
+        await self._raw_send(message)
+
+    async def close(self, code: int) -> None:
+        """The library's close frame (once; not if the session ended meanwhile)."""
+        if not self.open or self.closed_by_library:
+            return
+        self.closed_by_library = True
+        self.code = code
+        try:
+            await self._raw_send(
+                {"type": "websocket.close", "code": code, "reason": _CLOSE_REASONS.get(code, "")}
+            )
+        except Exception as exc:  # the client is gone: the server says so to receive()
+            logger.debug("the WebSocket close frame was not sent: %r", exc)
+
+    def caused(self, error: BaseException) -> bool:
+        """Whether ``error`` comes from the library's close: the handler's send after
+        it (or an error raised from that, as Starlette turns it into
+        ``WebSocketDisconnect``), or an error that carries the library's close code
+        once ``receive()`` gave it (Starlette's ``WebSocketDisconnect`` again, from a
+        ``receive_text()`` that got the disconnect)."""
+        if self.told and getattr(error, "code", None) == self.code:
+            return True
+        mine = self._error
+        if mine is None:
+            return False
+        seen: set[int] = set()
+        current: BaseException | None = error
+        while current is not None and id(current) not in seen:
+            if current is mine:
+                return True
+            seen.add(id(current))
+            current = current.__cause__ or current.__context__
+        return False
+
+    def release(self) -> None:
+        self._middleware = None
+        self._raw_receive = _over_receive
+        self._raw_send = _over_send
+        self._error = None
 
 
 #: what a server sends to ``receive()`` when the client has gone

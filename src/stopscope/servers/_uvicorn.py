@@ -55,6 +55,7 @@ async def start_uvicorn(
     drain_delay: float = 0.0,
     readiness_path: str | None = "/readyz",
     request_signals: bool = True,
+    websocket_close_code: int = 1001,
     readiness: Readiness | None = None,
     signal: StopSignal | None = None,
     grace: float | None = None,
@@ -78,6 +79,13 @@ async def start_uvicorn(
     cancels those still running, and runs the lifespan shutdown.  Requests cut short
     are logged and make the member ``CANCELLED`` in the report.
 
+    Open WebSocket sessions are closed when the drain begins: each handler's
+    :func:`request_signal` is set, and the sessions still open 0.2 s later get a
+    close frame with ``websocket_close_code`` from the library.  uvicorn closes the
+    WebSocket connections itself (code 1012, at once) when its own shutdown begins:
+    this member closes the listener itself and lets uvicorn's shutdown begin only once
+    the sessions have ended (or the grace is spent).
+
     uvicorn never touches the process's signal handlers: :func:`stopscope.run` (or
     :func:`stopscope.stop_on_signals`) owns SIGINT and SIGTERM, and the stop reaches
     uvicorn through the scope's signal.  uvicorn runs on asyncio and uvloop only.
@@ -91,6 +99,11 @@ async def start_uvicorn(
     :param readiness_path: the readiness probe's path; ``None``: no probe route
     :param request_signals: let handlers ask for their request's stop signal
         (:func:`request_signal`); nothing is made for a request until its handler asks
+    :param websocket_close_code: the close code the library sends, when the drain
+        begins, to each WebSocket session its handler has not closed within
+        0.2 s of its signal: 1001
+        ("going away", the default) or 1012 ("service restart": come back soon), or
+        any code an endpoint may send (1000-1003, 1007-1014, 3000-4999)
     :param readiness: a :class:`Readiness` to drive (default: a new one)
     :param signal: the signal that stops the server (default: the signal of the
         scope's current stage, or the scope's own)
@@ -118,7 +131,7 @@ async def start_uvicorn(
     drain = Drain(
         scope, signal, readiness, delay, grace, name if name == "uvicorn" else f"{name} (uvicorn)"
     )
-    wrapped = drain.wrap(app, readiness_path, request_signals)
+    wrapped = drain.wrap(app, readiness_path, request_signals, websocket_close_code)
     config = uvicorn.Config(wrapped, host=host, port=port, **options)
     info: ServerInfo = await scope.start(_serve, config, drain, name, name=name, grace=grace)
     return info
@@ -188,7 +201,12 @@ async def _serve(
             await drain.wait_for_stop()
             timeout = drain.timeout(overhead=_OVERHEAD)
             server.config.timeout_graceful_shutdown = timeout
+            for listener in server.servers:
+                listener.close()  # uvicorn's shutdown closes them again: no harm
             drain.draining(timeout)
+            # before uvicorn's shutdown, which cuts every WebSocket connection at once
+            await drain.close_websockets(overhead=_OVERHEAD)
+            server.config.timeout_graceful_shutdown = drain.timeout(overhead=_OVERHEAD)
             server.should_exit = True  # uvicorn looks at it every 0.1 s
     finally:
         drain.close()

@@ -133,7 +133,8 @@ class WebService:
 
         :param server: ``"uvicorn"`` (asyncio, uvloop) or ``"hypercorn"`` (also trio)
         :param options: those of :func:`start_uvicorn` / :func:`start_hypercorn`
-            (``host``, ``port``, ``drain_delay``, ``readiness_path``...)
+            (``host``, ``port``, ``drain_delay``, ``readiness_path``,
+            ``websocket_close_code``...)
         """
         if self._background is None:
             raise RuntimeError("WebService.serve() must be called inside `async with service:`")
