@@ -410,7 +410,7 @@ def one_run(
     port = free_port()
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(workdir)]),
+        "PYTHONPATH": os.pathsep.join([str(args.src.get(kind, ROOT / "src")), str(workdir)]),
         "MC_SSE_INTERVAL": str(args.sse_interval),
         "MC_GRACE": str(args.grace),
         "MC_WRAP": "1" if variant == "GracefulApp" else "",
@@ -581,8 +581,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seconds between the last connection and SIGTERM")
     parser.add_argument("--cap", type=float, default=30.0,
                         help="seconds past the grace before the server is SIGKILLed")
+    parser.add_argument(
+        "--src",
+        action="append",
+        default=[],
+        metavar="KIND=PATH",
+        help="the stopscope source tree (a src folder) the servers import for one kind "
+        "(default: this checkout's src), e.g. sse=/tmp/other/src; the JSON records it",
+    )
+    parser.add_argument("--note", default=None, help="recorded in the JSON's meta")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    sources = {}
+    for item in args.src:
+        kind, _, path = item.partition("=")
+        if kind not in KINDS or not (Path(path) / "stopscope").is_dir():
+            parser.error(f"--src {item!r}: want KIND=PATH, PATH a folder holding stopscope/")
+        sources[kind] = Path(path).resolve()
+    args.src = sources
     if args.quick:
         args.ns, args.runs, args.grace = "50", 1, 2.0
         args.sse_interval, args.settle, args.cap = 0.5, 0.3, 10.0
@@ -648,6 +664,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = run_metadata(sys.argv, "quick" if args.quick else "full", ROOT)
     meta["seconds"] = round(time.monotonic() - started, 1)
     meta["rlimit_nofile"] = nofile
+    meta["src"] = {kind: str(args.src.get(kind, ROOT / "src")) for kind in args.kinds}
+    meta["note"] = args.note
     versions = meta["versions"]
     assert isinstance(versions, dict)
     import importlib.metadata
