@@ -571,7 +571,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--servers", default=",".join(SERVERS))
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--runs", type=int, default=3, help="rounds (medians over them)")
-    parser.add_argument("--grace", type=float, default=10.0)
+    parser.add_argument("--grace", type=float, default=5.0)
     parser.add_argument("--sse-interval", type=float, default=5.0)
     parser.add_argument("--per-client", type=int, default=5000,
                         help="connections per client process")
@@ -590,6 +590,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(default: this checkout's src), e.g. sse=/tmp/other/src; the JSON records it",
     )
     parser.add_argument("--note", default=None, help="recorded in the JSON's meta")
+    parser.add_argument(
+        "--combine",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="measure nothing: join these result files' runs into one file (--out), the "
+        "summary recomputed and each file's meta and config kept under 'parts'",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     sources = {}
@@ -628,8 +637,34 @@ def configurations(args: argparse.Namespace) -> list[tuple[str, str, str, int]]:
     return out
 
 
+def combine(files: list[Path], out: Path) -> int:
+    parts = [json.loads(path.read_text()) for path in files]
+    runs = [run for part in parts for run in part["runs"]]
+    summary = summarize(runs)
+    text = table(summary)
+    print(text)
+    doc = {
+        "schema": "stopscope-many-connections/1",
+        "meta": parts[0]["meta"],
+        "config": parts[0]["config"],
+        "parts": [
+            {"file": path.name, "meta": part["meta"], "config": part["config"]}
+            for path, part in zip(files, parts, strict=True)
+        ],
+        "summary": summary,
+        "runs": runs,
+        "table": text,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1, default=str) + "\n")
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.combine:
+        return combine(args.combine, args.out or RESULTS)
     nofile = raise_nofile()
     if max(args.ns) + 100 > nofile:
         print(f"RLIMIT_NOFILE hard limit is {nofile}: N={max(args.ns)} does not fit",
