@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from typing import Any, Literal
 
 import anyio
@@ -21,7 +22,9 @@ from anyio.abc import ByteStream
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
+import stopscope
 from stopscope import Outcome, TaskScope
+from stopscope._service import EXIT_CUT_SHORT
 from stopscope.asgi import GracefulApp
 from stopscope.servers import (
     Readiness,
@@ -402,9 +405,13 @@ class FakeServer:
     """The server side of one WebSocket session, in memory: what the app sent, and
     messages for its receive()."""
 
-    def __init__(self, *, refuse_close: bool = False) -> None:
+    def __init__(
+        self, *, refuse_close: bool = False, close_gate: anyio.Event | None = None
+    ) -> None:
         self.sent: list[Message] = []
         self.refuse_close = refuse_close
+        self.close_gate = close_gate  # a close frame waits for it (a busy connection)
+        self.close_waits = anyio.Event()
         self._queue: list[Message] = [{"type": "websocket.connect"}]
         self._arrived: anyio.Event | None = None
 
@@ -415,6 +422,9 @@ class FakeServer:
         return self._queue.pop(0)
 
     async def send(self, message: Message) -> None:
+        if self.close_gate is not None and message["type"] == "websocket.close":
+            self.close_waits.set()
+            await self.close_gate.wait()
         if self.refuse_close and message["type"] == "websocket.close":
             self.disconnect(1006)  # the client went: the server says so to receive()
             raise OSError("the connection is gone")
@@ -434,6 +444,7 @@ class Handler:
     def __init__(self, then: str = "read") -> None:
         self.then = then
         self.accepted = anyio.Event()
+        self.proceed = anyio.Event()
         self.scopes: list[Message] = []
         self.received: list[Message] = []
 
@@ -444,6 +455,9 @@ class Handler:
         self.accepted.set()
         if self.then == "forever":
             await anyio.sleep_forever()
+        if self.then == "send-later":
+            await self.proceed.wait()
+            await send({"type": "websocket.send", "text": "late"})
         self.received.append(await receive())
         if self.then == "fail":
             raise ValueError("a bug of the handler's own")
@@ -479,7 +493,9 @@ class TestSessionsInMemory:
         server = FakeServer()
         signal = middleware.readiness.draining.child()
         async with bounded_group() as tg:
-            tg.start_soon(middleware.websocket, dict(WS_SCOPE), server.receive, server.send, signal)
+            tg.start_soon(
+                middleware._websocket, dict(WS_SCOPE), server.receive, server.send, signal
+            )
             await handler.accepted.wait()
             assert request_signal(handler.scopes[0]) is signal
             middleware.readiness.mark_draining()
@@ -512,6 +528,7 @@ class TestSessionsInMemory:
         async with bounded_group() as tg:
             tg.start_soon(middleware, dict(WS_SCOPE), server.receive, server.send)
             await handler.accepted.wait()
+            tg.start_soon(middleware.wait_idle)  # returns once the cut session unwound
             middleware.readiness.mark_draining()
             assert await middleware.close_websockets(0.3) == 1
         assert (middleware.cancelled, middleware.websockets_closed, middleware.in_flight) == (
@@ -539,7 +556,8 @@ class TestSessionsInMemory:
             await handler.accepted.wait()
             await middleware.close_websockets(None)
         assert [type(e) for e in errors] == [ValueError if then == "fail" else WebSocketGone]
-        assert middleware.websockets_closed == 1  # closed by the library, not cut
+        # closed by the library, but ended by an error of its own: neither closed nor cut
+        assert (middleware.websockets_closed, middleware.cancelled) == (0, 0)
 
     async def test_an_error_with_the_close_code_after_the_disconnect_is_absorbed(
         self,
@@ -569,6 +587,28 @@ class TestSessionsInMemory:
             await middleware.close_websockets(None)
         assert "the WebSocket close frame was not sent" in caplog.text
         assert handler.received == [{"type": "websocket.disconnect", "code": 1001}]
+
+    async def test_the_session_ends_only_once_the_close_frame_left(self) -> None:
+        """hypercorn closes the connection as soon as the handler returns: a handler
+        that ends (here: its send after the close raises) while the close frame waits
+        for the connection must not end before the frame was handed over."""
+        middleware = ReadinessMiddleware(Handler("send-later"), Readiness())
+        handler = middleware.app
+        assert isinstance(handler, Handler)
+        gate = anyio.Event()
+        server = FakeServer(close_gate=gate)
+        async with bounded_group() as tg:
+            tg.start_soon(middleware, dict(WS_SCOPE), server.receive, server.send)
+            await handler.accepted.wait()
+            tg.start_soon(middleware.close_websockets, None)
+            await server.close_waits.wait()  # the close frame waits at the gate
+            handler.proceed.set()  # the handler sends, after the close began
+            await anyio.wait_all_tasks_blocked()
+            assert middleware.in_flight == 1  # held until the frame is out
+            assert [m["type"] for m in server.sent] == ["websocket.accept"]
+            gate.set()
+        assert [m["type"] for m in server.sent] == ["websocket.accept", "websocket.close"]
+        assert (middleware.in_flight, middleware.websockets_closed) == (0, 1)
 
     async def test_a_session_that_ended_gets_no_close_frame(self) -> None:
         readiness = Readiness()
@@ -607,3 +647,47 @@ class TestSessionsInMemory:
         unrelated = RuntimeError("unrelated")
         unrelated.__context__ = RuntimeError("neither")
         assert not session.caused(unrelated)
+
+
+@pytest.fixture
+def usr1_ignored() -> Iterator[None]:
+    """A SIGUSR1 that reaches the previous handler must not kill pytest."""
+    old = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+
+
+@pytest.mark.usefixtures("usr1_ignored")
+@pytest.mark.parametrize(
+    ("backend", "server"),
+    [("asyncio", "uvicorn"), ("asyncio", "hypercorn"), ("trio", "hypercorn")],
+)
+@pytest.mark.parametrize("path", ["/naive", "/stubborn"])
+def test_run_fail_if_cut_short(backend: str, server: ServerName, path: str) -> None:
+    """A session the library closed leaves run() at 0; one it cut makes it exit 70."""
+
+    async def main(signal_: stopscope.StopSignal) -> str:
+        app = App(expected=1)
+        async with (
+            anyio.create_task_group() as clients,
+            WebService(signal=signal_, grace=2.0) as service,
+        ):
+            info = await service.serve(app, server=server, **quiet(server))
+            client = Client(info, path)
+            clients.start_soon(client.run)
+            await app.all_accepted.wait()
+            signal.raise_signal(signal.SIGUSR1)
+        assert client.code == 1001
+        return "done"
+
+    if path == "/naive":
+        assert (
+            stopscope.run(main, backend=backend, signals=(signal.SIGUSR1,), fail_if_cut_short=True)
+            == "done"
+        )
+    else:
+        with pytest.raises(SystemExit) as info:
+            stopscope.run(main, backend=backend, signals=(signal.SIGUSR1,), fail_if_cut_short=True)
+        assert info.value.code == EXIT_CUT_SHORT == 70

@@ -305,7 +305,7 @@ class GracefulApp:
             # the library when the drain begins
             middleware = self._middleware
             signal = None if middleware.request_signals else self.readiness.draining.child()
-            await middleware.websocket(scope, receive, send, signal)
+            await middleware._websocket(scope, receive, send, signal)
         elif kind == "lifespan":
             await self._lifespan(scope, receive, send)
         else:

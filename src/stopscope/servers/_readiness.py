@@ -242,7 +242,7 @@ class ReadinessMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "websocket":
-            await self.websocket(scope, receive, send)
+            await self._websocket(scope, receive, send)
             return
         if kind == "http":
             if (
@@ -279,7 +279,7 @@ class ReadinessMiddleware:
             if not self.in_flight and self._idle is not None:
                 self._idle.set()
 
-    async def websocket(
+    async def _websocket(
         self, scope: Scope, receive: Receive, send: Send, signal: StopSignal | None = None
     ) -> None:
         """Serve one WebSocket session: counted in :attr:`in_flight`, closed by the
@@ -293,33 +293,44 @@ class ReadinessMiddleware:
         self.in_flight += 1
         exchange: _Exchange | None = None
         cut = False
+        clean = True
         try:
             # the library's own cut (see close_websockets): the handler unwinds, and the
             # server sees the session end as it should, without an error to log
             with session.cut_scope:
-                if self.request_signals:
-                    exchange = _Exchange(self.readiness._draining, session.receive, session.send)
-                    scope[SCOPE_KEY] = exchange
-                    await self.app(scope, exchange.receive, exchange.send)
-                else:
-                    if signal is not None:
-                        scope = {**scope, SCOPE_KEY: signal}
-                    await self.app(scope, session.receive, session.send)
+                try:
+                    if self.request_signals:
+                        exchange = _Exchange(
+                            self.readiness._draining, session.receive, session.send
+                        )
+                        scope[SCOPE_KEY] = exchange
+                        await self.app(scope, exchange.receive, exchange.send)
+                    else:
+                        if signal is not None:
+                            scope = {**scope, SCOPE_KEY: signal}
+                        await self.app(scope, session.receive, session.send)
+                except Exception as exc:
+                    if not session.caused(exc):
+                        raise
+                    # an error the library's close caused: the session is over, cleanly
             cut = session.cut_scope.cancelled_caught
+            if not cut:
+                # the close frame goes out before the server hears that the session
+                # ended (hypercorn would close the connection first)
+                await session.close_sent()
         except BaseException as exc:
             if isinstance(exc, anyio.get_cancelled_exc_class()):
                 cut = True  # the server's cut
-                raise
-            if not session.caused(exc):
-                raise
-            # an error the library's close caused: the session is over, cleanly
+            else:
+                clean = False  # the handler's own error: the server reports it
+            raise
         finally:
             if exchange is not None:
                 exchange.close()
             session.release()
             if cut:
                 self.cancelled += 1
-            elif session.closed_by_library:
+            elif clean and session.closed_by_library:
                 self.websockets_closed += 1
             self._sessions.discard(session)
             if not self._sessions and self._sessions_idle is not None:
@@ -438,6 +449,7 @@ class _WebSocketSession:
         "_middleware",
         "_raw_receive",
         "_raw_send",
+        "_sending",
         "accepted",
         "closed_by_library",
         "code",
@@ -457,6 +469,7 @@ class _WebSocketSession:
         self.told = False  # receive() gave the handler the library's disconnect
         self.cut_scope = anyio.CancelScope()  # the handler runs in it (replaced then)
         self._error: _SessionClosed | None = None
+        self._sending: anyio.Event | None = None  # set once the close frame was handed over
 
     @property
     def open(self) -> bool:
@@ -464,6 +477,7 @@ class _WebSocketSession:
 
     async def receive(self) -> Message:
         if self.code:
+            await self.close_sent()
             self.told = True
             return {"type": "websocket.disconnect", "code": self.code}
         message = await self._raw_receive()
@@ -482,6 +496,7 @@ class _WebSocketSession:
 
     async def send(self, message: Message) -> None:
         if self.closed_by_library:
+            await self.close_sent()
             error = self._error = _SessionClosed(
                 f"the WebSocket session was closed by the server's drain (code {self.code})"
             )
@@ -504,12 +519,21 @@ class _WebSocketSession:
             return
         self.closed_by_library = True
         self.code = code
+        sending = self._sending = anyio.Event()
         try:
             await self._raw_send(
                 {"type": "websocket.close", "code": code, "reason": _CLOSE_REASONS.get(code, "")}
             )
         except Exception as exc:  # the client is gone: the server says so to receive()
             logger.debug("the WebSocket close frame was not sent: %r", exc)
+        finally:
+            sending.set()
+
+    async def close_sent(self) -> None:
+        """Return once the library's close frame (if any) was handed to the server."""
+        sending = self._sending
+        if sending is not None:
+            await sending.wait()
 
     def caused(self, error: BaseException) -> bool:
         """Whether ``error`` comes from the library's close: the handler's send after
@@ -533,6 +557,7 @@ class _WebSocketSession:
 
     def release(self) -> None:
         self._middleware = None
+        self._sending = None
         self._raw_receive = _over_receive
         self._raw_send = _over_send
         self._error = None
