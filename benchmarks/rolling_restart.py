@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""Does a rolling restart behind a load balancer fail requests?  Plain uvicorn, uvicorn
-through stopscope without a drain delay, and stopscope with readiness and a drain delay,
-measured in one run behind a real HAProxy.
+"""Does a rolling restart behind a load balancer fail requests or cut WebSockets?  Each
+server run plainly, through stopscope without a drain delay, and through stopscope
+with readiness and a drain delay, measured in one run behind a real HAProxy.
 
     apt-get install haproxy                               # (or brew install haproxy)
-    pip install -e '.[uvicorn]' httpx starlette
-    python benchmarks/rolling_restart.py --quick          # ~1 min: one round
+    pip install -e '.[uvicorn,hypercorn,trio]' httpx starlette websockets
+    python benchmarks/rolling_restart.py --quick          # ~2 min: one round
     python benchmarks/rolling_restart.py                  # the committed results
 
 Each scenario: N replicas (one process each, on 127.0.0.1) behind HAProxy, which checks
@@ -15,17 +15,22 @@ HAProxy (10% ``GET /slow?seconds=0.2``, the rest ``GET /``) while the replicas a
 replaced one at a time, as a Kubernetes Deployment with ``maxUnavailable: 0`` would:
 SIGTERM one, wait for it to exit, start its replacement on the same port, wait until
 HAProxy sees it up, next.  A request fails if it gets no response or a status other
-than 200.  Everything binds to 127.0.0.1; every count and wait is bounded.
+than 200.  Meanwhile ``--websockets`` clients hold a WebSocket each to ``/ws`` through
+HAProxy and reconnect as soon as it closes (as browsers' reconnecting sockets do, no
+back-off); the server names its process on each new connection, so every close is
+recorded with its code (``cut``: the connection ended without a close frame) and every
+reconnection with the replica it reached.  Everything binds to 127.0.0.1; every count
+and wait is bounded.
 
-Scenarios:
+The servers (``--servers``): ``uvicorn`` (asyncio) and ``hypercorn-trio``.  For each:
 
-* ``uvicorn``: plain ``uvicorn.run(app)``, its own SIGTERM handling (stops listening at
-  once, lets in-flight requests finish), ``/readyz`` always 200;
-* ``stopscope``: ``examples/web_service.py --drain-delay 0``: stopscope's order and
-  readiness, but the listener closes at once;
-* ``stopscope+drain``: ``examples/web_service.py --drain-delay D``: ``/readyz`` answers
-  503 from SIGTERM on, the replica keeps serving for D seconds (HAProxy takes it out
-  meanwhile), then stops listening and drains.
+* ``plain``: the server's own command and SIGTERM handling (``uvicorn.run(app)``;
+  ``hypercorn -k trio``), ``/readyz`` always 200, the same grace as the others;
+* ``stopscope``: ``WebService.serve(..., drain_delay=0)`` in a ``stopscope.run()``
+  program: stopscope's order and readiness, but the listener closes at once;
+* ``stopscope+drain``: the same with ``drain_delay=D``: ``/readyz`` answers 503 from
+  SIGTERM on, the replica keeps serving for D seconds (HAProxy takes it out
+  meanwhile), then stops listening, closes its WebSockets (1001) and drains.
 
 Each scenario runs behind two HAProxy set-ups: ``retries 0``, a balancer that does not
 retry (kube-proxy, most L4 balancers: a refused connection is a failed request), and
@@ -40,6 +45,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.metadata
 import json
 import math
 import os
@@ -61,20 +67,21 @@ import httpx
 from _harness import mann_whitney_p, run_metadata
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "examples" / "web_service.py"
-SCENARIOS = ("uvicorn", "stopscope", "stopscope+drain")
+SERVERS = ("uvicorn", "hypercorn-trio")
+SCENARIOS = ("plain", "stopscope", "stopscope+drain")
 #: seconds; bounds on every wait (never a measurement)
 START_BOUND = 30.0
 STOP_BOUND = 60.0
 
-#: the plain uvicorn replica: the same routes, no stopscope
-PLAIN_UVICORN = """
-import sys
+#: every replica's app: the same routes plainly and through stopscope (whose readiness
+#: middleware answers ``/readyz`` before the app's own route)
+REPLICA_APP = """
+import os
 import anyio
-import uvicorn
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocketDisconnect
 
 async def index(request):
     return PlainTextResponse("ok\\n")
@@ -87,9 +94,49 @@ async def slow(request):
 async def readyz(request):
     return PlainTextResponse("ready\\n")
 
-app = Starlette(routes=[Route("/", index), Route("/slow", slow), Route("/readyz", readyz)])
+async def ws(websocket):
+    # a chat-like socket that does not watch the stop: the server closes it
+    await websocket.accept()
+    await websocket.send_text(f"replica {os.getpid()}")
+    try:
+        while True:
+            await websocket.send_text(await websocket.receive_text())
+    except WebSocketDisconnect:
+        pass
+
+routes = [Route("/", index), Route("/slow", slow), Route("/readyz", readyz),
+          WebSocketRoute("/ws", ws)]
+app = Starlette(routes=routes)
+"""
+
+#: the plain uvicorn replica: its own SIGTERM handling
+PLAIN_UVICORN = """
+import sys
+import uvicorn
+from rr_app import app
+
 uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning",
             timeout_graceful_shutdown=float(sys.argv[2]))
+"""
+
+#: the stopscope replica: a WebService in a stopscope.run() program
+STOPSCOPE_REPLICA = """
+import sys
+import stopscope
+from stopscope.servers import WebService
+from rr_app import app
+
+server, backend, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+delay, grace = float(sys.argv[4]), float(sys.argv[5])
+
+async def main(signal):
+    options = {"log_config": None, "access_log": False} if server == "uvicorn" else {}
+    async with WebService(signal=signal, grace=grace, name="replica") as service:
+        await service.serve(app, server=server, host="127.0.0.1", port=port,
+                            drain_delay=delay, **options)
+        await signal.wait()
+
+stopscope.run(main, backend=backend)
 """
 
 HAPROXY_CFG = """\
@@ -102,6 +149,7 @@ defaults
     timeout connect 2s
     timeout client 30s
     timeout server 30s
+    timeout tunnel 1h
     retries {retries}
     option httpchk GET /readyz
     http-check expect status 200
@@ -126,7 +174,37 @@ class Sample:
 
 
 @dataclass
+class Sockets:
+    """What the WebSocket clients saw in one round."""
+
+    #: (replica pid, close code or "cut"), for every close the client did not ask for
+    closes: list[tuple[str, str]] = field(default_factory=list)
+    #: (pid of the replica that closed, pid reached, seconds from the close)
+    reconnects: list[tuple[str, str, float]] = field(default_factory=list)
+    #: failed (re)connection attempts, by kind
+    refused: dict[str, int] = field(default_factory=dict)
+    #: connections open when the round ended
+    open_at_end: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        codes: dict[str, int] = {}
+        for _pid, code in self.closes:
+            codes[code] = codes.get(code, 0) + 1
+        return {
+            "closes": len(self.closes),
+            "close_codes": dict(sorted(codes.items())),
+            "cut": codes.get("cut", 0),
+            "reconnects": len(self.reconnects),
+            "reconnected_elsewhere": sum(1 for old, new, _ in self.reconnects if old != new),
+            "reconnect_ms": percentiles(sorted(gap for *_, gap in self.reconnects)),
+            "refused_attempts": dict(sorted(self.refused.items())),
+            "open_at_end": self.open_at_end,
+        }
+
+
+@dataclass
 class Round:
+    server: str
     scenario: str
     retries: int
     round: int
@@ -134,6 +212,7 @@ class Round:
     restart_ended: float
     samples: list[Sample] = field(default_factory=list)
     replica_exits: list[int | None] = field(default_factory=list)
+    sockets: Sockets = field(default_factory=Sockets)
 
     def during(self) -> list[Sample]:
         """Requests sent from the first SIGTERM until the last replacement was up."""
@@ -147,6 +226,7 @@ class Round:
                 failures[sample.what] = failures.get(sample.what, 0) + 1
         latencies = sorted(s.latency for s in during if s.ok)
         return {
+            "server": self.server,
             "scenario": self.scenario,
             "lb_retries": self.retries,
             "round": self.round,
@@ -158,6 +238,7 @@ class Round:
             "restart_seconds": round(self.restart_ended - self.restart_started, 3),
             "latency_ms_during_restart": percentiles(latencies),
             "replica_exit_status": self.replica_exits,
+            "websockets": self.sockets.summary(),
         }
 
 
@@ -182,7 +263,10 @@ def free_port() -> int:
 
 
 class Replica:
-    def __init__(self, scenario: str, port: int, args: argparse.Namespace, log: Path) -> None:
+    def __init__(
+        self, server: str, scenario: str, port: int, args: argparse.Namespace, log: Path
+    ) -> None:
+        self.server = server
         self.scenario = scenario
         self.port = port
         self.args = args
@@ -190,25 +274,25 @@ class Replica:
         self.proc: asyncio.subprocess.Process | None = None
 
     def command(self) -> list[str]:
-        if self.scenario == "uvicorn":
-            return [sys.executable, "-c", PLAIN_UVICORN, str(self.port), str(self.args.grace)]
+        py, grace = sys.executable, str(self.args.grace)
+        if self.scenario == "plain" and self.server == "uvicorn":
+            return [py, "rr_plain_uvicorn.py", str(self.port), grace]
+        if self.scenario == "plain":
+            return [
+                *(py, "-m", "hypercorn", "rr_app:app", "-k", "trio"),
+                # hypercorn's command line takes whole seconds
+                *("--bind", f"127.0.0.1:{self.port}"),
+                *("--graceful-timeout", str(math.ceil(self.args.grace))),
+            ]
         delay = self.args.drain_delay if self.scenario == "stopscope+drain" else 0.0
-        return [
-            sys.executable,
-            str(EXAMPLE),
-            "--server",
-            "uvicorn",
-            "--backend",
-            "asyncio",
-            "--port",
-            str(self.port),
-            "--drain-delay",
-            str(delay),
-            "--grace",
-            str(self.args.grace),
-        ]
+        server, backend = ("uvicorn", "asyncio") if self.server == "uvicorn" else (
+            "hypercorn",
+            "trio",
+        )
+        return [py, "rr_stopscope.py", server, backend, str(self.port), str(delay), grace]
 
     async def start(self) -> None:
+        here = str(self.log.parent)  # the replica's programs were written there
         with self.log.open("ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
                 *self.command(),
@@ -216,6 +300,8 @@ class Replica:
                 stderr=log,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                cwd=here,
+                env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), here])},
             )
         deadline = time.monotonic() + START_BOUND
         async with httpx.AsyncClient() as client:
@@ -347,16 +433,58 @@ async def load(url: str, rate: float, until: asyncio.Event, cap: int, out: list[
             await asyncio.wait(tasks, timeout=STOP_BOUND)
 
 
+async def socket_client(url: str, until: asyncio.Event, out: Sockets) -> None:
+    """One WebSocket through the balancer, reopened as soon as it closes, until told."""
+    import websockets
+    from websockets.asyncio.client import connect
+
+    closed_by: str | None = None  # the replica whose close we are reconnecting after
+    closed_at = 0.0
+    while not until.is_set():
+        try:
+            async with connect(url, proxy=None, ping_interval=None, open_timeout=5) as ws:
+                hello = await ws.recv()
+                pid = str(hello).split()[-1]
+                if closed_by is not None:
+                    out.reconnects.append((closed_by, pid, time.monotonic() - closed_at))
+                    closed_by = None
+                out.open_at_end += 1
+                try:
+                    stop = asyncio.ensure_future(until.wait())
+                    recv = asyncio.ensure_future(ws.wait_closed())
+                    await asyncio.wait({stop, recv}, return_when=asyncio.FIRST_COMPLETED)
+                    stop.cancel()
+                    recv.cancel()
+                finally:
+                    out.open_at_end -= 1
+                if until.is_set() and ws.protocol.close_rcvd is None:
+                    return  # our own end of the round: not the server's close
+                received = ws.protocol.close_rcvd
+                out.closes.append((pid, "cut" if received is None else str(received.code)))
+                closed_by, closed_at = pid, time.monotonic()
+        except (OSError, asyncio.TimeoutError, websockets.WebSocketException) as exc:
+            what = type(exc).__name__
+            status = getattr(getattr(exc, "response", None), "status_code", None)
+            if status is not None:
+                what = f"{what} {status}"
+            out.refused[what] = out.refused.get(what, 0) + 1
+            await asyncio.sleep(0.05)
+
+
 # ------------------------------------------------------------------------ scenarios
 
 
 @contextlib.asynccontextmanager
 async def cluster(
-    scenario: str, retries: int, args: argparse.Namespace, directory: Path
+    server: str, scenario: str, retries: int, args: argparse.Namespace, directory: Path
 ) -> AsyncIterator[tuple[HAProxy, list[Replica]]]:
+    (directory / "rr_app.py").write_text(REPLICA_APP)
+    (directory / "rr_plain_uvicorn.py").write_text(PLAIN_UVICORN)
+    (directory / "rr_stopscope.py").write_text(STOPSCOPE_REPLICA)
     ports = [free_port() for _ in range(args.replicas)]
     replicas = [
-        Replica(scenario, port, args, directory / f"replica{i}.log") for i, port in enumerate(ports)
+        Replica(server, scenario, port, args, directory / f"replica{i}.log")
+        for i, port in enumerate(ports)
     ]
     proxy = HAProxy(directory, ports, args.check_interval_ms, retries)
     try:
@@ -375,23 +503,30 @@ async def cluster(
                 await replica.proc.wait()
 
 
-async def one_round(scenario: str, retries: int, number: int, args: argparse.Namespace) -> Round:
+async def one_round(
+    server: str, scenario: str, retries: int, number: int, args: argparse.Namespace
+) -> Round:
     with tempfile.TemporaryDirectory(prefix="ss-rr-") as name:
         directory = Path(name)
-        async with cluster(scenario, retries, args, directory) as (proxy, replicas):
+        async with cluster(server, scenario, retries, args, directory) as (proxy, replicas):
             samples: list[Sample] = []
+            sockets = Sockets()
             done = asyncio.Event()
             cap = int(args.rate * (args.warmup + args.replicas * (args.grace + 10) + 5))
             client = asyncio.create_task(
                 load(f"http://127.0.0.1:{proxy.port}", args.rate, done, cap, samples)
             )
+            holders = [
+                asyncio.create_task(socket_client(f"ws://127.0.0.1:{proxy.port}/ws", done, sockets))
+                for _ in range(args.websockets)
+            ]
             await asyncio.sleep(args.warmup)
             began = time.monotonic()
             exits = []
             for i, replica in enumerate(replicas):
                 exits.append(await replica.stop())  # SIGTERM, wait for its exit
                 await proxy.wait_down(f"r{i}")  # as a new pod gets a new address
-                fresh = Replica(scenario, replica.port, args, replica.log)
+                fresh = Replica(server, scenario, replica.port, args, replica.log)
                 replicas[i] = fresh
                 await fresh.start()
                 await proxy.wait_all_up(len(replicas))  # the rollout waits for readiness
@@ -399,26 +534,39 @@ async def one_round(scenario: str, retries: int, number: int, args: argparse.Nam
             await asyncio.sleep(args.cooldown)
             done.set()
             await client
+            await asyncio.wait(holders, timeout=STOP_BOUND)
             for replica in replicas:  # the replacements: a clean end for the next round
                 await replica.stop()
-        return Round(scenario, retries, number, began, ended, samples, exits)
+        return Round(server, scenario, retries, number, began, ended, samples, exits, sockets)
 
 
-def key(scenario: str, retries: int) -> str:
-    return f"{scenario}, retries {retries}"
+def key(server: str, scenario: str, retries: int) -> str:
+    return f"{server} {scenario}, retries {retries}"
 
 
-def aggregate(rounds: list[Round], retry_set: Sequence[int]) -> dict[str, Any]:
+def aggregate(rounds: list[Round], args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for retries in retry_set:
-        for scenario in SCENARIOS:
-            mine = [r for r in rounds if r.scenario == scenario and r.retries == retries]
-            out[key(scenario, retries)] = _aggregate(mine)
+    for server in args.servers:
+        for retries in args.lb_retries:
+            for scenario in SCENARIOS:
+                mine = [
+                    r
+                    for r in rounds
+                    if (r.server, r.scenario, r.retries) == (server, scenario, retries)
+                ]
+                out[key(server, scenario, retries)] = _aggregate(mine)
     return out
 
 
 def _aggregate(mine: list[Round]) -> dict[str, Any]:
     during = [s for r in mine for s in r.during()]
+    sockets = Sockets()
+    for r in mine:
+        sockets.closes += r.sockets.closes
+        sockets.reconnects += r.sockets.reconnects
+        sockets.open_at_end += r.sockets.open_at_end
+        for what, count in r.sockets.refused.items():
+            sockets.refused[what] = sockets.refused.get(what, 0) + count
     return {
         "rounds": len(mine),
         "requests": sum(len(r.samples) for r in mine),
@@ -427,52 +575,58 @@ def _aggregate(mine: list[Round]) -> dict[str, Any]:
         "failed_during_restart": sum(1 for s in during if not s.ok),
         "failed_per_round": [sum(1 for s in r.samples if not s.ok) for r in mine],
         "latency_ms_during_restart": percentiles(sorted(s.latency for s in during if s.ok)),
+        "websockets": sockets.summary(),
     }
 
 
-def significance(rounds: list[Round], retry_set: Sequence[int]) -> dict[str, float]:
+def significance(rounds: list[Round], args: argparse.Namespace) -> dict[str, float]:
     """Mann-Whitney p of the latencies during the restart, drain against each other."""
-    out = {}
-    for retries in retry_set:
-        drain = [
+
+    def latencies(server: str, scenario: str, retries: int) -> list[float]:
+        return [
             s.latency
             for r in rounds
-            if r.scenario == "stopscope+drain" and r.retries == retries
+            if (r.server, r.scenario, r.retries) == (server, scenario, retries)
             for s in r.during()
             if s.ok
         ]
-        for other in ("uvicorn", "stopscope"):
-            lat = [
-                s.latency
-                for r in rounds
-                if r.scenario == other and r.retries == retries
-                for s in r.during()
-                if s.ok
-            ]
-            if drain and lat:
-                name = f"{key('stopscope+drain', retries)} vs {other}"
-                out[name] = round(mann_whitney_p(drain, lat), 6)
+
+    out = {}
+    for server in args.servers:
+        for retries in args.lb_retries:
+            drain = latencies(server, "stopscope+drain", retries)
+            for other in ("plain", "stopscope"):
+                lat = latencies(server, other, retries)
+                if drain and lat:
+                    name = f"{key(server, 'stopscope+drain', retries)} vs {other}"
+                    out[name] = round(mann_whitney_p(drain, lat), 6)
     return out
 
 
-def table(summary: dict[str, Any], retry_set: Sequence[int]) -> str:
-    header = ("scenario", "LB retries", "failed / sent during restart", "all failed")
-    rows = [(*header, "p50", "p99", "max ms")]
-    for retries in retry_set:
-        for scenario in SCENARIOS:
-            s = summary[key(scenario, retries)]
-            lat = s["latency_ms_during_restart"]
-            rows.append(
-                (
-                    scenario,
-                    str(retries),
-                    f"{s['failed_during_restart']} / {s['requests_during_restart']}",
-                    f"{s['failed']} ({'+'.join(map(str, s['failed_per_round']))})",
-                    f"{lat['p50']}",
-                    f"{lat['p99']}",
-                    f"{lat['max']}",
+def table(summary: dict[str, Any], args: argparse.Namespace) -> str:
+    header = ("server", "scenario", "LB retries", "failed / sent during restart", "all failed")
+    rows = [(*header, "p50", "p99", "max ms", "WS closes", "WS reconnected elsewhere")]
+    for server in args.servers:
+        for retries in args.lb_retries:
+            for scenario in SCENARIOS:
+                s = summary[key(server, scenario, retries)]
+                lat = s["latency_ms_during_restart"]
+                ws = s["websockets"]
+                codes = " ".join(f"{code}:{n}" for code, n in ws["close_codes"].items())
+                rows.append(
+                    (
+                        server,
+                        scenario,
+                        str(retries),
+                        f"{s['failed_during_restart']} / {s['requests_during_restart']}",
+                        f"{s['failed']} ({'+'.join(map(str, s['failed_per_round']))})",
+                        f"{lat['p50']}",
+                        f"{lat['p99']}",
+                        f"{lat['max']}",
+                        f"{ws['closes']} ({codes or '-'})",
+                        f"{ws['reconnected_elsewhere']} / {ws['reconnects']}",
+                    )
                 )
-            )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
@@ -484,16 +638,23 @@ def table(summary: dict[str, Any], retry_set: Sequence[int]) -> str:
 
 async def measure(args: argparse.Namespace) -> list[Round]:
     rounds: list[Round] = []
-    runs = [(scenario, retries) for scenario in SCENARIOS for retries in args.lb_retries]
+    runs = [
+        (server, scenario, retries)
+        for server in args.servers
+        for scenario in SCENARIOS
+        for retries in args.lb_retries
+    ]
     for number in range(args.rounds):
         order = list(runs)
         random.Random(number).shuffle(order)  # interleaved: drift hits every scenario
-        for scenario, retries in order:
-            label = key(scenario, retries)
+        for server, scenario, retries in order:
+            label = key(server, scenario, retries)
             print(f"round {number + 1}/{args.rounds}: {label} ...", file=sys.stderr)
-            done = await one_round(scenario, retries, number, args)
-            failures = json.dumps(done.summary()["failures_by_kind"])
-            print(f"  failures: {failures}", file=sys.stderr)
+            done = await one_round(server, scenario, retries, number, args)
+            summary = done.summary()
+            failures = json.dumps(summary["failures_by_kind"])
+            print(f"  failures: {failures}; websockets: {json.dumps(summary['websockets'])}",
+                  file=sys.stderr)
             rounds.append(done)
     return rounds
 
@@ -506,8 +667,8 @@ def main(args: argparse.Namespace) -> int:
     os.environ["PATH"] = f"{os.path.dirname(haproxy)}{os.pathsep}{os.environ.get('PATH', '')}"
     started = time.monotonic()
     rounds = asyncio.run(measure(args))
-    summary = aggregate(rounds, args.lb_retries)
-    text = table(summary, args.lb_retries)
+    summary = aggregate(rounds, args)
+    text = table(summary, args)
     print(text)
     meta = run_metadata(sys.argv, "quick" if args.quick else "full", ROOT)
     meta["seconds"] = round(time.monotonic() - started, 1)
@@ -519,12 +680,15 @@ def main(args: argparse.Namespace) -> int:
         import uvicorn
 
         versions["uvicorn"] = uvicorn.__version__
+    for name in ("hypercorn", "websockets", "starlette"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[name] = importlib.metadata.version(name)
     output = {
-        "schema": "stopscope-rolling-restart/1",
+        "schema": "stopscope-rolling-restart/2",
         "meta": meta,
         "config": {k: v for k, v in vars(args).items() if k != "out"},
         "summary": summary,
-        "latency_mann_whitney_p": significance(rounds, args.lb_retries),
+        "latency_mann_whitney_p": significance(rounds, args),
         "rounds": [r.summary() for r in rounds],
         "table": text,
     }
@@ -550,6 +714,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[0, 3],
         help="HAProxy `retries` settings to run each scenario behind (comma-separated)",
     )
+    parser.add_argument(
+        "--servers",
+        type=lambda text: text.split(","),
+        default=list(SERVERS),
+        help=f"servers to run each scenario on (comma-separated, among {', '.join(SERVERS)})",
+    )
+    parser.add_argument(
+        "--websockets", type=int, default=30, help="WebSocket clients held through the restart"
+    )
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--cooldown", type=float, default=1.0)
     parser.add_argument(
@@ -559,6 +732,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.rounds = 1
         args.out = None
+    unknown = set(args.servers) - set(SERVERS)
+    if unknown:
+        parser.error(f"--servers: unknown {sorted(unknown)}; choose among {SERVERS}")
+    if args.websockets < 0:
+        parser.error("--websockets must be >= 0")
     if args.replicas < 2:
         parser.error("--replicas must be at least 2")
     if args.rounds < 1 or args.rate <= 0:
