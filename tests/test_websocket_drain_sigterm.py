@@ -53,7 +53,7 @@ def argv(server: str, port: int) -> list[str]:
 
 
 class Served:
-    def __init__(self, server: str, tmp_path: Path, code: int) -> None:
+    def __init__(self, server: str, tmp_path: Path, code: int, **settings: str) -> None:
         self.port = free_port()
         env = {
             **os.environ,
@@ -62,6 +62,7 @@ class Served:
             "GRACE": "20",
             "WS_CLOSE_CODE": str(code),
             "PYTHONUNBUFFERED": "1",
+            **settings,
         }
         self.stderr_path = tmp_path / "stderr.txt"
         self._stderr = self.stderr_path.open("w")
@@ -151,3 +152,31 @@ def test_sigterm_closes_every_session_with_the_code(
     http = next(line for line in log.splitlines() if "report: http " in line)
     assert " stopped " in http, log
     print(f"{server}: {MANY} sessions closed with {code}, {took:.3f} s after SIGTERM")
+
+
+async def one_client_through_sigterm(served: Served) -> None:
+    url = f"ws://127.0.0.1:{served.port}/ws"
+    async with connect(url, open_timeout=HANG_GUARD, ping_interval=None) as ws:
+        await ws.send("hello")
+        assert await asyncio.wait_for(ws.recv(), HANG_GUARD) == "hello"
+        served.proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(ws.wait_closed(), HANG_GUARD)
+
+
+@pytest.mark.parametrize("server", ["uvicorn", "gunicorn"])
+def test_uvicorn_exits_when_the_grace_ends_while_the_library_closes_sessions(
+    server: str, started: list[Served], tmp_path: Path
+) -> None:
+    # with thousands of sessions on a loaded machine, closing them outlasted the grace:
+    # the app was cancelled before it let uvicorn go on, and uvicorn never exited
+    served = Served(server, tmp_path, 1001, GRACE="1", SLOW_CLOSE="1")
+    started.append(served)
+    served.wait_listening()
+    asyncio.run(one_client_through_sigterm(served))
+    try:
+        served.proc.wait(timeout=HANG_GUARD)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running {HANG_GUARD} s after SIGTERM: {served.stderr}")
+    log = served.stderr
+    http = next(line for line in log.splitlines() if "report: http " in line)
+    assert " cancelled " in http, log

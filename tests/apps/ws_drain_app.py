@@ -5,18 +5,30 @@
 
 The echo handler is the common naive loop: it never looks at the stop.  Settings
 from the environment: ``DRAIN_DELAY`` (seconds, default 0), ``GRACE`` (seconds,
-default 20), ``WS_CLOSE_CODE`` (default 1001).
+default 20), ``WS_CLOSE_CODE`` (default 1001), ``SLOW_CLOSE`` (``1``: the library's
+closing of the sessions never ends, as with thousands of them on a loaded machine:
+the grace runs out in the middle of it).
 """
 
 from __future__ import annotations
 
 import os
 
+import anyio
+
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
 from stopscope.asgi import GracefulApp
+from stopscope.servers import _drain
+
+if os.environ.get("SLOW_CLOSE") == "1":
+
+    async def _never_done(self: object, overhead: float = 0.0) -> None:
+        await anyio.sleep_forever()
+
+    _drain.Drain.close_websockets = _never_done  # type: ignore[method-assign]
 
 
 async def echo(websocket: WebSocket) -> None:

@@ -494,9 +494,11 @@ class GracefulApp:
                         # begins: the library closes them first, with the listener closed
                         hook.close_listeners()
                         drain.draining(timeout)
-                        await drain.close_websockets(overhead)
-                        hook.set_timeout(drain.timeout(overhead))
-                        hook.release()
+                        try:
+                            await drain.close_websockets(overhead)
+                        finally:  # even cancelled by the grace: uvicorn must go on
+                            hook.set_timeout(drain.timeout(overhead))
+                            hook.release()
                     else:
                         drain.draining(timeout)
                         hook.release()
