@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 
 import anyio
-
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
