@@ -105,9 +105,12 @@ class GracefulApp:
     :param readiness_path: the readiness probe's path; ``None``: no probe route
     :param request_signals: give each HTTP request a stop signal (``request_signal()``
         of ``stopscope.servers``); WebSocket connections always get one
+    :param sse_retry: an event stream (``text/event-stream``) still open when the
+        server starts its drain is ended cleanly, with a last ``retry:`` field of this
+        many seconds (``None``: none); needs ``request_signals``
     :param name: the scope's name in logs and in the report
-    :raises ValueError: for a bad ``grace`` or ``drain_delay``, or an ``app`` that is
-        a GracefulApp already
+    :raises ValueError: for a bad ``grace``, ``drain_delay`` or ``sse_retry``, or an
+        ``app`` that is a GracefulApp already
 
     .. versionadded:: 0.1
     """
@@ -137,6 +140,7 @@ class GracefulApp:
         drain_delay: float = 0.0,
         readiness_path: str | None = "/readyz",
         request_signals: bool = True,
+        sse_retry: float | None = 1.0,
         name: str = "app",
     ) -> None:
         if isinstance(app, GracefulApp):
@@ -160,7 +164,11 @@ class GracefulApp:
         #: the readiness state (also answered on ``readiness_path``)
         self.readiness = Readiness()
         self._middleware = ReadinessMiddleware(
-            app, self.readiness, path=readiness_path, request_signals=request_signals
+            app,
+            self.readiness,
+            path=readiness_path,
+            request_signals=request_signals,
+            sse_retry=sse_retry,
         )
         self._grace = grace
         self._delay = delay

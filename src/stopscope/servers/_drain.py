@@ -79,6 +79,20 @@ def refuse_options(options: dict[str, object], refused: dict[str, str], server: 
             raise ValueError(f"do not pass `{key}` to the {server} member: {instead}")
 
 
+def log_streams_ended(label: str, middleware: ReadinessMiddleware) -> None:
+    """One line for the event streams the middleware ended at the drain (not cut)."""
+    ended = middleware.streams_ended
+    if not ended:
+        return
+    retry = middleware.sse_retry
+    logger.info(
+        "%s: ended %d event stream(s) at the drain, %s",
+        label,
+        ended,
+        "without a retry field" if retry is None else f"with retry: {round(retry * 1000)} ms",
+    )
+
+
 class Drain:
     """One server member's stop sequence, from the stop request to the server's timeout.
 
@@ -122,11 +136,17 @@ class Drain:
         self._handles: list[CallbackHandle] = []
         self.middleware: ReadinessMiddleware | None = None
 
-    def wrap(self, app: ASGIApp, path: str | None, request_signals: bool) -> ASGIApp:
+    def wrap(
+        self,
+        app: ASGIApp,
+        path: str | None,
+        request_signals: bool,
+        sse_retry: float | None = 1.0,
+    ) -> ASGIApp:
         if not callable(app):
             raise TypeError(f"`app` must be an ASGI application, got {app!r}")
         self.middleware = ReadinessMiddleware(
-            app, self.readiness, path=path, request_signals=request_signals
+            app, self.readiness, path=path, request_signals=request_signals, sse_retry=sse_retry
         )
         return self.middleware
 
@@ -221,6 +241,7 @@ class Drain:
         cut = 0
         if middleware is not None:
             cut = middleware.cancelled - self._cancelled_before + middleware.in_flight
+            log_streams_ended(self.label, middleware)
         self.cut = cut
         if not cut:
             return

@@ -51,6 +51,7 @@ async def start_hypercorn(
     drain_delay: float = 0.0,
     readiness_path: str | None = "/readyz",
     request_signals: bool = True,
+    sse_retry: float | None = 1.0,
     readiness: Readiness | None = None,
     signal: StopSignal | None = None,
     grace: float | None = None,
@@ -99,7 +100,7 @@ async def start_hypercorn(
         grace,
         name if name == "hypercorn" else f"{name} (hypercorn)",
     )
-    wrapped = drain.wrap(app, readiness_path, request_signals)
+    wrapped = drain.wrap(app, readiness_path, request_signals, sse_retry)
     config = config_module.Config()
     if "errorlog" not in options and logging.getLogger().handlers:
         # logging is set up: hypercorn's records go there, once; its default ("-") adds

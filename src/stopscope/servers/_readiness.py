@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import math
+import sys
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -10,7 +12,7 @@ from typing import Any, Final, Literal, final
 
 import anyio
 
-from .._signal import StopSignal, _backend
+from .._signal import StopSignal, _backend, logger
 
 __all__ = [
     "ASGIApp",
@@ -29,6 +31,11 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: where :class:`ReadinessMiddleware` puts a request's stop signal in the ASGI scope
 SCOPE_KEY: Final = "stopscope.signal"
+
+#: seconds an event stream (``text/event-stream``) still open when the drain begins is
+#: given to end by itself (a handler that watches :func:`request_signal` does), before
+#: the middleware ends it: a final ``retry:`` field and the end of the response
+SSE_END_AFTER: Final = 0.25
 
 State = Literal["starting", "ready", "stopping", "draining"]
 
@@ -113,10 +120,17 @@ class Readiness:
         self._draining.set(RequestStop.SERVER_DRAINING)
 
     def asgi(
-        self, app: ASGIApp, path: str | None = "/readyz", *, request_signals: bool = True
+        self,
+        app: ASGIApp,
+        path: str | None = "/readyz",
+        *,
+        request_signals: bool = True,
+        sse_retry: float | None = 1.0,
     ) -> ReadinessMiddleware:
         """Wrap an ASGI application: see :class:`ReadinessMiddleware`."""
-        return ReadinessMiddleware(app, self, path=path, request_signals=request_signals)
+        return ReadinessMiddleware(
+            app, self, path=path, request_signals=request_signals, sse_retry=sse_retry
+        )
 
     def __repr__(self) -> str:
         return f"<Readiness {self._state}>"
@@ -146,24 +160,39 @@ class ReadinessMiddleware:
       ``receive()`` on the application's behalf to hear a disconnect (one message at a
       time, so the server's flow control still works), are made on that first call.
 
+    * With ``request_signals=True``, an event stream (a response whose
+      ``content-type`` is ``text/event-stream``) still open when the drain begins is
+      given :data:`SSE_END_AFTER` seconds to end by itself (its handler's signal is set
+      then); if it has not, the middleware ends it cleanly: a last ``retry: <ms>``
+      field (``sse_retry`` seconds: how long the client waits before it reconnects,
+      with ``Last-Event-ID``, to another replica; ``None``: no field) and the end of
+      the response, then it cancels the handler (what it sends from then on is
+      dropped; nothing is logged).  Any other response still streaming at the end of
+      the grace is cut by the server: the client sees it truncated, never complete.
+
     :attr:`in_flight` counts the HTTP requests and WebSocket sessions being handled;
     :attr:`cancelled` counts those cut short by cancellation (the server's drain
-    timeout).  Both are plain counters.
+    timeout); :attr:`streams_ended` counts the event streams the middleware ended at
+    the drain (not cut: the client got a complete stream).  All are plain counters.
 
     .. versionadded:: 0.1
     .. versionchanged:: 0.2
        A request's signal and disconnect watching are made only when a handler asks;
-       WebSocket sessions have a signal too.
+       WebSocket sessions have a signal too; event streams are ended at the drain
+       (``sse_retry``).
     """
 
     __slots__ = (
         "_idle",
+        "_trio",
         "app",
         "cancelled",
         "in_flight",
         "path",
         "readiness",
         "request_signals",
+        "sse_retry",
+        "streams_ended",
     )
 
     def __init__(
@@ -173,6 +202,7 @@ class ReadinessMiddleware:
         *,
         path: str | None = "/readyz",
         request_signals: bool = True,
+        sse_retry: float | None = 1.0,
     ) -> None:
         if not callable(app):
             raise TypeError(f"`app` must be an ASGI application, got {app!r}")
@@ -184,11 +214,17 @@ class ReadinessMiddleware:
         self.readiness = readiness
         self.path = path
         self.request_signals = bool(request_signals)
+        #: seconds of the ``retry:`` field that ends an event stream at the drain
+        #: (``None``: the stream ends without one)
+        self.sse_retry = check_sse_retry(sse_retry)
         #: HTTP requests and WebSocket sessions being handled now
         self.in_flight = 0
         #: those that ended by cancellation (cut short by a drain timeout)
         self.cancelled = 0
+        #: event streams ended by the middleware at the drain (complete, not cut)
+        self.streams_ended = 0
         self._idle: anyio.Event | None = None  # set when in_flight drops to 0
+        self._trio: bool | None = None  # the backend, known from the first request on
 
     async def wait_idle(self) -> None:
         """Return once nothing is in flight (the requests cancelled have unwound)."""
@@ -219,7 +255,7 @@ class ReadinessMiddleware:
                 # in place, as servers make a scope per request (and as Starlette does):
                 # a copy per request would cost more than all the rest
                 scope[SCOPE_KEY] = exchange
-                await self.app(scope, exchange.receive, exchange.send)
+                await self._run_stoppable(scope, exchange)
             else:
                 await self.app(scope, receive, send)
         except BaseException as exc:
@@ -232,6 +268,51 @@ class ReadinessMiddleware:
             self.in_flight -= 1
             if not self.in_flight and self._idle is not None:
                 self._idle.set()
+
+    async def _run_stoppable(self, scope: Scope, exchange: _Exchange) -> None:
+        """Run the app for one request in a way the middleware can stop it (an event
+        stream it ends at the drain): a trio cancel scope, or the asyncio task itself
+        (a native ``cancel()``: no anyio cancel scope on the request path)."""
+        on_trio = self._trio
+        if on_trio is None:
+            on_trio = self._trio = _backend() == "trio"
+        if on_trio:
+            import trio
+
+            with trio.CancelScope() as stopper:  # only an event stream's end cancels it
+                exchange._stopper = stopper.cancel
+                await self.app(scope, exchange.receive, exchange.send)
+            end = exchange._stream_end
+            if end is not None and end.ending:
+                await self._end_stream(end)
+            return
+        import asyncio
+
+        task = asyncio.current_task()
+        assert task is not None
+        exchange._stopper = task.cancel
+        try:
+            await self.app(scope, exchange.receive, exchange.send)
+        except asyncio.CancelledError:
+            end = exchange._stream_end
+            if end is None or not end.ending:
+                raise
+            # ours: take it back, unless the task was cancelled by someone else too
+            if sys.version_info >= (3, 11) and task.uncancel():
+                raise
+        else:
+            end = exchange._stream_end
+            if end is None or not end.ending:
+                return
+            if sys.version_info >= (3, 11):  # the handler swallowed our cancellation
+                task.uncancel()
+        await self._end_stream(end)
+
+    async def _end_stream(self, end: _StreamEnd) -> None:
+        """The handler of an event stream was stopped at the drain: end the response."""
+        await end.finish(self.sse_retry)
+        if end.ended:
+            self.streams_ended += 1
 
     async def _answer_probe(self, scope: Scope, send: Send) -> None:
         state = self.readiness.state
@@ -287,6 +368,8 @@ class _Exchange:
         "_raw_receive",
         "_raw_send",
         "_reading",
+        "_stopper",
+        "_stream_end",
         "_watch",
     )
 
@@ -298,6 +381,8 @@ class _Exchange:
         self._gone = False  # a disconnect before the response was complete
         self._reading = 0  # the app is inside the server's receive() (this many calls)
         self._watch: _Watch | None = None
+        self._stopper: Callable[[], object] | None = None  # cancels the request's app
+        self._stream_end: _StreamEnd | None = None  # an event stream's end at the drain
 
     def send(self, message: Message) -> Awaitable[None]:
         # a plain function that hands back the server's own awaitable: no coroutine
@@ -307,6 +392,8 @@ class _Exchange:
             kind == "websocket.close"
         ):
             self._complete = True
+        elif kind == "http.response.start" and _is_event_stream(message):
+            self._stream_end = _StreamEnd(self)
         return self._raw_send(message)
 
     async def receive(self) -> Message:
@@ -335,9 +422,13 @@ class _Exchange:
         """
         self._raw_receive = _over_receive
         self._raw_send = _over_send
+        self._stopper = None
         watch = self._watch
         if watch is not None:
             watch.close()
+        end = self._stream_end
+        if end is not None:
+            end.close()
 
     def _disconnected(self) -> None:
         if self._complete or self._gone:
@@ -357,6 +448,104 @@ class _Exchange:
             elif not self._complete:
                 watch.start()
         return watch.signal
+
+
+def check_sse_retry(value: float | None) -> float | None:
+    """``sse_retry``: seconds (finite, not negative), or ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`sse_retry` must be a number of seconds or None, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(
+            f"`sse_retry` must be a finite, non-negative number of seconds, got {value!r}"
+        )
+    return value
+
+
+def _is_event_stream(message: Message) -> bool:
+    """Whether an ``http.response.start`` begins an event stream (``text/event-stream``)."""
+    for name, value in message.get("headers", ()):
+        if name.lower() == b"content-type":
+            return bytes(value[:17]).lower() == b"text/event-stream"
+    return False
+
+
+@final
+class _StreamEnd:
+    """An event stream's end at the drain: a task that waits for the drain, gives the
+    handler :data:`SSE_END_AFTER` seconds to end the response itself, and otherwise
+    stops it (the middleware then sends the ``retry:`` field and the end).
+
+    The task is the backend's own (as :class:`_Watch`'s pump), started with the stream
+    and cancelled when the request is over.
+    """
+
+    __slots__ = ("_cancel", "_exchange", "_send", "ended", "ending")
+
+    def __init__(self, exchange: _Exchange) -> None:
+        self._exchange: _Exchange | None = exchange
+        self._send: Send | None = None  # the server's send, kept once the app's is cut off
+        self._cancel: Callable[[], object] | None = None
+        self.ending = False  # the handler is being stopped: the middleware ends the stream
+        self.ended = False  # the middleware sent the end of the stream
+        if _backend() == "trio":
+            import trio
+
+            cancel = trio.CancelScope()
+            self._cancel = cancel.cancel
+
+            async def watch() -> None:
+                with cancel:
+                    await self._watch()
+
+            trio.lowlevel.spawn_system_task(watch, name="stopscope event stream end")
+        else:
+            import asyncio
+
+            task = asyncio.get_running_loop().create_task(self._watch())
+            self._cancel = task.cancel
+
+    async def _watch(self) -> None:
+        exchange = self._exchange
+        if exchange is None:  # pragma: no cover - the request ended before the task ran
+            return
+        await exchange._draining.wait()
+        await anyio.sleep(SSE_END_AFTER)  # the handler's moment to end the stream itself
+        exchange = self._exchange
+        if exchange is None or exchange._complete or exchange._stopper is None:
+            return
+        self._cancel = None  # it returns now: nothing to cancel
+        self.ending = True
+        # from here on, what the handler sends goes nowhere: the stream is the middleware's
+        self._send = exchange._raw_send
+        exchange._raw_send = _dropped_send
+        exchange._stopper()
+
+    async def finish(self, retry: float | None) -> None:
+        """Send the last ``retry:`` field (if any) and the end of the response."""
+        send = self._send
+        assert send is not None
+        body = b"" if retry is None else b"retry: %d\n\n" % round(retry * 1000)
+        try:
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+        except Exception as exc:  # the client left: nothing to end any more
+            logger.debug("an event stream could not be ended (the client left?): %r", exc)
+            return
+        self.ended = True
+
+    def close(self) -> None:
+        """The request is over: stop the task (at once, or as soon as it starts)."""
+        self._exchange = None
+        self._send = None
+        if self._cancel is not None:
+            self._cancel()
+            self._cancel = None
+
+
+async def _dropped_send(message: Message) -> None:
+    """What an event stream's handler sends once the middleware took the stream over."""
 
 
 async def _over_receive() -> Message:

@@ -55,6 +55,7 @@ async def start_uvicorn(
     drain_delay: float = 0.0,
     readiness_path: str | None = "/readyz",
     request_signals: bool = True,
+    sse_retry: float | None = 1.0,
     readiness: Readiness | None = None,
     signal: StopSignal | None = None,
     grace: float | None = None,
@@ -91,6 +92,10 @@ async def start_uvicorn(
     :param readiness_path: the readiness probe's path; ``None``: no probe route
     :param request_signals: let handlers ask for their request's stop signal
         (:func:`request_signal`); nothing is made for a request until its handler asks
+    :param sse_retry: an event stream (``text/event-stream``) still open when the
+        listener closes is ended by the member (see :class:`ReadinessMiddleware`) with
+        a last ``retry:`` field of this many seconds (the client's wait before it
+        reconnects); ``None``: no ``retry:`` field.  Needs ``request_signals``
     :param readiness: a :class:`Readiness` to drive (default: a new one)
     :param signal: the signal that stops the server (default: the signal of the
         scope's current stage, or the scope's own)
@@ -118,7 +123,7 @@ async def start_uvicorn(
     drain = Drain(
         scope, signal, readiness, delay, grace, name if name == "uvicorn" else f"{name} (uvicorn)"
     )
-    wrapped = drain.wrap(app, readiness_path, request_signals)
+    wrapped = drain.wrap(app, readiness_path, request_signals, sse_retry)
     config = uvicorn.Config(wrapped, host=host, port=port, **options)
     info: ServerInfo = await scope.start(_serve, config, drain, name, name=name, grace=grace)
     return info
