@@ -8,6 +8,7 @@ read the first event; the stop comes then, never after a sleep.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -35,11 +36,12 @@ from stopscope.servers import (
     Readiness,
     ReadinessMiddleware,
     ServerInfo,
+    _readiness,
     request_signal,
     start_hypercorn,
     start_uvicorn,
 )
-from stopscope.servers import _readiness
+from stopscope.servers._drain import QuietCuts
 
 pytestmark = pytest.mark.anyio
 
@@ -215,9 +217,7 @@ class TestEventStreamsEndedAtTheDrain:
 
         with anyio.fail_after(HANG_GUARD):
             async with TaskScope(grace=GRACE) as scope:
-                info = await starter(server)(
-                    scope, sse_app(), sse_retry=sse_retry, **quiet(server)
-                )
+                info = await starter(server)(scope, sse_app(), sse_retry=sse_retry, **quiet(server))
                 async with anyio.create_task_group() as tg:
                     for _ in range(counter.expected):
                         tg.start_soon(listen, info.port)
@@ -276,9 +276,7 @@ class TestEventStreamsEndedAtTheDrain:
         data: list[bytes] = []
         with anyio.fail_after(HANG_GUARD):
             async with TaskScope(grace=GRACE) as scope:
-                info = await starter(server)(
-                    scope, sse_app(), readiness=readiness, **quiet(server)
-                )
+                info = await starter(server)(scope, sse_app(), readiness=readiness, **quiet(server))
                 readiness.mark_draining()  # as the member does when the listener closes
                 data.append(await raw_get(info.port, "/naive", counter))
                 scope.stop("deploy")
@@ -311,8 +309,10 @@ class TestOtherStreamsCutAtTheGrace:
         self, server: ServerName, length: bool, caplog: pytest.LogCaptureFixture
     ) -> None:
         """Never ended "cleanly": short of its Content-Length, or without the chunked
-        terminator; counted as cut, the member ``CANCELLED``."""
-        caplog.set_level(logging.WARNING, logger="stopscope")
+        terminator; counted as cut, the member ``CANCELLED``; one line in the log, no
+        traceback per stream (uvicorn logs one per request it cancels, asyncio before
+        Python 3.13 one per hypercorn connection)."""
+        caplog.set_level(logging.WARNING)
         streams = 5
         counter = Counter(streams)
         data: list[bytes] = []
@@ -340,6 +340,7 @@ class TestOtherStreamsCutAtTheGrace:
             assert b"retry:" not in body
         record = scope.report.by_name(server)
         assert (record.outcome, record.cut) == (Outcome.CANCELLED, streams)
+        assert tracebacks(caplog) == []
         assert any(
             f"{streams} request(s) did not finish within the grace period" in r.getMessage()
             for r in caplog.records
@@ -486,4 +487,27 @@ def test_sigterm_to_a_server_process_ends_naive_streams_cleanly(
     assert not cut.endswith(b"0\r\n\r\n")
     assert f"ended {PROCESS_CLIENTS} event stream(s) at the drain, with retry: 1000 ms" in log
     assert "1 request(s) did not finish within the grace period" in log, log
-    assert "app report: http" in log and "cancelled" in log, log
+    assert "app report: http" in log, log
+    assert "cancelled" in log, log
+    assert "Traceback" not in log
+    assert "Exception in" not in log
+
+
+class TestQuietCuts:
+    """The log filter lets through everything but the per-cut tracebacks."""
+
+    def record(self, msg: object, exc: BaseException | None) -> logging.LogRecord:
+        exc_info = None if exc is None else (type(exc), exc, None)
+        return logging.LogRecord("x", logging.ERROR, __file__, 1, msg, None, exc_info)
+
+    def test_only_cancellation_tracebacks_of_cuts_are_dropped(self) -> None:
+        quiet = QuietCuts()
+        cancelled = asyncio.CancelledError()
+        callback = "Exception in callback StreamReaderProtocol.connection_made.<locals>.callback"
+        assert not quiet.filter(self.record("Exception in ASGI application\n", cancelled))
+        assert not quiet.filter(self.record(f"{callback}(<Task>)\nhandle: ...", cancelled))
+        # the same messages for another error, or other messages, pass
+        assert quiet.filter(self.record("Exception in ASGI application\n", ValueError()))
+        assert quiet.filter(self.record("Exception in ASGI application\n", None))
+        assert quiet.filter(self.record("Exception in callback other()", cancelled))
+        assert quiet.filter(self.record(ValueError("not a str"), cancelled))

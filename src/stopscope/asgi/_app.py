@@ -456,6 +456,10 @@ class GracefulApp:
         current_record().kind = "server"
         drain = Drain(scope, signal, self.readiness, self._delay, None, label)
         drain.middleware = self._middleware
+        if hook.server == "uvicorn":  # one line for the requests its timeout cancels
+            drain.quiet_logger = "uvicorn.error"
+        elif hook.server.startswith("hypercorn") and not hook.server.endswith("(trio)"):
+            drain.quiet_logger = "asyncio"
         drain.open()
         try:
             self.readiness.mark_ready()
@@ -483,6 +487,9 @@ class GracefulApp:
                 await server_done.wait()
                 tg.cancel_scope.cancel()
             await self._unwound()
+        except BaseException:
+            drain.unquiet()
+            raise
         finally:
             drain.close()
         drain.finished()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import threading
 import time
@@ -93,6 +95,35 @@ def log_streams_ended(label: str, middleware: ReadinessMiddleware) -> None:
     )
 
 
+#: what uvicorn logs (on ``uvicorn.error``), with the traceback, for each request task
+#: it cancels at its timeout
+_UVICORN_APP_ERROR: Final = "Exception in ASGI application\n"
+#: what asyncio and uvloop log (on ``asyncio``, before Python 3.13) for each connection
+#: task of ``asyncio.start_server()`` that is cancelled (hypercorn's, at its timeout):
+#: "Exception in callback" and the callback, which is named this
+_STREAMS_CALLBACK: Final = "StreamReaderProtocol.connection_made.<locals>.callback"
+
+
+class QuietCuts(logging.Filter):
+    """On the server's logger while a member drains: drop the traceback logged for each
+    request or connection the server's drain timeout cancelled (a ``CancelledError``);
+    the member logs one line with their count instead.  Any other record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc_info = record.exc_info
+        if exc_info is None or not isinstance(exc_info[1], asyncio.CancelledError):
+            return True
+        message = record.msg
+        return not (
+            message == _UVICORN_APP_ERROR
+            or (
+                isinstance(message, str)
+                and message.startswith("Exception in callback ")
+                and _STREAMS_CALLBACK in message.partition("\n")[0]
+            )
+        )
+
+
 class Drain:
     """One server member's stop sequence, from the stop request to the server's timeout.
 
@@ -135,6 +166,10 @@ class Drain:
         self._cancelled_before = 0  # the middleware's count when the drain began
         self._handles: list[CallbackHandle] = []
         self.middleware: ReadinessMiddleware | None = None
+        #: the server's logger whose per-request cancellation tracebacks are replaced by
+        #: one line from the drain on (``uvicorn.error``, ``asyncio``); ``None``: none
+        self.quiet_logger: str | None = None
+        self._quiet: QuietCuts | None = None
 
     def wrap(
         self,
@@ -209,12 +244,21 @@ class Drain:
         middleware = self.middleware
         if middleware is not None:  # what was cut before the drain is not the drain's
             self._cancelled_before = middleware.cancelled
+        if self.quiet_logger is not None and self._quiet is None:
+            self._quiet = QuietCuts()
+            logging.getLogger(self.quiet_logger).addFilter(self._quiet)
         self.readiness.mark_draining()
         logger.info(
             "%s: closing the listener; in-flight requests have %s to finish",
             self.label,
             "all the time they need" if timeout is None else f"{timeout:.3g} s",
         )
+
+    def unquiet(self) -> None:
+        """Give the server's logger back its per-request tracebacks (idempotent)."""
+        quiet, self._quiet = self._quiet, None
+        if quiet is not None and self.quiet_logger is not None:
+            logging.getLogger(self.quiet_logger).removeFilter(quiet)
 
     async def settle(self) -> None:
         """After the server returned: count the requests its timeout cut, once they
@@ -237,6 +281,7 @@ class Drain:
     def finished(self) -> None:
         """After the server returned (and, with :meth:`settle`, its requests unwound):
         record the requests cut in :attr:`cut`, and report them."""
+        self.unquiet()
         middleware = self.middleware
         cut = 0
         if middleware is not None:

@@ -145,6 +145,8 @@ async def _serve(
 ) -> None:
     current_record().kind = "server"
     trio = _backend() == "trio"
+    if not trio:  # one line for the connections its timeout cancels
+        drain.quiet_logger = "asyncio"
     if trio:
         from hypercorn.trio import serve
     else:
@@ -187,11 +189,14 @@ async def _serve(
     finally:
         drain.close()
         sock.close()  # closed already by hypercorn, unless it failed before it listened
-    if failure:
-        raise _unwrap(failure[0])
-    if not listening.is_set():
-        raise RuntimeError("hypercorn stopped before it listened")
-    await drain.settle()
+    try:
+        if failure:
+            raise _unwrap(failure[0])
+        if not listening.is_set():
+            raise RuntimeError("hypercorn stopped before it listened")
+        await drain.settle()
+    finally:
+        drain.unquiet()
 
 
 def _unwrap(error: BaseException) -> BaseException:

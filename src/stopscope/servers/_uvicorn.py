@@ -124,6 +124,7 @@ async def start_uvicorn(
         scope, signal, readiness, delay, grace, name if name == "uvicorn" else f"{name} (uvicorn)"
     )
     wrapped = drain.wrap(app, readiness_path, request_signals, sse_retry)
+    drain.quiet_logger = "uvicorn.error"
     config = uvicorn.Config(wrapped, host=host, port=port, **options)
     info: ServerInfo = await scope.start(_serve, config, drain, name, name=name, grace=grace)
     return info
@@ -182,6 +183,15 @@ async def _serve(
 
     current_record().kind = "server"
     server = _new_server(config)
+    try:
+        await _serve_and_settle(server, drain, name, task_status)
+    finally:
+        drain.unquiet()  # the server failed before its drain was over
+
+
+async def _serve_and_settle(
+    server: Any, drain: Drain, name: str, task_status: anyio.abc.TaskStatus[ServerInfo]
+) -> None:
     drain.open()
     try:
         async with anyio.create_task_group() as tg:
