@@ -162,8 +162,7 @@ class ReadinessMiddleware:
 
     * With ``request_signals=True``, an event stream (a response whose
       ``content-type`` is ``text/event-stream``) still open when the drain begins is
-      given :data:`SSE_END_AFTER` seconds to end by itself (its handler's signal is set
-      then); if it has not, the middleware ends it cleanly: a last ``retry: <ms>``
+      given 0.25 s to end by itself (its handler's signal is set then); if it has not, the middleware ends it cleanly: a last ``retry: <ms>``
       field (``sse_retry`` seconds: how long the client waits before it reconnects,
       with ``Last-Event-ID``, to another replica; ``None``: no field) and the end of
       the response, then it cancels the handler (what it sends from then on is
