@@ -511,3 +511,177 @@ class TestQuietCuts:
         assert quiet.filter(self.record("Exception in ASGI application\n", None))
         assert quiet.filter(self.record("Exception in callback other()", cancelled))
         assert quiet.filter(self.record(ValueError("not a str"), cancelled))
+
+
+class FakeServer:
+    """The server's side of one HTTP request, in process: what the app sent, and a
+    ``receive()`` that waits (the client says nothing more)."""
+
+    def __init__(self, fail_on_end: bool = False) -> None:
+        self.sent: list[Message] = []
+        self.fail_on_end = fail_on_end
+        self.started = anyio.Event()
+
+    async def receive(self) -> Message:
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def send(self, message: Message) -> None:
+        if self.fail_on_end and message.get("more_body") is False:
+            raise OSError("the client left")
+        self.sent.append(message)
+        if message["type"] == "http.response.body":
+            self.started.set()
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(m.get("body", b"") for m in self.sent if m["type"] != "http.response.start")
+
+
+HTTP_SCOPE: Message = {"type": "http", "path": "/events", "method": "GET", "http_version": "1.1"}
+SSE_START: Message = {
+    "type": "http.response.start",
+    "status": 200,
+    "headers": [(b"cache-control", b"no-store"), (b"Content-Type", b"text/event-stream")],
+}
+EVENT: Message = {"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True}
+
+
+async def serve_one(
+    app: Callable[[Message, Any, Any], Awaitable[None]],
+    server: FakeServer,
+    drain: Callable[[Readiness], Awaitable[None]] | None = None,
+) -> ReadinessMiddleware:
+    """Run one request through the middleware; the drain begins once the app has
+    streamed its first event (``drain`` does it, or ``mark_draining()``)."""
+    readiness = Readiness()
+    middleware = ReadinessMiddleware(app, readiness)
+    with anyio.fail_after(HANG_GUARD):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(middleware, dict(HTTP_SCOPE), server.receive, server.send)
+            await server.started.wait()
+            if drain is None:
+                readiness.mark_draining()
+            else:
+                await drain(readiness)
+    return middleware
+
+
+class TestTheMiddlewareInProcess:
+    """The edges of an event stream's end, with the server's side faked."""
+
+    @pytest.fixture(autouse=True)
+    def at_once(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(_readiness, "SSE_END_AFTER", 0)
+
+    async def test_a_handler_that_swallows_the_cancellation_is_ended_too(self) -> None:
+        server = FakeServer()
+        late: list[str] = []
+
+        async def app(scope: Message, receive: Any, send: Any) -> None:
+            await send(SSE_START)
+            await send(EVENT)
+            try:
+                await anyio.sleep_forever()
+            except anyio.get_cancelled_exc_class():
+                late.append("swallowed")
+            await send(EVENT)  # dropped: the stream is the middleware's now
+
+        middleware = await serve_one(app, server)
+        assert late == ["swallowed"]
+        assert server.body == b"data: 1\n\nretry: 1000\n\n"
+        assert server.sent[-1]["more_body"] is False
+        assert (middleware.streams_ended, middleware.cancelled) == (1, 0)
+
+    async def test_sends_while_unwinding_are_dropped(self) -> None:
+        server = FakeServer()
+
+        async def app(scope: Message, receive: Any, send: Any) -> None:
+            await send(SSE_START)
+            await send(EVENT)
+            try:
+                await anyio.sleep_forever()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await send(EVENT)
+
+        middleware = await serve_one(app, server)
+        assert server.body == b"data: 1\n\nretry: 1000\n\n"
+        assert middleware.streams_ended == 1
+
+    async def test_a_client_gone_before_the_end_is_not_counted(self) -> None:
+        server = FakeServer(fail_on_end=True)
+
+        async def app(scope: Message, receive: Any, send: Any) -> None:
+            await send(SSE_START)
+            await send(EVENT)
+            await anyio.sleep_forever()
+
+        middleware = await serve_one(app, server)
+        assert server.body == b"data: 1\n\n"
+        assert (middleware.streams_ended, middleware.cancelled, middleware.in_flight) == (0, 0, 0)
+
+    async def test_a_response_ended_by_its_handler_is_left_alone(self) -> None:
+        """The handler ended the response and still runs (a background task after it):
+        nothing is sent, nothing is cancelled."""
+        server = FakeServer()
+        release = anyio.Event()
+
+        async def app(scope: Message, receive: Any, send: Any) -> None:
+            await send(SSE_START)
+            await send(EVENT)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await release.wait()
+
+        async def drain(readiness: Readiness) -> None:
+            readiness.mark_draining()
+            await anyio.wait_all_tasks_blocked()  # the end's task looked, and left
+            release.set()
+
+        middleware = await serve_one(app, server, drain)
+        assert server.body == b"data: 1\n\n"
+        assert (middleware.streams_ended, middleware.cancelled) == (0, 0)
+
+    async def test_a_short_event_stream_needs_no_end(self) -> None:
+        """Over before the drain: the end's task is cancelled (on trio, before it ran)."""
+        server = FakeServer()
+
+        async def app(scope: Message, receive: Any, send: Any) -> None:
+            await send(SSE_START)
+            await send({"type": "http.response.body", "body": b"data: 1\n\n"})
+
+        readiness = Readiness()
+        middleware = ReadinessMiddleware(app, readiness)
+        await middleware(dict(HTTP_SCOPE), server.receive, server.send)
+        readiness.mark_draining()
+        await anyio.wait_all_tasks_blocked()
+        assert server.body == b"data: 1\n\n"
+        assert middleware.streams_ended == 0
+
+    @pytest.mark.parametrize("anyio_backend", [ASYNCIO, UVLOOP], ids=["asyncio", "uvloop"])
+    async def test_a_cancellation_from_elsewhere_too_goes_on(self) -> None:
+        """The server cancelled the task as well (its timeout, the same moment): the
+        middleware takes back only its own cancellation; the request is cut."""
+        server = FakeServer()
+
+        async def app(scope: Message, receive: Any, send: Any) -> None:
+            await send(SSE_START)
+            await send(EVENT)
+            try:
+                await anyio.sleep_forever()
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                assert task is not None
+                task.cancel()  # as the server's timeout would
+                raise
+
+        readiness = Readiness()
+        middleware = ReadinessMiddleware(app, readiness)
+        task = asyncio.ensure_future(middleware(dict(HTTP_SCOPE), server.receive, server.send))
+        with anyio.fail_after(HANG_GUARD):
+            await server.started.wait()
+            readiness.mark_draining()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert server.body == b"data: 1\n\n"
+        assert (middleware.streams_ended, middleware.cancelled) == (0, 1)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 import math
-import sys
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -162,11 +161,12 @@ class ReadinessMiddleware:
 
     * With ``request_signals=True``, an event stream (a response whose
       ``content-type`` is ``text/event-stream``) still open when the drain begins is
-      given 0.25 s to end by itself (its handler's signal is set then); if it has not, the middleware ends it cleanly: a last ``retry: <ms>``
-      field (``sse_retry`` seconds: how long the client waits before it reconnects,
-      with ``Last-Event-ID``, to another replica; ``None``: no field) and the end of
-      the response, then it cancels the handler (what it sends from then on is
-      dropped; nothing is logged).  Any other response still streaming at the end of
+      given 0.25 s to end by itself (its handler's signal is set then); if it has
+      not, the middleware ends it cleanly: a last ``retry: <ms>`` field (``sse_retry``
+      seconds: how long the client waits before it reconnects, with
+      ``Last-Event-ID``, to another replica; ``None``: no field) and the end of the
+      response, then it cancels the handler (what it sends from then on is dropped;
+      nothing is logged).  Any other response still streaming at the end of
       the grace is cut by the server: the client sees it truncated, never complete.
 
     :attr:`in_flight` counts the HTTP requests and WebSocket sessions being handled;
@@ -296,15 +296,13 @@ class ReadinessMiddleware:
             end = exchange._stream_end
             if end is None or not end.ending:
                 raise
-            # ours: take it back, unless the task was cancelled by someone else too
-            if sys.version_info >= (3, 11) and task.uncancel():
+            if _take_back(task):  # cancelled by someone else too: theirs goes on
                 raise
         else:
             end = exchange._stream_end
             if end is None or not end.ending:
                 return
-            if sys.version_info >= (3, 11):  # the handler swallowed our cancellation
-                task.uncancel()
+            _take_back(task)  # the handler swallowed our cancellation
         await self._end_stream(end)
 
     async def _end_stream(self, end: _StreamEnd) -> None:
@@ -463,6 +461,14 @@ def check_sse_retry(value: float | None) -> float | None:
     return value
 
 
+def _take_back(task: Any) -> bool:
+    """Undo the middleware's ``cancel()`` of a request's task; whether the task is still
+    being cancelled (by someone else).  Python 3.10 does not count cancellations: there,
+    the middleware's is the only one it can know of."""
+    uncancel = getattr(task, "uncancel", None)
+    return bool(uncancel and uncancel())
+
+
 def _is_event_stream(message: Message) -> bool:
     """Whether an ``http.response.start`` begins an event stream (``text/event-stream``)."""
     for name, value in message.get("headers", ()):
@@ -508,19 +514,21 @@ class _StreamEnd:
 
     async def _watch(self) -> None:
         exchange = self._exchange
-        if exchange is None:  # pragma: no cover - the request ended before the task ran
-            return
+        if exchange is None:  # the request was over before this task ran (trio runs it
+            return  # up to its first checkpoint even when cancelled before)
         await exchange._draining.wait()
         await anyio.sleep(SSE_END_AFTER)  # the handler's moment to end the stream itself
-        exchange = self._exchange
-        if exchange is None or exchange._complete or exchange._stopper is None:
-            return
+        # close() would have cancelled this task: the request is not over
+        stopper = exchange._stopper
+        assert stopper is not None
+        if exchange._complete:
+            return  # the handler ended the response itself (and still runs)
         self._cancel = None  # it returns now: nothing to cancel
         self.ending = True
         # from here on, what the handler sends goes nowhere: the stream is the middleware's
         self._send = exchange._raw_send
         exchange._raw_send = _dropped_send
-        exchange._stopper()
+        stopper()
 
     async def finish(self, retry: float | None) -> None:
         """Send the last ``retry:`` field (if any) and the end of the response."""
