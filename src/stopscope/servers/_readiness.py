@@ -287,22 +287,22 @@ class ReadinessMiddleware:
             return
         import asyncio
 
-        task = asyncio.current_task()
-        assert task is not None
-        exchange._stopper = task.cancel
+        # no local for the task: a frame that holds its own task, in the traceback of a
+        # cancellation, is a reference cycle that keeps the request's task alive
+        exchange._stopper = asyncio.current_task().cancel  # type: ignore[union-attr]
         try:
             await self.app(scope, exchange.receive, exchange.send)
         except asyncio.CancelledError:
             end = exchange._stream_end
             if end is None or not end.ending:
                 raise
-            if _take_back(task):  # cancelled by someone else too: theirs goes on
+            if _take_back(asyncio.current_task()):  # cancelled by someone else too
                 raise
         else:
             end = exchange._stream_end
             if end is None or not end.ending:
                 return
-            _take_back(task)  # the handler swallowed our cancellation
+            _take_back(asyncio.current_task())  # the handler swallowed our cancellation
         await self._end_stream(end)
 
     async def _end_stream(self, end: _StreamEnd) -> None:
