@@ -542,7 +542,7 @@ HTTP_SCOPE: Message = {"type": "http", "path": "/events", "method": "GET", "http
 SSE_START: Message = {
     "type": "http.response.start",
     "status": 200,
-    "headers": [(b"cache-control", b"no-store"), (b"Content-Type", b"text/event-stream")],
+    "headers": [(b"cache-control", b"no-store"), (b"content-type", b"text/event-stream")],
 }
 EVENT: Message = {"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True}
 

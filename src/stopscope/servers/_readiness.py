@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import math
+import sys
 import threading
+from asyncio import CancelledError as _AsyncioCancelled
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final, Literal, final
@@ -12,6 +15,12 @@ from typing import Any, Final, Literal, final
 import anyio
 
 from .._signal import StopSignal, _backend, logger
+
+#: ``asyncio.current_task()``: the C function where there is one (Python 3.12+; the
+#: public name is a Python wrapper around it), as it runs for every request
+_current_task: Callable[[], Any] = (
+    getattr(sys.modules.get("_asyncio"), "current_task", None) or asyncio.current_task
+)
 
 __all__ = [
     "ASGIApp",
@@ -285,24 +294,22 @@ class ReadinessMiddleware:
             if end is not None and end.ending:
                 await self._end_stream(end)
             return
-        import asyncio
-
         # no local for the task: a frame that holds its own task, in the traceback of a
         # cancellation, is a reference cycle that keeps the request's task alive
-        exchange._stopper = asyncio.current_task().cancel  # type: ignore[union-attr]
+        exchange._stopper = _current_task().cancel
         try:
             await self.app(scope, exchange.receive, exchange.send)
-        except asyncio.CancelledError:
+        except _AsyncioCancelled:
             end = exchange._stream_end
             if end is None or not end.ending:
                 raise
-            if _take_back(asyncio.current_task()):  # cancelled by someone else too
+            if _take_back(_current_task()):  # cancelled by someone else too
                 raise
         else:
             end = exchange._stream_end
             if end is None or not end.ending:
                 return
-            _take_back(asyncio.current_task())  # the handler swallowed our cancellation
+            _take_back(_current_task())  # the handler swallowed our cancellation
         await self._end_stream(end)
 
     async def _end_stream(self, end: _StreamEnd) -> None:
@@ -389,8 +396,14 @@ class _Exchange:
             kind == "websocket.close"
         ):
             self._complete = True
-        elif kind == "http.response.start" and _is_event_stream(message):
-            self._stream_end = _StreamEnd(self)
+        elif kind == "http.response.start":
+            # inline and without a copy, as it runs for every response (ASGI header
+            # names are lowercase; so is the media type, as every framework sends it)
+            for name, value in message.get("headers", ()):
+                if name == b"content-type":
+                    if value.startswith(b"text/event-stream"):
+                        self._stream_end = _StreamEnd(self)
+                    break
         return self._raw_send(message)
 
     async def receive(self) -> Message:
@@ -467,14 +480,6 @@ def _take_back(task: Any) -> bool:
     the middleware's is the only one it can know of."""
     uncancel = getattr(task, "uncancel", None)
     return bool(uncancel and uncancel())
-
-
-def _is_event_stream(message: Message) -> bool:
-    """Whether an ``http.response.start`` begins an event stream (``text/event-stream``)."""
-    for name, value in message.get("headers", ()):
-        if name.lower() == b"content-type":
-            return bytes(value[:17]).lower() == b"text/event-stream"
-    return False
 
 
 @final
