@@ -30,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
+import stopscope
 from stopscope import Outcome, TaskScope
 from stopscope.asgi import GracefulApp
 from stopscope.servers import (
@@ -379,7 +380,7 @@ class TestBadInput:
         assert Readiness().asgi(sse_app(), sse_retry=3).sse_retry == 3.0
 
 
-ROOT = Path(__file__).resolve().parent.parent
+SRC = Path(stopscope.__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"
 #: naive SSE clients of the server process
 PROCESS_CLIENTS = 20
@@ -406,7 +407,8 @@ class ServerProcess:
         address = str(self.port) if command == "uvicorn" else f"127.0.0.1:{self.port}"
         env = {
             **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(APPS)]),
+            # the stopscope this test imported (the source tree under test)
+            "PYTHONPATH": os.pathsep.join([str(SRC), str(APPS)]),
             "GRACE": str(GRACE),
             "PYTHONUNBUFFERED": "1",
         }
