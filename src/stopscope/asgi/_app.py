@@ -109,6 +109,9 @@ class GracefulApp:
         WebSocket session its handler has not closed within 0.2 s of its signal: 1001
         ("going away", the default) or 1012 ("service restart"), or any code an
         endpoint may send (1000-1003, 1007-1014, 3000-4999)
+    :param sse_retry: an event stream (``text/event-stream``) still open when the
+        server starts its drain is ended cleanly, with a last ``retry:`` field of this
+        many seconds (``None``: none); needs ``request_signals``
     :param name: the scope's name in logs and in the report
     :param budget: the orchestrator's limit, seconds from SIGTERM to SIGKILL
         (Kubernetes' ``terminationGracePeriodSeconds`` less any ``preStop``, systemd's
@@ -117,8 +120,8 @@ class GracefulApp:
         report then says how much of it each phase used
     :param reserve: seconds of the budget kept after the grace: the app's lifespan
         shutdown, a telemetry flush, the server's exit (default 5)
-    :raises ValueError: for a bad ``grace``, ``drain_delay`` or
-        ``websocket_close_code``, an ``app`` that is
+    :raises ValueError: for a bad ``grace``, ``drain_delay``,
+        ``websocket_close_code`` or ``sse_retry``, an ``app`` that is
         a GracefulApp already, or a stop that does not fit ``budget`` (the message
         says which phase to shorten, and by how much)
 
@@ -153,6 +156,7 @@ class GracefulApp:
         readiness_path: str | None = "/readyz",
         request_signals: bool = True,
         websocket_close_code: int = 1001,
+        sse_retry: float | None = 1.0,
         name: str = "app",
         budget: float | None = None,
         reserve: float = DEFAULT_RESERVE,
@@ -186,6 +190,7 @@ class GracefulApp:
             path=readiness_path,
             request_signals=request_signals,
             websocket_close_code=websocket_close_code,
+            sse_retry=sse_retry,
         )
         # Connection: close only when a balancer may move clients elsewhere
         self._middleware.close_connections = delay > 0
@@ -466,6 +471,10 @@ class GracefulApp:
         current_record().kind = "server"
         drain = Drain(scope, signal, self.readiness, self._delay, None, label)
         drain.middleware = self._middleware
+        if hook.server == "uvicorn":  # one line for the requests its timeout cancels
+            drain.quiet_logger = "uvicorn.error"
+        elif hook.server.startswith("hypercorn") and not hook.server.endswith("(trio)"):
+            drain.quiet_logger = "asyncio"
         drain.open()
         try:
             self.readiness.mark_ready()
@@ -506,6 +515,9 @@ class GracefulApp:
                 await server_done.wait()
                 tg.cancel_scope.cancel()
             await self._unwound()
+        except BaseException:
+            drain.unquiet()
+            raise
         finally:
             drain.close()
         drain.finished()

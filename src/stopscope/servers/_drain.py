@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 import threading
 import time
@@ -83,6 +85,49 @@ def refuse_options(options: dict[str, object], refused: dict[str, str], server: 
             raise ValueError(f"do not pass `{key}` to the {server} member: {instead}")
 
 
+def log_streams_ended(label: str, middleware: ReadinessMiddleware) -> None:
+    """One line for the event streams the middleware ended at the drain (not cut)."""
+    ended = middleware.streams_ended
+    if not ended:
+        return
+    retry = middleware.sse_retry
+    logger.info(
+        "%s: ended %d event stream(s) at the drain, %s",
+        label,
+        ended,
+        "without a retry field" if retry is None else f"with retry: {round(retry * 1000)} ms",
+    )
+
+
+#: what uvicorn logs (on ``uvicorn.error``), with the traceback, for each request task
+#: it cancels at its timeout
+_UVICORN_APP_ERROR: Final = "Exception in ASGI application\n"
+#: what asyncio and uvloop log (on ``asyncio``, before Python 3.13) for each connection
+#: task of ``asyncio.start_server()`` that is cancelled (hypercorn's, at its timeout):
+#: "Exception in callback" and the callback, which is named this
+_STREAMS_CALLBACK: Final = "StreamReaderProtocol.connection_made.<locals>.callback"
+
+
+class QuietCuts(logging.Filter):
+    """On the server's logger while a member drains: drop the traceback logged for each
+    request or connection the server's drain timeout cancelled (a ``CancelledError``);
+    the member logs one line with their count instead.  Any other record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc_info = record.exc_info
+        if exc_info is None or not isinstance(exc_info[1], asyncio.CancelledError):
+            return True
+        message = record.msg
+        return not (
+            message == _UVICORN_APP_ERROR
+            or (
+                isinstance(message, str)
+                and message.startswith("Exception in callback ")
+                and _STREAMS_CALLBACK in message.partition("\n")[0]
+            )
+        )
+
+
 class Drain:
     """One server member's stop sequence, from the stop request to the server's timeout.
 
@@ -127,9 +172,18 @@ class Drain:
         self.middleware: ReadinessMiddleware | None = None
         #: time.monotonic() when the listener was closed (the drain delay's end)
         self._draining_at: float | None = None
+        #: the server's logger whose per-request cancellation tracebacks are replaced by
+        #: one line from the drain on (``uvicorn.error``, ``asyncio``); ``None``: none
+        self.quiet_logger: str | None = None
+        self._quiet: QuietCuts | None = None
 
     def wrap(
-        self, app: ASGIApp, path: str | None, request_signals: bool, websocket_close_code: int
+        self,
+        app: ASGIApp,
+        path: str | None,
+        request_signals: bool,
+        websocket_close_code: int = 1001,
+        sse_retry: float | None = 1.0,
     ) -> ASGIApp:
         if not callable(app):
             raise TypeError(f"`app` must be an ASGI application, got {app!r}")
@@ -139,6 +193,7 @@ class Drain:
             path=path,
             request_signals=request_signals,
             websocket_close_code=websocket_close_code,
+            sse_retry=sse_retry,
         )
         # no drain delay, no balancer to move clients to: keep-alive connections end
         # the way the server ends them at its shutdown
@@ -209,6 +264,9 @@ class Drain:
         middleware = self.middleware
         if middleware is not None:  # what was cut before the drain is not the drain's
             self._cancelled_before = middleware.cancelled
+        if self.quiet_logger is not None and self._quiet is None:
+            self._quiet = QuietCuts()
+            logging.getLogger(self.quiet_logger).addFilter(self._quiet)
         self.readiness.mark_draining()
         logger.info(
             "%s: closing the listener; in-flight requests have %s to finish",
@@ -235,6 +293,12 @@ class Drain:
                 sent,
             )
 
+    def unquiet(self) -> None:
+        """Give the server's logger back its per-request tracebacks (idempotent)."""
+        quiet, self._quiet = self._quiet, None
+        if quiet is not None and self.quiet_logger is not None:
+            logging.getLogger(self.quiet_logger).removeFilter(quiet)
+
     async def settle(self) -> None:
         """After the server returned: count the requests its timeout cut, once they
         unwound, and report them (a warning, and the member ``CANCELLED``).
@@ -259,10 +323,12 @@ class Drain:
         timeline = current_timeline()
         if timeline is not None and self._draining_at is not None:
             timeline.add("HTTP drain", time.monotonic() - self._draining_at)
+        self.unquiet()
         middleware = self.middleware
         cut = 0
         if middleware is not None:
             cut = middleware.cancelled - self._cancelled_before + middleware.in_flight
+            log_streams_ended(self.label, middleware)
         self.cut = cut
         closed = 0 if middleware is None else middleware.websockets_closed
         if closed:

@@ -52,6 +52,7 @@ async def start_hypercorn(
     readiness_path: str | None = "/readyz",
     request_signals: bool = True,
     websocket_close_code: int = 1001,
+    sse_retry: float | None = 1.0,
     readiness: Readiness | None = None,
     signal: StopSignal | None = None,
     grace: float | None = None,
@@ -102,7 +103,7 @@ async def start_hypercorn(
         grace,
         name if name == "hypercorn" else f"{name} (hypercorn)",
     )
-    wrapped = drain.wrap(app, readiness_path, request_signals, websocket_close_code)
+    wrapped = drain.wrap(app, readiness_path, request_signals, websocket_close_code, sse_retry)
     config = config_module.Config()
     if "errorlog" not in options and logging.getLogger().handlers:
         # logging is set up: hypercorn's records go there, once; its default ("-") adds
@@ -147,6 +148,8 @@ async def _serve(
 ) -> None:
     current_record().kind = "server"
     trio = _backend() == "trio"
+    if not trio:  # one line for the connections its timeout cancels
+        drain.quiet_logger = "asyncio"
     if trio:
         from hypercorn.trio import serve
     else:
@@ -193,11 +196,14 @@ async def _serve(
     finally:
         drain.close()
         sock.close()  # closed already by hypercorn, unless it failed before it listened
-    if failure:
-        raise _unwrap(failure[0])
-    if not listening.is_set():
-        raise RuntimeError("hypercorn stopped before it listened")
-    await drain.settle()
+    try:
+        if failure:
+            raise _unwrap(failure[0])
+        if not listening.is_set():
+            raise RuntimeError("hypercorn stopped before it listened")
+        await drain.settle()
+    finally:
+        drain.unquiet()
 
 
 def _unwrap(error: BaseException) -> BaseException:

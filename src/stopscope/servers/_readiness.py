@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import math
+import sys
 import threading
+from asyncio import CancelledError as _AsyncioCancelled
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Final, Literal, final
@@ -11,6 +15,12 @@ from typing import Any, Final, Literal, final
 import anyio
 
 from .._signal import StopSignal, _backend, logger
+
+#: ``asyncio.current_task()``: the C function where there is one (Python 3.12+; the
+#: public name is a Python wrapper around it), as it runs for every request
+_current_task: Callable[[], Any] = (
+    getattr(sys.modules.get("_asyncio"), "current_task", None) or asyncio.current_task
+)
 
 __all__ = [
     "ASGIApp",
@@ -29,6 +39,11 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: where :class:`ReadinessMiddleware` puts a request's stop signal in the ASGI scope
 SCOPE_KEY: Final = "stopscope.signal"
+
+#: seconds an event stream (``text/event-stream``) still open when the drain begins is
+#: given to end by itself (a handler that watches :func:`request_signal` does), before
+#: the middleware ends it: a final ``retry:`` field and the end of the response
+SSE_END_AFTER: Final = 0.25
 
 State = Literal["starting", "ready", "stopping", "draining"]
 
@@ -119,6 +134,7 @@ class Readiness:
         *,
         request_signals: bool = True,
         websocket_close_code: int = 1001,
+        sse_retry: float | None = 1.0,
     ) -> ReadinessMiddleware:
         """Wrap an ASGI application: see :class:`ReadinessMiddleware`."""
         return ReadinessMiddleware(
@@ -127,6 +143,7 @@ class Readiness:
             path=path,
             request_signals=request_signals,
             websocket_close_code=websocket_close_code,
+            sse_retry=sse_retry,
         )
 
     def __repr__(self) -> str:
@@ -172,20 +189,35 @@ class ReadinessMiddleware:
       the close code once ``receive()`` said so, as Starlette's
       ``WebSocketDisconnect``), so the session ends without a traceback.
 
+    * With ``request_signals=True``, an event stream (a response whose
+      ``content-type`` is ``text/event-stream``) still open when the drain begins is
+      given 0.25 s to end by itself (its handler's signal is set then); if it has
+      not, the middleware ends it cleanly: a last ``retry: <ms>`` field (``sse_retry``
+      seconds: how long the client waits before it reconnects, with
+      ``Last-Event-ID``, to another replica; ``None``: no field) and the end of the
+      response, then it cancels the handler (what it sends from then on is dropped;
+      nothing is logged).  Any other response still streaming at the end of
+      the grace is cut by the server: the client sees it truncated, never complete.
+
+
     :attr:`in_flight` counts the HTTP requests and WebSocket sessions being handled;
     :attr:`cancelled` counts those cut short by cancellation (the server's drain
     timeout); :attr:`websockets_closed` counts the WebSocket sessions the library
-    closed that then ended by themselves.  All are plain counters.
+    closed that then ended by themselves; :attr:`streams_ended` counts the event
+    streams the middleware ended at the drain (not cut: the client got a complete
+    stream).  All are plain counters.
 
     :raises ValueError: for a ``websocket_close_code`` an endpoint may not send (valid:
-        1000-1003, 1007-1014, 3000-4999)
-    :raises TypeError: for a ``websocket_close_code`` that is not an ``int``
+        1000-1003, 1007-1014, 3000-4999), or a negative or infinite ``sse_retry``
+    :raises TypeError: for a ``websocket_close_code`` that is not an ``int``, or an
+        ``sse_retry`` that is not a number or ``None``
 
     .. versionadded:: 0.1
     .. versionchanged:: 0.2
        A request's signal and disconnect watching are made only when a handler asks;
        WebSocket sessions have a signal too; ``websocket_close_code``, and the open
-       WebSocket sessions closed by the library when the drain begins.
+       WebSocket sessions closed by the library when the drain begins; event
+       streams ended at the drain (``sse_retry``).
     """
 
     __slots__ = (
@@ -193,6 +225,7 @@ class ReadinessMiddleware:
         "_idle",
         "_sessions",
         "_sessions_idle",
+        "_trio",
         "app",
         "cancelled",
         "close_connections",
@@ -200,6 +233,8 @@ class ReadinessMiddleware:
         "path",
         "readiness",
         "request_signals",
+        "sse_retry",
+        "streams_ended",
         "websocket_close_code",
         "websockets_closed",
     )
@@ -212,6 +247,7 @@ class ReadinessMiddleware:
         path: str | None = "/readyz",
         request_signals: bool = True,
         websocket_close_code: int = 1001,
+        sse_retry: float | None = 1.0,
     ) -> None:
         if not callable(app):
             raise TypeError(f"`app` must be an ASGI application, got {app!r}")
@@ -229,6 +265,9 @@ class ReadinessMiddleware:
         #: would only reach the same listener as it closes (more failed requests than
         #: the plain server's own shutdown, measured by benchmarks/one_host.py)
         self.close_connections = True
+        #: seconds of the ``retry:`` field that ends an event stream at the drain
+        #: (``None``: the stream ends without one)
+        self.sse_retry = check_sse_retry(sse_retry)
         #: HTTP requests and WebSocket sessions being handled now
         self.in_flight = 0
         #: those that ended by cancellation (cut short by a drain timeout)
@@ -238,7 +277,10 @@ class ReadinessMiddleware:
         self.websocket_close_code = check_close_code(websocket_close_code)
         #: WebSocket sessions closed by the library that then ended (not cut)
         self.websockets_closed = 0
+        #: event streams ended by the middleware at the drain (complete, not cut)
+        self.streams_ended = 0
         self._idle: anyio.Event | None = None  # set when in_flight drops to 0
+        self._trio: bool | None = None  # the backend, known from the first request on
         self._sessions: set[_WebSocketSession] = set()  # being handled now
         self._sessions_idle: anyio.Event | None = None  # set when _sessions empties
         self._closing_websockets = False  # the library closes sessions from now on
@@ -275,7 +317,7 @@ class ReadinessMiddleware:
                 # in place, as servers make a scope per request (and as Starlette does):
                 # a copy per request would cost more than all the rest
                 scope[SCOPE_KEY] = exchange
-                await self.app(scope, exchange.receive, exchange.send)
+                await self._run_stoppable(scope, exchange)
             else:
                 await self.app(scope, receive, send)
         except BaseException as exc:
@@ -385,6 +427,47 @@ class ReadinessMiddleware:
         while self._sessions:
             idle = self._sessions_idle = anyio.Event()
             await idle.wait()
+
+    async def _run_stoppable(self, scope: Scope, exchange: _Exchange) -> None:
+        """Run the app for one request in a way the middleware can stop it (an event
+        stream it ends at the drain): a trio cancel scope, or the asyncio task itself
+        (a native ``cancel()``: no anyio cancel scope on the request path)."""
+        on_trio = self._trio
+        if on_trio is None:
+            on_trio = self._trio = _backend() == "trio"
+        if on_trio:
+            import trio
+
+            with trio.CancelScope() as stopper:  # only an event stream's end cancels it
+                exchange._stopper = stopper.cancel
+                await self.app(scope, exchange.receive, exchange.send)
+            end = exchange._stream_end
+            if end is not None and end.ending:
+                await self._end_stream(end)
+            return
+        # no local for the task: a frame that holds its own task, in the traceback of a
+        # cancellation, is a reference cycle that keeps the request's task alive
+        exchange._stopper = _current_task().cancel
+        try:
+            await self.app(scope, exchange.receive, exchange.send)
+        except _AsyncioCancelled:
+            end = exchange._stream_end
+            if end is None or not end.ending:
+                raise
+            if _take_back(_current_task()):  # cancelled by someone else too
+                raise
+        else:
+            end = exchange._stream_end
+            if end is None or not end.ending:
+                return
+            _take_back(_current_task())  # the handler swallowed our cancellation
+        await self._end_stream(end)
+
+    async def _end_stream(self, end: _StreamEnd) -> None:
+        """The handler of an event stream was stopped at the drain: end the response."""
+        await end.finish(self.sse_retry)
+        if end.ended:
+            self.streams_ended += 1
 
     async def _answer_probe(self, scope: Scope, send: Send) -> None:
         state = self.readiness.state
@@ -593,6 +676,8 @@ class _Exchange:
         "_raw_receive",
         "_raw_send",
         "_reading",
+        "_stopper",
+        "_stream_end",
         "_watch",
     )
 
@@ -604,6 +689,8 @@ class _Exchange:
         self._gone = False  # a disconnect before the response was complete
         self._reading = 0  # the app is inside the server's receive() (this many calls)
         self._watch: _Watch | None = None
+        self._stopper: Callable[[], object] | None = None  # cancels the request's app
+        self._stream_end: _StreamEnd | None = None  # an event stream's end at the drain
 
     def send(self, message: Message) -> Awaitable[None]:
         # a plain function that hands back the server's own awaitable: no coroutine
@@ -613,6 +700,14 @@ class _Exchange:
             kind == "websocket.close"
         ):
             self._complete = True
+        elif kind == "http.response.start":
+            # inline and without a copy, as it runs for every response (ASGI header
+            # names are lowercase; so is the media type, as every framework sends it)
+            for name, value in message.get("headers", ()):
+                if name == b"content-type":
+                    if value.startswith(b"text/event-stream"):
+                        self._stream_end = _StreamEnd(self)
+                    break
         return self._raw_send(message)
 
     async def receive(self) -> Message:
@@ -641,9 +736,13 @@ class _Exchange:
         """
         self._raw_receive = _over_receive
         self._raw_send = _over_send
+        self._stopper = None
         watch = self._watch
         if watch is not None:
             watch.close()
+        end = self._stream_end
+        if end is not None:
+            end.close()
 
     def _disconnected(self) -> None:
         if self._complete or self._gone:
@@ -663,6 +762,106 @@ class _Exchange:
             elif not self._complete:
                 watch.start()
         return watch.signal
+
+
+def check_sse_retry(value: float | None) -> float | None:
+    """``sse_retry``: seconds (finite, not negative), or ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"`sse_retry` must be a number of seconds or None, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(
+            f"`sse_retry` must be a finite, non-negative number of seconds, got {value!r}"
+        )
+    return value
+
+
+def _take_back(task: Any) -> bool:
+    """Undo the middleware's ``cancel()`` of a request's task; whether the task is still
+    being cancelled (by someone else).  Python 3.10 does not count cancellations: there,
+    the middleware's is the only one it can know of."""
+    uncancel = getattr(task, "uncancel", None)
+    return bool(uncancel and uncancel())
+
+
+@final
+class _StreamEnd:
+    """An event stream's end at the drain: a task that waits for the drain, gives the
+    handler :data:`SSE_END_AFTER` seconds to end the response itself, and otherwise
+    stops it (the middleware then sends the ``retry:`` field and the end).
+
+    The task is the backend's own (as :class:`_Watch`'s pump), started with the stream
+    and cancelled when the request is over.
+    """
+
+    __slots__ = ("_cancel", "_exchange", "_send", "ended", "ending")
+
+    def __init__(self, exchange: _Exchange) -> None:
+        self._exchange: _Exchange | None = exchange
+        self._send: Send | None = None  # the server's send, kept once the app's is cut off
+        self._cancel: Callable[[], object] | None = None
+        self.ending = False  # the handler is being stopped: the middleware ends the stream
+        self.ended = False  # the middleware sent the end of the stream
+        if _backend() == "trio":
+            import trio
+
+            cancel = trio.CancelScope()
+            self._cancel = cancel.cancel
+
+            async def watch() -> None:
+                with cancel:
+                    await self._watch()
+
+            trio.lowlevel.spawn_system_task(watch, name="stopscope event stream end")
+        else:
+            import asyncio
+
+            task = asyncio.get_running_loop().create_task(self._watch())
+            self._cancel = task.cancel
+
+    async def _watch(self) -> None:
+        exchange = self._exchange
+        if exchange is None:  # the request was over before this task ran (trio runs it
+            return  # up to its first checkpoint even when cancelled before)
+        await exchange._draining.wait()
+        await anyio.sleep(SSE_END_AFTER)  # the handler's moment to end the stream itself
+        # close() would have cancelled this task: the request is not over
+        stopper = exchange._stopper
+        assert stopper is not None
+        if exchange._complete:
+            return  # the handler ended the response itself (and still runs)
+        self._cancel = None  # it returns now: nothing to cancel
+        self.ending = True
+        # from here on, what the handler sends goes nowhere: the stream is the middleware's
+        self._send = exchange._raw_send
+        exchange._raw_send = _dropped_send
+        stopper()
+
+    async def finish(self, retry: float | None) -> None:
+        """Send the last ``retry:`` field (if any) and the end of the response."""
+        send = self._send
+        assert send is not None
+        body = b"" if retry is None else b"retry: %d\n\n" % round(retry * 1000)
+        try:
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+        except Exception as exc:  # the client left: nothing to end any more
+            logger.debug("an event stream could not be ended (the client left?): %r", exc)
+            return
+        self.ended = True
+
+    def close(self) -> None:
+        """The request is over: stop the task (at once, or as soon as it starts)."""
+        self._exchange = None
+        self._send = None
+        if self._cancel is not None:
+            self._cancel()
+            self._cancel = None
+
+
+async def _dropped_send(message: Message) -> None:
+    """What an event stream's handler sends once the middleware took the stream over."""
 
 
 async def _over_receive() -> Message:

@@ -56,6 +56,7 @@ async def start_uvicorn(
     readiness_path: str | None = "/readyz",
     request_signals: bool = True,
     websocket_close_code: int = 1001,
+    sse_retry: float | None = 1.0,
     readiness: Readiness | None = None,
     signal: StopSignal | None = None,
     grace: float | None = None,
@@ -104,6 +105,10 @@ async def start_uvicorn(
         0.2 s of its signal: 1001
         ("going away", the default) or 1012 ("service restart": come back soon), or
         any code an endpoint may send (1000-1003, 1007-1014, 3000-4999)
+    :param sse_retry: an event stream (``text/event-stream``) still open when the
+        listener closes is ended by the member (see :class:`ReadinessMiddleware`) with
+        a last ``retry:`` field of this many seconds (the client's wait before it
+        reconnects); ``None``: no ``retry:`` field.  Needs ``request_signals``
     :param readiness: a :class:`Readiness` to drive (default: a new one)
     :param signal: the signal that stops the server (default: the signal of the
         scope's current stage, or the scope's own)
@@ -131,7 +136,8 @@ async def start_uvicorn(
     drain = Drain(
         scope, signal, readiness, delay, grace, name if name == "uvicorn" else f"{name} (uvicorn)"
     )
-    wrapped = drain.wrap(app, readiness_path, request_signals, websocket_close_code)
+    wrapped = drain.wrap(app, readiness_path, request_signals, websocket_close_code, sse_retry)
+    drain.quiet_logger = "uvicorn.error"
     config = uvicorn.Config(wrapped, host=host, port=port, **options)
     info: ServerInfo = await scope.start(_serve, config, drain, name, name=name, grace=grace)
     return info
@@ -190,6 +196,15 @@ async def _serve(
 
     current_record().kind = "server"
     server = _new_server(config)
+    try:
+        await _serve_and_settle(server, drain, name, task_status)
+    finally:
+        drain.unquiet()  # the server failed before its drain was over
+
+
+async def _serve_and_settle(
+    server: Any, drain: Drain, name: str, task_status: anyio.abc.TaskStatus[ServerInfo]
+) -> None:
     drain.open()
     try:
         async with anyio.create_task_group() as tg:
