@@ -382,6 +382,17 @@ class TestBudgetCheck:
         with pytest.raises(AssertionError, match="main must not start"):
             stopscope.run(never, budget=30, signals=())
 
+    def test_a_stop_that_fits_exactly_despite_float_rounding(self) -> None:
+        # 0.3 - 0.1 < 0.2 in floats: the check must not refuse "0.3 s > budget 0.3 s"
+        with pytest.raises(AssertionError, match="main must not start"):
+            stopscope.run(never, grace=0.2, budget=0.3, reserve=0.1, signals=())
+        app = GracefulApp(Starlette(), grace=0.2, drain_delay=0.1, budget=0.3, reserve=0.1)
+        assert app.readiness.state != "draining"
+
+    def test_a_tiny_overrun_names_how_much_to_shorten(self) -> None:
+        with pytest.raises(ValueError, match=r"shorten `grace` by 0.0004 s \(to 25 s\)"):
+            stopscope.run(never, grace=25.0004, budget=30, reserve=5)
+
     def test_no_grace_fits_no_budget(self) -> None:
         with pytest.raises(ValueError, match=r"grace=None waits for ever.*at most 25 s"):
             stopscope.run(never, grace=None, budget=30)

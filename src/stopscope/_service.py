@@ -152,8 +152,13 @@ def _check_seconds(name: str, value: object, *, zero: bool) -> float:
     return seconds
 
 
+#: how far over the budget a stop may be and still fit: the float error of adding and
+#: subtracting seconds (0.2 + 0.1 > 0.3), far below any clock's resolution
+_BUDGET_SLACK: Final = 1e-9
+
+
 def _fmt(seconds: float) -> str:
-    return f"{round(seconds, 3):g} s"
+    return f"{round(seconds, 6):g} s"  # to the microsecond: never "shorten by 0 s"
 
 
 def _check_budget(
@@ -194,7 +199,7 @@ def _check_budget(
             f"at most {_fmt(room)} (the budget, {_fmt(budget_s)}, less the reserve, "
             f"{_fmt(reserve_s)})"
         )
-    if grace > room:
+    if grace > room + _BUDGET_SLACK:
         what = f"grace {_fmt(grace)}"
         if drain_delay:
             what += f" (the drain delay's {_fmt(drain_delay)} included)"
