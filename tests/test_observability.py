@@ -126,6 +126,38 @@ class TestScopeRecord:
         assert fields["tasks"][0]["cut"] == 3
         assert fields["outcomes"] == {"cancelled": 1}  # a member that cut is not STOPPED
 
+    async def test_an_error_whose_repr_raises_is_not_lost(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        class Unprintable(Exception):
+            def __repr__(self) -> str:
+                raise RuntimeError("no repr")
+
+        class Reason:
+            def __str__(self) -> str:
+                raise RuntimeError("no str")
+
+        async def fail() -> None:
+            raise Unprintable("boom")
+
+        async def stop() -> None:
+            async with TaskScope(grace=30, name="svc") as scope:
+                scope.start_soon(obey, scope.signal, name="obeys")
+                scope.stop(Reason())
+                scope.start_soon(fail, name="fails")
+
+        caplog.set_level(logging.INFO, logger="stopscope")
+        group = r"error\(s\) in TaskScope 'svc'"
+        with anyio.fail_after(HANG_GUARD), pytest.raises(Exception, match=group) as caught:
+            await stop()
+        # the member's error in the scope's group, not one raised while describing it
+        assert [type(e) for e in getattr(caught.value, "exceptions", ())] == [Unprintable]
+        _, fields = fields_of(caplog, "scope.stopped")
+        assert fields["reason"] == "<Reason object: its str() raised RuntimeError>"
+        failed = fields["tasks"][1]
+        assert failed["error"] == "<Unprintable object: its repr() raised RuntimeError>"
+        assert failed["error_type"].endswith("Unprintable")
+
     async def test_a_scope_without_members(self, caplog: pytest.LogCaptureFixture) -> None:
         caplog.set_level(logging.INFO, logger="stopscope")
         async with TaskScope(grace=1) as scope:

@@ -114,7 +114,7 @@ class TaskRecord:
             "kind": self.kind,
             "outcome": self.outcome._value_,  # .value is a descriptor: 3x slower
             "latency": self.latency,
-            "error": None if error is None else repr(error),
+            "error": None if error is None else _safe(repr, error),
             "error_type": None if error is None else _type_name(error),
             "phase": self.phase,
             "exit_code": self.exit_code,
@@ -264,8 +264,18 @@ def _reason_json(reason: object) -> object:
     if type(reason) is float and math.isfinite(reason):
         return reason
     if isinstance(reason, BaseException):
-        return repr(reason)
-    return str(reason)
+        return _safe(repr, reason)
+    return _safe(str, reason)
+
+
+def _safe(text: Callable[[object], str], value: object) -> str:
+    """``text(value)``, or a stand-in naming the type if that raises: the record of a
+    stop must not fail the stop, nor hide a member's error behind its own."""
+    try:
+        return text(value)
+    except Exception as exc:
+        kind = type(value).__name__
+        return f"<{kind} object: its {text.__name__}() raised {type(exc).__name__}>"
 
 
 # ----------------------------------------------------------- the member running now
