@@ -503,6 +503,15 @@ class TestTimeline:
         }
         assert timeline.text() == "no budget given: no phase recorded"
 
+    def test_a_long_budget_is_not_written_in_exponent_form(self) -> None:
+        timeline = Timeline(3600.0, 5.0)  # a batch worker's terminationGracePeriodSeconds
+        timeline.start(0.0)
+        timeline.add("HTTP drain", 1200.5)
+        assert timeline.text(1234.4) == (
+            "budget 3600 s: HTTP drain 1200.50 s; 1234 s used, 2366 s left"
+        )
+        assert timeline.text(3610.0).endswith("; 3610 s used, -10 s left")
+
     def test_after_the_stop(self) -> None:
         timeline = Timeline(30.0, 5.0)
         timeline.start(100.0)

@@ -465,10 +465,15 @@ class Timeline:
         head = "no budget given" if self.budget is None else f"budget {self.budget:g} s"
         text = f"{head}: {parts or 'no phase recorded'}"
         if used is not None:
-            text += f"; {used:.3g} s used"
+            text += f"; {_short(used)} s used"
             if self.budget is not None:
-                text += f", {self.budget - used:.3g} s left"
+                text += f", {_short(self.budget - used)} s left"
         return text
+
+
+def _short(seconds: float) -> str:
+    """Three significant digits, never in exponent form (``1234 s``, not ``1.23e+03``)."""
+    return f"{seconds:.3g}" if abs(seconds) < 1000 else f"{seconds:.0f}"
 
 
 #: the timeline of the stop that the running code belongs to (run() and GracefulApp set
