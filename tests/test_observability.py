@@ -442,12 +442,14 @@ class TestBudgetCheck:
         ):
             stopscope.run(never, budget=budget)
 
-    @pytest.mark.parametrize("budget", [0, -1, float("nan"), float("inf")])
+    @pytest.mark.parametrize(
+        "budget", [0, -1, float("nan"), float("inf"), pytest.param(10**400, id="1e400")]
+    )
     def test_a_budget_out_of_range(self, budget: float) -> None:
         with pytest.raises(ValueError, match=r"`budget` must be a finite, positive number"):
             stopscope.run(never, budget=budget)
 
-    @pytest.mark.parametrize("reserve", [-1, float("nan")])
+    @pytest.mark.parametrize("reserve", [-1, float("nan"), pytest.param(10**400, id="1e400")])
     def test_a_reserve_out_of_range(self, reserve: float) -> None:
         with pytest.raises(ValueError, match=r"`reserve` must be a finite, non-negative"):
             stopscope.run(never, reserve=reserve)

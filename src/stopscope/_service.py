@@ -145,7 +145,10 @@ def _check_seconds(name: str, value: object, *, zero: bool) -> float:
                 else ""
             )
         )
-    seconds = float(value)
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int beyond any float: not a finite number of seconds
+        seconds = math.inf
     if math.isnan(seconds) or seconds == math.inf or seconds < 0 or (seconds == 0 and not zero):
         kind = "non-negative" if zero else "positive"
         raise ValueError(f"`{name}` must be a finite, {kind} number of seconds, got {value!r}")
