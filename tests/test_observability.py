@@ -425,9 +425,11 @@ class TestBudgetCheck:
         with pytest.raises(ValueError, match=r"shorten `grace` by 0.0004 s \(to 25 s\)"):
             stopscope.run(never, grace=25.0004, budget=30, reserve=5)
 
-    def test_no_grace_fits_no_budget(self) -> None:
-        with pytest.raises(ValueError, match=r"grace=None waits for ever.*at most 25 s"):
-            stopscope.run(never, grace=None, budget=30)
+    @pytest.mark.parametrize("grace", [None, float("inf")])
+    def test_no_grace_fits_no_budget(self, grace: float | None) -> None:
+        # the message names what was passed: inf is the same endless grace as None
+        with pytest.raises(ValueError, match=r"grace=None \(or inf\) waits for ever.*at most 25 s"):
+            stopscope.run(never, grace=grace, budget=30)
 
     def test_a_reserve_that_leaves_nothing(self) -> None:
         with pytest.raises(ValueError, match=r"`reserve` \(5 s\) leaves nothing of the budget"):

@@ -198,8 +198,8 @@ def _check_budget(
         )
     if grace is None:
         raise ValueError(
-            f"{owner}: grace=None waits for ever, which no budget holds: give a `grace` of "
-            f"at most {_fmt(room)} (the budget, {_fmt(budget_s)}, less the reserve, "
+            f"{owner}: grace=None (or inf) waits for ever, which no budget holds: give a "
+            f"`grace` of at most {_fmt(room)} (the budget, {_fmt(budget_s)}, less the reserve, "
             f"{_fmt(reserve_s)})"
         )
     if grace > room + _BUDGET_SLACK:
