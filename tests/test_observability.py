@@ -126,6 +126,38 @@ class TestScopeRecord:
         assert fields["tasks"][0]["cut"] == 3
         assert fields["outcomes"] == {"cancelled": 1}  # a member that cut is not STOPPED
 
+    async def test_an_error_whose_repr_raises_is_not_lost(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        class Unprintable(Exception):
+            def __repr__(self) -> str:
+                raise RuntimeError("no repr")
+
+        class Reason:
+            def __str__(self) -> str:
+                raise RuntimeError("no str")
+
+        async def fail() -> None:
+            raise Unprintable("boom")
+
+        async def stop() -> None:
+            async with TaskScope(grace=30, name="svc") as scope:
+                scope.start_soon(obey, scope.signal, name="obeys")
+                scope.stop(Reason())
+                scope.start_soon(fail, name="fails")
+
+        caplog.set_level(logging.INFO, logger="stopscope")
+        group = r"error\(s\) in TaskScope 'svc'"
+        with anyio.fail_after(HANG_GUARD), pytest.raises(Exception, match=group) as caught:
+            await stop()
+        # the member's error in the scope's group, not one raised while describing it
+        assert [type(e) for e in getattr(caught.value, "exceptions", ())] == [Unprintable]
+        _, fields = fields_of(caplog, "scope.stopped")
+        assert fields["reason"] == "<Reason object: its str() raised RuntimeError>"
+        failed = fields["tasks"][1]
+        assert failed["error"] == "<Unprintable object: its repr() raised RuntimeError>"
+        assert failed["error_type"].endswith("Unprintable")
+
     async def test_a_scope_without_members(self, caplog: pytest.LogCaptureFixture) -> None:
         caplog.set_level(logging.INFO, logger="stopscope")
         async with TaskScope(grace=1) as scope:
@@ -382,9 +414,22 @@ class TestBudgetCheck:
         with pytest.raises(AssertionError, match="main must not start"):
             stopscope.run(never, budget=30, signals=())
 
-    def test_no_grace_fits_no_budget(self) -> None:
-        with pytest.raises(ValueError, match=r"grace=None waits for ever.*at most 25 s"):
-            stopscope.run(never, grace=None, budget=30)
+    def test_a_stop_that_fits_exactly_despite_float_rounding(self) -> None:
+        # 0.3 - 0.1 < 0.2 in floats: the check must not refuse "0.3 s > budget 0.3 s"
+        with pytest.raises(AssertionError, match="main must not start"):
+            stopscope.run(never, grace=0.2, budget=0.3, reserve=0.1, signals=())
+        app = GracefulApp(Starlette(), grace=0.2, drain_delay=0.1, budget=0.3, reserve=0.1)
+        assert app.readiness.state != "draining"
+
+    def test_a_tiny_overrun_names_how_much_to_shorten(self) -> None:
+        with pytest.raises(ValueError, match=r"shorten `grace` by 0.0004 s \(to 25 s\)"):
+            stopscope.run(never, grace=25.0004, budget=30, reserve=5)
+
+    @pytest.mark.parametrize("grace", [None, float("inf")])
+    def test_no_grace_fits_no_budget(self, grace: float | None) -> None:
+        # the message names what was passed: inf is the same endless grace as None
+        with pytest.raises(ValueError, match=r"grace=None \(or inf\) waits for ever.*at most 25 s"):
+            stopscope.run(never, grace=grace, budget=30)
 
     def test_a_reserve_that_leaves_nothing(self) -> None:
         with pytest.raises(ValueError, match=r"`reserve` \(5 s\) leaves nothing of the budget"):
@@ -399,12 +444,14 @@ class TestBudgetCheck:
         ):
             stopscope.run(never, budget=budget)
 
-    @pytest.mark.parametrize("budget", [0, -1, float("nan"), float("inf")])
+    @pytest.mark.parametrize(
+        "budget", [0, -1, float("nan"), float("inf"), pytest.param(10**400, id="1e400")]
+    )
     def test_a_budget_out_of_range(self, budget: float) -> None:
         with pytest.raises(ValueError, match=r"`budget` must be a finite, positive number"):
             stopscope.run(never, budget=budget)
 
-    @pytest.mark.parametrize("reserve", [-1, float("nan")])
+    @pytest.mark.parametrize("reserve", [-1, float("nan"), pytest.param(10**400, id="1e400")])
     def test_a_reserve_out_of_range(self, reserve: float) -> None:
         with pytest.raises(ValueError, match=r"`reserve` must be a finite, non-negative"):
             stopscope.run(never, reserve=reserve)
@@ -459,6 +506,15 @@ class TestTimeline:
             "left": None,
         }
         assert timeline.text() == "no budget given: no phase recorded"
+
+    def test_a_long_budget_is_not_written_in_exponent_form(self) -> None:
+        timeline = Timeline(3600.0, 5.0)  # a batch worker's terminationGracePeriodSeconds
+        timeline.start(0.0)
+        timeline.add("HTTP drain", 1200.5)
+        assert timeline.text(1234.4) == (
+            "budget 3600 s: HTTP drain 1200.50 s; 1234 s used, 2366 s left"
+        )
+        assert timeline.text(3610.0).endswith("; 3610 s used, -10 s left")
 
     def test_after_the_stop(self) -> None:
         timeline = Timeline(30.0, 5.0)

@@ -114,7 +114,7 @@ class TaskRecord:
             "kind": self.kind,
             "outcome": self.outcome._value_,  # .value is a descriptor: 3x slower
             "latency": self.latency,
-            "error": None if error is None else repr(error),
+            "error": None if error is None else _safe(repr, error),
             "error_type": None if error is None else _type_name(error),
             "phase": self.phase,
             "exit_code": self.exit_code,
@@ -264,8 +264,18 @@ def _reason_json(reason: object) -> object:
     if type(reason) is float and math.isfinite(reason):
         return reason
     if isinstance(reason, BaseException):
-        return repr(reason)
-    return str(reason)
+        return _safe(repr, reason)
+    return _safe(str, reason)
+
+
+def _safe(text: Callable[[object], str], value: object) -> str:
+    """``text(value)``, or a stand-in naming the type if that raises: the record of a
+    stop must not fail the stop, nor hide a member's error behind its own."""
+    try:
+        return text(value)
+    except Exception as exc:
+        kind = type(value).__name__
+        return f"<{kind} object: its {text.__name__}() raised {type(exc).__name__}>"
 
 
 # ----------------------------------------------------------- the member running now
@@ -455,10 +465,15 @@ class Timeline:
         head = "no budget given" if self.budget is None else f"budget {self.budget:g} s"
         text = f"{head}: {parts or 'no phase recorded'}"
         if used is not None:
-            text += f"; {used:.3g} s used"
+            text += f"; {_short(used)} s used"
             if self.budget is not None:
-                text += f", {self.budget - used:.3g} s left"
+                text += f", {_short(self.budget - used)} s left"
         return text
+
+
+def _short(seconds: float) -> str:
+    """Three significant digits, never in exponent form (``1234 s``, not ``1.23e+03``)."""
+    return f"{seconds:.3g}" if abs(seconds) < 1000 else f"{seconds:.0f}"
 
 
 #: the timeline of the stop that the running code belongs to (run() and GracefulApp set

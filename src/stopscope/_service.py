@@ -146,15 +146,23 @@ def _check_seconds(name: str, value: object, *, zero: bool) -> float:
                 else ""
             )
         )
-    seconds = float(value)
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int beyond any float: not a finite number of seconds
+        seconds = math.inf
     if math.isnan(seconds) or seconds == math.inf or seconds < 0 or (seconds == 0 and not zero):
         kind = "non-negative" if zero else "positive"
         raise ValueError(f"`{name}` must be a finite, {kind} number of seconds, got {value!r}")
     return seconds
 
 
+#: how far over the budget a stop may be and still fit: the float error of adding and
+#: subtracting seconds (0.2 + 0.1 > 0.3), far below any clock's resolution
+_BUDGET_SLACK: Final = 1e-9
+
+
 def _fmt(seconds: float) -> str:
-    return f"{round(seconds, 3):g} s"
+    return f"{round(seconds, 6):g} s"  # to the microsecond: never "shorten by 0 s"
 
 
 def _check_budget(
@@ -191,11 +199,11 @@ def _check_budget(
         )
     if grace is None:
         raise ValueError(
-            f"{owner}: grace=None waits for ever, which no budget holds: give a `grace` of "
-            f"at most {_fmt(room)} (the budget, {_fmt(budget_s)}, less the reserve, "
+            f"{owner}: grace=None (or inf) waits for ever, which no budget holds: give a "
+            f"`grace` of at most {_fmt(room)} (the budget, {_fmt(budget_s)}, less the reserve, "
             f"{_fmt(reserve_s)})"
         )
-    if grace > room:
+    if grace > room + _BUDGET_SLACK:
         what = f"grace {_fmt(grace)}"
         if drain_delay:
             what += f" (the drain delay's {_fmt(drain_delay)} included)"
