@@ -618,6 +618,7 @@ class TestInstrument:
             (-1, ValueError),
             (float("inf"), ValueError),
             (float("nan"), ValueError),
+            (1e10, ValueError),  # beyond threading.TIMEOUT_MAX: run() raised OverflowError
             ("1", TypeError),
             (True, TypeError),
         ],

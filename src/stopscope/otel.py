@@ -21,7 +21,6 @@ event loop (a worker thread), so the stop itself pays for none of it.
 from __future__ import annotations
 
 import atexit
-import math
 import signal as _signal_module
 import threading
 import time
@@ -457,8 +456,12 @@ def _check_reserve(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"`flush_reserve` must be a number of seconds, got {value!r}")
     value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"`flush_reserve` must be a finite number of seconds >= 0, got {value!r}")
+    # a wait longer than threading.TIMEOUT_MAX raises OverflowError (from run()'s end)
+    if not 0 <= value <= threading.TIMEOUT_MAX:  # (False for nan too)
+        raise ValueError(
+            f"`flush_reserve` must be a number of seconds from 0 to "
+            f"{threading.TIMEOUT_MAX:.0f}, got {value!r}"
+        )
     return value
 
 
