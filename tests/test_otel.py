@@ -602,6 +602,12 @@ class TestInstrument:
         with pytest.raises(ValueError, match="either `exporter` or your own"):
             stopscope.otel.instrument(exporter="otlp", tracer_provider=TracerProvider())
 
+    @pytest.mark.parametrize("param", ["tracer_provider", "meter_provider"])
+    def test_a_provider_of_the_wrong_type(self, param: str) -> None:
+        with pytest.raises(TypeError, match=f"`{param}` must be an OpenTelemetry"):
+            stopscope.otel.instrument(**{param: object()})  # type: ignore[arg-type]
+        assert not stopscope.otel.is_instrumented()
+
     def test_twice_is_misuse(self, telemetry: Telemetry) -> None:
         with pytest.raises(RuntimeError, match=r"already instrumented; call .*uninstrument"):
             stopscope.otel.instrument()

@@ -513,6 +513,14 @@ def instrument(
             raise ValueError(
                 "pass either `exporter` or your own `tracer_provider`/`meter_provider`, not both"
             )
+    for value, param, method in (
+        (tracer_provider, "tracer_provider", "get_tracer"),
+        (meter_provider, "meter_provider", "get_meter"),
+    ):
+        if value is not None and not callable(getattr(value, method, None)):
+            raise TypeError(
+                f"`{param}` must be an OpenTelemetry {param} (with .{method}()), got {value!r}"
+            )
     _import_api()
     with _lock:
         if _listener is not None:
