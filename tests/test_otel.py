@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -435,6 +436,26 @@ class _Provider:
         return self.tracer
 
 
+class _FlushingProvider:
+    """A real SDK tracer provider whose force_flush() is what a test makes it."""
+
+    def __init__(self, flush: Any) -> None:
+        self.provider = TracerProvider()
+        self._flush = flush
+        self.flushes = 0
+
+    def get_tracer(self, *args: Any, **kwargs: Any) -> Any:
+        return self.provider.get_tracer(*args, **kwargs)
+
+    def force_flush(self, timeout_millis: float = 30000) -> bool:
+        self.flushes += 1
+        return bool(self._flush())
+
+
+def _failing_flush() -> bool:
+    raise RuntimeError("MeterProvider.force_flush failed: the collector is down")
+
+
 @pytest.mark.anyio
 class TestRobustness:
     async def test_a_broken_pipeline_is_logged_and_never_reaches_the_stop(
@@ -464,6 +485,41 @@ class TestRobustness:
             tracer.release.set()
             stopscope.otel.uninstrument()
 
+    async def test_a_flush_never_waits_for_a_provider_past_its_time(self) -> None:
+        # the SDK's batch processor ignores force_flush()'s timeout: an OTLP export to a
+        # collector that never answers blocks for the exporter's own (10 s by default)
+        release, returned = threading.Event(), threading.Event()
+
+        def stuck_flush() -> bool:
+            release.wait(HANG_GUARD)
+            returned.set()
+            return True
+
+        provider = _FlushingProvider(stuck_flush)
+        stopscope.otel.instrument(tracer_provider=provider, flush_reserve=0)
+        try:
+            with anyio.fail_after(HANG_GUARD):
+                async with TaskScope(grace=30) as scope:
+                    scope.start_soon(until_stopped, scope.signal)
+            assert not await anyio.to_thread.run_sync(stopscope.otel.flush, 0.05)
+            assert not returned.is_set()  # it gave up while the provider was stuck
+        finally:
+            release.set()
+            stopscope.otel.uninstrument()
+
+    async def test_a_provider_whose_flush_raises_is_logged(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        stopscope.otel.instrument(tracer_provider=_FlushingProvider(_failing_flush))
+        try:
+            with anyio.fail_after(HANG_GUARD):
+                async with TaskScope(grace=30) as scope:
+                    scope.start_soon(until_stopped, scope.signal)
+            assert not await anyio.to_thread.run_sync(stopscope.otel.flush, HANG_GUARD)
+        finally:
+            stopscope.otel.uninstrument()
+        assert any("force_flush() of" in r.getMessage() for r in caplog.records)
+
     async def test_spans_leave_by_themselves_shortly_after_the_stop(
         self, telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch
     ) -> None:
@@ -491,6 +547,51 @@ class TestRobustness:
         )
 
 
+class TestRun:
+    """run()'s flush as it ends: never its failure, and one reserve with atexit's."""
+
+    def test_a_failing_flush_never_fails_run(
+        self, anyio_backend: tuple[str, dict[str, Any]], caplog: pytest.LogCaptureFixture
+    ) -> None:
+        async def main(signal: StopSignal) -> str:
+            async with TaskScope(grace=30, signal=signal) as scope:
+                scope.start_soon(until_stopped, scope.signal)
+                scope.stop("done")
+            return "ran"
+
+        backend, options = anyio_backend
+        stopscope.otel.instrument(tracer_provider=_FlushingProvider(_failing_flush))
+        try:
+            assert stopscope.run(main, backend=backend, backend_options=options) == "ran"
+        finally:
+            stopscope.otel.uninstrument()
+        assert any("force_flush() of" in r.getMessage() for r in caplog.records)
+
+    def test_run_and_the_atexit_hook_flush_once(
+        self, anyio_backend: tuple[str, dict[str, Any]]
+    ) -> None:
+        async def main(signal: StopSignal) -> None:
+            async with TaskScope(grace=30, signal=signal) as scope:
+                scope.start_soon(until_stopped, scope.signal)
+                scope.stop("done")
+
+        backend, options = anyio_backend
+        provider = _FlushingProvider(lambda: True)
+        stopscope.otel.instrument(tracer_provider=provider)
+        try:
+            listener = stopscope.otel._listener
+            assert listener is not None
+            stopscope.run(main, backend=backend, backend_options=options)
+            assert provider.flushes == 1
+            listener.at_exit()  # the atexit hook: nothing new, so no second reserve
+            assert provider.flushes == 1
+            anyio.run(main, StopSignal(), backend=backend, backend_options=options)
+            listener.at_exit()  # a stop since: flushed
+            assert provider.flushes == 2
+        finally:
+            stopscope.otel.uninstrument()
+
+
 class TestInstrument:
     def test_unknown_exporter(self) -> None:
         with pytest.raises(ValueError, match=r"`exporter` must be None .* 'otlp', 'console'"):
@@ -500,6 +601,12 @@ class TestInstrument:
     def test_exporter_and_providers_together(self) -> None:
         with pytest.raises(ValueError, match="either `exporter` or your own"):
             stopscope.otel.instrument(exporter="otlp", tracer_provider=TracerProvider())
+
+    @pytest.mark.parametrize("param", ["tracer_provider", "meter_provider"])
+    def test_a_provider_of_the_wrong_type(self, param: str) -> None:
+        with pytest.raises(TypeError, match=f"`{param}` must be an OpenTelemetry"):
+            stopscope.otel.instrument(**{param: object()})  # type: ignore[arg-type]
+        assert not stopscope.otel.is_instrumented()
 
     def test_twice_is_misuse(self, telemetry: Telemetry) -> None:
         with pytest.raises(RuntimeError, match=r"already instrumented; call .*uninstrument"):
@@ -517,6 +624,7 @@ class TestInstrument:
             (-1, ValueError),
             (float("inf"), ValueError),
             (float("nan"), ValueError),
+            (1e10, ValueError),  # beyond threading.TIMEOUT_MAX: run() raised OverflowError
             ("1", TypeError),
             (True, TypeError),
         ],
@@ -715,6 +823,41 @@ def test_a_real_sigterm_reaches_the_collector(receiver: Receiver, backend: str) 
     assert by_outcome == {"cancelled": 1, "abandoned": 0}
     (stops,) = metrics["stopscope.stops"].sum.data_points
     assert stops.as_int == 1
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("backend", ["asyncio", "asyncio+uvloop", "trio"])
+def test_a_collector_that_never_answers_costs_only_the_reserve(backend: str) -> None:
+    """run() under a real SIGTERM, sending to a collector that accepts connections and
+    never answers (the exporters' own timeout: a minute): the process exits cleanly
+    once its flush reserve is spent, not when the exporters give up."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # the kernel accepts; nobody reads or answers
+        env = {
+            **os.environ,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{silent.getsockname()[1]}",
+            "OTEL_EXPORTER_OTLP_TIMEOUT": str(HANG_GUARD * 3),
+            "OTEL_METRIC_EXPORT_INTERVAL": "600000",
+        }
+        proc = subprocess.Popen(
+            [sys.executable, str(APP), "--backend", backend, "--flush-reserve", "0.5"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline() == "ready\n"
+            proc.send_signal(signal.SIGTERM)
+            _, stderr = proc.communicate(timeout=HANG_GUARD)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr
 
 
 # ------------------------------------------------------------- the scripts behind the docs

@@ -21,7 +21,6 @@ event loop (a worker thread), so the stop itself pays for none of it.
 from __future__ import annotations
 
 import atexit
-import math
 import signal as _signal_module
 import threading
 import time
@@ -135,9 +134,17 @@ class _Listener:
         self._queue: list[tuple[Any, ...]] = []  # _Stop fields
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
-        self._submitted = 0
-        self._done = 0
         self._urgent = 0  # flushes waiting
+        # The providers' force_flush() runs on the worker too, never on the caller: the
+        # SDK's batch processor ignores its timeout (an export blocks for the exporter's
+        # own, 10 s by default, and a metric reader raises when it runs out), so only a
+        # wait on this thread keeps a flush within its time
+        self._flush_asked = 0  # flushes asked of the worker (a ticket each)...
+        self._flushed = 0  # ...and the last it has done
+        self._flush_deadline = 0.0  # time.monotonic(): the latest a flush asked
+        self._flush_ok = True
+        self._submitted = 0  # stops recorded
+        self._exit_flushed: int | None = None  # ...when at_exit() last flushed
         self._closed = False
         self._thread = threading.Thread(
             target=self._work, name="stopscope.otel exporter", daemon=True
@@ -194,21 +201,50 @@ class _Listener:
     def _work(self) -> None:
         cond = self._cond
         while True:
+            flush_to = 0
             with cond:
                 batch = self._take()
                 while batch is None:
+                    if self._flushed < self._flush_asked:  # every stop asked is exported
+                        flush_to, deadline = self._flush_asked, self._flush_deadline
+                        break
                     if self._closed:
-                        return
+                        break
                     cond.wait(_POLL)
                     batch = self._take()
-            for stop in batch:
-                try:
-                    self._export(_Stop._make(stop))
-                except Exception:  # telemetry must never take the service down
-                    logger.exception("stopscope.otel: could not record a stop")
+            if batch is not None:
+                for stop in batch:
+                    try:
+                        self._export(_Stop._make(stop))
+                    except Exception:  # telemetry must never take the service down
+                        logger.exception("stopscope.otel: could not record a stop")
+                continue
+            if not flush_to:  # closed, and nothing left to do
+                if self.owned:
+                    self._call_providers("shutdown")
+                return
+            ok = self._call_providers("force_flush", deadline)
             with cond:
-                self._done += len(batch)
+                self._flushed, self._flush_ok = flush_to, ok
                 cond.notify_all()
+
+    def _call_providers(self, method: str, deadline: float | None = None) -> bool:
+        """Call ``method`` of each provider that has it; False if one failed or said so."""
+        ok = True
+        for provider in self._providers():
+            call = getattr(provider, method, None)
+            if call is None:
+                continue  # the API's no-op providers: nothing to flush
+            try:
+                if deadline is None:
+                    call()
+                else:
+                    left = max(0.0, deadline - time.monotonic())
+                    ok = bool(call(timeout_millis=left * 1000)) and ok
+            except Exception:  # never the service's failure, nor in place of its error
+                logger.exception("stopscope.otel: %s() of %r failed", method, provider)
+                ok = False
+        return ok
 
     def _export(self, stop: _Stop) -> None:
         from opentelemetry.trace import Status, StatusCode
@@ -327,25 +363,20 @@ class _Listener:
     def flush(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         with self._cond:
-            target = self._submitted
+            self._flush_asked += 1
+            ticket = self._flush_asked
+            self._flush_deadline = max(self._flush_deadline, deadline)
             self._urgent += 1
             self._cond.notify_all()
             try:
-                while self._done < target:
+                while self._flushed < ticket:
                     left = deadline - time.monotonic()
                     if left <= 0:
-                        return False
+                        return False  # the worker goes on; the caller does not wait
                     self._cond.wait(left)
             finally:
                 self._urgent -= 1
-        ok = True
-        for provider in self._providers():
-            force_flush = getattr(provider, "force_flush", None)
-            if force_flush is None:
-                continue  # the API's no-op providers: nothing to flush
-            left = max(0.0, deadline - time.monotonic())
-            ok = bool(force_flush(timeout_millis=left * 1000)) and ok
-        return ok
+            return self._flush_ok
 
     def _providers(self) -> list[Any]:
         from opentelemetry import metrics, trace
@@ -356,15 +387,21 @@ class _Listener:
         ]
 
     def close(self) -> None:
+        """No more stops; the worker exports what is left and shuts down the providers
+        that instrument() made (on its thread: this waits the reserve at most)."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
         self._thread.join(self.reserve)
-        if self.owned:
-            for provider in self._providers():
-                provider.shutdown()
 
     def at_exit(self) -> None:
+        """Flush within the reserve: once for run() and the atexit hook together (again
+        only if a stop was recorded since), so that a process exits within one reserve."""
+        with self._lock:
+            submitted = self._submitted
+            if self._exit_flushed == submitted:
+                return
+            self._exit_flushed = submitted
         self.flush(self.reserve)
 
 
@@ -419,8 +456,12 @@ def _check_reserve(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"`flush_reserve` must be a number of seconds, got {value!r}")
     value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"`flush_reserve` must be a finite number of seconds >= 0, got {value!r}")
+    # a wait longer than threading.TIMEOUT_MAX raises OverflowError (from run()'s end)
+    if not 0 <= value <= threading.TIMEOUT_MAX:  # (False for nan too)
+        raise ValueError(
+            f"`flush_reserve` must be a number of seconds from 0 to "
+            f"{threading.TIMEOUT_MAX:.0f}, got {value!r}"
+        )
     return value
 
 
@@ -471,6 +512,14 @@ def instrument(
         if tracer_provider is not None or meter_provider is not None:
             raise ValueError(
                 "pass either `exporter` or your own `tracer_provider`/`meter_provider`, not both"
+            )
+    for value, param, method in (
+        (tracer_provider, "tracer_provider", "get_tracer"),
+        (meter_provider, "meter_provider", "get_meter"),
+    ):
+        if value is not None and not callable(getattr(value, method, None)):
+            raise TypeError(
+                f"`{param}` must be an OpenTelemetry {param} (with .{method}()), got {value!r}"
             )
     _import_api()
     with _lock:

@@ -49,7 +49,8 @@ async def main(signal: StopSignal) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--backend", choices=sorted(BACKENDS), default="asyncio")
+    parser.add_argument("--flush-reserve", type=float, default=10)
     options = parser.parse_args()
     backend, backend_options = BACKENDS[options.backend]
-    stopscope.otel.instrument(exporter="otlp", flush_reserve=10)
+    stopscope.otel.instrument(exporter="otlp", flush_reserve=options.flush_reserve)
     stopscope.run(main, backend=backend, backend_options=backend_options, grace=5)
