@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import sys
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -11,6 +12,9 @@ from typing import Any, Final, Literal, final
 import anyio
 
 from .._signal import StopSignal, _backend, logger
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
 
 __all__ = [
     "ASGIApp",
@@ -168,9 +172,11 @@ class ReadinessMiddleware:
       ``receive()`` says ``websocket.disconnect`` with that code, and its ``send()``
       raises :class:`OSError` (as the ASGI spec asks of a closed connection) without
       reaching the client.  The middleware absorbs the errors this close causes in
-      the handler (that ``OSError``, an error raised from it, and an error carrying
-      the close code once ``receive()`` said so, as Starlette's
-      ``WebSocketDisconnect``), so the session ends without a traceback.
+      the handler (that ``OSError``, an error raised from it, a disconnect error
+      raised while handling it, an error carrying the close code once ``receive()``
+      said so, as Starlette's ``WebSocketDisconnect``, and a group of only such
+      errors from a task group), so the session ends without a traceback; any
+      other error (a bug in the handler's cleanup) reaches the server.
 
     :attr:`in_flight` counts the HTTP requests and WebSocket sessions being handled;
     :attr:`cancelled` counts those cut short by cancellation (the server's drain
@@ -547,10 +553,16 @@ class _WebSocketSession:
 
     def caused(self, error: BaseException) -> bool:
         """Whether ``error`` comes from the library's close: the handler's send after
-        it (or an error raised from that, as Starlette turns it into
-        ``WebSocketDisconnect``), or an error that carries the library's close code
-        once ``receive()`` gave it (Starlette's ``WebSocketDisconnect`` again, from a
-        ``receive_text()`` that got the disconnect)."""
+        it, an error raised from that (``raise ... from``), or a disconnect error that
+        arose while handling it (an ``OSError``, or an error with a close ``code``, as
+        Starlette's ``WebSocketDisconnect``); an error that carries the library's close
+        code once ``receive()`` gave it (Starlette's ``WebSocketDisconnect`` again,
+        from a ``receive_text()`` that got the disconnect); or a group of such errors
+        (a handler's task group: a reader and a writer).  Any other error raised while
+        handling the close is the handler's own (a bug in its cleanup): not absorbed.
+        """
+        if isinstance(error, BaseExceptionGroup):
+            return all(self.caused(inner) for inner in error.exceptions)
         if self.told and getattr(error, "code", None) == self.code:
             return True
         mine = self._error
@@ -562,7 +574,12 @@ class _WebSocketSession:
             if current is mine:
                 return True
             seen.add(id(current))
-            current = current.__cause__ or current.__context__
+            if current.__cause__ is not None:
+                current = current.__cause__
+            elif isinstance(current, OSError) or isinstance(getattr(current, "code", None), int):
+                current = current.__context__  # a disconnect error, raised while handling
+            else:
+                return False
         return False
 
     def release(self) -> None:
