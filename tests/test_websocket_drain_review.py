@@ -70,6 +70,17 @@ class App:
         assert (await receive())["type"] == "websocket.connect"
         await send({"type": "websocket.accept"})
         self.accepted.set()
+        if scope["path"] in ("/stubborn-error", "/stubborn-swallow"):
+            # ignores the stop and the close; its cleanup fails (or it swallows the cut)
+            try:
+                await anyio.sleep_forever()
+            except anyio.get_cancelled_exc_class():
+                if scope["path"] == "/stubborn-swallow":
+                    return  # swallows the cancellation: returns as if it had ended
+                raise
+            finally:
+                if scope["path"] == "/stubborn-error":
+                    raise CleanupBug("the cleanup failed as the session was cut")
         if scope["path"] == "/pair":
 
             async def reader() -> None:
@@ -123,14 +134,16 @@ async def client(info: ServerInfo, path: str, codes: list[int | None]) -> None:
         await stream.aclose()
 
 
-async def serve_and_stop(server: ServerName, app: App, path: str) -> tuple[TaskScope, int | None]:
+async def serve_and_stop(
+    server: ServerName, app: App, path: str, grace: float = HANG_GUARD
+) -> tuple[TaskScope, int | None]:
     codes: list[int | None] = []
     start = start_uvicorn if server == "uvicorn" else start_hypercorn
     options: dict[str, Any] = (
         {"log_config": None, "access_log": False} if server == "uvicorn" else {}
     )
     with anyio.fail_after(HANG_GUARD * 2):
-        async with anyio.create_task_group() as tg, TaskScope(grace=HANG_GUARD) as scope:
+        async with anyio.create_task_group() as tg, TaskScope(grace=grace) as scope:
             info = await start(scope, app, **options)
             tg.start_soon(client, info, path, codes)
             await app.accepted.wait()
@@ -177,3 +190,22 @@ async def test_a_bug_in_the_cleanup_after_the_close_is_not_lost(
     # neither closed cleanly by the drain nor cut
     assert "WebSocket session(s) closed by the drain" not in caplog.text
     assert scope.report.by_name(server).cut == 0
+
+
+@combos
+@pytest.mark.parametrize("path", ["/stubborn-error", "/stubborn-swallow"])
+async def test_a_session_the_library_cut_counts_as_cut_however_it_unwinds(
+    server: ServerName, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The handler ignores the stop and the close; the library cuts it before the
+    server's timeout.  Whether its cleanup then raises an error of its own or it
+    swallows the cancellation, the session was cut: counted in ``cut``, the member
+    ``CANCELLED`` (so ``fail_if_cut_short`` exits 70), never "closed by the drain"."""
+    caplog.set_level(logging.INFO)
+    app = App()
+    scope, _ = await serve_and_stop(server, app, path, grace=2.0)
+    record = scope.report.by_name(server)
+    assert (record.outcome, record.cut) == (Outcome.CANCELLED, 1)
+    assert "WebSocket session(s) closed by the drain" not in caplog.text
+    logged = [r for r in caplog.records if r.exc_info and r.exc_info[0] is CleanupBug]
+    assert len(logged) == (1 if path == "/stubborn-error" else 0)  # its own error: logged

@@ -329,7 +329,9 @@ class ReadinessMiddleware:
                     if not session.caused(exc):
                         raise
                     # an error the library's close caused: the session is over, cleanly
-            cut = session.cut_scope.cancelled_caught
+            # cut if the library cancelled the handler while it ran, however it then
+            # unwound (a cancellation it swallowed included: it did not end by itself)
+            cut = session.cut_scope.cancel_called
             if not cut:
                 # the close frame goes out before the server hears that the session
                 # ended (hypercorn would close the connection first)
@@ -339,6 +341,8 @@ class ReadinessMiddleware:
                 cut = True  # the server's cut
             else:
                 clean = False  # the handler's own error: the server reports it
+                # ...raised as it unwound from the library's cut: cut all the same
+                cut = session.cut_scope.cancel_called
             raise
         finally:
             if exchange is not None:
