@@ -81,6 +81,10 @@ class App:
             finally:
                 if scope["path"] == "/stubborn-error":
                     raise CleanupBug("the cleanup failed as the session was cut")
+        if scope["path"] == "/naive":
+            while (await receive())["type"] != "websocket.disconnect":
+                pass
+            return
         if scope["path"] == "/pair":
 
             async def reader() -> None:
@@ -135,7 +139,7 @@ async def client(info: ServerInfo, path: str, codes: list[int | None]) -> None:
 
 
 async def serve_and_stop(
-    server: ServerName, app: App, path: str, grace: float = HANG_GUARD
+    server: ServerName, app: App, path: str, grace: float = HANG_GUARD, drain_delay: float = 0.0
 ) -> tuple[TaskScope, int | None]:
     codes: list[int | None] = []
     start = start_uvicorn if server == "uvicorn" else start_hypercorn
@@ -144,7 +148,7 @@ async def serve_and_stop(
     )
     with anyio.fail_after(HANG_GUARD * 2):
         async with anyio.create_task_group() as tg, TaskScope(grace=grace) as scope:
-            info = await start(scope, app, **options)
+            info = await start(scope, app, drain_delay=drain_delay, **options)
             tg.start_soon(client, info, path, codes)
             await app.accepted.wait()
             scope.stop("deploy")
@@ -209,3 +213,25 @@ async def test_a_session_the_library_cut_counts_as_cut_however_it_unwinds(
     assert "WebSocket session(s) closed by the drain" not in caplog.text
     logged = [r for r in caplog.records if r.exc_info and r.exc_info[0] is CleanupBug]
     assert len(logged) == (1 if path == "/stubborn-error" else 0)  # its own error: logged
+
+
+@combos
+async def test_little_budget_left_at_the_drain_still_closes_before_it_cuts(
+    server: ServerName, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The drain delay leaves less than the 0.2 s window before the library's cut (a
+    long delay close to the grace; uvicorn also keeps back what its own shutdown
+    spends): the handlers' window shrinks to half of what is left, so a session that
+    ends at the close frame is closed, not cut (no 1011, the member not CANCELLED)."""
+    caplog.set_level(logging.INFO)
+    grace = 2.0
+    # what is left when the drain begins: about 0.5 s on uvicorn (0.3 s of it for its
+    # own shutdown), 0.2 s on hypercorn; the cut comes after well under 0.2 s either way
+    drain_delay = grace - (0.5 if server == "uvicorn" else 0.2)
+    app = App()
+    scope, code = await serve_and_stop(server, app, "/naive", grace=grace, drain_delay=drain_delay)
+    assert code == 1001
+    record = scope.report.by_name(server)
+    assert (record.outcome, record.cut) == (Outcome.STOPPED, 0)
+    assert "1 WebSocket session(s) closed by the drain (code 1001)" in caplog.text
+    assert tracebacks(caplog) == []

@@ -363,7 +363,8 @@ class ReadinessMiddleware:
         """Close the open WebSocket sessions, the library's way; call it once the drain
         began (:meth:`Readiness.mark_draining` set the sessions' signals).
 
-        Waits up to 0.2 s for the handlers to close their sessions themselves, then
+        Waits up to 0.2 s (at most half of ``limit``) for the handlers to close their
+        sessions themselves, then
         sends a close frame with :attr:`websocket_close_code` to each session still
         open (a session accepted later gets it right after its accept), then waits for
         the sessions to end.  After ``limit`` seconds (``None``: no limit) it cuts the
@@ -374,8 +375,12 @@ class ReadinessMiddleware:
         if not self._sessions:
             return 0
         sent = 0
+        # the handlers' window leaves half the time before the cut, at least, for the
+        # close: with little budget left a session that would end at the close frame
+        # is closed, not cut
+        window = WEBSOCKET_CLOSE_WINDOW if limit is None else min(WEBSOCKET_CLOSE_WINDOW, limit / 2)
         with anyio.move_on_after(limit):
-            with anyio.move_on_after(WEBSOCKET_CLOSE_WINDOW):
+            with anyio.move_on_after(window):
                 await self._wait_sessions()
             code = self.websocket_close_code
             sessions = [session for session in self._sessions if session.open]
