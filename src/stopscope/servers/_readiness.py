@@ -22,6 +22,9 @@ _current_task: Callable[[], Any] = (
     getattr(sys.modules.get("_asyncio"), "current_task", None) or asyncio.current_task
 )
 
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
+
 __all__ = [
     "ASGIApp",
     "Readiness",
@@ -185,9 +188,11 @@ class ReadinessMiddleware:
       ``receive()`` says ``websocket.disconnect`` with that code, and its ``send()``
       raises :class:`OSError` (as the ASGI spec asks of a closed connection) without
       reaching the client.  The middleware absorbs the errors this close causes in
-      the handler (that ``OSError``, an error raised from it, and an error carrying
-      the close code once ``receive()`` said so, as Starlette's
-      ``WebSocketDisconnect``), so the session ends without a traceback.
+      the handler (that ``OSError``, an error raised from it, a disconnect error
+      raised while handling it, an error carrying the close code once ``receive()``
+      said so, as Starlette's ``WebSocketDisconnect``, and a group of only such
+      errors from a task group), so the session ends without a traceback; any
+      other error (a bug in the handler's cleanup) reaches the server.
 
     * With ``request_signals=True``, an event stream (a response whose
       ``content-type`` is ``text/event-stream``) still open when the drain begins is
@@ -365,7 +370,9 @@ class ReadinessMiddleware:
                     if not session.caused(exc):
                         raise
                     # an error the library's close caused: the session is over, cleanly
-            cut = session.cut_scope.cancelled_caught
+            # cut if the library cancelled the handler while it ran, however it then
+            # unwound (a cancellation it swallowed included: it did not end by itself)
+            cut = session.cut_scope.cancel_called
             if not cut:
                 # the close frame goes out before the server hears that the session
                 # ended (hypercorn would close the connection first)
@@ -375,6 +382,8 @@ class ReadinessMiddleware:
                 cut = True  # the server's cut
             else:
                 clean = False  # the handler's own error: the server reports it
+                # ...raised as it unwound from the library's cut: cut all the same
+                cut = session.cut_scope.cancel_called
             raise
         finally:
             if exchange is not None:
@@ -395,7 +404,8 @@ class ReadinessMiddleware:
         """Close the open WebSocket sessions, the library's way; call it once the drain
         began (:meth:`Readiness.mark_draining` set the sessions' signals).
 
-        Waits up to 0.2 s for the handlers to close their sessions themselves, then
+        Waits up to 0.2 s (at most half of ``limit``) for the handlers to close their
+        sessions themselves, then
         sends a close frame with :attr:`websocket_close_code` to each session still
         open (a session accepted later gets it right after its accept), then waits for
         the sessions to end.  After ``limit`` seconds (``None``: no limit) it cuts the
@@ -406,8 +416,12 @@ class ReadinessMiddleware:
         if not self._sessions:
             return 0
         sent = 0
+        # the handlers' window leaves half the time before the cut, at least, for the
+        # close: with little budget left a session that would end at the close frame
+        # is closed, not cut
+        window = WEBSOCKET_CLOSE_WINDOW if limit is None else min(WEBSOCKET_CLOSE_WINDOW, limit / 2)
         with anyio.move_on_after(limit):
-            with anyio.move_on_after(WEBSOCKET_CLOSE_WINDOW):
+            with anyio.move_on_after(window):
                 await self._wait_sessions()
             code = self.websocket_close_code
             sessions = [session for session in self._sessions if session.open]
@@ -630,10 +644,16 @@ class _WebSocketSession:
 
     def caused(self, error: BaseException) -> bool:
         """Whether ``error`` comes from the library's close: the handler's send after
-        it (or an error raised from that, as Starlette turns it into
-        ``WebSocketDisconnect``), or an error that carries the library's close code
-        once ``receive()`` gave it (Starlette's ``WebSocketDisconnect`` again, from a
-        ``receive_text()`` that got the disconnect)."""
+        it, an error raised from that (``raise ... from``), or a disconnect error that
+        arose while handling it (an ``OSError``, or an error with a close ``code``, as
+        Starlette's ``WebSocketDisconnect``); an error that carries the library's close
+        code once ``receive()`` gave it (Starlette's ``WebSocketDisconnect`` again,
+        from a ``receive_text()`` that got the disconnect); or a group of such errors
+        (a handler's task group: a reader and a writer).  Any other error raised while
+        handling the close is the handler's own (a bug in its cleanup): not absorbed.
+        """
+        if isinstance(error, BaseExceptionGroup):
+            return all(self.caused(inner) for inner in error.exceptions)
         if self.told and getattr(error, "code", None) == self.code:
             return True
         mine = self._error
@@ -645,7 +665,12 @@ class _WebSocketSession:
             if current is mine:
                 return True
             seen.add(id(current))
-            current = current.__cause__ or current.__context__
+            if current.__cause__ is not None:
+                current = current.__cause__
+            elif isinstance(current, OSError) or isinstance(getattr(current, "code", None), int):
+                current = current.__context__  # a disconnect error, raised while handling
+            else:
+                return False
         return False
 
     def release(self) -> None:
