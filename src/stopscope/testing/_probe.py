@@ -8,6 +8,7 @@ import inspect
 import math
 import os
 import random
+import re
 import sys
 import traceback
 from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
@@ -56,7 +57,17 @@ _Stack = list[tuple[FrameType, int]]
 
 
 class StopRequirementError(AssertionError):
-    """A worker did not stop the way the test requires; the message says how and where."""
+    """A worker did not stop the way the test requires; the message says how and where.
+
+    :attr:`summary` says it in one short line, which the pytest plugin shows in the
+    test summary (``FAILED test_x.py::test_y - consume at point 7 (worker.py:41):
+    invariant Broker.nothing_lost failed``) instead of the class's dotted name.
+    """
+
+    def __init__(self, message: str, summary: str | None = None) -> None:
+        super().__init__(message)
+        #: the failure in one short line: the worker, the point, the line, what failed
+        self.summary: str = summary if summary is not None else message.partition("\n")[0]
 
 
 # ------------------------------------------------------------------------ scenario
@@ -416,9 +427,10 @@ class ProbeResult:
     grace: float | None
     #: the stop latency the test requires (``None``: none given)
     within: float | None
-    #: how many scheduling points the worker went through before the stop landed (or
-    #: in all); a count, unlike :attr:`Exploration.points`
-    points: int
+    #: the last scheduling point the worker reached before the stop landed (or in all,
+    #: if it ended first): points are numbered from 1, so this is also how many it
+    #: went through (0: none)
+    reached: int
     #: where the worker was when the stop landed (a formatted stack)
     stack_at_stop: str = field(repr=False)
     #: where the worker was when its grace period ran out, if it was still running
@@ -478,11 +490,11 @@ class ProbeResult:
         lines = [f"{self.worker} on {self.backend} ({clock} time), stop requested {self.moment}:"]
         if not self.requested and not self._waited:
             ended = "finished" if self.outcome is Outcome.FINISHED else "raised"
-            points = _count(self.points, "scheduling point")
+            points = _count(self.reached, "scheduling point")
             lines.append(f"  the worker {ended} after {points}, before any stop")
         elif not self.requested:
             lines.append(
-                f"  after its scheduling point {self.points} the worker waited for something "
+                f"  after its scheduling point {self.reached} the worker waited for something "
                 f"only a stop could end (outcome {self.outcome.name} once stopped)"
             )
         else:
@@ -499,7 +511,17 @@ class ProbeResult:
     def _check(self, failures: Sequence[str]) -> None:
         __tracebackhide__ = True  # pytest: the failure is the caller's line
         if failures:
-            raise StopRequirementError("\n".join([*failures, "", self.describe()]))
+            message = "\n".join([*failures, "", self.describe()])
+            raise StopRequirementError(message, self._summary(failures[0]))
+
+    def _summary(self, failure: str) -> str:
+        """``worker at point N (file:line): what failed``, in one short line."""
+        where = self.where_at_grace if self.needed_cancellation else self.where_at_stop
+        sites = _SITE.findall(where or "")
+        at = "" if self.point is None else f" at point {self.point}"
+        site = f" ({sites[-1]})" if sites else ""
+        what = failure.partition(":")[0].removeprefix("the worker ")
+        return f"{self.worker}{at}{site}: {what}"
 
     def assert_stopped_within(self, seconds: float) -> None:
         """Fail unless the worker exited by itself within *seconds* of the stop request."""
@@ -601,10 +623,15 @@ class Exploration:
         """Fail with the first failing point, its stack, and how to replay it."""
         __tracebackhide__ = True
         if self.failure is not None:
-            raise StopRequirementError(self.describe())
+            failure = self.failure
+            raise StopRequirementError(self.describe(), failure._summary(failure.failures[0]))
 
     def __str__(self) -> str:
         return self.describe()
+
+
+#: a ``file:N`` in :attr:`ProbeResult.where_at_stop`'s text
+_SITE: Final = re.compile(r"\(([^()`]+:\d+), in ")
 
 
 def _ranges(points: Sequence[int]) -> str:
@@ -635,6 +662,19 @@ def _check_seconds(value: float | None, name: str, allow_none: bool = True) -> f
     if math.isnan(value) or value < 0:
         raise ValueError(f"`{name}` must be a non-negative number of seconds, got {value!r}")
     return float(value)
+
+
+#: the grace period of a run given no *within* and no *grace*, in seconds
+DEFAULT_GRACE: Final = 1.0
+
+
+def _default_grace(grace: float | None, within: float | None) -> float | None:
+    """*grace* checked, or the kit's default: twice *within*, or :data:`DEFAULT_GRACE`
+    without it; ``inf`` waits for ever (the scope's ``None``)."""
+    if grace is None:
+        return DEFAULT_GRACE if within is None else 2 * within
+    checked = _check_seconds(grace, "grace")
+    return None if checked == math.inf else checked
 
 
 def _check_point(value: object, name: str) -> int:
@@ -756,7 +796,7 @@ async def _run(
         swallowed_cancellation=swallowed,
         grace=grace,
         within=within,
-        points=tracer.points if tracer.stop_points is None else tracer.stop_points,
+        reached=tracer.points if tracer.stop_points is None else tracer.stop_points,
         stack_at_stop=_format(stop_stack) if stop_stack else "",
         stack_at_grace=None if stuck is None else _format(stuck),
         invariant_failures=await _invariant_failures(scenario),
@@ -797,7 +837,7 @@ async def probe(
     *args: object,
     at_point: int | None = None,
     after: float | None = None,
-    grace: float | None = 1.0,
+    grace: float | None = None,
     within: float | None = None,
     idle: float | None = None,
 ) -> ProbeResult:
@@ -817,7 +857,8 @@ async def probe(
     :param at_point: request the stop right after the worker's N-th scheduling point
         (``0``: before it starts)
     :param after: request the stop after this many seconds (loop clock)
-    :param grace: the scope's grace period (``None``: wait forever)
+    :param grace: the scope's grace period (default: twice *within*, or one second
+        without *within*, as in :func:`explore`; ``math.inf``: wait for ever)
     :param within: the stop latency :meth:`ProbeResult.assert_ok` requires
     :param idle: with *at_point*: seconds without a scheduling point (since the
         worker's last one) after which the worker is taken to wait for ever, and
@@ -831,17 +872,49 @@ async def probe(
     after = _check_seconds(after, "after")
     if at_point is not None and after is not None:
         raise ValueError("give `at_point` or `after`, not both")
-    grace = _check_seconds(grace, "grace")
     within = _check_seconds(within, "within")
+    grace = _default_grace(grace, within)
     idle = _check_seconds(idle, "idle")
     return await _run(
         scenario, at_point=at_point, after=after, grace=grace, within=within, idle=idle
     )
 
 
+def _setup_of(
+    setup: Callable[..., Scenario | Awaitable[Scenario] | Awaitable[object]] | Scenario,
+    args: tuple[Any, ...],
+) -> Callable[[], Scenario | Awaitable[Scenario]]:
+    """The scenario factory :func:`explore` calls once per run: *setup* itself when it
+    takes no arguments; else *setup* is the worker (it takes the stop signal)."""
+    if isinstance(setup, Scenario):
+        if args:
+            raise TypeError("pass the worker's arguments to Scenario(), not after it")
+        return lambda: setup
+    if not callable(setup):
+        raise TypeError(
+            f"`setup` must be a function that returns a Scenario, or the worker, got {setup!r}"
+        )
+    if not args and _takes_no_arguments(setup):
+        return setup  # type: ignore[return-value]  # a factory: checked per run
+    scenario = Scenario(setup, *args)  # type: ignore[arg-type]  # checked once, here: a coroutine is refused
+    return lambda: Scenario(scenario.worker, *scenario.args, name=scenario.name)
+
+
+def _takes_no_arguments(func: Callable[..., object]) -> bool:
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):  # a callable without a signature: a factory
+        return True
+    try:
+        signature.bind()
+    except TypeError:
+        return False
+    return True
+
+
 async def explore(
-    setup: Callable[[], Scenario | Awaitable[Scenario]],
-    *,
+    setup: Callable[..., Scenario | Awaitable[Scenario] | Awaitable[object]] | Scenario,
+    *args: object,
     within: float,
     grace: float | None = None,
     max_points: int = DEFAULT_MAX_POINTS,
@@ -860,6 +933,10 @@ async def explore(
 
         (await explore(scenario, within=0.05)).assert_ok()
 
+    *setup* may also be the worker itself, with its arguments after it
+    (``explore(consume, queue, within=0.05)``), or a :class:`Scenario`: each run then
+    reuses the same arguments, which suits a worker that keeps no state in them.
+
     Run N requests the stop right after the worker's N-th scheduling point (every
     await that yields to the loop; 0 is before its first step), with a fresh
     scenario from *setup*.  A run passes if the worker exits by itself within
@@ -870,9 +947,13 @@ async def explore(
     out of points is checked too: what the worker raised there, and the invariants,
     fail the exploration like any run's.
 
-    :param setup: makes a fresh :class:`Scenario` for each run (plain or async)
+    :param setup: makes a fresh :class:`Scenario` for each run (a plain or async
+        function taking no arguments); or the worker (an async function taking the
+        stop signal first), or a :class:`Scenario`
+    :param args: the worker's arguments, when *setup* is the worker
     :param within: the longest stop latency allowed, in seconds (loop clock)
-    :param grace: the scope's grace period (default: twice *within*)
+    :param grace: the scope's grace period (default: twice *within*, as in
+        :func:`probe`; ``math.inf``: wait for ever)
     :param max_points: the highest point tried
     :param points: try exactly these points (to replay one run: ``points=[7]``)
     :param sample: random mode: try this many points drawn from 0..*max_points*
@@ -882,7 +963,10 @@ async def explore(
         ever (default: an hour of virtual time, one second of real time)
     :raises ValueError: for a negative duration or limit, or *points* with *sample*
     """
-    return await _explore(setup, within, grace, max_points, points, sample, seed, idle, None)
+    __tracebackhide__ = True
+    return await _explore(
+        _setup_of(setup, args), within, grace, max_points, points, sample, seed, idle, None
+    )
 
 
 async def _explore(
@@ -899,7 +983,7 @@ async def _explore(
     idle = _check_seconds(idle, "idle")
     within_s = _check_seconds(within, "within", allow_none=False)
     assert within_s is not None
-    grace = 2 * within_s if grace is None else _check_seconds(grace, "grace")
+    grace = _default_grace(grace, within_s)
     limit = _check_point(max_points, "max_points")
     if points is not None:
         if sample is not None:
@@ -989,7 +1073,7 @@ class StopKit:
         *args: object,
         at_point: int | None = None,
         after: float | None = None,
-        grace: float | None = 1.0,
+        grace: float | None = None,
         within: float | None = None,
         idle: float | None = None,
     ) -> ProbeResult:
@@ -1000,8 +1084,8 @@ class StopKit:
 
     async def explore(
         self,
-        setup: Callable[[], Scenario | Awaitable[Scenario]],
-        *,
+        setup: Callable[..., Scenario | Awaitable[Scenario] | Awaitable[object]] | Scenario,
+        *args: object,
         within: float,
         grace: float | None = None,
         max_points: int = DEFAULT_MAX_POINTS,
@@ -1018,4 +1102,7 @@ class StopKit:
         hint = None
         if self._nodeid:
             hint = f"pytest '{self._nodeid}' --stopscope-point={{point}}"
-        return await _explore(setup, within, grace, max_points, points, sample, seed, idle, hint)
+        __tracebackhide__ = True
+        return await _explore(
+            _setup_of(setup, args), within, grace, max_points, points, sample, seed, idle, hint
+        )
