@@ -23,6 +23,7 @@ from .._report import Outcome, ShutdownReport, TaskRecord
 from .._scope import TaskScope
 from .._signal import StopSignal, _backend
 from ._clock import ThreadGuard, running_virtual
+from ._sites import Site, plan_by_site, site_of
 
 if TYPE_CHECKING:
     import trio
@@ -232,6 +233,7 @@ class _Tracer:
         "raised",
         "returned",
         "scope",
+        "sites",
         "stop_points",
         "stop_stack",
         "stop_time",
@@ -264,6 +266,7 @@ class _Tracer:
         self.raised: BaseException | None = None
         self.unreached = False  # the worker waited for ever before the target point
         self.wake = StopSignal()  # the probe's body waits on it: stop landed, or exit
+        self.sites: list[Site] | None = None  # per_site's survey: the site of each point
 
     def suspended(self) -> None:
         if self.exited:
@@ -271,6 +274,8 @@ class _Tracer:
         self.points += 1
         self.last = _capture(self.coro)
         self.last_at = self.now()
+        if self.sites is not None:
+            self.sites.append(site_of(self.last))
         if self.points == self.target and self.stop_time is None:
             self.request_stop(f"stopscope.testing: stop at scheduling point {self.points}")
 
@@ -575,6 +580,11 @@ class Exploration:
     seed: int | None
     #: how to run only the failing point again
     replay: str | None
+    #: site mode (``explore(per_site=K)``): the points tried per await site (and the
+    #: last of each), else ``None``
+    per_site: int | None = None
+    #: site mode: how many distinct await sites the worker's points had
+    sites: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -591,11 +601,16 @@ class Exploration:
         span = _count(len(tried), "stop point") + (
             f" (seed {self.seed})" if self.seed is not None else ""
         )
+        if self.per_site is not None and self.sites is not None:
+            span += (
+                f" at {_count(self.sites, 'await site')}, the first {self.per_site} and "
+                f"the last of each"
+            )
         if self.exhausted:
             end = "the worker ran out of scheduling points"
         elif self.seed is not None:
             end = f"drawn from points 0-{self.limit}"
-        elif tried == tuple(range(self.limit + 1)):
+        elif tried == tuple(range(self.limit + 1)) or self.per_site is not None:
             end = f"stopped at the limit of {_count(self.limit, 'point')}"
         else:
             end = "only the points asked for"
@@ -710,6 +725,7 @@ async def _run(
     grace: float | None,
     within: float | None,
     idle: float | None = None,
+    sites: list[Site] | None = None,
 ) -> ProbeResult:
     backend = _backend()
     virtual = running_virtual()
@@ -723,6 +739,7 @@ async def _run(
         now = asyncio.get_running_loop().time
     scope = TaskScope(grace=grace, name="stopscope.testing")
     tracer = _Tracer(scope, at_point, grace, now)
+    tracer.sites = sites
     guard = ThreadGuard() if virtual else None
     instrument: _TrioInstrument | None = None
     if backend == "trio":
@@ -808,6 +825,10 @@ async def _run(
     )
 
 
+#: how much of *idle* may be missing from a quiet spell that still counts as idle
+_IDLE_SLACK: Final = 1e-6
+
+
 async def _until_point(tracer: _Tracer, idle: float) -> None:
     """Wait until the stop has landed at its point, or the worker exited; a worker
     that goes *idle* seconds without a scheduling point (counted from its last one,
@@ -815,7 +836,9 @@ async def _until_point(tracer: _Tracer, idle: float) -> None:
     more points, and is stopped to end the run."""
     while not tracer.wake.is_set():
         quiet = tracer.now() - tracer.last_at
-        if quiet >= idle:
+        # a microsecond short counts: at 7200.48 s a wait from 3600.48 s is
+        # 3599.9999999999995 s long, and a clock of whole ticks never moves the rest
+        if quiet >= idle - _IDLE_SLACK:
             tracer.unreached = True
             tracer.request_stop("stopscope.testing: no more scheduling points")
             return
@@ -922,6 +945,7 @@ async def explore(
     sample: int | None = None,
     seed: int | None = None,
     idle: float | None = None,
+    per_site: int | None = None,
 ) -> Exploration:
     """Stop the worker at every scheduling point in turn, and check each run.
 
@@ -961,11 +985,25 @@ async def explore(
     :param idle: seconds without a scheduling point (since the worker's last one)
         after which a worker that has not reached the run's point is taken to wait for
         ever (default: an hour of virtual time, one second of real time)
-    :raises ValueError: for a negative duration or limit, or *points* with *sample*
+    :param per_site: site mode: a first run goes through every point and notes its
+        await site (the worker's frames and lines there); then only the first
+        *per_site* points of each distinct site, and its last one, are tried (a few
+        runs instead of one per point; the same points every time)
+    :raises ValueError: for a negative duration or limit, *points* with *sample*, or
+        *per_site* below 1 or with *points* or *sample*
     """
     __tracebackhide__ = True
     return await _explore(
-        _setup_of(setup, args), within, grace, max_points, points, sample, seed, idle, None
+        _setup_of(setup, args),
+        within,
+        grace,
+        max_points,
+        points,
+        sample,
+        seed,
+        idle,
+        None,
+        per_site,
     )
 
 
@@ -979,13 +1017,31 @@ async def _explore(
     seed: int | None,
     idle: float | None,
     replay_hint: str | None,
+    per_site: int | None = None,
 ) -> Exploration:
     idle = _check_seconds(idle, "idle")
     within_s = _check_seconds(within, "within", allow_none=False)
     assert within_s is not None
     grace = _default_grace(grace, within_s)
     limit = _check_point(max_points, "max_points")
-    if points is not None:
+    survey: ProbeResult | None = None
+    sites: list[Site] = []
+    if per_site is not None:
+        if points is not None or sample is not None:
+            raise ValueError("give `per_site` alone, not with `points` or `sample`")
+        if _check_point(per_site, "per_site") < 1:
+            raise ValueError(f"`per_site` must be at least 1, got {per_site!r}")
+        survey = await _run(
+            await _make(setup),
+            at_point=limit + 1,
+            after=None,
+            grace=grace,
+            within=within_s,
+            idle=idle,
+            sites=sites,
+        )
+        plan = plan_by_site(sites, per_site, limit)
+    elif points is not None:
         if sample is not None:
             raise ValueError("give `points` or `sample`, not both")
         plan = sorted({_check_point(p, "points") for p in points})
@@ -1005,11 +1061,7 @@ async def _explore(
     exhausted = False
     name = "worker"
     for point in plan:
-        scenario = setup()
-        if inspect.isawaitable(scenario):
-            scenario = await scenario
-        if not isinstance(scenario, Scenario):
-            raise TypeError(f"`setup` must return a Scenario, got {scenario!r}")
+        scenario = await _make(setup)
         name = scenario.name
         result = await _run(
             scenario, at_point=point, after=None, grace=grace, within=within_s, idle=idle
@@ -1026,6 +1078,14 @@ async def _explore(
         if not result.ok:
             failure, failed_at = result, point
             break
+    if survey is not None:
+        name = survey.worker
+        if failure is None and not survey.requested:
+            # the worker ran out of points in the survey: that run is the last one
+            exhausted = True
+            if not survey.ok:
+                runs.append(survey)
+                failure, failed_at = survey, survey.reached + 1
     replay = None
     if failure is not None:
         replay = f"explore(..., points=[{failed_at}])"
@@ -1039,7 +1099,18 @@ async def _explore(
         limit=limit,
         seed=seed if sample is not None else None,
         replay=replay,
+        per_site=per_site,
+        sites=len(set(sites[:limit])) if per_site is not None else None,
     )
+
+
+async def _make(setup: Callable[[], Scenario | Awaitable[Scenario]]) -> Scenario:
+    scenario = setup()
+    if inspect.isawaitable(scenario):
+        scenario = await scenario
+    if not isinstance(scenario, Scenario):
+        raise TypeError(f"`setup` must return a Scenario, got {scenario!r}")
+    return scenario
 
 
 @final
@@ -1093,10 +1164,11 @@ class StopKit:
         sample: int | None = None,
         seed: int | None = None,
         idle: float | None = None,
+        per_site: int | None = None,
     ) -> Exploration:
         """:func:`explore`, for this test (``--stopscope-point`` replays one point)."""
         if points is None and self._point is not None:
-            points, sample = [self._point], None
+            points, sample, per_site = [self._point], None, None
         if seed is None:
             seed = self._seed
         hint = None
@@ -1104,5 +1176,14 @@ class StopKit:
             hint = f"pytest '{self._nodeid}' --stopscope-point={{point}}"
         __tracebackhide__ = True
         return await _explore(
-            _setup_of(setup, args), within, grace, max_points, points, sample, seed, idle, hint
+            _setup_of(setup, args),
+            within,
+            grace,
+            max_points,
+            points,
+            sample,
+            seed,
+            idle,
+            hint,
+            per_site,
         )
