@@ -23,6 +23,7 @@ from .._report import Outcome, ShutdownReport, TaskRecord
 from .._scope import TaskScope
 from .._signal import StopSignal, _backend
 from ._clock import ThreadGuard, running_virtual
+from ._leaks import LeakWatch
 from ._sites import Site, plan_by_site, site_of
 
 if TYPE_CHECKING:
@@ -92,9 +93,12 @@ class Scenario:
     :param args: the worker's other arguments
     :param invariants: checks that must hold after every run
     :param name: the worker's name in reports (default: its qualified name)
+    :param allow_leaks: tasks and threads the worker may leave running when it exits
+        (a run fails if it leaves any other): patterns (``fnmatch``) of their names or
+        of the ``file.py:N`` where they were started; ``["*"]`` allows every leak
     """
 
-    __slots__ = ("args", "invariants", "name", "worker")
+    __slots__ = ("allow_leaks", "args", "invariants", "name", "worker")
 
     def __init__(
         self,
@@ -102,6 +106,7 @@ class Scenario:
         *args: Unpack[PosArgsT],
         invariants: Iterable[Callable[[], object]] = (),
         name: str | None = None,
+        allow_leaks: Iterable[str] = (),
     ) -> None:
         if inspect.iscoroutine(worker) or not callable(worker):
             raise TypeError(
@@ -115,6 +120,12 @@ class Scenario:
             if not callable(check):
                 raise TypeError(f"each invariant must be callable, got {check!r}")
         self.name = name if name is not None else _callable_name(worker)
+        if isinstance(allow_leaks, str):
+            raise TypeError(f"`allow_leaks` must be a list of patterns, got {allow_leaks!r}")
+        self.allow_leaks: tuple[str, ...] = tuple(allow_leaks)
+        for pattern in self.allow_leaks:
+            if not isinstance(pattern, str):
+                raise TypeError(f"each `allow_leaks` pattern must be a str, got {pattern!r}")
 
     def __repr__(self) -> str:
         return f"<Scenario {self.name} args={self.args!r}>"
@@ -453,6 +464,9 @@ class ProbeResult:
     #: the worker never reached the point of the run: it waited *idle* seconds without
     #: a scheduling point, and was stopped only to end the run
     _waited: bool = field(default=False, repr=False)
+    #: the tasks and threads the worker left running when it exited, each in words
+    #: ("the worker left a task running: 'name', started at `line` (file:N, in fn)")
+    leaks: tuple[str, ...] = ()
 
     @property
     def needed_cancellation(self) -> bool:
@@ -482,6 +496,7 @@ class ProbeResult:
         if self.error is not None:
             out.append(f"the worker raised {type(self.error).__name__}: {self.error}")
         out.extend(self.invariant_failures)
+        out.extend(self.leaks)
         return tuple(out)
 
     @property
@@ -740,6 +755,7 @@ async def _run(
     scope = TaskScope(grace=grace, name="stopscope.testing")
     tracer = _Tracer(scope, at_point, grace, now)
     tracer.sites = sites
+    leaks = LeakWatch(backend, _is_library, scenario.allow_leaks)
     guard = ThreadGuard() if virtual else None
     instrument: _TrioInstrument | None = None
     if backend == "trio":
@@ -753,6 +769,7 @@ async def _run(
                 helpers.start_soon(guard.run_trio, name="stopscope.testing thread guard")
             try:
                 async with scope:
+                    leaks.start()
                     scope.start_soon(
                         tracer.run, scope.signal, scenario.worker, scenario.args, name=scenario.name
                     )
@@ -773,6 +790,7 @@ async def _run(
             finally:
                 helpers.cancel_scope.cancel()
     finally:
+        leaks.stop()
         if instrument is not None:
             trio.lowlevel.remove_instrument(instrument)  # type: ignore[arg-type]
 
@@ -822,6 +840,7 @@ async def _run(
         where_at_stop=_where(stop_stack),
         where_at_grace=None if stuck is None else _where(stuck),
         _waited=tracer.unreached,
+        leaks=await leaks.leaks(),
     )
 
 
