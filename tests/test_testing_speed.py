@@ -234,3 +234,32 @@ class TestIdleLateInVirtualTime:
 
 async def parked(signal: StopSignal) -> None:
     await signal.wait()
+
+
+class TestSurvey:
+    async def test_notes_only_the_points_before_the_stop(self) -> None:
+        """Points the worker passes after the stop (its cleanup) are not planned: a
+        run cannot stop it there, and in real time it would wait *idle* seconds."""
+        from stopscope.testing._probe import _run
+        from stopscope.testing._sites import Site
+
+        async def cleans_up(signal: StopSignal) -> None:
+            try:
+                await signal.wait()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await anyio.sleep(0.001)  # points after the stop
+                    await anyio.sleep(0.001)
+
+        sites: list[Site] = []
+        result = await _run(
+            Scenario(cleans_up),
+            at_point=10**6,
+            after=None,
+            grace=1.0,
+            idle=0.05,
+            within=None,
+            sites=sites,
+        )
+        assert not result.requested
+        assert len(sites) == result.reached

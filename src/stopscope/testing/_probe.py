@@ -285,7 +285,7 @@ class _Tracer:
         self.points += 1
         self.last = _capture(self.coro)
         self.last_at = self.now()
-        if self.sites is not None:
+        if self.sites is not None and self.stop_time is None:  # points a stop cannot reach
             self.sites.append(site_of(self.last))
         if self.points == self.target and self.stop_time is None:
             self.request_stop(f"stopscope.testing: stop at scheduling point {self.points}")
