@@ -61,7 +61,7 @@ _Stack = list[tuple[FrameType, int]]
 class StopRequirementError(AssertionError):
     """A worker did not stop the way the test requires; the message says how and where.
 
-    :attr:`summary` says it in one short line, which the pytest plugin shows in the
+    Its ``summary`` says it in one short line, which the pytest plugin shows in the
     test summary (``FAILED test_x.py::test_y - consume at point 7 (worker.py:41):
     invariant Broker.nothing_lost failed``) instead of the class's dotted name.
     """
