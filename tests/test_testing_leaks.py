@@ -197,3 +197,22 @@ class TestAsyncioTasks:
             assert loop.get_task_factory() is factory
         finally:
             loop.set_task_factory(None)
+
+    @pytest.mark.parametrize(
+        "anyio_backend",
+        [
+            pytest.param(virtual_time("asyncio"), id="asyncio-virtual"),
+            pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop-real"),
+        ],
+    )
+    async def test_the_loops_executor_threads_are_not_leaks(self) -> None:
+        """The default executor keeps its threads for the next call: a pool, not a leak."""
+
+        async def uses_the_executor(signal: StopSignal) -> None:
+            await asyncio.get_running_loop().run_in_executor(None, sum, [1, 2])
+            await signal.wait()
+
+        before = set(threading.enumerate())
+        result = await probe(uses_the_executor)
+        assert result.leaks == ()
+        assert set(threading.enumerate()) - before  # the pool's thread is still there
