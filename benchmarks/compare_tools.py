@@ -211,7 +211,10 @@ def main() -> None:
     for tool, runs in samples.items():
         last = runs[-1]
         median = statistics.median(r["seconds"] for r in runs)
-        summary[tool] = {"median_seconds": median, **{k: v for k, v in last.items() if k != "seconds"}}
+        summary[tool] = {
+            "median_seconds": median,
+            **{k: v for k, v in last.items() if k != "seconds"},
+        }
         if "where" in last:
             says = f"point {last.get('point')}: {last.get('where')}"
         elif "one_stop_found" in last:
