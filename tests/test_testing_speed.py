@@ -114,6 +114,8 @@ class TestSiteMode:
         assert result.replay is not None
         assert f"--stopscope-point={failure.point}" in result.replay
         assert "fails when the stop lands at scheduling point" in result.describe()
+        if isinstance(anyio_backend, tuple):
+            return  # real time: a 1 ms handling can win its race with a replayed stop
         again = await explore(
             consumers(take_then_ack, 30),
             within=within,
