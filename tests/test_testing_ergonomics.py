@@ -109,6 +109,16 @@ class TestAPlainWorker:
         assert result.exhausted
         assert len(made) == len(result.runs) + 1
 
+    async def test_a_callable_without_a_signature_is_a_factory(self) -> None:
+        class Setup:
+            __signature__ = "not a signature"  # inspect.signature() raises TypeError
+
+            def __call__(self) -> Scenario:
+                return Scenario(steps, 1)
+
+        result = await explore(Setup(), within=0.1)
+        assert result.worker == "steps"
+
     async def test_bad_setups(self) -> None:
         coro = steps(StopSignal(), 1)
         try:
