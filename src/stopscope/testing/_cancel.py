@@ -28,6 +28,7 @@ from .._report import Outcome, ShutdownReport, StopReason, TaskRecord
 from .._scope import TaskScope
 from .._signal import StopSignal, _backend
 from ._clock import ThreadGuard, running_virtual
+from ._leaks import LeakWatch
 from ._probe import (
     ProbeResult,
     Scenario,
@@ -40,6 +41,7 @@ from ._probe import (
     _until_point_any,
     _where,
 )
+from ._sites import Site
 
 if sys.version_info >= (3, 11):
     from builtins import BaseExceptionGroup
@@ -397,6 +399,7 @@ async def run_cancel(
     idle: float | None,
     hang_points: int,
     allow_cut_cleanup: bool,
+    sites: list[Site] | None = None,
 ) -> ProbeResult:
     """One hard-cancel run: like the graceful run of ``_probe._run``, with a cancellation
     of the worker where that run requests its stop."""
@@ -410,6 +413,8 @@ async def run_cancel(
         now = asyncio.get_running_loop().time
     tracer = _CancelTracer(at_point, grace, now, hang_points)
     tracer.hang_at = (at_point or 0) + hang_points
+    tracer.sites = sites
+    leaks = LeakWatch(backend, _is_library, scenario.allow_leaks)
     guard = ThreadGuard() if virtual else None
     instrument: _TrioInstrument | None = None
     if backend == "trio":
@@ -426,6 +431,7 @@ async def run_cancel(
                 helpers.start_soon(guard.run_trio, name="stopscope.testing thread guard")
             try:
                 async with anyio.create_task_group() as group:
+                    leaks.start()
                     group.start_soon(
                         tracer.run_hard, signal, scenario.worker, scenario.args, name=scenario.name
                     )
@@ -446,6 +452,7 @@ async def run_cancel(
             finally:
                 helpers.cancel_scope.cancel()
     finally:
+        leaks.stop()
         if instrument is not None:
             trio.lowlevel.remove_instrument(instrument)  # type: ignore[arg-type]
 
@@ -517,7 +524,7 @@ async def run_cancel(
         swallowed_cancellation=swallowed,
         grace=grace,
         within=within,
-        points=tracer.points if tracer.stop_points is None else tracer.stop_points,
+        reached=tracer.points if tracer.stop_points is None else tracer.stop_points,
         stack_at_stop=_format(stop_stack) if stop_stack else "",
         stack_at_grace=None if kept is None else _format(kept),
         invariant_failures=await _invariant_failures(scenario),
@@ -529,4 +536,5 @@ async def run_cancel(
         mode="cancel",
         cut_cleanup=cut,
         _extra=tuple(extra),
+        leaks=await leaks.leaks(),
     )
