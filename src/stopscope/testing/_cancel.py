@@ -413,6 +413,7 @@ async def run_cancel(
         now = asyncio.get_running_loop().time
     tracer = _CancelTracer(at_point, grace, now, hang_points)
     tracer.hang_at = (at_point or 0) + hang_points
+    tracer.still_at = now() if virtual else None
     tracer.sites = sites
     leaks = LeakWatch(backend, _is_library, scenario.allow_leaks)
     guard = ThreadGuard() if virtual else None

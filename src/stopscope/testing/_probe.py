@@ -256,6 +256,7 @@ class _Tracer:
         "returned",
         "scope",
         "sites",
+        "still_at",
         "stop_points",
         "stop_stack",
         "stop_time",
@@ -295,6 +296,9 @@ class _Tracer:
         self.hang_stop: int | None = None  # the point at which the hang guard stopped it
         self.escape: anyio.CancelScope | None = None  # cancels the scope from outside
         self.sites: list[Site] | None = None  # per_site's survey: the site of each point
+        # virtual time only: the clock when the guard began counting; a point at a later
+        # time means the worker waited (a busy loop never moves a virtual clock)
+        self.still_at: float | None = None
 
     def suspended(self) -> None:
         if self.exited:
@@ -306,6 +310,9 @@ class _Tracer:
             self.sites.append(site_of(self.last))
         if self.points == self.target and self.stop_time is None:
             self.request_stop(f"stopscope.testing: stop at scheduling point {self.points}")
+        if self.still_at is not None and self.last_at != self.still_at:
+            self.still_at = self.last_at  # it waited: the guard counts afresh from here
+            self.hang_at = max(self.hang_at, self.points + self.hang_points)
         if self.points >= self.hang_at:
             self.hang()
 
@@ -833,6 +840,7 @@ async def _run(
     tracer = _Tracer(scope, at_point, grace, now)
     tracer.hang_points = hang_points
     tracer.hang_at = (at_point or 0) + hang_points
+    tracer.still_at = now() if virtual else None
     tracer.sites = sites
     leaks = LeakWatch(backend, _is_library, scenario.allow_leaks)
     guard = ThreadGuard() if virtual else None
@@ -1054,7 +1062,8 @@ async def probe(
         signal (see :func:`explore`)
     :param hang_points: the hang guard: a worker that goes through this many
         scheduling points past the stop point (or from its start, without one) is
-        taken for a busy loop; the kit ends the run and it fails
+        taken for a busy loop; the kit ends the run and it fails (in virtual time,
+        only points at which the clock stood still count)
     :param allow_cut_cleanup: do not fail a run in which a cancellation cut a cleanup
         await short (:attr:`ProbeResult.cut_cleanup` still names it)
     :raises ValueError: for a negative point or duration, both *at_point* and *after*,
@@ -1197,7 +1206,9 @@ async def explore(
         cleanup await cut short, or breaks an invariant
     :param hang_points: the hang guard: a worker that goes through this many
         scheduling points past a run's point without the run ending is taken for a
-        busy loop; the kit ends the run (stop, then cancellation) and it fails
+        busy loop; the kit ends the run (stop, then cancellation) and it fails.  In
+        virtual time only points at which the clock stood still count (a worker that
+        waits moves it)
     :param allow_cut_cleanup: do not fail a run in which a cancellation cut a cleanup
         await short: an unshielded await in a ``finally`` or ``except`` block (flake8-async's
         ASYNC102, at run time); the report still names it
