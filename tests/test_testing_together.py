@@ -186,3 +186,50 @@ class TestNamesInHardCancelRuns:
         assert "the worker finished after 3 scheduling points, before any cancellation" in (
             result.describe()
         )
+
+
+async def flush() -> None:
+    await anyio.sleep(0.01)
+
+
+async def flushes_in_finally(signal: StopSignal) -> None:
+    try:
+        await anyio.sleep_forever()
+    finally:
+        await flush()
+
+
+class TestSummaryOfHardCancelRuns:
+    """The one-line summary (pytest's short test summary) of kit1's failures."""
+
+    @pytest.fixture(params=["asyncio", "trio"])
+    def anyio_backend(self, request: pytest.FixtureRequest) -> object:
+        return virtual_time(request.param)
+
+    async def test_a_cut_cleanup_is_summed_up_whole_with_where_it_was_cancelled(self) -> None:
+        result = await probe(flushes_in_finally, at_point=1, mode="cancel")
+        stopped = line_of(flushes_in_finally, "await anyio.sleep_forever()")
+        cut = line_of(flushes_in_finally, "await flush()")
+        with pytest.raises(AssertionError) as caught:
+            result.assert_ok()
+        assert caught.value.summary == (  # type: ignore[attr-defined]
+            f"flushes_in_finally at point 1 (test_testing_together.py:{stopped}): "
+            f"a cancellation cut the cleanup await `await flush()` "
+            f"(test_testing_together.py:{cut}, in flushes_in_finally) short"
+        )
+
+    async def test_a_colon_inside_the_code_does_not_cut_the_summary(self) -> None:
+        async def posts(signal: StopSignal) -> None:
+            try:
+                await anyio.sleep_forever()
+            finally:
+                await anyio.sleep(len({"a": 1}))
+
+        result = await probe(posts, at_point=1, mode="cancel")
+        with pytest.raises(AssertionError) as caught:
+            result.assert_ok()
+        summary = caught.value.summary  # type: ignore[attr-defined]
+        assert summary.endswith(
+            ' `await anyio.sleep(len({"a": 1}))` (test_testing_together.py:'
+            f"{line_of(posts, 'len(')}, in posts) short"
+        ), summary

@@ -604,12 +604,15 @@ class ProbeResult:
 
     def _summary(self, failure: str) -> str:
         """``worker at point N (file:line): what failed``, in one short line."""
-        where = self.where_at_grace if self.needed_cancellation else self.where_at_stop
+        # where it was stuck after the grace; a hard-cancel run that ended at once has
+        # no such place: where its cancellation landed
+        where = (self.where_at_grace if self.needed_cancellation else None) or self.where_at_stop
         sites = _SITE.findall(where or "")
         at = "" if self.point is None else f" at point {self.point}"
         site = f" ({sites[-1]})" if sites else ""
-        what = failure.partition(":")[0].removeprefix("the worker ")
-        return f"{self.worker}{at}{site}: {what}"
+        what = _HEADLINE.match(failure)
+        headline = failure if what is None else what.group(1)
+        return f"{self.worker}{at}{site}: {headline.removeprefix('the worker ')}"
 
     def assert_stopped_within(self, seconds: float) -> None:
         """Fail unless the worker exited by itself within *seconds* of the stop request."""
@@ -731,6 +734,8 @@ class Exploration:
 
 #: a ``file:N`` in :attr:`ProbeResult.where_at_stop`'s text
 _SITE: Final = re.compile(r"\(([^()`]+:\d+), in ")
+#: a failure's headline: up to its first ": " outside `code` (quoted code may hold one)
+_HEADLINE: Final = re.compile(r"((?:[^`:]|`[^`]*`|:(?! ))*): ")
 
 
 def _ranges(points: Sequence[int]) -> str:
