@@ -12,7 +12,7 @@ import inspect
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import pytest
@@ -216,3 +216,53 @@ class TestAsyncioTasks:
         result = await probe(uses_the_executor)
         assert result.leaks == ()
         assert set(threading.enumerate()) - before  # the pool's thread is still there
+
+
+async def asks_the_server(signal: StopSignal, ask: anyio.Event) -> None:
+    ask.set()
+    await signal.wait()
+
+
+async def fake_server(ask: anyio.Event, tg: TaskGroup, done: threading.Event) -> None:
+    """A server the test runs beside the worker: what it starts is not the worker's."""
+    await ask.wait()
+    tg.start_soon(anyio.sleep_forever, name="session")
+    threading.Thread(target=done.wait, name="server-thread", daemon=True).start()
+
+
+async def hands_off_to_a_child(signal: StopSignal, tg: TaskGroup) -> None:
+    """Its own child spawns into the outside nursery: still the worker's doing."""
+
+    async def child() -> None:
+        tg.start_soon(anyio.sleep_forever, name="grandchild")
+
+    async with anyio.create_task_group() as own:
+        own.start_soon(child)
+    await signal.wait()
+
+
+class TestOnlyTheWorkersOwn:
+    @pytest.mark.parametrize("mode", ["stop", "cancel"])
+    async def test_what_another_task_of_the_test_starts_is_no_leak(
+        self, mode: Literal["stop", "cancel"]
+    ) -> None:
+        done = threading.Event()
+        try:
+            async with anyio.create_task_group() as tg:
+                ask = anyio.Event()
+                tg.start_soon(fake_server, ask, tg, done)
+                result = await probe(asks_the_server, ask, at_point=2, mode=mode)
+                tg.cancel_scope.cancel()
+        finally:
+            done.set()
+        assert result.leaks == ()
+
+    @pytest.mark.parametrize("mode", ["stop", "cancel"])
+    async def test_what_a_child_of_the_worker_starts_is(
+        self, mode: Literal["stop", "cancel"]
+    ) -> None:
+        async with anyio.create_task_group() as tg:
+            result = await probe(hands_off_to_a_child, tg, mode=mode)
+            tg.cancel_scope.cancel()
+        assert len(result.leaks) == 1
+        assert result.leaks[0].startswith("the worker left a task running: 'grandchild'")

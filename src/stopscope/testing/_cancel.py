@@ -346,6 +346,8 @@ class _CancelTracer(_Tracer):
                 f"the worker must be an async function; {_callable_name(worker)} returned {coro!r}"
             )
         self.coro = coro
+        if self.leak_watch is not None:
+            self.leak_watch.adopt_current()
         try:
             with _new_scope() as hard:
                 self.hard = hard
@@ -416,6 +418,7 @@ async def run_cancel(
     tracer.still_at = now() if virtual else None
     tracer.sites = sites
     leaks = LeakWatch(backend, _is_library, scenario.allow_leaks)
+    tracer.leak_watch = leaks
     guard = ThreadGuard() if virtual else None
     instrument: _TrioInstrument | None = None
     if backend == "trio":

@@ -73,6 +73,10 @@ class LeakWatch:
             weakref.WeakKeyDictionary()
         )
         self._undo: list[Callable[[], None]] = []
+        # the worker's task and every task spawned from one of them: only their spawns
+        # are the worker's (another task of the test, a fake server, is not)
+        self._family: set[Any] = set()
+        self._loop_thread: threading.Thread | None = None
 
     # -- where ---------------------------------------------------------------------
 
@@ -104,8 +108,32 @@ class LeakWatch:
 
     # -- watching ------------------------------------------------------------------
 
+    def _current_task(self) -> Any:
+        """The task running now, on the loop's thread; ``None`` outside a task."""
+        if threading.current_thread() is not self._loop_thread:
+            return None
+        if self._backend == "trio":
+            import trio
+
+            try:
+                return trio.lowlevel.current_task()
+            except RuntimeError:  # pragma: no cover - a spawn outside any task
+                return None
+        return asyncio.current_task()
+
+    def _stranger(self) -> bool:
+        """Whether the spawn or start happening now comes from a task of the loop that
+        is not of the worker's family (before the worker runs, every task is one)."""
+        current = self._current_task()
+        return current is not None and current not in self._family
+
+    def adopt_current(self) -> None:
+        """The worker's task: call from it, as it starts."""
+        self._family.add(self._current_task())
+
     def start(self) -> None:
         """Watch from now on (call from the run's task, before the worker starts)."""
+        self._loop_thread = threading.current_thread()
         if self._backend == "trio":
             import trio
 
@@ -130,7 +158,7 @@ class LeakWatch:
         watch = self
 
         def start(thread: threading.Thread) -> None:
-            site = watch._thread_site(sys._getframe(1))
+            site = None if watch._stranger() else watch._thread_site(sys._getframe(1))
             if site is not None:
                 watch._threads[thread] = site
             original(thread)
@@ -144,6 +172,10 @@ class LeakWatch:
             self._undo.pop()()
 
     def spawned(self, task: Any, frame: FrameType | None) -> None:
+        if self._stranger():
+            return
+        if self._current_task() is not None:
+            self._family.add(task)  # what it spawns is the worker's too
         site = self._user_site(frame)
         if site is not None:
             self._tasks[task] = ("", site)
@@ -171,6 +203,7 @@ class LeakWatch:
             if thread.is_alive() and not self._allowed(thread.name, site):
                 out.append(f"the worker left a thread running: {thread.name!r}, started at {site}")
         self._tasks.clear()
+        self._family.clear()
         return tuple(out)
 
     def _running_tasks(self) -> list[tuple[str, Site]]:

@@ -250,6 +250,7 @@ class _Tracer:
         "hung",
         "last",
         "last_at",
+        "leak_watch",
         "now",
         "points",
         "raised",
@@ -299,6 +300,7 @@ class _Tracer:
         # virtual time only: the clock when the guard began counting; a point at a later
         # time means the worker waited (a busy loop never moves a virtual clock)
         self.still_at: float | None = None
+        self.leak_watch: LeakWatch | None = None  # told which task is the worker's
 
     def suspended(self) -> None:
         if self.exited:
@@ -377,6 +379,8 @@ class _Tracer:
                 f"the worker must be an async function; {_callable_name(worker)} returned {coro!r}"
             )
         self.coro = coro
+        if self.leak_watch is not None:
+            self.leak_watch.adopt_current()
         try:
             if backend == "trio":
                 import trio
@@ -848,6 +852,7 @@ async def _run(
     tracer.still_at = now() if virtual else None
     tracer.sites = sites
     leaks = LeakWatch(backend, _is_library, scenario.allow_leaks)
+    tracer.leak_watch = leaks
     guard = ThreadGuard() if virtual else None
     instrument: _TrioInstrument | None = None
     if backend == "trio":
