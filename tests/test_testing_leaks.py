@@ -266,3 +266,53 @@ class TestOnlyTheWorkersOwn:
             tg.cancel_scope.cancel()
         assert len(result.leaks) == 1
         assert result.leaks[0].startswith("the worker left a task running: 'grandchild'")
+
+    async def test_a_thread_started_from_a_thread_counts_by_its_line(self) -> None:
+        done = threading.Event()
+
+        def start_one() -> None:
+            threading.Thread(target=done.wait, name="nested", daemon=True).start()
+
+        async def starts_from_a_thread(signal: StopSignal) -> None:
+            await anyio.to_thread.run_sync(start_one)
+            await signal.wait()
+
+        try:
+            result = await probe(starts_from_a_thread)
+        finally:
+            done.set()
+        line = line_of(start_one, "threading.Thread(")
+        assert result.leaks == (
+            f"the worker left a thread running: 'nested', started at "
+            f'`threading.Thread(target=done.wait, name="nested", daemon=True).start()` '
+            f"(test_testing_leaks.py:{line}, in start_one)",
+        )
+
+    @pytest.mark.parametrize(
+        "anyio_backend",
+        [
+            pytest.param(virtual_time("asyncio"), id="asyncio-virtual"),
+            pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop-real"),
+        ],
+    )
+    async def test_a_task_created_in_a_callback_counts_by_its_line(self) -> None:
+        tasks: list[asyncio.Task[None]] = []
+
+        def spawn() -> None:
+            tasks.append(asyncio.get_running_loop().create_task(asyncio.sleep(3600), name="late"))
+
+        async def schedules_a_spawn(signal: StopSignal) -> None:
+            asyncio.get_running_loop().call_soon(spawn)
+            await signal.wait()
+
+        try:
+            result = await probe(schedules_a_spawn)
+        finally:
+            for task in tasks:
+                task.cancel()
+        assert len(result.leaks) == 1
+        assert result.leaks[0].startswith("the worker left a task running: 'late', started at")
+        assert (
+            f"(test_testing_leaks.py:{line_of(spawn, 'create_task')}, in spawn)"
+            in (result.leaks[0])
+        )
