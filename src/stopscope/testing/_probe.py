@@ -1225,7 +1225,9 @@ async def explore(
     :param per_site: site mode: a first run goes through every point and notes its
         await site (the worker's frames and lines there); then only the first
         *per_site* points of each distinct site, and its last one, are tried (a few
-        runs instead of one per point; the same points every time)
+        runs instead of one per point; the same points every time).  The survey
+        runs first: arguments shared by every run (a worker or :class:`Scenario`
+        given instead of a factory) must hold no state it could use up
     :raises ValueError: for a negative duration or limit, *points* with *sample*, an
         unknown *mode*, a *hang_points* below 1, or
         *per_site* below 1 or with *points* or *sample*
