@@ -10,18 +10,20 @@ import os
 import random
 import re
 import sys
+import time
 import traceback
 from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Final, Literal, final
+from typing import TYPE_CHECKING, Any, Final, Literal, cast, final
 
 import anyio
 
 from .._backends._base import not_a_signal_handler
-from .._report import Outcome, ShutdownReport, TaskRecord
+from .._report import Outcome, ShutdownReport, StopReason, TaskRecord
 from .._scope import TaskScope
 from .._signal import StopSignal, _backend
+from ._cancel import cut_cleanup, cut_cleanup_failure
 from ._clock import ThreadGuard, next_deadline, running_virtual, threads_busy, wait_loop_idle
 from ._leaks import LeakWatch
 from ._sites import Site, plan_by_site, site_of
@@ -30,9 +32,10 @@ if TYPE_CHECKING:
     import trio
 
 if sys.version_info >= (3, 11):
+    from builtins import BaseExceptionGroup
     from typing import TypeVarTuple, Unpack
 else:  # anyio depends on both backports on 3.10
-    from exceptiongroup import ExceptionGroup
+    from exceptiongroup import BaseExceptionGroup, ExceptionGroup
     from typing_extensions import TypeVarTuple, Unpack
 
 __all__ = [
@@ -824,8 +827,6 @@ async def _run(
     sites: list[Site] | None = None,
 ) -> ProbeResult:
     if mode == "cancel":
-        from ._cancel import run_cancel
-
         return await run_cancel(
             scenario,
             at_point=at_point,
@@ -951,8 +952,6 @@ async def _run(
 def _graceful_extra(tracer: _Tracer, allow_cut_cleanup: bool) -> tuple[str | None, tuple[str, ...]]:
     """The cleanup await the grace's cancellation cut (if any), and the failures found
     during a graceful run beyond what the scope's report says."""
-    from ._cancel import cut_cleanup, cut_cleanup_failure
-
     extra = list(tracer.hung)
     cut = cut_cleanup(tracer.raised, _is_library)
     if cut is not None and not allow_cut_cleanup:
@@ -1466,3 +1465,370 @@ class StopKit:
             allow_cut_cleanup=allow_cut_cleanup,
             per_site=per_site,
         )
+
+
+# ------------------------------------------------------- hard-cancel runs: the driver
+
+
+class _Abandoned(Exception):
+    """Raised out of the driver when the kit gives up on a worker that keeps running."""
+
+
+#: coroutines that refused to close (they caught GeneratorExit and awaited again): kept,
+#: so that the garbage collector does not close them a second time, noisily
+_kept: list[Any] = []
+
+
+class _Driven:
+    """Drives the worker's coroutine in its task, on either backend: counts its yields,
+    sees each cancellation thrown into it, and closes it when the kit gives up on it."""
+
+    __slots__ = ("_coro", "_tracer")
+
+    def __init__(self, coro: Any, tracer: _CancelTracer) -> None:
+        self._coro = coro
+        self._tracer = tracer
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, tracer = self._coro, self._tracer
+        cancelled = anyio.get_cancelled_exc_class()
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                if error is None:
+                    yielded = coro.send(value)
+                else:
+                    yielded, error = coro.throw(error), None
+            except StopIteration as done:
+                return done.value
+            tracer.suspended()
+            try:
+                value = yield yielded
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # asyncio throws the cancellation in
+                value, error = None, exc
+                if isinstance(exc, cancelled) and tracer.stop_time is not None:
+                    tracer.delivered += _visible(tracer.hard)
+            else:  # trio sends it, as an outcome.Error the trap unwraps
+                if tracer.stop_time is not None and isinstance(
+                    getattr(value, "error", None), cancelled
+                ):
+                    tracer.delivered += _visible(tracer.hard)
+            if tracer.giving_up():
+                tracer.abandoned = True
+                tracer.last = tracer.last or []
+                try:
+                    coro.close()  # its finally blocks and cancel scopes unwind
+                except RuntimeError:  # it awaited again: it cannot be closed
+                    _kept.append(coro)
+                except Exception:  # it raised as it closed: it is closed
+                    pass
+                raise _Abandoned
+
+
+def _visible(hard: Any) -> bool:
+    """Whether the kit's cancellation reaches the worker where it is now, with no
+    shield in between (a cancellation the worker gets inside a shield is its own: a
+    deadline of its own, say).  Reads the backend's scope stack (private attributes,
+    read defensively: without them, every cancellation counts)."""
+    try:
+        if _backend() == "trio":
+            import trio
+
+            status: Any = trio.lowlevel.current_task()._cancel_status
+            while status._scope is not hard:  # the kit's scope is in the chain
+                if status._scope.shield:
+                    return False
+                status = status._parent
+            return True
+        from anyio._backends._asyncio import _task_states
+
+        state = _task_states.get(asyncio.current_task())  # type: ignore[arg-type]
+        scope: Any = state.cancel_scope  # type: ignore[union-attr]
+        while scope is not hard:  # the kit's scope is in the chain
+            if scope._shield:
+                return False
+            scope = scope._parent_scope
+    except (AttributeError, ImportError):  # pragma: no cover - other versions
+        pass
+    return True
+
+
+def _new_scope() -> Any:
+    """The kit's cancel scope: trio's own on trio (its scope stack is what
+    :func:`_visible` reads), anyio's on asyncio."""
+    if _backend() == "trio":
+        import trio
+
+        return trio.CancelScope()
+    return anyio.CancelScope()
+
+
+class _CancelTracer(_Tracer):
+    """The tracer of a hard-cancel run: the stop is a cancellation of the worker."""
+
+    __slots__ = ("abandoned", "cancel_first", "delivered", "gave_up", "hard")
+
+    def __init__(
+        self, target: int | None, grace: float | None, now: Callable[[], float], hang_points: int
+    ) -> None:
+        # no TaskScope: the worker runs in a plain task group, and request_stop is ours
+        super().__init__(cast("TaskScope", None), target, grace, now)
+        self.hang_points = hang_points
+        self.hard: Any = None  # the kit's cancel scope around the worker
+        self.cancel_first = False
+        self.delivered = 0  # cancellations thrown into the worker after the kit's cancel
+        self.abandoned = False
+        self.gave_up: str | None = None  # why the kit closed the worker
+
+    def request_stop(self, reason: str) -> None:
+        self.stop_time = self.now()
+        self.stop_points = self.points
+        self.stop_stack = self.last
+        if self.hard is not None:
+            self.hard.cancel()
+        else:
+            self.cancel_first = True
+        self.wake.set()
+
+    def resumed(self) -> None:
+        """Not used: the driver sees each resumption itself."""
+
+    def giving_up(self) -> bool:
+        """Whether the worker runs on after the cancel: for *hang_points* points (see
+        :meth:`hang`), or longer than its grace (checked each time it resumes)."""
+        if self.gave_up is not None:
+            return True
+        grace, stopped = self.grace, self.stop_time
+        if stopped is not None and grace is not None and self.now() - stopped > grace:
+            self.gave_up = (
+                f"the worker kept running after the cancellation: {_ms(grace)} later it "
+                f"was still at {_where(self.last)}, so the kit closed it"
+            )
+            return True
+        return False
+
+    def hang(self) -> None:
+        if self.stop_time is None:
+            self.hung += (
+                f"the worker never waited: {self.points} scheduling points went by "
+                f"without an end, at {_where(self.last)} (a busy loop?); the kit cancelled "
+                f"it to end the run (hang_points={self.hang_points})",
+            )
+            self.request_stop("stopscope.testing: the worker never waited")
+            self.hang_at = self.points + self.hang_points
+            self.hang_stop = self.points
+            return
+        self.hang_at = math.inf
+        self.gave_up = (
+            f"the worker kept running after the cancellation: "
+            f"{self.points - (self.stop_points or 0)} scheduling points later it was still "
+            f"at {_where(self.last)}, so the kit closed it (hang_points={self.hang_points})"
+        )
+
+    async def run_hard(
+        self, signal: StopSignal, worker: Callable[..., Awaitable[object]], args: tuple[Any, ...]
+    ) -> None:
+        coro = worker(signal, *args)
+        if not inspect.iscoroutine(coro):
+            self.exited = True
+            self.wake.set()
+            raise TypeError(
+                f"the worker must be an async function; {_callable_name(worker)} returned {coro!r}"
+            )
+        self.coro = coro
+        if self.leak_watch is not None:
+            self.leak_watch.adopt_current()
+        try:
+            with _new_scope() as hard:
+                self.hard = hard
+                if self.cancel_first:
+                    hard.cancel()
+                try:
+                    await _Driven(coro, self)
+                except BaseException as exc:
+                    # the cancellation (caught by `hard`, kept for the cleanup check) or
+                    # the worker's error (a fact of the run, not the kit's)
+                    self.raised = exc
+                    raise
+                self.returned = True
+        except _Abandoned:
+            self.raised = None
+        except Exception:
+            pass  # kept in self.raised
+        finally:
+            self.exited = True
+            self.exit_time = self.now()
+            self.wake.set()
+
+
+def _split(exc: BaseException | None) -> tuple[bool, BaseException | None]:
+    """Whether *exc* is (or holds) a cancellation, and the rest of it: the worker's error."""
+    kind = anyio.get_cancelled_exc_class()
+    if exc is None:
+        return False, None
+    if isinstance(exc, kind):
+        return True, None
+    if isinstance(exc, BaseExceptionGroup):
+        match, rest = exc.split(kind)
+        return match is not None, rest
+    return False, exc
+
+
+# ------------------------------------------------------------------ the run
+
+
+async def run_cancel(
+    scenario: Scenario,
+    *,
+    at_point: int | None,
+    after: float | None,
+    grace: float | None,
+    within: float | None,
+    idle: float | None,
+    hang_points: int,
+    allow_cut_cleanup: bool,
+    sites: list[Site] | None = None,
+) -> ProbeResult:
+    """One hard-cancel run: like the graceful run of ``_probe._run``, with a cancellation
+    of the worker where that run requests its stop."""
+    backend = _backend()
+    virtual = running_virtual()
+    if backend == "trio":
+        import trio
+
+        now: Callable[[], float] = trio.current_time
+    else:
+        now = asyncio.get_running_loop().time
+    tracer = _CancelTracer(at_point, grace, now, hang_points)
+    tracer.hang_at = (at_point or 0) + hang_points
+    tracer.still_at = now() if virtual else None
+    tracer.sites = sites
+    leaks = LeakWatch(backend, _is_library, scenario.allow_leaks)
+    tracer.leak_watch = leaks
+    guard = ThreadGuard() if virtual else None
+    instrument: _TrioInstrument | None = None
+    if backend == "trio":
+        # drives the thread guard only: the tracer has no trio task, the driver counts
+        instrument = _TrioInstrument(tracer, guard)
+        trio.lowlevel.add_instrument(instrument)  # type: ignore[arg-type]
+    elif guard is not None:
+        guard.install_asyncio(asyncio.get_running_loop())
+    signal = StopSignal()  # never set: the worker is cancelled, not asked
+    requested_at: float | None = None
+    try:
+        async with anyio.create_task_group() as helpers:
+            if guard is not None and backend == "trio":
+                helpers.start_soon(guard.run_trio, name="stopscope.testing thread guard")
+            try:
+                async with anyio.create_task_group() as group:
+                    leaks.start()
+                    group.start_soon(
+                        tracer.run_hard, signal, scenario.worker, scenario.args, name=scenario.name
+                    )
+                    if at_point == 0:
+                        tracer.request_stop("stopscope.testing: cancel before the first step")
+                    elif at_point is not None:
+                        await _until_point_any(tracer, idle, virtual)
+                    elif after is not None:
+                        await tracer.wake.sleep(after)
+                        if not tracer.exited:
+                            tracer.request_stop(f"stopscope.testing: cancel after {after:g} s")
+                    else:
+                        await anyio.wait_all_tasks_blocked()
+                        if not tracer.exited:
+                            tracer.request_stop("stopscope.testing: cancel once the worker waits")
+                    if tracer.stop_time is not None:
+                        requested_at = time.monotonic()
+            finally:
+                helpers.cancel_scope.cancel()
+    finally:
+        leaks.stop()
+        if instrument is not None:
+            trio.lowlevel.remove_instrument(instrument)  # type: ignore[arg-type]
+
+    raised = tracer.raised
+    cancelled, error = _split(raised)
+    stopped = tracer.stop_time is not None
+    if error is not None:
+        outcome = Outcome.FAILED
+    elif tracer.abandoned:
+        outcome = Outcome.ABANDONED
+    elif cancelled or (tracer.returned and tracer.delivered):
+        outcome = Outcome.CANCELLED
+    elif stopped:
+        outcome = Outcome.STOPPED  # it returned before any cancellation reached it
+    else:
+        outcome = Outcome.FINISHED
+    requested = stopped and outcome is not Outcome.FINISHED and not tracer.unreached
+    latency = None
+    if requested and tracer.exit_time is not None and tracer.stop_time is not None:
+        latency = max(0.0, tracer.exit_time - tracer.stop_time)
+    swallowed = tracer.returned and tracer.delivered > 0
+    if tracer.hang_stop is not None and at_point is None:
+        moment = f"by the hang guard, after {tracer.hang_stop} scheduling points"
+    elif tracer.unreached:
+        moment = f"at scheduling point {at_point}, which it never reached"
+    elif at_point is not None:
+        moment = "before its first step" if at_point == 0 else f"at scheduling point {at_point}"
+    elif after is not None:
+        moment = f"after {after:g} s"
+    else:
+        moment = "once it was waiting"
+    extra = list(tracer.hung)
+    if tracer.gave_up is not None:
+        extra.append(tracer.gave_up)
+    if swallowed:
+        extra.append(
+            f"the worker swallowed the cancellation: cancelled "
+            f"{'at ' + _where(tracer.stop_stack) if tracer.stop_stack else 'before its first step'}"
+            f", it returned normally instead of letting the cancellation propagate"
+        )
+    cut = cut_cleanup(raised if cancelled else None, _is_library)
+    if cut is not None and not allow_cut_cleanup:
+        extra.append(cut_cleanup_failure(cut))
+    record = TaskRecord(
+        name=scenario.name,
+        outcome=outcome,
+        latency=latency,
+        error=error,
+        phase="cancelled-from-outside" if requested else "running",
+        exited_at=time.monotonic(),
+    )
+    report = ShutdownReport(
+        reason=StopReason.CANCELLED if stopped else None,
+        requested_at=requested_at,
+        tasks=(record,),
+    )
+    stop_stack = tracer.stop_stack or []
+    kept = tracer.last if tracer.abandoned else None
+    return ProbeResult(
+        worker=scenario.name,
+        backend=backend,
+        virtual=virtual,
+        moment=moment,
+        point=at_point if requested else None,
+        requested=requested,
+        outcome=outcome,
+        latency=latency,
+        error=error,
+        swallowed_cancellation=swallowed,
+        grace=grace,
+        within=within,
+        reached=tracer.points if tracer.stop_points is None else tracer.stop_points,
+        stack_at_stop=_format(stop_stack) if stop_stack else "",
+        stack_at_grace=None if kept is None else _format(kept),
+        invariant_failures=await _invariant_failures(scenario),
+        record=record,
+        report=report,
+        where_at_stop=_where(stop_stack),
+        where_at_grace=None if kept is None else _where(kept),
+        _waited=tracer.unreached,
+        mode="cancel",
+        cut_cleanup=cut,
+        _extra=tuple(extra),
+        leaks=await leaks.leaks(),
+    )
