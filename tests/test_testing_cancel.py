@@ -698,3 +698,54 @@ class TestLongTimers:
         result = await probe(threads, at_point=1000)
         assert result.outcome is Outcome.FINISHED
         assert not result.requested
+
+
+async def ticks(signal: StopSignal) -> None:
+    """A worker that waits on a timer at each point: never a busy loop."""
+    while not signal.is_set():
+        await anyio.sleep(0.001)
+
+
+async def drains_slowly(signal: StopSignal) -> None:
+    await signal.wait()
+    for _ in range(300):  # 0.3 s of a 60 s grace: a slow drain, not a hang
+        await anyio.sleep(0.001)
+
+
+async def cleans_up_slowly(signal: StopSignal) -> None:
+    try:
+        await anyio.sleep_forever()
+    finally:
+        with anyio.CancelScope(shield=True):
+            for _ in range(300):
+                await anyio.sleep(0.001)
+
+
+class TestHangGuardInVirtualTime:
+    """In virtual time a worker that waits moves the clock: however many points it goes
+    through, it is no busy loop (an ``every(1)`` job probed for hours has thousands)."""
+
+    @pytest.fixture(params=["asyncio", "trio"])
+    def anyio_backend(self, request: pytest.FixtureRequest) -> object:
+        return virtual_time(request.param)
+
+    async def test_a_worker_on_a_timer_before_the_stop(self) -> None:
+        result = await probe(ticks, after=1.0, within=1.0, hang_points=100)
+        assert result.reached > 100
+        assert result.ok, result.describe()
+
+    async def test_a_slow_drain_after_the_stop(self) -> None:
+        result = await probe(drains_slowly, at_point=1, within=1.0, grace=60.0, hang_points=100)
+        assert result.outcome is Outcome.STOPPED
+        assert result.ok, result.describe()
+
+    async def test_a_slow_shielded_cleanup_in_cancel_mode(self) -> None:
+        result = await probe(
+            cleans_up_slowly, at_point=1, within=1.0, grace=60.0, hang_points=100, mode="cancel"
+        )
+        assert result.outcome is Outcome.CANCELLED
+        assert result.ok, result.describe()
+
+    async def test_a_busy_loop_is_still_caught(self) -> None:
+        result = await probe(busy, after=1.0, hang_points=100, grace=60.0)
+        assert result.failures[0].startswith("the worker never waited: 100 scheduling points")

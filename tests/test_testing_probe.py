@@ -129,7 +129,7 @@ class TestProbe:
         assert not result.requested
         assert result.outcome is Outcome.FINISHED
         assert result.latency is None
-        assert result.points == 3
+        assert result.reached == 3
         assert result.ok
         assert "the worker finished after 3 scheduling points, before any stop" in str(result)
 
@@ -137,7 +137,7 @@ class TestProbe:
         result = await stop_kit.probe(steps, 5, at_point=2)
         assert result.requested
         assert result.point == 2
-        assert result.points == 2
+        assert result.reached == 2
         assert result.moment == "at scheduling point 2"
         assert result.outcome is Outcome.STOPPED  # it ignores the signal but ends soon
 
@@ -182,7 +182,7 @@ class TestProbe:
     async def test_an_unreached_point_ends_the_run(self, stop_kit: StopKit) -> None:
         result = await stop_kit.probe(deaf, at_point=5, grace=0.01, idle=0.05)
         assert not result.requested
-        assert result.points == 1
+        assert result.reached == 1
         assert result.moment == "at scheduling point 5, which it never reached"
         assert "after its scheduling point 1 the worker waited for something" in str(result)
 

@@ -185,10 +185,10 @@ class TestMessages:
             "steps: every stop point passed (1 stop point; the worker ran out of scheduling points)"
         )
         finished = result.runs[0]
-        assert finished.points == 0
+        assert finished.reached == 0
 
         one = await explore(lambda: Scenario(steps, 1), within=1.0, points=[1])
-        assert one.runs[0].points == 1
+        assert one.runs[0].reached == 1
         ended = await explore(lambda: Scenario(raises_when_done), within=1.0, points=[2, 9])
         assert "; point 2 passes" in ended.describe()
 

@@ -28,6 +28,11 @@ __all__ = ["ThreadGuard", "running_virtual", "virtual_time"]
 
 #: real seconds the loop naps, without moving virtual time, while a worker thread runs
 _GUARD_NAP: Final = 0.0002
+#: loop turns in which looptime only polls before it jumps to the next deadline (its
+#: default, 42, gives threads and sockets a few more polls; the kit holds time still
+#: while a thread is busy instead, and 42 idle turns per timer were 9 in 10 of an
+#: exploration's loop turns: see benchmarks/bench_explore.py)
+_NOOP_CYCLES: Final = 0
 
 
 def _split(backend: object) -> tuple[str, dict[str, Any]]:
@@ -64,7 +69,7 @@ class _LooptimeLoopFactory:
                 f"virtual time needs a loop built on asyncio.BaseEventLoop; "
                 f"{type(loop).__name__} cannot be faked"
             )
-        patched = looptime.patch_event_loop(loop)
+        patched = looptime.patch_event_loop(loop, noop_cycles=_NOOP_CYCLES)
         _guard_selector(patched)
         return patched
 

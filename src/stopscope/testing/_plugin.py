@@ -7,11 +7,13 @@ values the project already has.
 
 from __future__ import annotations
 
+from collections.abc import Generator
+
 import pytest
 
-from ._probe import StopKit
+from ._probe import StopKit, StopRequirementError
 
-__all__ = ["pytest_addoption", "pytest_configure", "stop_kit"]
+__all__ = ["pytest_addoption", "pytest_configure", "pytest_runtest_makereport", "stop_kit"]
 
 
 def _point(value: str) -> int:
@@ -64,3 +66,18 @@ def stop_kit(request: pytest.FixtureRequest) -> StopKit:
     point: int | None = config.getoption("--stopscope-point")
     seed: int | None = config.getoption("--stopscope-seed")
     return StopKit(nodeid=request.node.nodeid, point=point, seed=seed)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A kit failure's line in the test summary is its short summary, not the dotted
+    class name followed by a cut first line."""
+    report = yield
+    excinfo = call.excinfo
+    if excinfo is not None and isinstance(excinfo.value, StopRequirementError):
+        crash = getattr(report.longrepr, "reprcrash", None)
+        if crash is not None:
+            crash.message = excinfo.value.summary
+    return report

@@ -8,28 +8,34 @@ import inspect
 import math
 import os
 import random
+import re
 import sys
+import time
 import traceback
 from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Final, Literal, final
+from typing import TYPE_CHECKING, Any, Final, Literal, cast, final
 
 import anyio
 
 from .._backends._base import not_a_signal_handler
-from .._report import Outcome, ShutdownReport, TaskRecord
+from .._report import Outcome, ShutdownReport, StopReason, TaskRecord
 from .._scope import TaskScope
 from .._signal import StopSignal, _backend
+from ._cancel import cut_cleanup, cut_cleanup_failure
 from ._clock import ThreadGuard, next_deadline, running_virtual, threads_busy, wait_loop_idle
+from ._leaks import LeakWatch
+from ._sites import Site, plan_by_site, site_of
 
 if TYPE_CHECKING:
     import trio
 
 if sys.version_info >= (3, 11):
+    from builtins import BaseExceptionGroup
     from typing import TypeVarTuple, Unpack
 else:  # anyio depends on both backports on 3.10
-    from exceptiongroup import ExceptionGroup
+    from exceptiongroup import BaseExceptionGroup, ExceptionGroup
     from typing_extensions import TypeVarTuple, Unpack
 
 __all__ = [
@@ -62,7 +68,17 @@ _Stack = list[tuple[FrameType, int]]
 
 
 class StopRequirementError(AssertionError):
-    """A worker did not stop the way the test requires; the message says how and where."""
+    """A worker did not stop the way the test requires; the message says how and where.
+
+    Its ``summary`` says it in one short line, which the pytest plugin shows in the
+    test summary (``FAILED test_x.py::test_y - consume at point 7 (worker.py:41):
+    invariant Broker.nothing_lost failed``) instead of the class's dotted name.
+    """
+
+    def __init__(self, message: str, summary: str | None = None) -> None:
+        super().__init__(message)
+        #: the failure in one short line: the worker, the point, the line, what failed
+        self.summary: str = summary if summary is not None else message.partition("\n")[0]
 
 
 # ------------------------------------------------------------------------ scenario
@@ -86,9 +102,12 @@ class Scenario:
     :param args: the worker's other arguments
     :param invariants: checks that must hold after every run
     :param name: the worker's name in reports (default: its qualified name)
+    :param allow_leaks: tasks and threads the worker may leave running when it exits
+        (a run fails if it leaves any other): patterns (``fnmatch``) of their names or
+        of the ``file.py:N`` where they were started; ``["*"]`` allows every leak
     """
 
-    __slots__ = ("args", "invariants", "name", "worker")
+    __slots__ = ("allow_leaks", "args", "invariants", "name", "worker")
 
     def __init__(
         self,
@@ -96,6 +115,7 @@ class Scenario:
         *args: Unpack[PosArgsT],
         invariants: Iterable[Callable[[], object]] = (),
         name: str | None = None,
+        allow_leaks: Iterable[str] = (),
     ) -> None:
         if inspect.iscoroutine(worker) or not callable(worker):
             raise TypeError(
@@ -109,6 +129,12 @@ class Scenario:
             if not callable(check):
                 raise TypeError(f"each invariant must be callable, got {check!r}")
         self.name = name if name is not None else _callable_name(worker)
+        if isinstance(allow_leaks, str):
+            raise TypeError(f"`allow_leaks` must be a list of patterns, got {allow_leaks!r}")
+        self.allow_leaks: tuple[str, ...] = tuple(allow_leaks)
+        for pattern in self.allow_leaks:
+            if not isinstance(pattern, str):
+                raise TypeError(f"each `allow_leaks` pattern must be a str, got {pattern!r}")
 
     def __repr__(self) -> str:
         return f"<Scenario {self.name} args={self.args!r}>"
@@ -227,11 +253,14 @@ class _Tracer:
         "hung",
         "last",
         "last_at",
+        "leak_watch",
         "now",
         "points",
         "raised",
         "returned",
         "scope",
+        "sites",
+        "still_at",
         "stop_points",
         "stop_stack",
         "stop_time",
@@ -270,6 +299,11 @@ class _Tracer:
         self.hung: tuple[str, ...] = ()  # why the kit ended the run, if it did
         self.hang_stop: int | None = None  # the point at which the hang guard stopped it
         self.escape: anyio.CancelScope | None = None  # cancels the scope from outside
+        self.sites: list[Site] | None = None  # per_site's survey: the site of each point
+        # virtual time only: the clock when the guard began counting; a point at a later
+        # time means the worker waited (a busy loop never moves a virtual clock)
+        self.still_at: float | None = None
+        self.leak_watch: LeakWatch | None = None  # told which task is the worker's
 
     def suspended(self) -> None:
         if self.exited:
@@ -277,8 +311,13 @@ class _Tracer:
         self.points += 1
         self.last = _capture(self.coro)
         self.last_at = self.now()
+        if self.sites is not None and self.stop_time is None:  # points a stop cannot reach
+            self.sites.append(site_of(self.last))
         if self.points == self.target and self.stop_time is None:
             self.request_stop(f"stopscope.testing: stop at scheduling point {self.points}")
+        if self.still_at is not None and self.last_at != self.still_at:
+            self.still_at = self.last_at  # it waited: the guard counts afresh from here
+            self.hang_at = max(self.hang_at, self.points + self.hang_points)
         if self.points >= self.hang_at:
             self.hang()
 
@@ -343,6 +382,8 @@ class _Tracer:
                 f"the worker must be an async function; {_callable_name(worker)} returned {coro!r}"
             )
         self.coro = coro
+        if self.leak_watch is not None:
+            self.leak_watch.adopt_current()
         try:
             if backend == "trio":
                 import trio
@@ -460,9 +501,10 @@ class ProbeResult:
     grace: float | None
     #: the stop latency the test requires (``None``: none given)
     within: float | None
-    #: how many scheduling points the worker went through before the stop landed (or
-    #: in all); a count, unlike :attr:`Exploration.points`
-    points: int
+    #: the last scheduling point the worker reached before the stop landed (or in all,
+    #: if it ended first): points are numbered from 1, so this is also how many it
+    #: went through (0: none)
+    reached: int
     #: where the worker was when the stop landed (a formatted stack)
     stack_at_stop: str = field(repr=False)
     #: where the worker was when its grace period ran out, if it was still running
@@ -491,6 +533,9 @@ class ProbeResult:
     _extra: tuple[str, ...] = field(default=(), repr=False)
     #: the hang guard cancelled the worker before its grace ran out
     _cut_short: bool = field(default=False, repr=False)
+    #: the tasks and threads the worker left running when it exited, each in words
+    #: ("the worker left a task running: 'name', started at `line` (file:N, in fn)")
+    leaks: tuple[str, ...] = ()
 
     @property
     def needed_cancellation(self) -> bool:
@@ -522,6 +567,7 @@ class ProbeResult:
             out.append(f"the worker raised {type(self.error).__name__}: {self.error}")
         out.extend(self._extra)
         out.extend(self.invariant_failures)
+        out.extend(self.leaks)
         return tuple(out)
 
     @property
@@ -536,12 +582,12 @@ class ProbeResult:
         lines = [f"{self.worker} on {self.backend} ({clock} time), {asked} {self.moment}:"]
         if not self.requested and not self._waited:
             ended = "finished" if self.outcome is Outcome.FINISHED else "raised"
-            points = _count(self.points, "scheduling point")
+            points = _count(self.reached, "scheduling point")
             what = "stop" if self.mode == "stop" else "cancellation"
             lines.append(f"  the worker {ended} after {points}, before any {what}")
         elif not self.requested:
             lines.append(
-                f"  after its scheduling point {self.points} the worker waited for something "
+                f"  after its scheduling point {self.reached} the worker waited for something "
                 f"only a stop could end (outcome {self.outcome.name} once stopped)"
             )
         else:
@@ -560,7 +606,20 @@ class ProbeResult:
     def _check(self, failures: Sequence[str]) -> None:
         __tracebackhide__ = True  # pytest: the failure is the caller's line
         if failures:
-            raise StopRequirementError("\n".join([*failures, "", self.describe()]))
+            message = "\n".join([*failures, "", self.describe()])
+            raise StopRequirementError(message, self._summary(failures[0]))
+
+    def _summary(self, failure: str) -> str:
+        """``worker at point N (file:line): what failed``, in one short line."""
+        # where it was stuck after the grace; a hard-cancel run that ended at once has
+        # no such place: where its cancellation landed
+        where = (self.where_at_grace if self.needed_cancellation else None) or self.where_at_stop
+        sites = _SITE.findall(where or "")
+        at = "" if self.point is None else f" at point {self.point}"
+        site = f" ({sites[-1]})" if sites else ""
+        what = _HEADLINE.match(failure)
+        headline = failure if what is None else what.group(1)
+        return f"{self.worker}{at}{site}: {headline.removeprefix('the worker ')}"
 
     def assert_stopped_within(self, seconds: float) -> None:
         """Fail unless the worker exited by itself within *seconds* of the stop request."""
@@ -614,6 +673,11 @@ class Exploration:
     seed: int | None
     #: how to run only the failing point again
     replay: str | None
+    #: site mode (``explore(per_site=K)``): the points tried per await site (and the
+    #: last of each), else ``None``
+    per_site: int | None = None
+    #: site mode: how many distinct await sites the worker's points had
+    sites: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -630,11 +694,16 @@ class Exploration:
         span = _count(len(tried), "stop point") + (
             f" (seed {self.seed})" if self.seed is not None else ""
         )
+        if self.per_site is not None and self.sites is not None:
+            span += (
+                f" at {_count(self.sites, 'await site')}, the first {self.per_site} and "
+                f"the last of each"
+            )
         if self.exhausted:
             end = "the worker ran out of scheduling points"
         elif self.seed is not None:
             end = f"drawn from points 0-{self.limit}"
-        elif tried == tuple(range(self.limit + 1)):
+        elif tried == tuple(range(self.limit + 1)) or self.per_site is not None:
             end = f"stopped at the limit of {_count(self.limit, 'point')}"
         else:
             end = "only the points asked for"
@@ -663,10 +732,17 @@ class Exploration:
         """Fail with the first failing point, its stack, and how to replay it."""
         __tracebackhide__ = True
         if self.failure is not None:
-            raise StopRequirementError(self.describe())
+            failure = self.failure
+            raise StopRequirementError(self.describe(), failure._summary(failure.failures[0]))
 
     def __str__(self) -> str:
         return self.describe()
+
+
+#: a ``file:N`` in :attr:`ProbeResult.where_at_stop`'s text
+_SITE: Final = re.compile(r"\(([^()`]+:\d+), in ")
+#: a failure's headline: up to its first ": " outside `code` (quoted code may hold one)
+_HEADLINE: Final = re.compile(r"((?:[^`:]|`[^`]*`|:(?! ))*): ")
 
 
 def _ranges(points: Sequence[int]) -> str:
@@ -697,6 +773,19 @@ def _check_seconds(value: float | None, name: str, allow_none: bool = True) -> f
     if math.isnan(value) or value < 0:
         raise ValueError(f"`{name}` must be a non-negative number of seconds, got {value!r}")
     return float(value)
+
+
+#: the grace period of a run given no *within* and no *grace*, in seconds
+DEFAULT_GRACE: Final = 1.0
+
+
+def _default_grace(grace: float | None, within: float | None) -> float | None:
+    """*grace* checked, or the kit's default: twice *within*, or :data:`DEFAULT_GRACE`
+    without it; ``inf`` waits for ever (the scope's ``None``)."""
+    if grace is None:
+        return DEFAULT_GRACE if within is None else 2 * within
+    checked = _check_seconds(grace, "grace")
+    return None if checked == math.inf else checked
 
 
 def _check_point(value: object, name: str) -> int:
@@ -735,10 +824,9 @@ async def _run(
     mode: Mode = "stop",
     hang_points: int = DEFAULT_HANG_POINTS,
     allow_cut_cleanup: bool = False,
+    sites: list[Site] | None = None,
 ) -> ProbeResult:
     if mode == "cancel":
-        from ._cancel import run_cancel
-
         return await run_cancel(
             scenario,
             at_point=at_point,
@@ -748,6 +836,7 @@ async def _run(
             idle=idle,
             hang_points=hang_points,
             allow_cut_cleanup=allow_cut_cleanup,
+            sites=sites,
         )
     backend = _backend()
     virtual = running_virtual()
@@ -761,6 +850,10 @@ async def _run(
     tracer = _Tracer(scope, at_point, grace, now)
     tracer.hang_points = hang_points
     tracer.hang_at = (at_point or 0) + hang_points
+    tracer.still_at = now() if virtual else None
+    tracer.sites = sites
+    leaks = LeakWatch(backend, _is_library, scenario.allow_leaks)
+    tracer.leak_watch = leaks
     guard = ThreadGuard() if virtual else None
     instrument: _TrioInstrument | None = None
     if backend == "trio":
@@ -775,6 +868,7 @@ async def _run(
                 helpers.start_soon(guard.run_trio, name="stopscope.testing thread guard")
             try:
                 async with scope:
+                    leaks.start()
                     scope.start_soon(
                         tracer.run, scope.signal, scenario.worker, scenario.args, name=scenario.name
                     )
@@ -795,6 +889,7 @@ async def _run(
             finally:
                 helpers.cancel_scope.cancel()
     finally:
+        leaks.stop()
         if instrument is not None:
             trio.lowlevel.remove_instrument(instrument)  # type: ignore[arg-type]
 
@@ -838,7 +933,7 @@ async def _run(
         swallowed_cancellation=swallowed,
         grace=grace,
         within=within,
-        points=tracer.points if tracer.stop_points is None else tracer.stop_points,
+        reached=tracer.points if tracer.stop_points is None else tracer.stop_points,
         stack_at_stop=_format(stop_stack) if stop_stack else "",
         stack_at_grace=None if stuck is None else _format(stuck),
         invariant_failures=await _invariant_failures(scenario),
@@ -850,14 +945,13 @@ async def _run(
         cut_cleanup=cut,
         _extra=extra,
         _cut_short=bool(tracer.hung) and tracer.hang_at == math.inf,
+        leaks=await leaks.leaks(),
     )
 
 
 def _graceful_extra(tracer: _Tracer, allow_cut_cleanup: bool) -> tuple[str | None, tuple[str, ...]]:
     """The cleanup await the grace's cancellation cut (if any), and the failures found
     during a graceful run beyond what the scope's report says."""
-    from ._cancel import cut_cleanup, cut_cleanup_failure
-
     extra = list(tracer.hung)
     cut = cut_cleanup(tracer.raised, _is_library)
     if cut is not None and not allow_cut_cleanup:
@@ -891,7 +985,7 @@ async def _until_point_any(tracer: _Tracer, idle: float | None, virtual: bool) -
             delay = None
         if idle is not None:
             left = idle - (tracer.now() - tracer.last_at)
-            if left <= 0:
+            if left <= _IDLE_SLACK:  # a microsecond short counts (see _until_point)
                 delay = None  # its last point is idle seconds ago: waits for ever
             elif delay is None or left < delay:
                 delay = left
@@ -906,6 +1000,10 @@ async def _until_point_any(tracer: _Tracer, idle: float | None, virtual: bool) -
 _TICK: Final = 1e-6
 
 
+#: how much of *idle* may be missing from a quiet spell that still counts as idle
+_IDLE_SLACK: Final = 1e-6
+
+
 async def _until_point(tracer: _Tracer, idle: float) -> None:
     """Wait until the stop has landed at its point, or the worker exited; a worker
     that goes *idle* seconds without a scheduling point (counted from its last one,
@@ -913,7 +1011,9 @@ async def _until_point(tracer: _Tracer, idle: float) -> None:
     more points, and is stopped to end the run."""
     while not tracer.wake.is_set():
         quiet = tracer.now() - tracer.last_at
-        if quiet >= idle:
+        # a microsecond short counts: at 7200.48 s a wait from 3600.48 s is
+        # 3599.9999999999995 s long, and a clock of whole ticks never moves the rest
+        if quiet >= idle - _IDLE_SLACK:
             tracer.unreached = True
             tracer.request_stop("stopscope.testing: no more scheduling points")
             return
@@ -935,7 +1035,7 @@ async def probe(
     *args: object,
     at_point: int | None = None,
     after: float | None = None,
-    grace: float | None = 1.0,
+    grace: float | None = None,
     within: float | None = None,
     idle: float | None = None,
     mode: Literal["stop", "cancel"] = "stop",
@@ -958,7 +1058,8 @@ async def probe(
     :param at_point: request the stop right after the worker's N-th scheduling point
         (``0``: before it starts)
     :param after: request the stop after this many seconds (loop clock)
-    :param grace: the scope's grace period (``None``: wait forever)
+    :param grace: the scope's grace period (default: twice *within*, or one second
+        without *within*, as in :func:`explore`; ``math.inf``: wait for ever)
     :param within: the stop latency :meth:`ProbeResult.assert_ok` requires
     :param idle: with *at_point*: seconds without a scheduling point (since the
         worker's last one) after which the worker is taken to wait for ever, and
@@ -970,20 +1071,22 @@ async def probe(
         signal (see :func:`explore`)
     :param hang_points: the hang guard: a worker that goes through this many
         scheduling points past the stop point (or from its start, without one) is
-        taken for a busy loop; the kit ends the run and it fails
+        taken for a busy loop; the kit ends the run and it fails (in virtual time,
+        only points at which the clock stood still count)
     :param allow_cut_cleanup: do not fail a run in which a cancellation cut a cleanup
         await short (:attr:`ProbeResult.cut_cleanup` still names it)
     :raises ValueError: for a negative point or duration, both *at_point* and *after*,
         an unknown *mode* or a *hang_points* below 1
     """
+    __tracebackhide__ = True  # pytest: an error in the arguments is the caller's line
     scenario = _scenario(worker, args)
     if at_point is not None:
         at_point = _check_point(at_point, "at_point")
     after = _check_seconds(after, "after")
     if at_point is not None and after is not None:
         raise ValueError("give `at_point` or `after`, not both")
-    grace = _check_seconds(grace, "grace")
     within = _check_seconds(within, "within")
+    grace = _default_grace(grace, within)
     idle = _check_seconds(idle, "idle")
     return await _run(
         scenario,
@@ -1014,9 +1117,41 @@ def _check_hang_points(value: object) -> int:
     return value
 
 
+def _setup_of(
+    setup: Callable[..., Scenario | Awaitable[Scenario] | Awaitable[object]] | Scenario,
+    args: tuple[Any, ...],
+) -> Callable[[], Scenario | Awaitable[Scenario]]:
+    """The scenario factory :func:`explore` calls once per run: *setup* itself when it
+    takes no arguments; else *setup* is the worker (it takes the stop signal)."""
+    if isinstance(setup, Scenario):
+        if args:
+            raise TypeError("pass the worker's arguments to Scenario(), not after it")
+        return lambda: setup
+    if not callable(setup):
+        raise TypeError(
+            f"`setup` must be a function that returns a Scenario, or the worker, got {setup!r}"
+        )
+    if not args and _takes_no_arguments(setup):
+        return setup  # type: ignore[return-value]  # a factory: checked per run
+    scenario = Scenario(setup, *args)  # type: ignore[arg-type]  # checked once, here: a coroutine is refused
+    return lambda: Scenario(scenario.worker, *scenario.args, name=scenario.name)
+
+
+def _takes_no_arguments(func: Callable[..., object]) -> bool:
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):  # a callable without a signature: a factory
+        return True
+    try:
+        signature.bind()
+    except TypeError:
+        return False
+    return True
+
+
 async def explore(
-    setup: Callable[[], Scenario | Awaitable[Scenario]],
-    *,
+    setup: Callable[..., Scenario | Awaitable[Scenario] | Awaitable[object]] | Scenario,
+    *args: object,
     within: float,
     grace: float | None = None,
     max_points: int = DEFAULT_MAX_POINTS,
@@ -1027,6 +1162,7 @@ async def explore(
     mode: Literal["stop", "cancel"] = "stop",
     hang_points: int = DEFAULT_HANG_POINTS,
     allow_cut_cleanup: bool = False,
+    per_site: int | None = None,
 ) -> Exploration:
     """Stop the worker at every scheduling point in turn, and check each run.
 
@@ -1038,6 +1174,10 @@ async def explore(
 
         (await explore(scenario, within=0.05)).assert_ok()
 
+    *setup* may also be the worker itself, with its arguments after it
+    (``explore(consume, queue, within=0.05)``), or a :class:`Scenario`: each run then
+    reuses the same arguments, which suits a worker that keeps no state in them.
+
     Run N requests the stop right after the worker's N-th scheduling point (every
     await that yields to the loop; 0 is before its first step), with a fresh
     scenario from *setup*.  A run passes if the worker exits by itself within
@@ -1048,9 +1188,13 @@ async def explore(
     out of points is checked too: what the worker raised there, and the invariants,
     fail the exploration like any run's.
 
-    :param setup: makes a fresh :class:`Scenario` for each run (plain or async)
+    :param setup: makes a fresh :class:`Scenario` for each run (a plain or async
+        function taking no arguments); or the worker (an async function taking the
+        stop signal first), or a :class:`Scenario`
+    :param args: the worker's arguments, when *setup* is the worker
     :param within: the longest stop latency allowed, in seconds (loop clock)
-    :param grace: the scope's grace period (default: twice *within*)
+    :param grace: the scope's grace period (default: twice *within*, as in
+        :func:`probe`; ``math.inf``: wait for ever)
     :param max_points: the highest point tried
     :param points: try exactly these points (to replay one run: ``points=[7]``)
     :param sample: random mode: try this many points drawn from 0..*max_points*
@@ -1071,15 +1215,25 @@ async def explore(
         cleanup await cut short, or breaks an invariant
     :param hang_points: the hang guard: a worker that goes through this many
         scheduling points past a run's point without the run ending is taken for a
-        busy loop; the kit ends the run (stop, then cancellation) and it fails
+        busy loop; the kit ends the run (stop, then cancellation) and it fails.  In
+        virtual time only points at which the clock stood still count (a worker that
+        waits moves it)
     :param allow_cut_cleanup: do not fail a run in which a cancellation cut a cleanup
         await short: an unshielded await in a ``finally`` or ``except`` block (flake8-async's
         ASYNC102, at run time); the report still names it
+    :param per_site: site mode: a first run goes through every point and notes its
+        await site (the worker's frames and lines there); then only the first
+        *per_site* points of each distinct site, and its last one, are tried (a few
+        runs instead of one per point; the same points every time).  The survey
+        runs first: arguments shared by every run (a worker or :class:`Scenario`
+        given instead of a factory) must hold no state it could use up
     :raises ValueError: for a negative duration or limit, *points* with *sample*, an
-        unknown *mode* or a *hang_points* below 1
+        unknown *mode*, a *hang_points* below 1, or
+        *per_site* below 1 or with *points* or *sample*
     """
+    __tracebackhide__ = True
     return await _explore(
-        setup,
+        _setup_of(setup, args),
         within,
         grace,
         max_points,
@@ -1091,6 +1245,7 @@ async def explore(
         mode=mode,
         hang_points=hang_points,
         allow_cut_cleanup=allow_cut_cleanup,
+        per_site=per_site,
     )
 
 
@@ -1108,15 +1263,36 @@ async def _explore(
     mode: Mode = "stop",
     hang_points: int = DEFAULT_HANG_POINTS,
     allow_cut_cleanup: bool = False,
+    per_site: int | None = None,
 ) -> Exploration:
     idle = _check_seconds(idle, "idle")
     mode = _check_mode(mode)
     hang_points = _check_hang_points(hang_points)
     within_s = _check_seconds(within, "within", allow_none=False)
     assert within_s is not None
-    grace = 2 * within_s if grace is None else _check_seconds(grace, "grace")
+    grace = _default_grace(grace, within_s)
     limit = _check_point(max_points, "max_points")
-    if points is not None:
+    survey: ProbeResult | None = None
+    sites: list[Site] = []
+    if per_site is not None:
+        if points is not None or sample is not None:
+            raise ValueError("give `per_site` alone, not with `points` or `sample`")
+        if _check_point(per_site, "per_site") < 1:
+            raise ValueError(f"`per_site` must be at least 1, got {per_site!r}")
+        survey = await _run(
+            await _make(setup),
+            at_point=limit + 1,
+            after=None,
+            grace=grace,
+            within=within_s,
+            idle=idle,
+            mode=mode,
+            hang_points=hang_points,
+            allow_cut_cleanup=allow_cut_cleanup,
+            sites=sites,
+        )
+        plan = plan_by_site(sites, per_site, limit)
+    elif points is not None:
         if sample is not None:
             raise ValueError("give `points` or `sample`, not both")
         plan = sorted({_check_point(p, "points") for p in points})
@@ -1136,11 +1312,7 @@ async def _explore(
     exhausted = False
     name = "worker"
     for point in plan:
-        scenario = setup()
-        if inspect.isawaitable(scenario):
-            scenario = await scenario
-        if not isinstance(scenario, Scenario):
-            raise TypeError(f"`setup` must return a Scenario, got {scenario!r}")
+        scenario = await _make(setup)
         name = scenario.name
         result = await _run(
             scenario,
@@ -1165,6 +1337,14 @@ async def _explore(
         if not result.ok:
             failure, failed_at = result, point
             break
+    if survey is not None:
+        name = survey.worker
+        if failure is None and not survey.requested:
+            # the worker ran out of points in the survey: that run is the last one
+            exhausted = True
+            if not survey.ok:
+                runs.append(survey)
+                failure, failed_at = survey, survey.reached + 1
     replay = None
     if failure is not None:
         replay = f"explore(..., points=[{failed_at}])"
@@ -1178,7 +1358,18 @@ async def _explore(
         limit=limit,
         seed=seed if sample is not None else None,
         replay=replay,
+        per_site=per_site,
+        sites=len(set(sites[:limit])) if per_site is not None else None,
     )
+
+
+async def _make(setup: Callable[[], Scenario | Awaitable[Scenario]]) -> Scenario:
+    scenario = setup()
+    if inspect.isawaitable(scenario):
+        scenario = await scenario
+    if not isinstance(scenario, Scenario):
+        raise TypeError(f"`setup` must return a Scenario, got {scenario!r}")
+    return scenario
 
 
 @final
@@ -1212,7 +1403,7 @@ class StopKit:
         *args: object,
         at_point: int | None = None,
         after: float | None = None,
-        grace: float | None = 1.0,
+        grace: float | None = None,
         within: float | None = None,
         idle: float | None = None,
         mode: Literal["stop", "cancel"] = "stop",
@@ -1220,6 +1411,7 @@ class StopKit:
         allow_cut_cleanup: bool = False,
     ) -> ProbeResult:
         """:func:`probe`, for this test."""
+        __tracebackhide__ = True
         return await probe(
             worker,
             *args,
@@ -1235,8 +1427,8 @@ class StopKit:
 
     async def explore(
         self,
-        setup: Callable[[], Scenario | Awaitable[Scenario]],
-        *,
+        setup: Callable[..., Scenario | Awaitable[Scenario] | Awaitable[object]] | Scenario,
+        *args: object,
         within: float,
         grace: float | None = None,
         max_points: int = DEFAULT_MAX_POINTS,
@@ -1247,17 +1439,19 @@ class StopKit:
         mode: Literal["stop", "cancel"] = "stop",
         hang_points: int = DEFAULT_HANG_POINTS,
         allow_cut_cleanup: bool = False,
+        per_site: int | None = None,
     ) -> Exploration:
         """:func:`explore`, for this test (``--stopscope-point`` replays one point)."""
         if points is None and self._point is not None:
-            points, sample = [self._point], None
+            points, sample, per_site = [self._point], None, None
         if seed is None:
             seed = self._seed
         hint = None
         if self._nodeid:
             hint = f"pytest '{self._nodeid}' --stopscope-point={{point}}"
+        __tracebackhide__ = True
         return await _explore(
-            setup,
+            _setup_of(setup, args),
             within,
             grace,
             max_points,
@@ -1269,4 +1463,372 @@ class StopKit:
             mode=mode,
             hang_points=hang_points,
             allow_cut_cleanup=allow_cut_cleanup,
+            per_site=per_site,
         )
+
+
+# ------------------------------------------------------- hard-cancel runs: the driver
+
+
+class _Abandoned(Exception):
+    """Raised out of the driver when the kit gives up on a worker that keeps running."""
+
+
+#: coroutines that refused to close (they caught GeneratorExit and awaited again): kept,
+#: so that the garbage collector does not close them a second time, noisily
+_kept: list[Any] = []
+
+
+class _Driven:
+    """Drives the worker's coroutine in its task, on either backend: counts its yields,
+    sees each cancellation thrown into it, and closes it when the kit gives up on it."""
+
+    __slots__ = ("_coro", "_tracer")
+
+    def __init__(self, coro: Any, tracer: _CancelTracer) -> None:
+        self._coro = coro
+        self._tracer = tracer
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, tracer = self._coro, self._tracer
+        cancelled = anyio.get_cancelled_exc_class()
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                if error is None:
+                    yielded = coro.send(value)
+                else:
+                    yielded, error = coro.throw(error), None
+            except StopIteration as done:
+                return done.value
+            tracer.suspended()
+            try:
+                value = yield yielded
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # asyncio throws the cancellation in
+                value, error = None, exc
+                if isinstance(exc, cancelled) and tracer.stop_time is not None:
+                    tracer.delivered += _visible(tracer.hard)
+            else:  # trio sends it, as an outcome.Error the trap unwraps
+                if tracer.stop_time is not None and isinstance(
+                    getattr(value, "error", None), cancelled
+                ):
+                    tracer.delivered += _visible(tracer.hard)
+            if tracer.giving_up():
+                tracer.abandoned = True
+                tracer.last = tracer.last or []
+                try:
+                    coro.close()  # its finally blocks and cancel scopes unwind
+                except RuntimeError:  # it awaited again: it cannot be closed
+                    _kept.append(coro)
+                except Exception:  # it raised as it closed: it is closed
+                    pass
+                raise _Abandoned
+
+
+def _visible(hard: Any) -> bool:
+    """Whether the kit's cancellation reaches the worker where it is now, with no
+    shield in between (a cancellation the worker gets inside a shield is its own: a
+    deadline of its own, say).  Reads the backend's scope stack (private attributes,
+    read defensively: without them, every cancellation counts)."""
+    try:
+        if _backend() == "trio":
+            import trio
+
+            status: Any = trio.lowlevel.current_task()._cancel_status
+            while status._scope is not hard:  # the kit's scope is in the chain
+                if status._scope.shield:
+                    return False
+                status = status._parent
+            return True
+        from anyio._backends._asyncio import _task_states
+
+        state = _task_states.get(asyncio.current_task())  # type: ignore[arg-type]
+        scope: Any = state.cancel_scope  # type: ignore[union-attr]
+        while scope is not hard:  # the kit's scope is in the chain
+            if scope._shield:
+                return False
+            scope = scope._parent_scope
+    except (AttributeError, ImportError):  # pragma: no cover - other versions
+        pass
+    return True
+
+
+def _new_scope() -> Any:
+    """The kit's cancel scope: trio's own on trio (its scope stack is what
+    :func:`_visible` reads), anyio's on asyncio."""
+    if _backend() == "trio":
+        import trio
+
+        return trio.CancelScope()
+    return anyio.CancelScope()
+
+
+class _CancelTracer(_Tracer):
+    """The tracer of a hard-cancel run: the stop is a cancellation of the worker."""
+
+    __slots__ = ("abandoned", "cancel_first", "delivered", "gave_up", "hard")
+
+    def __init__(
+        self, target: int | None, grace: float | None, now: Callable[[], float], hang_points: int
+    ) -> None:
+        # no TaskScope: the worker runs in a plain task group, and request_stop is ours
+        super().__init__(cast("TaskScope", None), target, grace, now)
+        self.hang_points = hang_points
+        self.hard: Any = None  # the kit's cancel scope around the worker
+        self.cancel_first = False
+        self.delivered = 0  # cancellations thrown into the worker after the kit's cancel
+        self.abandoned = False
+        self.gave_up: str | None = None  # why the kit closed the worker
+
+    def request_stop(self, reason: str) -> None:
+        self.stop_time = self.now()
+        self.stop_points = self.points
+        self.stop_stack = self.last
+        if self.hard is not None:
+            self.hard.cancel()
+        else:
+            self.cancel_first = True
+        self.wake.set()
+
+    def resumed(self) -> None:
+        """Not used: the driver sees each resumption itself."""
+
+    def giving_up(self) -> bool:
+        """Whether the worker runs on after the cancel: for *hang_points* points (see
+        :meth:`hang`), or longer than its grace (checked each time it resumes)."""
+        if self.gave_up is not None:
+            return True
+        grace, stopped = self.grace, self.stop_time
+        if stopped is not None and grace is not None and self.now() - stopped > grace:
+            self.gave_up = (
+                f"the worker kept running after the cancellation: {_ms(grace)} later it "
+                f"was still at {_where(self.last)}, so the kit closed it"
+            )
+            return True
+        return False
+
+    def hang(self) -> None:
+        if self.stop_time is None:
+            self.hung += (
+                f"the worker never waited: {self.points} scheduling points went by "
+                f"without an end, at {_where(self.last)} (a busy loop?); the kit cancelled "
+                f"it to end the run (hang_points={self.hang_points})",
+            )
+            self.request_stop("stopscope.testing: the worker never waited")
+            self.hang_at = self.points + self.hang_points
+            self.hang_stop = self.points
+            return
+        self.hang_at = math.inf
+        self.gave_up = (
+            f"the worker kept running after the cancellation: "
+            f"{self.points - (self.stop_points or 0)} scheduling points later it was still "
+            f"at {_where(self.last)}, so the kit closed it (hang_points={self.hang_points})"
+        )
+
+    async def run_hard(
+        self, signal: StopSignal, worker: Callable[..., Awaitable[object]], args: tuple[Any, ...]
+    ) -> None:
+        coro = worker(signal, *args)
+        if not inspect.iscoroutine(coro):
+            self.exited = True
+            self.wake.set()
+            raise TypeError(
+                f"the worker must be an async function; {_callable_name(worker)} returned {coro!r}"
+            )
+        self.coro = coro
+        if self.leak_watch is not None:
+            self.leak_watch.adopt_current()
+        try:
+            with _new_scope() as hard:
+                self.hard = hard
+                if self.cancel_first:
+                    hard.cancel()
+                try:
+                    await _Driven(coro, self)
+                except BaseException as exc:
+                    # the cancellation (caught by `hard`, kept for the cleanup check) or
+                    # the worker's error (a fact of the run, not the kit's)
+                    self.raised = exc
+                    raise
+                self.returned = True
+        except _Abandoned:
+            self.raised = None
+        except Exception:
+            pass  # kept in self.raised
+        finally:
+            self.exited = True
+            self.exit_time = self.now()
+            self.wake.set()
+
+
+def _split(exc: BaseException | None) -> tuple[bool, BaseException | None]:
+    """Whether *exc* is (or holds) a cancellation, and the rest of it: the worker's error."""
+    kind = anyio.get_cancelled_exc_class()
+    if exc is None:
+        return False, None
+    if isinstance(exc, kind):
+        return True, None
+    if isinstance(exc, BaseExceptionGroup):
+        match, rest = exc.split(kind)
+        return match is not None, rest
+    return False, exc
+
+
+# ------------------------------------------------------------------ the run
+
+
+async def run_cancel(
+    scenario: Scenario,
+    *,
+    at_point: int | None,
+    after: float | None,
+    grace: float | None,
+    within: float | None,
+    idle: float | None,
+    hang_points: int,
+    allow_cut_cleanup: bool,
+    sites: list[Site] | None = None,
+) -> ProbeResult:
+    """One hard-cancel run: like the graceful run of ``_probe._run``, with a cancellation
+    of the worker where that run requests its stop."""
+    backend = _backend()
+    virtual = running_virtual()
+    if backend == "trio":
+        import trio
+
+        now: Callable[[], float] = trio.current_time
+    else:
+        now = asyncio.get_running_loop().time
+    tracer = _CancelTracer(at_point, grace, now, hang_points)
+    tracer.hang_at = (at_point or 0) + hang_points
+    tracer.still_at = now() if virtual else None
+    tracer.sites = sites
+    leaks = LeakWatch(backend, _is_library, scenario.allow_leaks)
+    tracer.leak_watch = leaks
+    guard = ThreadGuard() if virtual else None
+    instrument: _TrioInstrument | None = None
+    if backend == "trio":
+        # drives the thread guard only: the tracer has no trio task, the driver counts
+        instrument = _TrioInstrument(tracer, guard)
+        trio.lowlevel.add_instrument(instrument)  # type: ignore[arg-type]
+    elif guard is not None:
+        guard.install_asyncio(asyncio.get_running_loop())
+    signal = StopSignal()  # never set: the worker is cancelled, not asked
+    requested_at: float | None = None
+    try:
+        async with anyio.create_task_group() as helpers:
+            if guard is not None and backend == "trio":
+                helpers.start_soon(guard.run_trio, name="stopscope.testing thread guard")
+            try:
+                async with anyio.create_task_group() as group:
+                    leaks.start()
+                    group.start_soon(
+                        tracer.run_hard, signal, scenario.worker, scenario.args, name=scenario.name
+                    )
+                    if at_point == 0:
+                        tracer.request_stop("stopscope.testing: cancel before the first step")
+                    elif at_point is not None:
+                        await _until_point_any(tracer, idle, virtual)
+                    elif after is not None:
+                        await tracer.wake.sleep(after)
+                        if not tracer.exited:
+                            tracer.request_stop(f"stopscope.testing: cancel after {after:g} s")
+                    else:
+                        await anyio.wait_all_tasks_blocked()
+                        if not tracer.exited:
+                            tracer.request_stop("stopscope.testing: cancel once the worker waits")
+                    if tracer.stop_time is not None:
+                        requested_at = time.monotonic()
+            finally:
+                helpers.cancel_scope.cancel()
+    finally:
+        leaks.stop()
+        if instrument is not None:
+            trio.lowlevel.remove_instrument(instrument)  # type: ignore[arg-type]
+
+    raised = tracer.raised
+    cancelled, error = _split(raised)
+    stopped = tracer.stop_time is not None
+    if error is not None:
+        outcome = Outcome.FAILED
+    elif tracer.abandoned:
+        outcome = Outcome.ABANDONED
+    elif cancelled or (tracer.returned and tracer.delivered):
+        outcome = Outcome.CANCELLED
+    elif stopped:
+        outcome = Outcome.STOPPED  # it returned before any cancellation reached it
+    else:
+        outcome = Outcome.FINISHED
+    requested = stopped and outcome is not Outcome.FINISHED and not tracer.unreached
+    latency = None
+    if requested and tracer.exit_time is not None and tracer.stop_time is not None:
+        latency = max(0.0, tracer.exit_time - tracer.stop_time)
+    swallowed = tracer.returned and tracer.delivered > 0
+    if tracer.hang_stop is not None and at_point is None:
+        moment = f"by the hang guard, after {tracer.hang_stop} scheduling points"
+    elif tracer.unreached:
+        moment = f"at scheduling point {at_point}, which it never reached"
+    elif at_point is not None:
+        moment = "before its first step" if at_point == 0 else f"at scheduling point {at_point}"
+    elif after is not None:
+        moment = f"after {after:g} s"
+    else:
+        moment = "once it was waiting"
+    extra = list(tracer.hung)
+    if tracer.gave_up is not None:
+        extra.append(tracer.gave_up)
+    if swallowed:
+        extra.append(
+            f"the worker swallowed the cancellation: cancelled "
+            f"{'at ' + _where(tracer.stop_stack) if tracer.stop_stack else 'before its first step'}"
+            f", it returned normally instead of letting the cancellation propagate"
+        )
+    cut = cut_cleanup(raised if cancelled else None, _is_library)
+    if cut is not None and not allow_cut_cleanup:
+        extra.append(cut_cleanup_failure(cut))
+    record = TaskRecord(
+        name=scenario.name,
+        outcome=outcome,
+        latency=latency,
+        error=error,
+        phase="cancelled-from-outside" if requested else "running",
+        exited_at=time.monotonic(),
+    )
+    report = ShutdownReport(
+        reason=StopReason.CANCELLED if stopped else None,
+        requested_at=requested_at,
+        tasks=(record,),
+    )
+    stop_stack = tracer.stop_stack or []
+    kept = tracer.last if tracer.abandoned else None
+    return ProbeResult(
+        worker=scenario.name,
+        backend=backend,
+        virtual=virtual,
+        moment=moment,
+        point=at_point if requested else None,
+        requested=requested,
+        outcome=outcome,
+        latency=latency,
+        error=error,
+        swallowed_cancellation=swallowed,
+        grace=grace,
+        within=within,
+        reached=tracer.points if tracer.stop_points is None else tracer.stop_points,
+        stack_at_stop=_format(stop_stack) if stop_stack else "",
+        stack_at_grace=None if kept is None else _format(kept),
+        invariant_failures=await _invariant_failures(scenario),
+        record=record,
+        report=report,
+        where_at_stop=_where(stop_stack),
+        where_at_grace=None if kept is None else _where(kept),
+        _waited=tracer.unreached,
+        mode="cancel",
+        cut_cleanup=cut,
+        _extra=tuple(extra),
+        leaks=await leaks.leaks(),
+    )
