@@ -207,6 +207,44 @@ class TestSpanTree:
         assert parent_of(spans["stop TaskScope"]) == span_id(spans["request"])
         assert parent_of(spans["member worker"]) == span_id(spans["stop TaskScope"])
 
+    async def test_a_runtime_context_of_its_own_still_parents_the_stop(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # the API's runtime context is pluggable: one that is not the API's ContextVar
+        # is read through opentelemetry.context.get_current()
+        import opentelemetry.context
+        from opentelemetry.context.context import Context, _RuntimeContext
+
+        inner = opentelemetry.context._RUNTIME_CONTEXT
+
+        class Delegating(_RuntimeContext):
+            def attach(self, context: Context) -> Any:
+                return inner.attach(context)
+
+            def get_current(self) -> Context:
+                return inner.get_current()
+
+            def detach(self, token: Any) -> None:
+                inner.detach(token)
+
+        monkeypatch.setattr(opentelemetry.context, "_RUNTIME_CONTEXT", Delegating())
+        kit = Telemetry()
+        stopscope.otel.instrument(
+            tracer_provider=kit.tracer_provider, meter_provider=kit.meter_provider
+        )
+        try:
+            listener = stopscope.otel._listener
+            assert listener is not None
+            assert listener._context == opentelemetry.context.get_current
+            tracer = kit.tracer_provider.get_tracer("test")
+            with anyio.fail_after(HANG_GUARD), tracer.start_as_current_span("request"):
+                async with TaskScope(grace=30) as scope:
+                    scope.start_soon(until_stopped, scope.signal, name="worker")
+            spans = await kit.spans()
+        finally:
+            stopscope.otel.uninstrument()
+        assert parent_of(spans["stop TaskScope"]) == span_id(spans["request"])
+
     async def test_a_stop_by_a_signal_names_it(self, telemetry: Telemetry) -> None:
         with anyio.fail_after(HANG_GUARD):
             async with TaskScope(grace=30) as scope:

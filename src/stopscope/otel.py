@@ -21,10 +21,13 @@ event loop (a worker thread), so the stop itself pays for none of it.
 from __future__ import annotations
 
 import atexit
+import itertools
 import signal as _signal_module
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from . import _scope
@@ -111,7 +114,10 @@ class _Listener:
         self.reserve = reserve
         self.owned = owned  # providers made by instrument(exporter=...): shut down at the end
         self._trace = trace
-        self._context = context.get_current
+        # the OpenTelemetry context of the task that ran the block: with the API's own
+        # runtime context (a ContextVar), read in one C call; else through the API
+        var = getattr(getattr(context, "_RUNTIME_CONTEXT", None), "_current_context", None)
+        self._context = var.get if isinstance(var, ContextVar) else context.get_current
         self.tracer = (tracer_provider or trace.get_tracer_provider()).get_tracer(
             "stopscope", __version__
         )
@@ -131,6 +137,10 @@ class _Listener:
         )
         self._pending: dict[TaskScope, list[tuple[int, TaskRecord | None, str, dict[str, Any]]]]
         self._pending = {}
+        # finished stops, as a scope hands them over: (scope, name, hard, ended,
+        # context), one append (atomic under the GIL, no lock); the worker takes them
+        # from there into _queue, where they become _Stop fields
+        self._finished: deque[tuple[Any, ...]] = deque()
         self._queue: list[tuple[Any, ...]] = []  # _Stop fields
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
@@ -143,8 +153,9 @@ class _Listener:
         self._flushed = 0  # ...and the last it has done
         self._flush_deadline = 0.0  # time.monotonic(): the latest a flush asked
         self._flush_ok = True
-        self._submitted = 0  # stops recorded
-        self._exit_flushed: int | None = None  # ...when at_exit() last flushed
+        # one tick per stop recorded and per at_exit() (next() is atomic under the GIL)
+        self._ticks = itertools.count()
+        self._exit_flushed: int | None = None  # the tick of the last at_exit() that flushed
         self._closed = False
         self._thread = threading.Thread(
             target=self._work, name="stopscope.otel exporter", daemon=True
@@ -159,31 +170,41 @@ class _Listener:
         self._pending.setdefault(scope, []).append((time.time_ns(), record, name, attributes))
 
     def finished(self, scope: TaskScope) -> None:
-        requested = scope._requested_at
-        assert requested is not None
-        # as little as will do: this runs at the end of the stop, on its loop
+        # as little as will do: this runs at the end of the stop, on its loop, before
+        # the scope's block exits.  What is final once the scope closed (its records,
+        # stages, reason, grace, events) the worker reads later; only what could still
+        # change (the name, hardness), the end time and the context are taken now
+        self._finished.append((scope, scope.name, scope._hard, time.monotonic(), self._context()))
+        next(self._ticks)
+
+    def _snapshot(self, handed: tuple[Any, ...]) -> tuple[Any, ...]:
+        """A finished scope's stop, as _Stop fields (on the worker thread)."""
+        scope, name, hard, ended, ctx = handed
+        frozen = scope._frozen
+        assert frozen is not None
+        reason, requested = frozen
         stages = scope._stages
-        stop = (  # a plain tuple (a _Stop's fields): a NamedTuple is slower to make
-            scope.name,
+        return (
+            name,
             scope._grace,
-            scope._signal._reason,
+            reason,
             requested,
-            time.monotonic(),
-            scope._hard,
+            ended,
+            hard,
             tuple(scope._records),
             tuple([(s.name, s.set_real, s.first) for s in stages]) if stages else (),
             self._pending.pop(scope, ()),
-            self._context(),
+            ctx,
         )
-        with self._lock:
-            self._queue.append(stop)
-            self._submitted += 1
 
     # -- the worker thread -------------------------------------------------------------
 
     def _take(self) -> list[tuple[Any, ...]] | None:
         """The stops to export now (under the lock): all for a flush, else the settled."""
         queue = self._queue
+        finished = self._finished
+        while finished:
+            queue.append(self._snapshot(finished.popleft()))
         if not queue:
             return None
         n = len(queue)
@@ -398,10 +419,11 @@ class _Listener:
         """Flush within the reserve: once for run() and the atexit hook together (again
         only if a stop was recorded since), so that a process exits within one reserve."""
         with self._lock:
-            submitted = self._submitted
-            if self._exit_flushed == submitted:
+            tick = next(self._ticks)
+            if self._exit_flushed == tick - 1:  # nothing recorded since the last one
+                self._exit_flushed = tick
                 return
-            self._exit_flushed = submitted
+            self._exit_flushed = tick
         self.flush(self.reserve)
 
 
