@@ -20,7 +20,7 @@ from .._signal import StopSignal, _backend, logger
 #: ``current_task`` where there is one (Python 3.12+; the public name is a Python
 #: wrapper around it); before that, the tasks by loop that asyncio keeps (in C), read
 #: directly (``asyncio.current_task()`` is a Python function there, about 0.3 µs of
-#: middleware's cost per request)
+#: the middleware's cost per request)
 _current_task: Callable[[], Any] | None = (
     getattr(sys.modules.get("_asyncio"), "current_task", None)
     if sys.version_info >= (3, 12)
