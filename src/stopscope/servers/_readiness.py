@@ -10,17 +10,25 @@ import threading
 from asyncio import CancelledError as _AsyncioCancelled
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, Final, Literal, final
+from typing import Any, Final, Literal, Protocol, final
 
 import anyio
 
 from .._signal import StopSignal, _backend, logger
 
-#: ``asyncio.current_task()``: the C function where there is one (Python 3.12+; the
-#: public name is a Python wrapper around it), as it runs for every request
-_current_task: Callable[[], Any] = (
-    getattr(sys.modules.get("_asyncio"), "current_task", None) or asyncio.current_task
+#: the current asyncio task, as cheaply as it can be had, for every request: the C
+#: ``current_task`` where there is one (Python 3.12+; the public name is a Python
+#: wrapper around it); before that, the tasks by loop that asyncio keeps (in C), read
+#: directly (``asyncio.current_task()`` is a Python function there, about 0.3 µs of
+#: the middleware's cost per request)
+_current_task: Callable[[], Any] | None = (
+    getattr(sys.modules.get("_asyncio"), "current_task", None)
+    if sys.version_info >= (3, 12)
+    else None
 )
+_tasks_by_loop: dict[Any, Any] = getattr(asyncio.tasks, "_current_tasks", {})
+_running_loop = asyncio.get_running_loop
+
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
@@ -42,6 +50,16 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: where :class:`ReadinessMiddleware` puts a request's stop signal in the ASGI scope
 SCOPE_KEY: Final = "stopscope.signal"
+
+#: the methods of a readiness probe
+_PROBE: Final = ("GET", "HEAD")
+
+
+class _Cancellable(Protocol):
+    """An asyncio task or a trio cancel scope: what stops one request's app."""
+
+    def cancel(self) -> object: ...
+
 
 #: seconds an event stream (``text/event-stream``) still open when the drain begins is
 #: given to end by itself (a handler that watches :func:`request_signal` does), before
@@ -297,34 +315,58 @@ class ReadinessMiddleware:
             await idle.wait()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # the request path, kept flat: each coroutine frame and Python-level call here
+        # costs every request (benchmarks/bench_middleware.py measures it)
         kind = scope["type"]
-        if kind == "websocket":
-            await self._websocket(scope, receive, send)
+        if kind != "http":
+            if kind == "websocket":
+                await self._websocket(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
-        if kind == "http":
-            if (
-                scope.get("path") == self.path
-                and self.path is not None
-                and scope.get("method") in ("GET", "HEAD")
-            ):
-                await self._answer_probe(scope, self._closing_sender(scope, send))
-                return
-            if self.readiness._state != "ready":  # from the stop on: clients move on
-                send = self._closing_sender(scope, send)
-        else:
-            await self.app(scope, receive, send)
+        path = self.path
+        if path is not None and scope.get("path") == path and scope.get("method") in _PROBE:
+            await self._answer_probe(scope, self._closing_sender(scope, send))
             return
+        if self.readiness._state != "ready":  # from the stop on: clients move on
+            send = self._closing_sender(scope, send)
         self.in_flight += 1
         exchange: _Exchange | None = None
         try:
-            if self.request_signals:
-                exchange = _Exchange(self.readiness._draining, receive, send)
-                # in place, as servers make a scope per request (and as Starlette does):
-                # a copy per request would cost more than all the rest
-                scope[SCOPE_KEY] = exchange
-                await self._run_stoppable(scope, exchange)
-            else:
+            if not self.request_signals:
                 await self.app(scope, receive, send)
+                return
+            exchange = _Exchange(self.readiness._draining, receive, send)
+            # in place, as servers make a scope per request (and as Starlette does):
+            # a copy per request would cost more than all the rest
+            scope[SCOPE_KEY] = exchange
+            # run the app in a way the middleware can stop it (an event stream it ends
+            # at the drain): on asyncio, the request's task itself (a native cancel():
+            # no cancel scope and no extra coroutine on the request path)
+            on_trio = self._trio
+            if on_trio is None:
+                on_trio = self._trio = _backend() == "trio"
+            if on_trio:
+                await self._run_on_trio(scope, exchange)
+                return
+            # no local for the task: a frame that holds its own task, in the traceback
+            # of a cancellation, is a reference cycle that keeps the request's task
+            # alive (the exchange lets go of it in close(), before anything propagates)
+            exchange._stopper = (
+                _tasks_by_loop.get(_running_loop()) if _current_task is None else _current_task()
+            )
+            try:
+                await self.app(scope, exchange.receive, exchange.send)
+            except _AsyncioCancelled:
+                end = exchange._stream_end
+                if end is None or not end.ending or _take_back(exchange._stopper):
+                    raise  # not ours, or cancelled by someone else too
+            else:
+                end = exchange._stream_end
+                if end is None or not end.ending:
+                    return
+                _take_back(exchange._stopper)  # the handler swallowed our cancellation
+            await self._end_stream(end)
         except BaseException as exc:
             if isinstance(exc, anyio.get_cancelled_exc_class()):
                 self.cancelled += 1
@@ -442,40 +484,17 @@ class ReadinessMiddleware:
             idle = self._sessions_idle = anyio.Event()
             await idle.wait()
 
-    async def _run_stoppable(self, scope: Scope, exchange: _Exchange) -> None:
-        """Run the app for one request in a way the middleware can stop it (an event
-        stream it ends at the drain): a trio cancel scope, or the asyncio task itself
-        (a native ``cancel()``: no anyio cancel scope on the request path)."""
-        on_trio = self._trio
-        if on_trio is None:
-            on_trio = self._trio = _backend() == "trio"
-        if on_trio:
-            import trio
+    async def _run_on_trio(self, scope: Scope, exchange: _Exchange) -> None:
+        """Run the app for one request on trio, in a cancel scope that only an event
+        stream's end at the drain cancels."""
+        import trio
 
-            with trio.CancelScope() as stopper:  # only an event stream's end cancels it
-                exchange._stopper = stopper.cancel
-                await self.app(scope, exchange.receive, exchange.send)
-            end = exchange._stream_end
-            if end is not None and end.ending:
-                await self._end_stream(end)
-            return
-        # no local for the task: a frame that holds its own task, in the traceback of a
-        # cancellation, is a reference cycle that keeps the request's task alive
-        exchange._stopper = _current_task().cancel
-        try:
+        with trio.CancelScope() as stopper:
+            exchange._stopper = stopper
             await self.app(scope, exchange.receive, exchange.send)
-        except _AsyncioCancelled:
-            end = exchange._stream_end
-            if end is None or not end.ending:
-                raise
-            if _take_back(_current_task()):  # cancelled by someone else too
-                raise
-        else:
-            end = exchange._stream_end
-            if end is None or not end.ending:
-                return
-            _take_back(_current_task())  # the handler swallowed our cancellation
-        await self._end_stream(end)
+        end = exchange._stream_end
+        if end is not None and end.ending:
+            await self._end_stream(end)
 
     async def _end_stream(self, end: _StreamEnd) -> None:
         """The handler of an event stream was stopped at the drain: end the response."""
@@ -714,7 +733,8 @@ class _Exchange:
         self._gone = False  # a disconnect before the response was complete
         self._reading = 0  # the app is inside the server's receive() (this many calls)
         self._watch: _Watch | None = None
-        self._stopper: Callable[[], object] | None = None  # cancels the request's app
+        #: what cancels the request's app: its asyncio task, or its trio cancel scope
+        self._stopper: _Cancellable | None = None
         self._stream_end: _StreamEnd | None = None  # an event stream's end at the drain
 
     def send(self, message: Message) -> Awaitable[None]:
@@ -862,7 +882,7 @@ class _StreamEnd:
         # from here on, what the handler sends goes nowhere: the stream is the middleware's
         self._send = exchange._raw_send
         exchange._raw_send = _dropped_send
-        stopper()
+        stopper.cancel()
 
     async def finish(self, retry: float | None) -> None:
         """Send the last ``retry:`` field (if any) and the end of the response."""
