@@ -169,9 +169,12 @@ class ReadinessMiddleware:
       ``Connection: close``: a client with a keep-alive connection opens a new one for
       its next request, which the load balancer sends to another replica, instead of
       reusing one that the server will close when it stops listening.  With
-      :attr:`close_connections` false the responses are left as the app made them,
-      and keep-alive connections end as the server ends them at its own shutdown: what
-      a server alone on its host (no drain delay, no other replica to move to) wants.
+      :attr:`close_connections` false the responses are left as the app made them
+      until the listener is closed (state ``draining``), and keep-alive connections
+      end as the server ends them at its own shutdown: what a server alone on its host
+      (no drain delay, no other replica to move to) wants; the responses that begin
+      from then on get ``Connection: close`` all the same, so no client reuses a
+      connection the server is about to end.
     * With ``request_signals=True``, each HTTP request and WebSocket session can have a
       :class:`StopSignal` (:func:`request_signal`), set when the client disconnects
       before the response is complete (reason :attr:`RequestStop.CLIENT_DISCONNECTED`)
@@ -309,7 +312,10 @@ class ReadinessMiddleware:
             ):
                 await self._answer_probe(scope, self._closing_sender(scope, send))
                 return
-            if self.readiness._state != "ready":  # from the stop on: clients move on
+            # from the stop on: clients move on; without that (no balancer), the
+            # responses that begin once the listener is closed, whenever their
+            # request came (see _closing_sender)
+            if self.readiness._state != "ready" or not self.close_connections:
                 send = self._closing_sender(scope, send)
         else:
             await self.app(scope, receive, send)
@@ -498,16 +504,18 @@ class ReadinessMiddleware:
         )
 
     def _closing_sender(self, scope: Scope, send: Send) -> Send:
-        """``send``, adding ``Connection: close`` to an HTTP/1 response once stopping."""
-        if not self.close_connections or scope.get("http_version") not in ("1.0", "1.1"):
-            return send  # not asked for; HTTP/2 and 3 forbid the Connection header
+        """``send``, adding ``Connection: close`` to an HTTP/1 response once stopping
+        (with :attr:`close_connections` false: once draining)."""
+        if scope.get("http_version") not in ("1.0", "1.1"):
+            return send  # HTTP/2 and 3 forbid the Connection header
         readiness = self.readiness
+        # once the listener is closed, always: a keep-alive request that reaches
+        # hypercorn's trio worker as its shutdown begins leaves the connection paused
+        # with nothing to resume it, and the server waits out its graceful timeout
+        states = ("stopping", "draining") if self.close_connections else ("draining",)
 
         async def sender(message: Message) -> None:
-            if message["type"] == "http.response.start" and readiness._state in (
-                "stopping",
-                "draining",
-            ):
+            if message["type"] == "http.response.start" and readiness._state in states:
                 headers = list(message.get("headers", ()))
                 if not any(name.lower() == b"connection" for name, _ in headers):
                     headers.append((b"connection", b"close"))
