@@ -324,7 +324,7 @@ class ReadinessMiddleware:
         exchange: _Exchange | None = None
         try:
             if self.request_signals:
-                exchange = _Exchange(self.readiness._draining, receive, send)
+                exchange = _Exchange(self._drain_signal(scope), receive, send)
                 # in place, as servers make a scope per request (and as Starlette does):
                 # a copy per request would cost more than all the rest
                 scope[SCOPE_KEY] = exchange
@@ -341,6 +341,16 @@ class ReadinessMiddleware:
             self.in_flight -= 1
             if not self.in_flight and self._idle is not None:
                 self._idle.set()
+
+    def _drain_signal(self, scope: Scope) -> StopSignal:
+        """What sets a request's signal at the drain: this readiness's, and also the
+        one of a middleware (or GracefulApp) that serves this one, if any: a handler
+        behind two hears either drain."""
+        outer = scope.get(SCOPE_KEY)
+        if outer is None:
+            return self.readiness._draining
+        other = outer._draining if type(outer) is _Exchange else outer
+        return StopSignal.linked(self.readiness._draining, other)
 
     async def _websocket(
         self, scope: Scope, receive: Receive, send: Send, signal: StopSignal | None = None
@@ -364,7 +374,7 @@ class ReadinessMiddleware:
                 try:
                     if self.request_signals:
                         exchange = _Exchange(
-                            self.readiness._draining, session.receive, session.send
+                            self._drain_signal(scope), session.receive, session.send
                         )
                         scope[SCOPE_KEY] = exchange
                         await self.app(scope, exchange.receive, exchange.send)
