@@ -170,11 +170,12 @@ class ReadinessMiddleware:
       its next request, which the load balancer sends to another replica, instead of
       reusing one that the server will close when it stops listening.  With
       :attr:`close_connections` false the responses are left as the app made them
-      until the listener is closed (state ``draining``), and keep-alive connections
-      end as the server ends them at its own shutdown: what a server alone on its host
-      (no drain delay, no other replica to move to) wants; the responses that begin
-      from then on get ``Connection: close`` all the same, so no client reuses a
-      connection the server is about to end.
+      (on trio: until the listener is closed, state ``draining``), and keep-alive
+      connections end as the server ends them at its own shutdown: what a server
+      alone on its host (no drain delay, no other replica to move to) wants.  On trio
+      the responses that begin once draining get ``Connection: close`` all the same:
+      hypercorn's trio worker would otherwise wait its graceful timeout for a
+      connection reused then.
     * With ``request_signals=True``, each HTTP request and WebSocket session can have a
       :class:`StopSignal` (:func:`request_signal`), set when the client disconnects
       before the response is complete (reason :attr:`RequestStop.CLIENT_DISCONNECTED`)
@@ -312,10 +313,10 @@ class ReadinessMiddleware:
             ):
                 await self._answer_probe(scope, self._closing_sender(scope, send))
                 return
-            # from the stop on: clients move on; without that (no balancer), the
-            # responses that begin once the listener is closed, whenever their
+            # from the stop on: clients move on; without that (no balancer), on trio,
+            # the responses that begin once the listener is closed, whenever their
             # request came (see _closing_sender)
-            if self.readiness._state != "ready" or not self.close_connections:
+            if self.readiness._state != "ready" or (not self.close_connections and self._on_trio()):
                 send = self._closing_sender(scope, send)
         else:
             await self.app(scope, receive, send)
@@ -341,6 +342,12 @@ class ReadinessMiddleware:
             self.in_flight -= 1
             if not self.in_flight and self._idle is not None:
                 self._idle.set()
+
+    def _on_trio(self) -> bool:
+        on_trio = self._trio
+        if on_trio is None:
+            on_trio = self._trio = _backend() == "trio"
+        return on_trio
 
     def _drain_signal(self, scope: Scope) -> StopSignal:
         """What sets a request's signal at the drain: this readiness's, and also the
@@ -462,10 +469,7 @@ class ReadinessMiddleware:
         """Run the app for one request in a way the middleware can stop it (an event
         stream it ends at the drain): a trio cancel scope, or the asyncio task itself
         (a native ``cancel()``: no anyio cancel scope on the request path)."""
-        on_trio = self._trio
-        if on_trio is None:
-            on_trio = self._trio = _backend() == "trio"
-        if on_trio:
+        if self._on_trio():
             import trio
 
             with trio.CancelScope() as stopper:  # only an event stream's end cancels it
@@ -515,17 +519,23 @@ class ReadinessMiddleware:
 
     def _closing_sender(self, scope: Scope, send: Send) -> Send:
         """``send``, adding ``Connection: close`` to an HTTP/1 response once stopping
-        (with :attr:`close_connections` false: once draining)."""
+        (with :attr:`close_connections` false: once draining, on trio)."""
         if scope.get("http_version") not in ("1.0", "1.1"):
             return send  # HTTP/2 and 3 forbid the Connection header
         readiness = self.readiness
-        # once the listener is closed, always: a keep-alive request that reaches
-        # hypercorn's trio worker as its shutdown begins leaves the connection paused
-        # with nothing to resume it, and the server waits out its graceful timeout
-        states = ("stopping", "draining") if self.close_connections else ("draining",)
+        close_connections = self.close_connections
 
         async def sender(message: Message) -> None:
-            if message["type"] == "http.response.start" and readiness._state in states:
+            if message["type"] == "http.response.start" and (
+                readiness._state in ("stopping", "draining")
+                if close_connections
+                # once the listener is closed, on trio: a keep-alive request that
+                # reaches hypercorn's trio worker as its shutdown begins leaves the
+                # connection paused with nothing to resume it, and the server waits
+                # out its graceful timeout (on asyncio, the close would only cost the
+                # clients of hypercorn's command one more request: benchmarks/one_host.py)
+                else readiness._state == "draining" and self._on_trio()
+            ):
                 headers = list(message.get("headers", ()))
                 if not any(name.lower() == b"connection" for name, _ in headers):
                     headers.append((b"connection", b"close"))
