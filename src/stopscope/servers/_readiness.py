@@ -170,12 +170,11 @@ class ReadinessMiddleware:
       its next request, which the load balancer sends to another replica, instead of
       reusing one that the server will close when it stops listening.  With
       :attr:`close_connections` false the responses are left as the app made them
-      (on trio: until the listener is closed, state ``draining``), and keep-alive
-      connections end as the server ends them at its own shutdown: what a server
-      alone on its host (no drain delay, no other replica to move to) wants.  On trio
-      the responses that begin once draining get ``Connection: close`` all the same:
-      hypercorn's trio worker would otherwise wait its graceful timeout for a
-      connection reused then.
+      (on asyncio), and keep-alive connections end as the server ends them at its
+      own shutdown: what a server alone on its host (no drain delay, no other replica
+      to move to) wants.  On trio the responses that begin from the stop on get
+      ``Connection: close`` all the same: hypercorn's trio worker would otherwise
+      wait its graceful timeout for a connection reused as its shutdown begins.
     * With ``request_signals=True``, each HTTP request and WebSocket session can have a
       :class:`StopSignal` (:func:`request_signal`), set when the client disconnects
       before the response is complete (reason :attr:`RequestStop.CLIENT_DISCONNECTED`)
@@ -314,8 +313,8 @@ class ReadinessMiddleware:
                 await self._answer_probe(scope, self._closing_sender(scope, send))
                 return
             # from the stop on: clients move on; without that (no balancer), on trio,
-            # the responses that begin once the listener is closed, whenever their
-            # request came (see _closing_sender)
+            # the responses that begin from the stop on, whenever their request came
+            # (see _closing_sender)
             if self.readiness._state != "ready" or (not self.close_connections and self._on_trio()):
                 send = self._closing_sender(scope, send)
         else:
@@ -519,7 +518,7 @@ class ReadinessMiddleware:
 
     def _closing_sender(self, scope: Scope, send: Send) -> Send:
         """``send``, adding ``Connection: close`` to an HTTP/1 response once stopping
-        (with :attr:`close_connections` false: once draining, on trio)."""
+        (with :attr:`close_connections` false: on trio only)."""
         if scope.get("http_version") not in ("1.0", "1.1"):
             return send  # HTTP/2 and 3 forbid the Connection header
         readiness = self.readiness
@@ -529,12 +528,12 @@ class ReadinessMiddleware:
             if message["type"] == "http.response.start" and (
                 readiness._state in ("stopping", "draining")
                 if close_connections
-                # once the listener is closed, on trio: a keep-alive request that
+                # on trio, from the stop on all the same: a keep-alive request that
                 # reaches hypercorn's trio worker as its shutdown begins leaves the
                 # connection paused with nothing to resume it, and the server waits
                 # out its graceful timeout (on asyncio, the close would only cost the
                 # clients of hypercorn's command one more request: benchmarks/one_host.py)
-                else readiness._state == "draining" and self._on_trio()
+                else readiness._state != "ready" and self._on_trio()
             ):
                 headers = list(message.get("headers", ()))
                 if not any(name.lower() == b"connection" for name, _ in headers):
