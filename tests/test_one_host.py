@@ -25,9 +25,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import anyio
 import pytest
+import sniffio
 
-from stopscope import StopSignal, TaskScope
+from stopscope import Outcome, StopSignal, TaskScope
 from stopscope.asgi import GracefulApp
 from stopscope.servers import Readiness, ReadinessMiddleware
 from stopscope.servers._drain import Drain
@@ -129,13 +131,16 @@ async def test_connection_close_follows_the_setting(close: bool) -> None:
     middleware = ReadinessMiddleware(_hello, readiness)
     assert middleware.close_connections  # the default: a readiness behind a balancer
     middleware.close_connections = close
+    # on trio always: hypercorn's trio worker would wait its graceful timeout for a
+    # keep-alive connection reused as its shutdown begins
+    on_trio = sniffio.current_async_library() == "trio"
     readiness.mark_stopping()
     for path in ("/", "/readyz"):  # the app's answers and the probe's alike
         headers = await _headers_once_stopping(middleware, path)
-        assert ((b"connection", b"close") in headers) is close, (path, headers)
+        assert ((b"connection", b"close") in headers) is (close or on_trio), (path, headers)
     readiness.mark_draining()
     headers = await _headers_once_stopping(middleware, "/")
-    assert ((b"connection", b"close") in headers) is close
+    assert ((b"connection", b"close") in headers) is (close or on_trio)
 
 
 @pytest.mark.parametrize(("delay", "close"), [(0.0, False), (1.0, True)])
@@ -162,3 +167,85 @@ def test_the_benchmark_quick_mode_writes_its_results(tmp_path: Path) -> None:
     for run in doc["runs"]:
         assert run["failed"] == run["cut"] + run["refused"]
         assert run["ok_before"] >= 1
+
+
+# -- a keep-alive request as the drain begins, no drain delay (hypercorn's trio worker) --
+
+#: seconds of grace: hypercorn's graceful timeout is most of it, far above HANG_GUARD
+LONG_GRACE = 60.0
+#: seconds; a drain that waits for hypercorn's graceful timeout runs into it
+HANG_GUARD = 30.0
+
+
+async def _listener_closed(port: int) -> None:
+    while True:
+        try:
+            stream = await anyio.connect_tcp("127.0.0.1", port)
+        except OSError:
+            return
+        await stream.aclose()
+        await anyio.sleep(0.01)
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_a_keep_alive_request_at_the_drain_does_not_hold_it(anyio_backend: str) -> None:
+    # Before the fix, hypercorn's trio worker left a keep-alive connection paused for
+    # good when the client's next request arrived before the response's end was
+    # handled and the shutdown began in between: the server waited out its graceful
+    # timeout (most of the grace).  On trio the responses sent from the stop on now
+    # carry Connection: close: the client does not reuse the connection.
+    from stopscope.servers import request_signal, start_hypercorn
+
+    entered = anyio.Event()
+    next_sent = anyio.Event()
+    port = 0
+    answers: list[bytes] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["path"] != "/hold":
+            await _hello(scope, receive, send)
+            return
+        stop = request_signal(scope)
+        entered.set()
+        await stop.wait()  # the drain began: the listener is about to close
+        headers = [(b"content-length", b"5")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"hello"})
+        # the client's next request reaches the server before this response's end is
+        # handled, and hypercorn's shutdown has begun by then
+        await next_sent.wait()
+        await _listener_closed(port)
+        await anyio.wait_all_tasks_blocked()
+
+    async def client() -> None:
+        async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+            await stream.send(b"GET /hold HTTP/1.1\r\nhost: test\r\n\r\n")
+            answer = b""
+            while not answer.endswith(b"hello"):
+                answer += await stream.receive()
+            answers.append(answer)
+            if b"connection: close" not in answer.lower():  # kept alive: reuse it
+                await stream.send(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
+            next_sent.set()
+            try:
+                while await stream.receive():
+                    pass
+            except (anyio.EndOfStream, OSError):
+                pass  # the server closed the connection
+
+    with anyio.fail_after(HANG_GUARD):
+        async with TaskScope(grace=LONG_GRACE) as scope:
+            info = await start_hypercorn(scope, app)
+            port = info.port
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(client)
+                await entered.wait()
+                scope.stop("deploy")
+    assert scope.report.by_name("hypercorn").outcome is Outcome.STOPPED
+    assert len(answers) == 1
+    assert b"connection: close" in answers[0].lower()

@@ -358,6 +358,29 @@ class TestRequestSignal:
         assert [r.status_code for r in responses] == [200]
 
     @combos
+    async def test_an_app_with_its_own_middleware_hears_the_drain(self, server: ServerName) -> None:
+        # the app's own Readiness.asgi() used to replace the member's signal
+        gate = Gate()
+        responses: list[httpx.Response] = []
+        with anyio.fail_after(HANG_GUARD):
+            async with TaskScope(grace=HANG_GUARD / 3) as scope:
+                app = Readiness().asgi(make_app(gate), path=None)
+                info = await starter(server)(scope, app, **quiet(server))
+                async with (
+                    httpx.AsyncClient(base_url=info.url) as client,
+                    anyio.create_task_group() as tg,
+                ):
+
+                    async def watch() -> None:
+                        responses.append(await client.get("/watch"))
+
+                    tg.start_soon(watch)
+                    await gate.entered.wait()
+                    scope.stop("deploy")
+        assert gate.reasons == [RequestStop.SERVER_DRAINING]
+        assert [r.status_code for r in responses] == [200]
+
+    @combos
     async def test_set_when_the_client_disconnects(self, server: ServerName) -> None:
         gate = Gate()
         with anyio.fail_after(HANG_GUARD):

@@ -297,6 +297,58 @@ class TestRequestSignal:
             await readiness.asgi(watcher)(http_scope(), exchange.receive, exchange.send)
         assert reasons == [RequestStop.SERVER_DRAINING]
 
+    @pytest.mark.parametrize("kind", ["http", "websocket"])
+    @pytest.mark.parametrize("draining", ["outer", "inner"])
+    async def test_nested_middleware_hears_either_drain(self, kind: str, draining: str) -> None:
+        # an app wrapped in its own middleware, then served by a server member (or
+        # GracefulApp, whose WebSocket path puts a bare signal in the scope): the inner
+        # middleware used to replace the outer's signal, and the handler missed the
+        # server's drain
+        outer, inner = Readiness(), Readiness()
+        outer.mark_ready()
+        inner.mark_ready()
+        reasons: list[object] = []
+        entered = anyio.Event()
+
+        async def watcher(scope: Message, receive: Any, send: Any) -> None:
+            stop = request_signal(scope)
+            entered.set()
+            await stop.wait()
+            reasons.append(stop.reason)
+
+        app = outer.asgi(inner.asgi(watcher))
+        scope = http_scope() if kind == "http" else {"type": "websocket", "path": "/ws"}
+        exchange = Exchange({"type": "http.request", "body": b""} if kind == "http" else {})
+        with anyio.fail_after(HANG_GUARD):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(app, scope, exchange.receive, exchange.send)
+                await entered.wait()
+                (outer if draining == "outer" else inner).mark_draining()
+        assert reasons == [RequestStop.SERVER_DRAINING]
+
+    async def test_nested_under_a_bare_signal_hears_it(self) -> None:
+        # GracefulApp with request_signals=False gives WebSocket sessions a bare signal
+        readiness = Readiness()
+        readiness.mark_ready()
+        server_draining = StopSignal()
+        reasons: list[object] = []
+        entered = anyio.Event()
+
+        async def watcher(scope: Message, receive: Any, send: Any) -> None:
+            stop = request_signal(scope)
+            entered.set()
+            await stop.wait()
+            reasons.append(stop.reason)
+
+        scope = {"type": "websocket", "path": "/ws", "stopscope.signal": server_draining}
+        exchange = Exchange()
+        with anyio.fail_after(HANG_GUARD):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(readiness.asgi(watcher), scope, exchange.receive, exchange.send)
+                await entered.wait()
+                server_draining.set(RequestStop.SERVER_DRAINING)
+        assert reasons == [RequestStop.SERVER_DRAINING]
+
     async def test_a_receive_error_reaches_the_app(self) -> None:
         async def failing_receive() -> Message:
             raise ConnectionResetError("gone")

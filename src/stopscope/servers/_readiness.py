@@ -187,9 +187,12 @@ class ReadinessMiddleware:
       ``Connection: close``: a client with a keep-alive connection opens a new one for
       its next request, which the load balancer sends to another replica, instead of
       reusing one that the server will close when it stops listening.  With
-      :attr:`close_connections` false the responses are left as the app made them,
-      and keep-alive connections end as the server ends them at its own shutdown: what
-      a server alone on its host (no drain delay, no other replica to move to) wants.
+      :attr:`close_connections` false the responses are left as the app made them
+      (on asyncio), and keep-alive connections end as the server ends them at its
+      own shutdown: what a server alone on its host (no drain delay, no other replica
+      to move to) wants.  On trio the responses that begin from the stop on get
+      ``Connection: close`` all the same: hypercorn's trio worker would otherwise
+      wait its graceful timeout for a connection reused as its shutdown begins.
     * With ``request_signals=True``, each HTTP request and WebSocket session can have a
       :class:`StopSignal` (:func:`request_signal`), set when the client disconnects
       before the response is complete (reason :attr:`RequestStop.CLIENT_DISCONNECTED`)
@@ -328,7 +331,10 @@ class ReadinessMiddleware:
         if path is not None and scope.get("path") == path and scope.get("method") in _PROBE:
             await self._answer_probe(scope, self._closing_sender(scope, send))
             return
-        if self.readiness._state != "ready":  # from the stop on: clients move on
+        # from the stop on: clients move on; without that (no balancer), on trio, the
+        # responses that begin from the stop on, whenever their request came (see
+        # _closing_sender)
+        if self.readiness._state != "ready" or (not self.close_connections and self._on_trio()):
             send = self._closing_sender(scope, send)
         self.in_flight += 1
         exchange: _Exchange | None = None
@@ -336,7 +342,7 @@ class ReadinessMiddleware:
             if not self.request_signals:
                 await self.app(scope, receive, send)
                 return
-            exchange = _Exchange(self.readiness._draining, receive, send)
+            exchange = _Exchange(self._drain_signal(scope), receive, send)
             # in place, as servers make a scope per request (and as Starlette does):
             # a copy per request would cost more than all the rest
             scope[SCOPE_KEY] = exchange
@@ -378,6 +384,22 @@ class ReadinessMiddleware:
             if not self.in_flight and self._idle is not None:
                 self._idle.set()
 
+    def _on_trio(self) -> bool:
+        on_trio = self._trio
+        if on_trio is None:
+            on_trio = self._trio = _backend() == "trio"
+        return on_trio
+
+    def _drain_signal(self, scope: Scope) -> StopSignal:
+        """What sets a request's signal at the drain: this readiness's, and also the
+        one of a middleware (or GracefulApp) that serves this one, if any: a handler
+        behind two hears either drain."""
+        outer = scope.get(SCOPE_KEY)
+        if outer is None:
+            return self.readiness._draining
+        other = outer._draining if type(outer) is _Exchange else outer
+        return StopSignal.linked(self.readiness._draining, other)
+
     async def _websocket(
         self, scope: Scope, receive: Receive, send: Send, signal: StopSignal | None = None
     ) -> None:
@@ -400,7 +422,7 @@ class ReadinessMiddleware:
                 try:
                     if self.request_signals:
                         exchange = _Exchange(
-                            self.readiness._draining, session.receive, session.send
+                            self._drain_signal(scope), session.receive, session.send
                         )
                         scope[SCOPE_KEY] = exchange
                         await self.app(scope, exchange.receive, exchange.send)
@@ -517,15 +539,23 @@ class ReadinessMiddleware:
         )
 
     def _closing_sender(self, scope: Scope, send: Send) -> Send:
-        """``send``, adding ``Connection: close`` to an HTTP/1 response once stopping."""
-        if not self.close_connections or scope.get("http_version") not in ("1.0", "1.1"):
-            return send  # not asked for; HTTP/2 and 3 forbid the Connection header
+        """``send``, adding ``Connection: close`` to an HTTP/1 response once stopping
+        (with :attr:`close_connections` false: on trio only)."""
+        if scope.get("http_version") not in ("1.0", "1.1"):
+            return send  # HTTP/2 and 3 forbid the Connection header
         readiness = self.readiness
+        close_connections = self.close_connections
 
         async def sender(message: Message) -> None:
-            if message["type"] == "http.response.start" and readiness._state in (
-                "stopping",
-                "draining",
+            if message["type"] == "http.response.start" and (
+                readiness._state in ("stopping", "draining")
+                if close_connections
+                # on trio, from the stop on all the same: a keep-alive request that
+                # reaches hypercorn's trio worker as its shutdown begins leaves the
+                # connection paused with nothing to resume it, and the server waits
+                # out its graceful timeout (on asyncio, the close would only cost the
+                # clients of hypercorn's command one more request: benchmarks/one_host.py)
+                else readiness._state != "ready" and self._on_trio()
             ):
                 headers = list(message.get("headers", ()))
                 if not any(name.lower() == b"connection" for name, _ in headers):
