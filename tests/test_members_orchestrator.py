@@ -401,7 +401,10 @@ async def _bounded_gone(pid: int) -> None:
 #: guard can end the member.  argv: backend, group/alone, the member's grace.
 HUNG_SERVICE = textwrap.dedent(
     """
-    import sys, time
+    import signal, sys, time
+    # as under a terminal: SIGHUP ends the process (a test run under nohup would
+    # otherwise hand down SIGHUP ignored, and the "terminal closed" case never ends)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
     import stopscope
     from stopscope import StopSignal, TaskScope
 
