@@ -20,8 +20,10 @@ of each:
   that hears a disconnect);
 * ``stopscope-signals`` (only with ``--variants``): ``request_signals=False``.
 
-The app is raw ASGI (``GET /`` answers 200 ``ok``; it handles the lifespan), so the
-servers' and the library's own per-request costs are what is measured.  Each run is a
+The app is raw ASGI by default (``GET /`` answers 200 ``ok``; it handles the
+lifespan), so the servers' and the library's own per-request costs are what is
+measured: the worst case for any ASGI middleware.  ``--app starlette`` serves the
+same answer from a Starlette route (``PlainTextResponse``), what most services run.  Each run is a
 fresh server process pinned to one CPU and ``wrk -t1`` pinned to another (``taskset``,
 when there are two CPUs), a warm-up, then the measured ``wrk --latency`` run.  Rounds
 interleave the variants (their order alternates round by round), so drift on the
@@ -99,15 +101,42 @@ async def asking_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await app(scope, receive, send)
 
 
-def serve(server: str, variant: str, port: int) -> None:
+def starlette_app(asking: bool) -> Any:
+    """``GET /``: 200 ``ok`` from a Starlette route; ``asking``: its handler calls
+    ``request_signal(request)``."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from stopscope.servers import request_signal
+
+    async def home(request: Request) -> PlainTextResponse:
+        if asking:
+            request_signal(request)
+        return PlainTextResponse("ok\n")
+
+    return Starlette(routes=[Route("/", home)])
+
+
+def pick_app(kind: str, variant: str) -> Any:
+    """The ASGI app a server process serves."""
+    asking = variant == "stopscope+signal"
+    if kind == "starlette":
+        return starlette_app(asking)
+    return asking_app if asking else app
+
+
+def serve(server: str, variant: str, port: int, kind: str = "raw") -> None:
     """Run one server until SIGTERM (the child process)."""
+    served = pick_app(kind, variant)
     if variant == "plain":
-        _serve_plain(server, port)
+        _serve_plain(server, port, served)
     else:
-        _serve_stopscope(server, variant, port)
+        _serve_stopscope(server, variant, port, served)
 
 
-def _serve_plain(server: str, port: int) -> None:
+def _serve_plain(server: str, port: int, app: Any) -> None:
     if server == "uvicorn":
         import uvicorn
 
@@ -138,12 +167,11 @@ def _serve_plain(server: str, port: int) -> None:
         asyncio.run(asyncio_serve(app, config))  # type: ignore[arg-type]
 
 
-def _serve_stopscope(server: str, variant: str, port: int) -> None:
+def _serve_stopscope(server: str, variant: str, port: int, served: Any) -> None:
     import stopscope
     from stopscope import StopSignal, TaskScope
     from stopscope.servers import start_hypercorn, start_uvicorn
 
-    served = asking_app if variant == "stopscope+signal" else app
     options: dict[str, Any] = {}
     if variant == "stopscope-signals":
         options["request_signals"] = False
@@ -235,7 +263,7 @@ def one_run(
 ) -> dict[str, Any]:
     port = free_port()
     command = [sys.executable, str(Path(__file__).resolve()), "--serve", server, variant]
-    command += ["--port", str(port)]
+    command += ["--port", str(port), "--app", args.app]
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "benchmarks")]),
@@ -363,12 +391,25 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS[:3]))
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
-        "--out", type=Path, default=ROOT / "benchmarks" / "results" / "serving.json"
+        "--app",
+        choices=("raw", "starlette"),
+        default="raw",
+        help="raw ASGI (the default: the worst case for a middleware) or a Starlette route",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="default: benchmarks/results/serving.json (serving_starlette.json with "
+        "--app starlette)",
     )
     args = parser.parse_args(argv[1:])
     if args.serve:
-        serve(args.serve[0], args.serve[1], args.port)
+        serve(args.serve[0], args.serve[1], args.port, args.app)
         return 0
+    if args.out is None:
+        name = "serving.json" if args.app == "raw" else f"serving_{args.app}.json"
+        args.out = ROOT / "benchmarks" / "results" / name
     if shutil.which("wrk") is None:
         print("wrk is needed: apt-get install wrk (or brew install wrk)", file=sys.stderr)
         return 2
@@ -401,6 +442,7 @@ def main(argv: Sequence[str]) -> int:
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout
     meta["wrk"] = wrk_version.splitlines()[0] if wrk_version else None
     meta["pinning"] = {"server_cpu": cpus[0], "wrk_cpu": cpus[1]}
+    meta["app"] = args.app
     meta["load"] = {
         "wrk_threads": args.threads,
         "connections": args.connections,

@@ -334,15 +334,26 @@ class ReadinessMiddleware:
         # from the stop on: clients move on; without that (no balancer), on trio, the
         # responses that begin from the stop on, whenever their request came (see
         # _closing_sender)
-        if self.readiness._state != "ready" or (not self.close_connections and self._on_trio()):
+        if self.readiness._state != "ready":
             send = self._closing_sender(scope, send)
+        elif not self.close_connections:
+            on_trio = self._trio
+            if on_trio is None:
+                on_trio = self._on_trio()
+            if on_trio:
+                send = self._closing_sender(scope, send)
         self.in_flight += 1
         exchange: _Exchange | None = None
         try:
             if not self.request_signals:
                 await self.app(scope, receive, send)
                 return
-            exchange = _Exchange(self._drain_signal(scope), receive, send)
+            outer = scope.get(SCOPE_KEY)
+            exchange = _Exchange(
+                self.readiness._draining if outer is None else self._linked_drain(outer),
+                receive,
+                send,
+            )
             # in place, as servers make a scope per request (and as Starlette does):
             # a copy per request would cost more than all the rest
             scope[SCOPE_KEY] = exchange
@@ -379,7 +390,12 @@ class ReadinessMiddleware:
             raise
         finally:
             if exchange is not None:
-                exchange.close()
+                # exchange.close(), inline for the common case (no watch, no stream end)
+                exchange._raw_receive = _over_receive
+                exchange._raw_send = _over_send
+                exchange._stopper = None
+                if exchange._watch is not None or exchange._stream_end is not None:
+                    exchange.close()
             self.in_flight -= 1
             if not self.in_flight and self._idle is not None:
                 self._idle.set()
@@ -397,6 +413,11 @@ class ReadinessMiddleware:
         outer = scope.get(SCOPE_KEY)
         if outer is None:
             return self.readiness._draining
+        return self._linked_drain(outer)
+
+    def _linked_drain(self, outer: Any) -> StopSignal:
+        """This readiness's drain signal linked to that of ``outer``: what an outer
+        middleware (or GracefulApp) put in the scope."""
         other = outer._draining if type(outer) is _Exchange else outer
         return StopSignal.linked(self.readiness._draining, other)
 
