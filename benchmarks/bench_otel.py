@@ -11,7 +11,8 @@ Three worker processes, one per variant, each with a warm interpreter:
   ``BatchSpanProcessor`` (to an exporter that drops what it gets: no network), and a
   ``MeterProvider`` with the in-memory reader.  After each sample, outside the timing,
   the parent's worker waits for the export (``stopscope.otel.flush()``) and records how
-  long that took: the work done off the stop's path.
+  long that took: the work done off the stop's path.  Then every variant pauses 20 ms,
+  so that each stop finds the threads idle, as a real stop does.
 
 For each backend and N (members blocked in ``signal.wait()``), the parent asks the three
 workers for a batch of samples in turn, rotating who goes first each round, so that
@@ -54,6 +55,8 @@ from _harness import (  # noqa: E402
 )
 
 VARIANTS = ("without", "off", "on")
+#: seconds between samples, in every variant: the threads that a flush woke go idle
+IDLE = 0.02
 BACKENDS: dict[str, tuple[str, dict[str, Any]]] = {
     "asyncio": ("asyncio", {}),
     "asyncio+uvloop": ("asyncio", {"use_uvloop": True}),
@@ -147,6 +150,11 @@ def worker(variant: str) -> None:
                     t0 = time.perf_counter()
                     assert flush(60.0)
                     exports.append(time.perf_counter() - t0)
+                # every variant: a stop finds the process's threads idle, as a real one
+                # does (the exporter threads wait on a condition); without this pause
+                # the sample after a flush raced the SDK's threads for the GIL, which
+                # the previous results counted as the stop's cost (1.12x on uvloop)
+                time.sleep(IDLE)
             return stops, exports
 
         stops, exports = anyio.run(batch, backend=name, backend_options=options)
