@@ -18,7 +18,10 @@ of each:
 * ``stopscope+signal``: the same, with a handler that calls ``request_signal()`` on
   every request (what a request that uses its signal costs: the signal and the task
   that hears a disconnect);
-* ``stopscope-signals`` (only with ``--variants``): ``request_signals=False``.
+* ``stopscope-signals`` (only with ``--variants``): ``request_signals=False``;
+* ``pass-through`` (only with ``--variants``): the plain server, its app behind a
+  one-line ASGI middleware that only awaits the app: what any middleware costs at
+  least, the floor under the library's.
 
 The app is raw ASGI by default (``GET /`` answers 200 ``ok``; it handles the
 lifespan), so the servers' and the library's own per-request costs are what is
@@ -64,7 +67,7 @@ from _harness import (
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVERS = ("uvicorn", "hypercorn-asyncio", "hypercorn-trio")
-VARIANTS = ("plain", "stopscope", "stopscope+signal", "stopscope-signals")
+VARIANTS = ("plain", "stopscope", "stopscope+signal", "stopscope-signals", "pass-through")
 #: seconds; bounds on waits (never a measurement)
 START_BOUND = 30.0
 STOP_BOUND = 30.0
@@ -119,6 +122,15 @@ def starlette_app(asking: bool) -> Any:
     return Starlette(routes=[Route("/", home)])
 
 
+def pass_through(inner: Any) -> Any:
+    """The least an ASGI middleware does: one coroutine that awaits the app."""
+
+    async def middleware(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await inner(scope, receive, send)
+
+    return middleware
+
+
 def pick_app(kind: str, variant: str) -> Any:
     """The ASGI app a server process serves."""
     asking = variant == "stopscope+signal"
@@ -130,7 +142,9 @@ def pick_app(kind: str, variant: str) -> Any:
 def serve(server: str, variant: str, port: int, kind: str = "raw") -> None:
     """Run one server until SIGTERM (the child process)."""
     served = pick_app(kind, variant)
-    if variant == "plain":
+    if variant == "pass-through":
+        _serve_plain(server, port, pass_through(served))
+    elif variant == "plain":
         _serve_plain(server, port, served)
     else:
         _serve_stopscope(server, variant, port, served)
