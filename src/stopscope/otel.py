@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import math
 import signal as _signal_module
 import threading
 import time
@@ -477,7 +478,10 @@ def _make_providers(exporter: str) -> tuple[Any, Any]:
 def _check_reserve(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"`flush_reserve` must be a number of seconds, got {value!r}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int too large for a float: inf, which is refused below
+        value = math.inf if value > 0 else -math.inf
     # a wait longer than threading.TIMEOUT_MAX raises OverflowError (from run()'s end)
     if not 0 <= value <= threading.TIMEOUT_MAX:  # (False for nan too)
         raise ValueError(

@@ -55,7 +55,10 @@ class ServerInfo:
 def check_drain_delay(value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"`drain_delay` must be a number of seconds, got {value!r}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int too large for a float: inf, which is refused below
+        value = math.inf if value > 0 else -math.inf
     if math.isnan(value) or value < 0 or value == math.inf:
         raise ValueError(
             f"`drain_delay` must be a finite, non-negative number of seconds, got {value!r}"
