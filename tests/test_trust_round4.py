@@ -4,7 +4,8 @@ before its fix."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio
@@ -131,3 +132,115 @@ class TestHugeIntOnTheLoop:
                 await probe(worker, **negative)
             if name != "idle":
                 (await explore(worker, **{"within": 1, **times})).assert_ok()
+
+
+# ------------------------------------------------ stopscope.otel: one reserve in all
+
+
+class _CountingProvider:
+    """An SDK tracer provider whose force_flush() is counted, and can be held stuck
+    (the SDK's batch processor ignores its timeout in the same way)."""
+
+    def __init__(self) -> None:
+        from opentelemetry.sdk.trace import TracerProvider
+
+        self.provider = TracerProvider()
+        self.flushes = 0
+        self.release = threading.Event()
+        self.release.set()
+
+    def get_tracer(self, *args: Any, **kwargs: Any) -> Any:
+        return self.provider.get_tracer(*args, **kwargs)
+
+    def force_flush(self, timeout_millis: float = 30000) -> bool:
+        self.flushes += 1
+        return self.release.wait(HANG_GUARD)
+
+
+#: the longest any wait of these tests may take (never reached when they pass)
+HANG_GUARD = 20.0
+
+
+async def _stop_one(signal: StopSignal) -> None:
+    async with TaskScope(grace=30, signal=signal) as scope:
+        scope.start_soon(StopSignal.wait, scope.signal)
+        scope.stop("done")
+
+
+class TestOtelReserve:
+    """run()'s flush, the atexit hook and uninstrument() share one flush reserve."""
+
+    @pytest.fixture(autouse=True)
+    def _otel(self) -> Iterator[None]:
+        pytest.importorskip("opentelemetry.sdk")
+        yield
+        import stopscope.otel
+
+        stopscope.otel.uninstrument()
+
+    def test_uninstrument_after_run_does_not_flush_again(
+        self, anyio_backend: tuple[str, dict[str, Any]]
+    ) -> None:
+        import stopscope.otel
+
+        backend, options = anyio_backend
+        provider = _CountingProvider()
+        stopscope.otel.instrument(tracer_provider=provider)
+        stopscope.run(_stop_one, backend=backend, backend_options=options, signals=())
+        assert provider.flushes == 1
+        stopscope.otel.uninstrument()  # nothing recorded since run()'s flush
+        assert provider.flushes == 1
+        stopscope.otel.uninstrument()  # off already: nothing at all
+        assert provider.flushes == 1
+
+    def test_uninstrument_flushes_a_stop_recorded_since(
+        self, anyio_backend: tuple[str, dict[str, Any]]
+    ) -> None:
+        import stopscope.otel
+
+        backend, options = anyio_backend
+        provider = _CountingProvider()
+        stopscope.otel.instrument(tracer_provider=provider)
+        stopscope.run(_stop_one, backend=backend, backend_options=options, signals=())
+        anyio.run(_stop_one, StopSignal(), backend=backend, backend_options=options)
+        stopscope.otel.uninstrument()
+        assert provider.flushes == 2
+
+    def test_a_stuck_flush_is_not_waited_for_twice(self) -> None:
+        import stopscope.otel
+
+        provider = _CountingProvider()
+        provider.release.clear()  # its force_flush() hangs, as with a collector that never answers
+        stopscope.otel.instrument(tracer_provider=provider, flush_reserve=0.05)
+        listener = stopscope.otel._listener
+        assert listener is not None
+        joins: list[float | None] = []
+        real_join = listener._thread.join
+
+        def join(timeout: float | None = None) -> None:
+            joins.append(timeout)
+            real_join(timeout)
+
+        listener._thread.join = join  # type: ignore[method-assign]
+        try:
+            stopscope.otel.uninstrument()  # its flush runs out of the reserve
+            assert provider.flushes == 1
+            # the worker is still in that flush: the close does not wait a second reserve
+            assert not [t for t in joins if t is None or t > 0]
+        finally:
+            provider.release.set()
+        real_join(HANG_GUARD)
+        assert not listener._thread.is_alive()
+
+    def test_the_budget_counts_the_current_reserve_once(self) -> None:
+        import stopscope.otel
+
+        stopscope.otel.instrument(flush_reserve=3)
+        with pytest.raises(RuntimeError, match="already instrumented"):
+            stopscope.otel.instrument(flush_reserve=3)
+        with pytest.raises(ValueError, match="flushing telemetry"):
+            stopscope.run(_main, grace=1, budget=10, reserve=2, signals=())
+        stopscope.otel.uninstrument()
+        stopscope.otel.instrument(flush_reserve=2)
+        assert stopscope.otel.flush_reserve() == 2
+        assert stopscope.run(_main, grace=1, budget=10, reserve=2, signals=()) == "done"
