@@ -4,9 +4,15 @@ before its fix."""
 from __future__ import annotations
 
 import math
+import os
+import queue
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import anyio
 import anyio.lowlevel
@@ -244,3 +250,111 @@ class TestOtelReserve:
         stopscope.otel.instrument(flush_reserve=2)
         assert stopscope.otel.flush_reserve() == 2
         assert stopscope.run(_main, grace=1, budget=10, reserve=2, signals=()) == "done"
+
+
+# ------------------------------------------- a signal during the telemetry flush at exit
+
+FLUSH_APP = Path(__file__).resolve().parent / "apps" / "otel_flush_app.py"
+
+
+def _backend_id(anyio_backend: tuple[str, dict[str, Any]]) -> str:
+    name, options = anyio_backend
+    return "asyncio+uvloop" if options.get("use_uvloop") else name
+
+
+class _Service:
+    """tests/apps/otel_flush_app.py as a child, its stdout and stderr read by line."""
+
+    def __init__(self, backend: str, *options: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(FLUSH_APP), "--backend", backend, *options],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.out: queue.Queue[str | None] = queue.Queue()
+        self.err: queue.Queue[str | None] = queue.Queue()
+        self.stderr: list[str] = []
+        assert self.proc.stdout is not None
+        assert self.proc.stderr is not None
+        self._readers = [
+            threading.Thread(target=self._read, args=(stream, lines), daemon=True)
+            for stream, lines in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    @staticmethod
+    def _read(stream: IO[str], lines: queue.Queue[str | None]) -> None:
+        for line in stream:
+            lines.put(line.rstrip("\n"))
+        lines.put(None)
+
+    def expect(self, lines: queue.Queue[str | None], text: str) -> None:
+        while True:
+            line = lines.get(timeout=HANG_GUARD)
+            if line is None:
+                pytest.fail(f"the service ended before saying {text!r}: {self.finish()}")
+            if lines is self.err:
+                self.stderr.append(line)
+            if text in line:
+                return
+
+    def kill(self, signum: int) -> None:
+        os.kill(self.proc.pid, signum)  # the child we started, by its PID
+
+    def finish(self) -> tuple[int, str]:
+        try:
+            code = self.proc.wait(timeout=HANG_GUARD)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            for reader in self._readers:
+                reader.join(HANG_GUARD)
+            for stream in (self.proc.stdout, self.proc.stderr):
+                assert stream is not None
+                stream.close()
+        while (line := self.err.get_nowait()) is not None:
+            self.stderr.append(line)
+        return code, "\n".join(self.stderr)
+
+
+class TestSignalDuringTheFlush:
+    """The telemetry flush at exit runs after the trap's handlers are gone; a signal
+    then keeps its place in the escalation: "stop" lets the flush go on, "cancel" (a
+    second signal) cuts it short with the exit status of a hard stop."""
+
+    @pytest.fixture(autouse=True)
+    def _sdk(self) -> None:
+        pytest.importorskip("opentelemetry.sdk")
+
+    def test_a_second_signal_cuts_the_flush_short(
+        self, anyio_backend: tuple[str, dict[str, Any]]
+    ) -> None:
+        service = _Service(_backend_id(anyio_backend))
+        service.expect(service.out, "ready")
+        service.kill(signal.SIGTERM)  # main returns: the flush begins, and hangs
+        service.expect(service.out, "flushing")
+        service.kill(signal.SIGINT)  # Ctrl-C: the second signal
+        code, stderr = service.finish()
+        assert "Traceback" not in stderr
+        assert "KeyboardInterrupt" not in stderr
+        assert "SIGINT (second signal) during the telemetry flush: cut short" in stderr
+        assert "main() returned" in stderr
+        assert code == 128 + signal.SIGTERM, stderr  # the first signal's, as after a hard stop
+
+    def test_a_first_signal_lets_the_flush_go_on(
+        self, anyio_backend: tuple[str, dict[str, Any]]
+    ) -> None:
+        service = _Service(_backend_id(anyio_backend), "--no-stop-first")
+        service.expect(service.out, "ready")  # main returns by itself: the flush begins
+        service.expect(service.out, "flushing")
+        service.kill(signal.SIGTERM)
+        service.expect(service.err, "SIGTERM (first signal) during the telemetry flush: it goes on")
+        assert service.proc.poll() is None
+        service.kill(signal.SIGINT)
+        code, stderr = service.finish()
+        assert "Traceback" not in stderr
+        assert "SIGINT (second signal) during the telemetry flush: cut short" in stderr
+        assert code == 128 + signal.SIGTERM, stderr
