@@ -1271,7 +1271,7 @@ def run(
     * ``main`` raised: the exception propagates (status 1).
 
     The signals keep this escalation during the telemetry flush that follows ``main``
-    (:mod:`stopscope.otel`): a second signal cuts the flush short, and ``run()`` raises
+    (``stopscope.otel``): a second signal cuts the flush short, and ``run()`` raises
     ``SystemExit(128 + n)`` as after a hard stop.
 
     systemd (``Type=notify``): when ``NOTIFY_SOCKET`` is set (a path, or ``@name``),
