@@ -3,6 +3,7 @@ before its fix."""
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import queue
@@ -358,3 +359,100 @@ class TestSignalDuringTheFlush:
         assert "Traceback" not in stderr
         assert "SIGINT (second signal) during the telemetry flush: cut short" in stderr
         assert code == 128 + signal.SIGTERM, stderr
+
+
+# ------------------------------------------ a hard stop during a server's drain delay
+
+
+def _fields(caplog: pytest.LogCaptureFixture, event: str) -> tuple[str, Any]:
+    (record,) = [
+        r
+        for r in caplog.records
+        if r.name == "stopscope" and getattr(r, "stopscope", {}).get("event") == event
+    ]
+    return record.getMessage(), record.stopscope  # type: ignore[attr-defined]
+
+
+class TestHardStopDuringTheDrainDelay:
+    """A second signal during a server member's drain delay: the budget line and the
+    record say the drain delay was cut short, and how long it ran."""
+
+    @pytest.mark.parametrize(
+        ("anyio_backend", "server"),
+        [
+            pytest.param(("asyncio", {}), "uvicorn", id="asyncio-uvicorn"),
+            pytest.param(("asyncio", {"use_uvloop": True}), "uvicorn", id="uvloop-uvicorn"),
+            pytest.param(("asyncio", {}), "hypercorn", id="asyncio-hypercorn"),
+            pytest.param(("trio", {}), "hypercorn", id="trio-hypercorn"),  # no uvicorn on trio
+        ],
+    )
+    def test_under_run(
+        self,
+        anyio_backend: tuple[str, dict[str, Any]],
+        server: str,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        backend, options = anyio_backend
+        start = start_uvicorn if server == "uvicorn" else start_hypercorn
+
+        async def main(stop: StopSignal) -> None:
+            async with TaskScope(grace=40, signal=stop) as scope:
+                await start(scope, _served, host="127.0.0.1", port=0, drain_delay=30)
+                signal.raise_signal(signal.SIGTERM)
+                await stop.wait()
+                await anyio.wait_all_tasks_blocked()  # the member sleeps its drain delay
+                signal.raise_signal(signal.SIGTERM)  # the second: a hard stop
+                await anyio.sleep_forever()
+
+        caplog.set_level(logging.INFO, logger="stopscope")
+        with pytest.raises(SystemExit) as exc_info:
+            stopscope.run(main, backend=backend, backend_options=options, grace=50, budget=60)
+        assert exc_info.value.code == 128 + signal.SIGTERM
+        message, fields = _fields(caplog, "service.stopped")
+        assert list(fields["phases"]) == ["drain delay"]
+        assert fields["phases_cut_short"] == ["drain delay"]
+        assert fields["phases"]["drain delay"] <= fields["used"]
+        assert "; budget 60 s: drain delay " in message
+        assert " s (cut short);" in message
+        assert any("the drain delay was cut short after" in r.getMessage() for r in caplog.records)
+
+    LOCAL = ("--host", "127.0.0.1", "--port", "0")
+
+    def test_graceful_app_when_the_server_shuts_down(self) -> None:
+        # SIGTERM: GracefulApp's drain delay; SIGINT: uvicorn's own shutdown, at once
+        apps = Path(__file__).resolve().parent / "apps"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "graceful_delay_app:app", *self.LOCAL],
+            cwd=apps,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        lines: list[str] = []
+        try:
+            assert proc.stderr is not None
+            for wanted, then in (
+                ("Uvicorn running on", signal.SIGTERM),
+                ("still serving for the drain delay", signal.SIGINT),
+            ):
+                while wanted not in (line := proc.stderr.readline()):
+                    assert line, f"uvicorn ended before {wanted!r}: {lines}"
+                    lines.append(line)
+                os.kill(proc.pid, then)  # the child we started, by its PID
+            _, rest = proc.communicate(timeout=HANG_GUARD)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        text = "".join(lines) + rest
+        (budget_line,) = [line for line in text.splitlines() if "report: budget 60 s:" in line]
+        assert "drain delay " in budget_line, budget_line
+        assert " s (cut short)" in budget_line, budget_line
+        assert "the drain delay was cut short after" in text
+
+
+async def _served(scope: Any, receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})

@@ -243,7 +243,27 @@ class Drain:
                 self.label,
                 left,
             )
-            await anyio.sleep(left)
+            try:
+                await anyio.sleep(left)
+            except BaseException:  # a hard stop, or the server's own shutdown
+                self._delay_cut()
+                raise
+
+    def _delay_cut(self) -> None:
+        """The drain delay ended early: say so, and record it, cut short, in the stop's
+        timeline (the listener closes before the delay the balancer was promised)."""
+        assert self.stopped_at is not None
+        took = time.monotonic() - self.stopped_at
+        timeline = current_timeline()
+        if timeline is not None:
+            timeline.start(self.stopped_at)
+            timeline.add_cut("drain delay", took)
+        logger.warning(
+            "%s: the drain delay was cut short after %.3g s of %.3g s",
+            self.label,
+            took,
+            self.drain_delay,
+        )
 
     def timeout(self, overhead: float = 0.0) -> float | None:
         """Seconds the server may take to finish in-flight requests (``None``: no limit).
