@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -456,3 +457,29 @@ async def _served(scope: Any, receive: Any, send: Any) -> None:
         while (await receive())["type"] != "lifespan.shutdown":
             await send({"type": "lifespan.startup.complete"})
         await send({"type": "lifespan.shutdown.complete"})
+
+
+# ---------------------------------------- the summary counts from the signal's arrival
+
+
+class TestSummaryFromTheSignalsArrival:
+    def test_a_loop_busy_when_the_signal_arrives(
+        self, anyio_backend: tuple[str, dict[str, Any]], caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """The budget runs from the signal's arrival (the orchestrator's clock), so the
+        summary's ``took`` and ``used`` do too, even if the loop acted on it later."""
+        backend, options = anyio_backend
+        busy: list[float] = []
+
+        async def main(stop: StopSignal) -> None:
+            signal.raise_signal(signal.SIGTERM)  # the raw handler has run on return
+            since = time.monotonic()
+            time.sleep(0.2)  # noqa: ASYNC251 - the loop must be busy when the signal arrives
+            busy.append(time.monotonic() - since)
+            await stop.wait()
+
+        caplog.set_level(logging.INFO, logger="stopscope")
+        stopscope.run(main, backend=backend, backend_options=options, budget=30)
+        _, fields = _fields(caplog, "service.stopped")
+        assert fields["took"] >= busy[0]
+        assert fields["used"] >= busy[0]

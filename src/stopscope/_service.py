@@ -419,6 +419,7 @@ class SignalTrap:
     """
 
     __slots__ = (
+        "_arrived_at",
         "_cancel_cause",
         "_chained",
         "_clock",
@@ -462,7 +463,9 @@ class SignalTrap:
         self._notifier = notifier
         #: under run(): says the first signal on stderr when logging is not set up
         self._console = console
-        #: time.monotonic() when the first signal was acted on
+        #: time.monotonic() when the first signal arrived (the raw handler notes it: the
+        #: loop may act on it later, if something blocks it), and when it was acted on
+        self._arrived_at: float | None = None
         self._first_at: float | None = None
         # members of the scopes that exited in the block that needed cancellation: how
         # many, and the first few (a long-running service may open scopes per request)
@@ -617,6 +620,8 @@ class SignalTrap:
         self._count_signal(signum)
 
     def _count_signal(self, signum: int) -> None:
+        if self._arrived_at is None:
+            self._arrived_at = time.monotonic()
         self._count += 1
         if self._action(self._count) == "exit":
             _exit_now(signum, self._count)
@@ -765,8 +770,8 @@ class SignalTrap:
         while self._state == "open" and self._pending:
             signum = signal.Signals(self._pending.popleft())
             self._delivered += 1
-            if self._first_at is None:
-                self._first_at = time.monotonic()
+            if self._first_at is None:  # the summary counts from the signal's arrival
+                self._first_at = self._arrived_at or time.monotonic()
             self._received.append(signum)
             if self._delivered == 1 and self._notifier is not None:
                 self._notify_stopping(signum)
