@@ -483,3 +483,64 @@ class TestSummaryFromTheSignalsArrival:
         _, fields = _fields(caplog, "service.stopped")
         assert fields["took"] >= busy[0]
         assert fields["used"] >= busy[0]
+
+
+class TestSignalDuringTheFlushInProcess:
+    """The same as :class:`TestSignalDuringTheFlush`, in this process: a thread sends
+    the signals to this process once the flush hangs."""
+
+    @pytest.fixture(autouse=True)
+    def _otel(self) -> Iterator[None]:
+        pytest.importorskip("opentelemetry.sdk")
+        yield
+        import stopscope.otel
+
+        stopscope.otel.uninstrument()
+
+    def _hanging(self) -> tuple[_CountingProvider, threading.Event]:
+        import stopscope.otel
+
+        provider = _CountingProvider()
+        provider.release.clear()
+        flushing = threading.Event()
+        real = provider.force_flush
+
+        def force_flush(timeout_millis: float = 30000) -> bool:
+            flushing.set()
+            return real(timeout_millis)
+
+        provider.force_flush = force_flush  # type: ignore[method-assign]
+        stopscope.otel.instrument(tracer_provider=provider, flush_reserve=HANG_GUARD)
+        return provider, flushing
+
+    def test_first_signal_goes_on_and_second_cuts(
+        self, anyio_backend: tuple[str, dict[str, Any]], caplog: pytest.LogCaptureFixture
+    ) -> None:
+        backend, options = anyio_backend
+        provider, flushing = self._hanging()
+        caplog.set_level(logging.INFO, logger="stopscope")
+
+        def says(text: str) -> bool:
+            return any(text in r.getMessage() for r in list(caplog.records))
+
+        def press() -> None:
+            assert flushing.wait(HANG_GUARD)
+            os.kill(os.getpid(), signal.SIGTERM)
+            deadline = time.monotonic() + HANG_GUARD
+            while not says("during the telemetry flush: it goes on"):
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            os.kill(os.getpid(), signal.SIGINT)
+
+        presser = threading.Thread(target=press)
+        presser.start()
+        try:
+            with pytest.raises(SystemExit) as exc_info:
+                stopscope.run(_stop_one, backend=backend, backend_options=options)
+        finally:
+            presser.join(HANG_GUARD)
+            provider.release.set()
+        assert exc_info.value.code == 128 + signal.SIGTERM  # the first one's, as ever
+        assert says("SIGTERM (first signal) during the telemetry flush: it goes on")
+        assert says("SIGINT (second signal) during the telemetry flush: cut short")
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
