@@ -544,3 +544,36 @@ class TestSignalDuringTheFlushInProcess:
         assert says("SIGTERM (first signal) during the telemetry flush: it goes on")
         assert says("SIGINT (second signal) during the telemetry flush: cut short")
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+class TestDrainDelayCutShortParts:
+    def test_a_phase_cut_twice_is_named_once(self) -> None:
+        from stopscope._report import Timeline
+
+        timeline = Timeline(30.0, 5.0)
+        timeline.start(0.0)
+        timeline.add_cut("drain delay", 0.25)  # two servers, cut side by side
+        timeline.add_cut("drain delay", 0.5)
+        assert timeline.phases == {"drain delay": 0.5}
+        assert timeline.to_dict(1.0)["phases_cut_short"] == ["drain delay"]
+        assert timeline.text(1.0) == (
+            "budget 30 s: drain delay 0.50 s (cut short); 1 s used, 29 s left"
+        )
+
+    @pytest.mark.anyio
+    async def test_outside_run_it_is_logged(self, caplog: pytest.LogCaptureFixture) -> None:
+        # no run(), so no timeline to record it in: the warning alone says it
+        with anyio.fail_after(HANG_GUARD):
+            with anyio.CancelScope() as outer:
+                async with TaskScope(grace=40) as scope:
+                    await start_hypercorn(scope, _served, host="127.0.0.1", port=0, drain_delay=30)
+                    scope.stop("deploy")
+                    await anyio.wait_all_tasks_blocked()  # the member sleeps its drain delay
+                    outer.cancel()  # a hard stop
+                    await anyio.sleep_forever()
+        assert any("the drain delay was cut short after" in r.getMessage() for r in caplog.records)
+        (record,) = scope.report.tasks
+        assert (record.outcome, record.phase) == (
+            stopscope.Outcome.CANCELLED,
+            "cancelled-from-outside",
+        )
