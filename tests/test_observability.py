@@ -502,6 +502,7 @@ class TestTimeline:
             "budget": None,
             "reserve": 5.0,
             "phases": {},
+            "phases_cut_short": [],
             "used": None,
             "left": None,
         }

@@ -413,10 +413,12 @@ class Timeline:
     Each phase is a duration in seconds, recorded once it is over by what runs it (the
     drain delay and the HTTP drain by a server member, the background stop and the
     lifespan shutdown by a ``GracefulApp``, a telemetry flush by whatever flushes).  A
-    phase recorded twice (two servers drained side by side) keeps the longer time.
+    phase recorded twice (two servers drained side by side) keeps the longer time.  A
+    phase that something ended early (a hard stop during the drain delay) is marked
+    cut short.
     """
 
-    __slots__ = ("budget", "phases", "reserve", "started_at")
+    __slots__ = ("budget", "cut", "phases", "reserve", "started_at")
 
     def __init__(self, budget: float | None, reserve: float | None) -> None:
         #: the orchestrator's limit from the stop request to SIGKILL (``None``: not given)
@@ -427,6 +429,8 @@ class Timeline:
         self.started_at: float | None = None
         #: phase name -> seconds, in the order they were first recorded
         self.phases: dict[str, float] = {}
+        #: the phases cut short, in the order they were
+        self.cut: list[str] = []
 
     def start(self, at: float | None = None) -> None:
         """Note when the stop began (the first call wins)."""
@@ -438,6 +442,12 @@ class Timeline:
         seconds = max(0.0, seconds)
         self.phases[phase] = max(seconds, self.phases.get(phase, 0.0))
 
+    def add_cut(self, phase: str, seconds: float) -> None:
+        """Record how long ``phase`` ran before something ended it early."""
+        self.add(phase, seconds)
+        if phase not in self.cut:
+            self.cut.append(phase)
+
     def used(self, now: float | None = None) -> float | None:
         """Seconds from the stop's start to ``now`` (``None``: the stop has not begun)."""
         if self.started_at is None:
@@ -445,22 +455,26 @@ class Timeline:
         return max(0.0, (time.monotonic() if now is None else now) - self.started_at)
 
     def to_dict(self, now: float | None = None) -> dict[str, Any]:
-        """``budget``, ``reserve``, ``phases`` (name -> seconds), ``used`` (seconds from
-        the stop request to now) and ``left`` (the budget less ``used``), as plain JSON
-        types (``None`` for what is not known)."""
+        """``budget``, ``reserve``, ``phases`` (name -> seconds), ``phases_cut_short``
+        (names), ``used`` (seconds from the stop request to now) and ``left`` (the
+        budget less ``used``), as plain JSON types (``None`` for what is not known)."""
         used = self.used(now)
         left = None if self.budget is None or used is None else self.budget - used
         return {
             "budget": self.budget,
             "reserve": self.reserve,
             "phases": {name: _seconds_json(s) for name, s in self.phases.items()},
+            "phases_cut_short": list(self.cut),
             "used": _seconds_json(used),
             "left": _seconds_json(left),
         }
 
     def text(self, now: float | None = None) -> str:
         """``budget 30 s: drain delay 3.00 s, HTTP drain 0.71 s; 3.7 s used, 26.3 s left``."""
-        parts = ", ".join(f"{name} {s:.2f} s" for name, s in self.phases.items())
+        parts = ", ".join(
+            f"{name} {s:.2f} s" + (" (cut short)" if name in self.cut else "")
+            for name, s in self.phases.items()
+        )
         used = self.used(now)
         head = "no budget given" if self.budget is None else f"budget {self.budget:g} s"
         text = f"{head}: {parts or 'no phase recorded'}"

@@ -83,7 +83,10 @@ def _check_grace(value: float | None, none_means: str = "to wait forever") -> fl
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"`grace` must be a number of seconds or None, got {value!r}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int too large for a float: as good as forever (inf)
+        value = math.inf if value > 0 else -math.inf
     if math.isnan(value) or value < 0:
         raise ValueError(
             f"`grace` must be a non-negative number of seconds (or None {none_means}), "

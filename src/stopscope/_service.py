@@ -116,6 +116,8 @@ _UNWIND_ALLOWANCE: Final = 5.0
 DEFAULT_RESERVE: Final = _UNWIND_ALLOWANCE
 #: how often (real seconds) a trap checks that nobody replaced its signal handlers
 _WATCH_PERIOD: Final = 0.5
+#: how often (real seconds) run() looks for a signal while the telemetry flush runs
+_FLUSH_POLL: Final = 0.05
 #: how many cut-short members a trap keeps to name (it counts them all)
 _CUT_RECORDS_KEPT: Final = 10
 #: when :func:`run` tells systemd it is ready
@@ -417,6 +419,7 @@ class SignalTrap:
     """
 
     __slots__ = (
+        "_arrived_at",
         "_cancel_cause",
         "_chained",
         "_clock",
@@ -460,7 +463,9 @@ class SignalTrap:
         self._notifier = notifier
         #: under run(): says the first signal on stderr when logging is not set up
         self._console = console
-        #: time.monotonic() when the first signal was acted on
+        #: time.monotonic() when the first signal arrived (the raw handler notes it: the
+        #: loop may act on it later, if something blocks it), and when it was acted on
+        self._arrived_at: float | None = None
         self._first_at: float | None = None
         # members of the scopes that exited in the block that needed cancellation: how
         # many, and the first few (a long-running service may open scopes per request)
@@ -615,6 +620,8 @@ class SignalTrap:
         self._count_signal(signum)
 
     def _count_signal(self, signum: int) -> None:
+        if self._arrived_at is None:
+            self._arrived_at = time.monotonic()
         self._count += 1
         if self._action(self._count) == "exit":
             _exit_now(signum, self._count)
@@ -763,8 +770,8 @@ class SignalTrap:
         while self._state == "open" and self._pending:
             signum = signal.Signals(self._pending.popleft())
             self._delivered += 1
-            if self._first_at is None:
-                self._first_at = time.monotonic()
+            if self._first_at is None:  # the summary counts from the signal's arrival
+                self._first_at = self._arrived_at or time.monotonic()
             self._received.append(signum)
             if self._delivered == 1 and self._notifier is not None:
                 self._notify_stopping(signum)
@@ -1110,16 +1117,96 @@ class _Outcome:
         self.trap: SignalTrap | None = None
 
 
-def _flush_telemetry(timeline: Timeline) -> None:
+def _flush_telemetry(
+    timeline: Timeline,
+    trap: SignalTrap | None,
+    signums: tuple[signal.Signals, ...],
+    actions: tuple[Action, ...],
+    console: _StderrFallback,
+) -> signal.Signals | None:
     """``main`` is done: stopscope.otel exports the stop, within its reserve (if on);
-    the time it took is the budget's "telemetry flush" phase."""
+    the time it took is the budget's "telemetry flush" phase.
+
+    The trap's handlers are gone by then, yet the service's signals keep their
+    escalation, counted on from the signals the trap caught: a signal whose action is
+    "stop" lets the flush go on, "cancel" cuts it short, "exit" exits at once.
+
+    :return: if a signal cut the flush short, the first signal that came during it
+    """
     observer = _scope._observer
-    if observer is not None:
+    if observer is None:
+        return None
+    if not signums:
         began = time.monotonic()
         try:
             observer.at_exit()
         finally:
             timeline.add("telemetry flush", time.monotonic() - began)
+        return None
+    count = trap._count if trap is not None else 0
+    got: list[tuple[int, signal.Signals]] = []
+    cut = False
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        # only counts: the wait below acts on it
+        nonlocal count, cut
+        count += 1
+        action = actions[min(count, len(actions)) - 1]
+        if action == "exit":
+            _exit_now(signum, count)
+        got.append((count, signal.Signals(signum)))
+        cut = cut or action == "cancel"
+
+    said = 0
+
+    def say_going_on() -> None:
+        nonlocal said
+        for n, signum in got[said:]:
+            if actions[min(n, len(actions)) - 1] != "stop":
+                return
+            said += 1
+            message = (
+                f"{signum.name} ({_ordinal(n)} signal) during the telemetry flush: it goes "
+                f"on, within its reserve; {'a second' if n == 1 else 'another'} signal cuts "
+                f"it short"
+            )
+            logger.info("%s", message)
+            console.say(logging.INFO, message)
+
+    previous: dict[signal.Signals, _Handler] = {}
+    began = time.monotonic()
+    try:
+        for signum in signums:
+            previous[signum] = signal.signal(signum, on_signal)
+        # on a thread of its own, waited for in slices: the kernel may hand the signal
+        # to any thread, and a main thread blocked in a lock would run the handler only
+        # once the whole reserve is spent
+        flusher = threading.Thread(
+            target=observer.at_exit, name="stopscope telemetry flush", daemon=True
+        )
+        flusher.start()
+        while flusher.is_alive() and not cut:
+            flusher.join(_FLUSH_POLL)
+            say_going_on()
+        cut = flusher.is_alive()  # a signal once the flush is over cuts nothing
+    finally:
+        for signum, handler in previous.items():
+            with suppress(OSError, ValueError, TypeError):
+                signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        took = time.monotonic() - began
+        timeline.add("telemetry flush", took)
+    say_going_on()
+    if not cut:
+        return None
+    n, signum = got[said]
+    logger.warning(
+        "%s (%s signal) during the telemetry flush: cut short after %.3g s; what had not "
+        "left is lost",
+        signum.name,
+        _ordinal(n),
+        took,
+    )
+    return got[0][1]
 
 
 def _check_flush_reserve(budget: float | None, reserve: float) -> None:
@@ -1187,6 +1274,10 @@ def run(
       the scope already logged a warning for each such member.
     * a third signal: the process dies by that signal at once.
     * ``main`` raised: the exception propagates (status 1).
+
+    The signals keep this escalation during the telemetry flush that follows ``main``
+    (``stopscope.otel``): a second signal cuts the flush short, and ``run()`` raises
+    ``SystemExit(128 + n)`` as after a hard stop.
 
     systemd (``Type=notify``): when ``NOTIFY_SOCKET`` is set (a path, or ``@name``),
     ``run()`` sends ``READY=1`` once ``main`` has started -- as it is called with
@@ -1276,12 +1367,13 @@ def run(
             outcome.returned = True
 
     logger.addHandler(fallback)
+    flush_cut: signal.Signals | None = None
     try:
         try:
             try:
                 anyio.run(runner, backend=backend, backend_options=backend_options)
             finally:
-                _flush_telemetry(timeline)
+                flush_cut = _flush_telemetry(timeline, outcome.trap, signums, actions, fallback)
         except Exception as exc:
             _summary(fallback, outcome.trap, label, "raised", None, timeline)
             if _abandoned_threads:
@@ -1305,6 +1397,12 @@ def run(
                 _summary(fallback, trap, label, "returned", EXIT_CUT_SHORT, timeline)
                 _leave_abandoned_threads(EXIT_CUT_SHORT)
                 raise SystemExit(EXIT_CUT_SHORT)
+            if flush_cut is not None:  # a hard stop of the flush: as after a second signal
+                received = trap.received if trap is not None else ()
+                code = 128 + (received[0] if received else flush_cut)
+                _summary(fallback, trap, label, "returned", code, timeline)
+                _leave_abandoned_threads(code)
+                raise SystemExit(code)
             _summary(fallback, trap, label, "returned", 0, timeline)
             _leave_abandoned_threads(0)
             return outcome.result  # type: ignore[no-any-return]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import math
 import signal as _signal_module
 import threading
 import time
@@ -407,13 +408,17 @@ class _Listener:
             self.meter_provider or metrics.get_meter_provider(),
         ]
 
-    def close(self) -> None:
+    def close(self, timeout: float) -> None:
         """No more stops; the worker exports what is left and shuts down the providers
-        that instrument() made (on its thread: this waits the reserve at most)."""
+        that instrument() made (on its thread: this waits *timeout* at most, and not
+        at all while the worker is still in a flush that ran out of time: that flush
+        has had its reserve)."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        self._thread.join(self.reserve)
+            stuck = self._flushed < self._flush_asked
+        if not stuck:
+            self._thread.join(timeout)
 
     def at_exit(self) -> None:
         """Flush within the reserve: once for run() and the atexit hook together (again
@@ -477,7 +482,10 @@ def _make_providers(exporter: str) -> tuple[Any, Any]:
 def _check_reserve(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"`flush_reserve` must be a number of seconds, got {value!r}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int too large for a float: inf, which is refused below
+        value = math.inf if value > 0 else -math.inf
     # a wait longer than threading.TIMEOUT_MAX raises OverflowError (from run()'s end)
     if not 0 <= value <= threading.TIMEOUT_MAX:  # (False for nan too)
         raise ValueError(
@@ -564,7 +572,9 @@ def uninstrument() -> None:
     """Stop recording stops; flush what was recorded (within the reserve).
 
     Providers that :func:`instrument` made for an ``exporter`` are shut down; yours
-    are left as they are.  Does nothing if not instrumented.
+    are left as they are.  Does nothing if not instrumented.  It spends the reserve
+    at most, and shares it with :func:`~stopscope.run`'s flush and the ``atexit``
+    hook: it flushes only if a stop was recorded since they did.
     """
     global _listener
     with _lock:
@@ -574,8 +584,11 @@ def uninstrument() -> None:
         _listener = None
         _scope._observer = None
     atexit.unregister(listener.at_exit)
-    listener.flush(listener.reserve)
-    listener.close()
+    # one reserve in all, shared with run()'s flush and the atexit hook: the flush is
+    # skipped if no stop was recorded since theirs, and the close gets what is left
+    began = time.monotonic()
+    listener.at_exit()
+    listener.close(max(0.0, listener.reserve - (time.monotonic() - began)))
 
 
 def is_instrumented() -> bool:

@@ -55,7 +55,10 @@ class ServerInfo:
 def check_drain_delay(value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"`drain_delay` must be a number of seconds, got {value!r}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int too large for a float: inf, which is refused below
+        value = math.inf if value > 0 else -math.inf
     if math.isnan(value) or value < 0 or value == math.inf:
         raise ValueError(
             f"`drain_delay` must be a finite, non-negative number of seconds, got {value!r}"
@@ -240,7 +243,27 @@ class Drain:
                 self.label,
                 left,
             )
-            await anyio.sleep(left)
+            try:
+                await anyio.sleep(left)
+            except BaseException:  # a hard stop, or the server's own shutdown
+                self._delay_cut()
+                raise
+
+    def _delay_cut(self) -> None:
+        """The drain delay ended early: say so, and record it, cut short, in the stop's
+        timeline (the listener closes before the delay the balancer was promised)."""
+        assert self.stopped_at is not None
+        took = time.monotonic() - self.stopped_at
+        timeline = current_timeline()
+        if timeline is not None:
+            timeline.start(self.stopped_at)
+            timeline.add_cut("drain delay", took)
+        logger.warning(
+            "%s: the drain delay was cut short after %.3g s of %.3g s",
+            self.label,
+            took,
+            self.drain_delay,
+        )
 
     def timeout(self, overhead: float = 0.0) -> float | None:
         """Seconds the server may take to finish in-flight requests (``None``: no limit).

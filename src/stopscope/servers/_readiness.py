@@ -866,7 +866,10 @@ def check_sse_retry(value: float | None) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"`sse_retry` must be a number of seconds or None, got {value!r}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int too large for a float: inf, which is refused below
+        value = math.inf if value > 0 else -math.inf
     if not math.isfinite(value) or value < 0:
         raise ValueError(
             f"`sse_retry` must be a finite, non-negative number of seconds, got {value!r}"

@@ -770,9 +770,13 @@ def _check_seconds(value: float | None, name: str, allow_none: bool = True) -> f
         raise TypeError(f"`{name}` must be a number of seconds, got None")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"`{name}` must be a number of seconds, got {value!r}")
-    if math.isnan(value) or value < 0:
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int too large for a float: as good as forever (inf)
+        seconds = math.inf if value > 0 else -math.inf
+    if math.isnan(seconds) or seconds < 0:
         raise ValueError(f"`{name}` must be a non-negative number of seconds, got {value!r}")
-    return float(value)
+    return seconds
 
 
 #: the grace period of a run given no *within* and no *grace*, in seconds
