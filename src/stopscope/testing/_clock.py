@@ -218,6 +218,9 @@ def _guard_selector(loop: asyncio.AbstractEventLoop) -> None:
         return limiter.borrowed_tokens > 0
 
     def select(timeout: float | None = None) -> Any:
+        hook = getattr(loop, "_stopscope_turn", None)
+        if hook is not None:
+            hook()
         if timeout is not None and 0 < timeout < _TICK:
             timeout = _TICK
         if (timeout is None or timeout > 0) and busy():
@@ -229,6 +232,11 @@ def _guard_selector(loop: asyncio.AbstractEventLoop) -> None:
 
     selector.select = select
     loop._stopscope_thread_guard = True  # type: ignore[attr-defined]
+
+
+def set_turn_hook(loop: asyncio.AbstractEventLoop, hook: Callable[[], None] | None) -> None:
+    """Have a guarded ``looptime`` loop call *hook* once per loop turn (``None``: stop)."""
+    loop._stopscope_turn = hook  # type: ignore[attr-defined]
 
 
 def threads_busy() -> bool:

@@ -24,7 +24,14 @@ from .._report import Outcome, ShutdownReport, StopReason, TaskRecord
 from .._scope import TaskScope
 from .._signal import StopSignal, _backend
 from ._cancel import cut_cleanup, cut_cleanup_failure
-from ._clock import ThreadGuard, next_deadline, running_virtual, threads_busy, wait_loop_idle
+from ._clock import (
+    ThreadGuard,
+    next_deadline,
+    running_virtual,
+    set_turn_hook,
+    threads_busy,
+    wait_loop_idle,
+)
 from ._leaks import LeakWatch
 from ._sites import Site, plan_by_site, site_of
 
@@ -257,6 +264,12 @@ class _Tracer:
 
     __slots__ = (
         "abandoned",
+        "busy_at",
+        "busy_coro",
+        "busy_points",
+        "busy_stop",
+        "busy_turns",
+        "busy_wake",
         "coro",
         "delivered",
         "escape",
@@ -333,6 +346,14 @@ class _Tracer:
         self.delivered = 0  # cancellations thrown into the worker after the kit's cancel
         self.abandoned = False
         self.gave_up: str | None = None  # why the kit closed the worker
+        # the loop guard (virtual time): turns in a row in which a task was ready to run
+        # while the clock stood still and the worker went through no point of its own
+        self.busy_turns = 0
+        self.busy_at: float | None = None  # the clock, and the worker's points, when
+        self.busy_points = 0  # the count began
+        self.busy_coro: Any = None  # a coroutine of the busy task, for the report
+        self.busy_wake: Callable[[], None] | None = None  # wakes watch_loop()
+        self.busy_stop = False  # the loop guard requested the stop
 
     def suspended(self) -> None:
         if self.exited:
@@ -384,6 +405,84 @@ class _Tracer:
         )
         assert self.escape is not None  # set by the run before the worker starts
         self.escape.cancel()
+
+    def turn(self, busy: bool) -> bool:
+        """The loop guard, once per loop turn in virtual time (called by the loop):
+        whether the loop has now stayed *busy* (a task ready to run) for *hang_points*
+        turns while the clock stood still and the worker went through no point of its
+        own: a busy loop in a task it started, which neither its grace nor a
+        ``fail_after`` can end.  :meth:`watch_loop` then ends the run."""
+        if not busy or self.exited or self.busy_wake is None:
+            self.busy_turns = 0
+            return False
+        now, points = self.now(), self.points
+        if now != self.busy_at or points != self.busy_points:
+            self.busy_at, self.busy_points, self.busy_turns = now, points, 0
+        self.busy_turns += 1
+        return self.busy_turns >= self.hang_points
+
+    def wake_watch(self, coro: Any) -> None:
+        """From the loop, once :meth:`turn` said so: *coro* is the busy task's."""
+        wake, self.busy_wake = self.busy_wake, None
+        self.busy_coro, self.busy_turns = coro, 0
+        if wake is not None:
+            wake()
+
+    async def watch_loop(self) -> None:
+        """The loop guard's task (virtual time): parked until the loop has stayed busy
+        for *hang_points* turns; then it requests the stop (or cancels), and if the
+        loop stays busy as long again, cancels the run from outside."""
+        while True:
+            await self._park()
+            busy = _where(_capture(self.busy_coro))
+            turns = f"{self.hang_points} loop turns went by with a task ready to run"
+            if self.stop_time is None:
+                how = "requested its stop" if self.mode == "stop" else "cancelled it"
+                self.hung += (
+                    f"the loop never went idle: {turns} and the clock standing still while "
+                    f"the worker was at {_where(self.last)}, and a task was busy at {busy} "
+                    f"(a busy loop in a task the worker started?); the kit {how} to end "
+                    f"the run (hang_points={self.hang_points})",
+                )
+                self.busy_stop = True
+                self.request_stop("stopscope.testing: the loop never went idle")
+                continue
+            self.hang_at = math.inf
+            self.hung += (
+                f"the loop never went idle after the "
+                f"{'stop request' if self.mode == 'stop' else 'cancellation'}: {turns} and "
+                f"the clock standing still, a task busy at {busy} (a busy loop? in virtual "
+                f"time the grace cannot pass while it runs), so the kit cancelled the run "
+                f"to end it (hang_points={self.hang_points})",
+            )
+            assert self.escape is not None  # set by the run before the worker starts
+            self.escape.cancel()
+            return
+
+    async def _park(self) -> None:
+        if _backend() == "trio":
+            import trio
+
+            task = trio.lowlevel.current_task()
+
+            def abort(_: object) -> trio.lowlevel.Abort:
+                self.busy_wake = None
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            self.busy_wake = lambda: trio.lowlevel.reschedule(task)
+            await trio.lowlevel.wait_task_rescheduled(abort)
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def wake() -> None:
+            if not future.done():
+                future.set_result(None)
+
+        self.busy_wake = wake
+        try:
+            await future
+        finally:
+            self.busy_wake = None
 
     def resumed(self) -> None:
         """Runs in the worker's task context, as it resumes (graceful mode)."""
@@ -572,6 +671,7 @@ class _TrioInstrument:
     def __init__(self, tracer: _Tracer, guard: ThreadGuard | None) -> None:
         self._tracer = tracer
         self._guard = guard
+        self._stepped: trio.lowlevel.Task | None = None  # the last task that ran
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
         if task is self._tracer.task:
@@ -580,10 +680,36 @@ class _TrioInstrument:
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
         if task is self._tracer.task:
             self._tracer.suspended()
+        else:
+            self._stepped = task
 
     def before_io_wait(self, timeout: float) -> None:
-        if self._guard is not None:
-            self._guard.before_io_wait()
+        if self._guard is None:  # real time: no loop guard
+            return
+        self._guard.before_io_wait()
+        import trio
+
+        busy = timeout == 0 and trio.lowlevel.current_statistics().tasks_runnable > 0
+        if self._tracer.turn(busy):
+            stepped = self._stepped
+            self._tracer.wake_watch(None if stepped is None else stepped.coro)
+
+
+def _asyncio_turn_hook(tracer: _Tracer, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
+    """The loop guard's hook on a ``looptime`` loop: once per turn, before it selects."""
+    ready: Any = getattr(loop, "_ready", ())  # a BaseEventLoop's ready queue
+
+    def hook() -> None:
+        if tracer.turn(bool(ready)):
+            coro = None
+            for handle in ready:  # a task's step is a bound method of the task
+                task = getattr(getattr(handle, "_callback", None), "__self__", None)
+                if isinstance(task, asyncio.Task):
+                    coro = task.get_coro()
+                    break
+            tracer.wake_watch(coro)
+
+    return hook
 
 
 # -------------------------------------------------------------------------- results
@@ -987,10 +1113,15 @@ async def _run(
         trio.lowlevel.add_instrument(instrument)  # type: ignore[arg-type]
     elif guard is not None:
         guard.install_asyncio(asyncio.get_running_loop())
+        set_turn_hook(
+            asyncio.get_running_loop(), _asyncio_turn_hook(tracer, asyncio.get_running_loop())
+        )
     requested_at: float | None = None
     try:
         async with anyio.create_task_group() as helpers:
             tracer.escape = helpers.cancel_scope  # the hang guard's way out
+            if guard is not None:
+                helpers.start_soon(tracer.watch_loop, name="stopscope.testing loop guard")
             if guard is not None and backend == "trio":
                 helpers.start_soon(guard.run_trio, name="stopscope.testing thread guard")
             try:
@@ -1025,6 +1156,8 @@ async def _run(
         leaks.stop()
         if instrument is not None:
             trio.lowlevel.remove_instrument(instrument)  # type: ignore[arg-type]
+        elif guard is not None:
+            set_turn_hook(asyncio.get_running_loop(), None)
 
     stopped = tracer.stop_time is not None
     if scope is not None:
@@ -1048,7 +1181,9 @@ async def _run(
     latency = None
     if requested and tracer.exit_time is not None and tracer.stop_time is not None:
         latency = max(0.0, tracer.exit_time - tracer.stop_time)
-    if tracer.hang_stop is not None and at_point is None:
+    if tracer.busy_stop:
+        moment = f"by the hang guard, after {tracer.hang_points} busy loop turns"
+    elif tracer.hang_stop is not None and at_point is None:
         moment = f"by the hang guard, after {tracer.hang_stop} scheduling points"
     elif tracer.unreached:
         moment = f"at scheduling point {at_point}, which it never reached"
@@ -1098,7 +1233,7 @@ async def _run(
         backend=backend,
         virtual=virtual,
         moment=moment,
-        point=at_point if requested else None,
+        point=at_point if requested and not tracer.busy_stop else None,
         requested=requested,
         outcome=outcome,
         latency=latency,
@@ -1249,7 +1384,9 @@ async def probe(
     :param hang_points: the hang guard: a worker that goes through this many
         scheduling points past the stop point (or from its start, without one) is
         taken for a busy loop; the kit ends the run and it fails (in virtual time,
-        only points at which the clock stood still count)
+        only points at which the clock stood still count; and as many loop turns in a
+        row with a task ready to run, the clock still and no point of the worker's, a
+        busy task it started, end the run too)
     :param allow_cut_cleanup: do not fail a run in which a cancellation cut a cleanup
         await short (:attr:`ProbeResult.cut_cleanup` still names it)
     :raises ValueError: for a negative point or duration, both *at_point* and *after*,
@@ -1394,7 +1531,9 @@ async def explore(
         scheduling points past a run's point without the run ending is taken for a
         busy loop; the kit ends the run (stop, then cancellation) and it fails.  In
         virtual time only points at which the clock stood still count (a worker that
-        waits moves it)
+        waits moves it), and as many busy loop turns in a row (a task ready to run,
+        the clock still, no point of the worker's: a task it started spinning) end
+        the run too
     :param allow_cut_cleanup: do not fail a run in which a cancellation cut a cleanup
         await short: an unshielded await in a ``finally`` or ``except`` block (flake8-async's
         ASYNC102, at run time); the report still names it

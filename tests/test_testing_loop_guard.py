@@ -1,0 +1,159 @@
+"""The hang guard in virtual time, for a busy loop in a task the worker started.
+
+The worker's own points are what the hang guard counted; a worker that waits on its
+task group while a child spins on checkpoints went through none, and in virtual time
+no clock moved, so neither its grace nor a ``fail_after`` could end the run: it hung
+for ever.  The loop guard counts the loop's busy turns instead.  Virtual time only
+(in real time the grace, or a ``fail_after`` in the test, ends such a run).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, Final
+
+import anyio
+import pytest
+
+from stopscope import Outcome, StopSignal
+from stopscope.testing import Scenario, explore, probe, virtual_time
+
+pytestmark = pytest.mark.anyio
+
+#: a bound far below the default, so that each test is quick
+HANG: Final = 300
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("asyncio", id="asyncio-virtual"),
+        pytest.param("trio", id="trio-virtual"),
+    ]
+)
+def anyio_backend(request: pytest.FixtureRequest) -> object:
+    return virtual_time(request.param)
+
+
+def line_of(func: Callable[..., Any], text: str) -> int:
+    lines, start = inspect.getsourcelines(func)
+    return start + next(i for i, line in enumerate(lines) if text in line)
+
+
+async def spin() -> None:
+    while True:
+        await anyio.lowlevel.checkpoint()
+
+
+async def waits_while_a_child_spins(signal: StopSignal) -> None:
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(spin)
+        await signal.wait()
+        tg.cancel_scope.cancel()
+
+
+async def deaf_while_a_child_spins(signal: StopSignal) -> None:
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(spin)
+
+
+def where(func: Callable[..., Any], text: str, name: str) -> str:
+    return f"`{text}` (test_testing_loop_guard.py:{line_of(func, text)}, in {name})"
+
+
+class TestBusyChild:
+    async def test_probe_once_it_waits_is_stopped(self) -> None:
+        result = await probe(waits_while_a_child_spins, hang_points=HANG)
+        assert result.outcome is Outcome.STOPPED
+        assert result.moment == f"by the hang guard, after {HANG} busy loop turns"
+        worker = where(
+            waits_while_a_child_spins, "await signal.wait()", "waits_while_a_child_spins"
+        )
+        child = where(spin, "await anyio.lowlevel.checkpoint()", "spin")
+        assert result.failures == (
+            f"the loop never went idle: {HANG} loop turns went by with a task ready to run "
+            f"and the clock standing still while the worker was at {worker}, and a task was "
+            f"busy at {child} (a busy loop in a task the worker started?); the kit requested "
+            f"its stop to end the run (hang_points={HANG})",
+        )
+        assert result.point is None
+
+    async def test_a_child_that_ignores_the_stop_is_cancelled(self) -> None:
+        result = await probe(deaf_while_a_child_spins, hang_points=HANG, grace=60.0)
+        assert result.outcome is Outcome.CANCELLED
+        failures = result.failures
+        assert len(failures) == 2, failures
+        assert failures[0].startswith(f"the loop never went idle: {HANG} loop turns")
+        assert failures[1].startswith(
+            f"the loop never went idle after the stop request: {HANG} loop turns"
+        )
+        assert "so the kit cancelled the run to end it" in failures[1]
+        assert "needed cancellation" not in str(result)  # its grace never passed
+
+    async def test_in_cancel_mode(self) -> None:
+        result = await probe(deaf_while_a_child_spins, hang_points=HANG, mode="cancel")
+        assert result.outcome is Outcome.CANCELLED
+        assert result.failures[0].startswith(f"the loop never went idle: {HANG} loop turns")
+        assert "the kit cancelled it to end the run" in result.failures[0]
+
+    @pytest.mark.parametrize("mode", ["stop", "cancel"])
+    async def test_explore_fails_with_a_replay_that_reproduces(self, mode: Any) -> None:
+        def scenario() -> Scenario:
+            return Scenario(deaf_while_a_child_spins)
+
+        exploration = await explore(scenario, within=1.0, hang_points=HANG, mode=mode)
+        failure = exploration.failure
+        assert failure is not None
+        assert "the loop never went idle" in str(exploration)
+        assert exploration.replay is not None
+        point = int(exploration.replay.rpartition("[")[2].rstrip("])"))
+        again = await explore(scenario, within=1.0, hang_points=HANG, mode=mode, points=[point])
+        assert again.failure is not None
+        assert again.failure.failures == failure.failures
+
+
+async def ping_pong(signal: StopSignal) -> None:
+    """A feeder busy for most of the bound before each message it sends, with the clock
+    standing still: the loop is busy throughout, for many times the bound, but each
+    message moves the worker a point, so it is no hang."""
+    send, receive = anyio.create_memory_object_stream[int]()
+
+    async def feed() -> None:
+        async with send:
+            for n in range(4):
+                for _ in range(2 * HANG // 3):
+                    await anyio.lowlevel.checkpoint()
+                await send.send(n)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(feed)
+        async with receive:
+            async for _ in receive:
+                pass
+    await signal.wait()
+
+
+async def spins_a_while(signal: StopSignal) -> None:
+    """A child busy for fewer turns than the bound, then waiting a moment, again and
+    again: the clock moves between its bursts, so it is no hang either."""
+
+    async def bursts() -> None:
+        for _ in range(3):
+            for _ in range(HANG // 2):
+                await anyio.lowlevel.checkpoint()
+            await anyio.sleep(0.001)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(bursts)
+    await signal.wait()
+
+
+class TestNoFalseAlarm:
+    @pytest.mark.parametrize("worker", [ping_pong, spins_a_while])
+    async def test_a_busy_loop_that_makes_progress_passes(
+        self, worker: Callable[[StopSignal], Any]
+    ) -> None:
+        result = await probe(worker, hang_points=HANG)
+        assert result.ok, result
+        assert result.outcome is Outcome.STOPPED
+        assert result.moment == "once it was waiting"
