@@ -12,7 +12,7 @@ import re
 import sys
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence, Sized
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Final, Literal, final
@@ -264,7 +264,6 @@ class _Tracer:
 
     __slots__ = (
         "abandoned",
-        "busy_at",
         "busy_coro",
         "busy_points",
         "busy_stop",
@@ -349,8 +348,7 @@ class _Tracer:
         # the loop guard (virtual time): turns in a row in which a task was ready to run
         # while the clock stood still and the worker went through no point of its own
         self.busy_turns = 0
-        self.busy_at: float | None = None  # the clock, and the worker's points, when
-        self.busy_points = 0  # the count began
+        self.busy_points = 0  # the worker's points when the count began
         self.busy_coro: Any = None  # a coroutine of the busy task, for the report
         self.busy_wake: Callable[[], None] | None = None  # wakes watch_loop()
         self.busy_stop = False  # the loop guard requested the stop
@@ -412,21 +410,22 @@ class _Tracer:
         turns while the clock stood still and the worker went through no point of its
         own: a busy loop in a task it started, which neither its grace nor a
         ``fail_after`` can end.  :meth:`watch_loop` then ends the run."""
-        if not busy or self.exited or self.busy_wake is None:
+        if not busy:  # the loop goes idle: only then can a virtual clock move
             self.busy_turns = 0
             return False
-        now, points = self.now(), self.points
-        if now != self.busy_at or points != self.busy_points:
-            self.busy_at, self.busy_points, self.busy_turns = now, points, 0
+        if self.points != self.busy_points:  # the worker took a step
+            self.busy_points, self.busy_turns = self.points, 0
         self.busy_turns += 1
-        return self.busy_turns >= self.hang_points
+        return (
+            self.busy_turns >= self.hang_points and not self.exited and self.busy_wake is not None
+        )
 
     def wake_watch(self, coro: Any) -> None:
         """From the loop, once :meth:`turn` said so: *coro* is the busy task's."""
         wake, self.busy_wake = self.busy_wake, None
         self.busy_coro, self.busy_turns = coro, 0
-        if wake is not None:
-            wake()
+        assert wake is not None  # turn() says so only while watch_loop() is parked
+        wake()
 
     async def watch_loop(self) -> None:
         """The loop guard's task (virtual time): parked until the loop has stayed busy
@@ -672,6 +671,14 @@ class _TrioInstrument:
         self._tracer = tracer
         self._guard = guard
         self._stepped: trio.lowlevel.Task | None = None  # the last task that ran
+        self._runq: Sized | None = None  # trio's run queue, for the loop guard
+        if guard is not None:
+            try:  # read directly: the public statistics cost a loop turn's worth
+                from trio._core._run import GLOBAL_RUN_CONTEXT
+
+                self._runq = GLOBAL_RUN_CONTEXT.runner.runq
+            except (AttributeError, ImportError):  # pragma: no cover - other versions
+                self._runq = None
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
         if task is self._tracer.task:
@@ -687,12 +694,15 @@ class _TrioInstrument:
         if self._guard is None:  # real time: no loop guard
             return
         self._guard.before_io_wait()
-        import trio
+        runq = self._runq
+        if runq is not None:
+            busy = len(runq) > 0
+        else:  # pragma: no cover - other versions of trio
+            import trio
 
-        busy = timeout == 0 and trio.lowlevel.current_statistics().tasks_runnable > 0
+            busy = timeout == 0 and trio.lowlevel.current_statistics().tasks_runnable > 0
         if self._tracer.turn(busy):
-            stepped = self._stepped
-            self._tracer.wake_watch(None if stepped is None else stepped.coro)
+            self._tracer.wake_watch(getattr(self._stepped, "coro", None))
 
 
 def _asyncio_turn_hook(tracer: _Tracer, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
@@ -701,13 +711,10 @@ def _asyncio_turn_hook(tracer: _Tracer, loop: asyncio.AbstractEventLoop) -> Call
 
     def hook() -> None:
         if tracer.turn(bool(ready)):
-            coro = None
-            for handle in ready:  # a task's step is a bound method of the task
-                task = getattr(getattr(handle, "_callback", None), "__self__", None)
-                if isinstance(task, asyncio.Task):
-                    coro = task.get_coro()
-                    break
-            tracer.wake_watch(coro)
+            # a task's step is a bound method of the task
+            tasks = (getattr(getattr(h, "_callback", None), "__self__", None) for h in ready)
+            task = next((t for t in tasks if isinstance(t, asyncio.Task)), None)
+            tracer.wake_watch(None if task is None else task.get_coro())
 
     return hook
 
