@@ -9,6 +9,7 @@ for ever.  The loop guard counts the loop's busy turns instead.  Virtual time on
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Callable
 from typing import Any, Final
@@ -157,3 +158,41 @@ class TestNoFalseAlarm:
         assert result.ok, result
         assert result.outcome is Outcome.STOPPED
         assert result.moment == "once it was waiting"
+
+
+async def callbacks_spin(signal: StopSignal) -> None:
+    """A chain of loop callbacks, each scheduling the next: no task is busy."""
+    loop = asyncio.get_running_loop()
+    handles: list[asyncio.Handle] = []
+
+    def again() -> None:
+        handles.append(loop.call_soon(again))
+
+    again()
+    try:
+        await signal.wait()
+    finally:
+        handles[-1].cancel()
+
+
+class TestBusyCallbacks:
+    @pytest.fixture
+    def anyio_backend(self) -> object:
+        return virtual_time("asyncio")  # loop callbacks are asyncio's
+
+    async def test_the_report_says_no_task_was_busy(self) -> None:
+        result = await probe(callbacks_spin, at_point=5, hang_points=HANG)
+        assert result.outcome is Outcome.STOPPED
+        assert len(result.failures) == 1
+        assert "and no task was (callbacks) (a busy loop" in result.failures[0]
+
+    async def test_the_busy_task_is_named_while_the_kit_waits_for_a_point(self) -> None:
+        """explore() waits for the worker's point by polling the loop: its own task is
+        ready to run beside the busy one, and is not the one named."""
+        exploration = await explore(
+            lambda: Scenario(deaf_while_a_child_spins), within=1.0, hang_points=HANG
+        )
+        child = where(spin, "await anyio.lowlevel.checkpoint()", "spin")
+        for run in exploration.runs:
+            for failure in run.failures:
+                assert f"busy at {child}" in failure, failure

@@ -433,14 +433,15 @@ class _Tracer:
         loop stays busy as long again, cancels the run from outside."""
         while True:
             await self._park()
-            busy = _where(_capture(self.busy_coro))
+            stack = _capture(self.busy_coro)
+            busy = f"a task was busy at {_where(stack)}" if stack else "no task was (callbacks)"
             turns = f"{self.hang_points} loop turns went by with a task ready to run"
             if self.stop_time is None:
                 how = "requested its stop" if self.mode == "stop" else "cancelled it"
                 self.hung += (
                     f"the loop never went idle: {turns} and the clock standing still while "
-                    f"the worker was at {_where(self.last)}, and a task was busy at {busy} "
-                    f"(a busy loop in a task the worker started?); the kit {how} to end "
+                    f"the worker was at {_where(self.last)}, and {busy} (a busy loop in a "
+                    f"task the worker started?); the kit {how} to end "
                     f"the run (hang_points={self.hang_points})",
                 )
                 self.busy_stop = True
@@ -450,7 +451,7 @@ class _Tracer:
             self.hung += (
                 f"the loop never went idle after the "
                 f"{'stop request' if self.mode == 'stop' else 'cancellation'}: {turns} and "
-                f"the clock standing still, a task busy at {busy} (a busy loop? in virtual "
+                f"the clock standing still, and {busy} (a busy loop? in virtual "
                 f"time the grace cannot pass while it runs), so the kit cancelled the run "
                 f"to end it (hang_points={self.hang_points})",
             )
@@ -668,9 +669,12 @@ class _TrioInstrument:
     virtual-time thread guard."""
 
     def __init__(self, tracer: _Tracer, guard: ThreadGuard | None) -> None:
+        import trio
+
         self._tracer = tracer
         self._guard = guard
         self._stepped: trio.lowlevel.Task | None = None  # the last task that ran
+        self._body = trio.lowlevel.current_task()  # the run's own task: never the busy one
         self._runq: Sized | None = None  # trio's run queue, for the loop guard
         if guard is not None:
             try:  # read directly: the public statistics cost a loop turn's worth
@@ -687,7 +691,7 @@ class _TrioInstrument:
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
         if task is self._tracer.task:
             self._tracer.suspended()
-        else:
+        elif task is not self._body:
             self._stepped = task
 
     def before_io_wait(self, timeout: float) -> None:
@@ -708,13 +712,15 @@ class _TrioInstrument:
 def _asyncio_turn_hook(tracer: _Tracer, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
     """The loop guard's hook on a ``looptime`` loop: once per turn, before it selects."""
     ready: Any = getattr(loop, "_ready", ())  # a BaseEventLoop's ready queue
+    body = asyncio.current_task()  # the run's own task
 
     def hook() -> None:
         if tracer.turn(bool(ready)):
-            # a task's step is a bound method of the task
+            # a task's step is a bound method of the task; the run's own task (it
+            # polls the loop while it waits for the worker's point) is not the busy one
             tasks = (getattr(getattr(h, "_callback", None), "__self__", None) for h in ready)
-            task = next((t for t in tasks if isinstance(t, asyncio.Task)), None)
-            tracer.wake_watch(None if task is None else task.get_coro())
+            busy = (t for t in tasks if isinstance(t, asyncio.Task) and t is not body)
+            tracer.wake_watch(next((t.get_coro() for t in busy), None))
 
     return hook
 
