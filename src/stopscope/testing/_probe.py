@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import math
 import os
@@ -1587,7 +1588,7 @@ async def _explore(
     sample: int | None,
     seed: int | None,
     idle: float | None,
-    replay_hint: str | None,
+    replay_hint: Callable[[int], str] | None,
     *,
     mode: Mode = "stop",
     hang_points: int = DEFAULT_HANG_POINTS,
@@ -1677,8 +1678,8 @@ async def _explore(
     replay = None
     if failure is not None:
         replay = f"explore(..., points=[{failed_at}])"
-        if replay_hint:
-            replay = f"{replay_hint.format(point=failed_at)} (or {replay})"
+        if replay_hint is not None:
+            replay = f"{replay_hint(failed_at)} (or {replay})"
     return Exploration(
         worker=name,
         runs=tuple(runs),
@@ -1699,6 +1700,18 @@ async def _make(setup: Callable[[], Scenario | Awaitable[Scenario]]) -> Scenario
     if not isinstance(scenario, Scenario):
         raise TypeError(f"`setup` must return a Scenario, got {scenario!r}")
     return scenario
+
+
+def _replay_command(nodeid: str, point: int) -> str:
+    """The pytest command that replays *point* of the test *nodeid* (no ``str.format``:
+    a test id may hold braces)."""
+    return f"pytest {_shell_quoted(nodeid)} --stopscope-point={point}"
+
+
+def _shell_quoted(text: str) -> str:
+    """*text* in single quotes for a POSIX shell, each quote in it closed, escaped and
+    reopened: a test id holds brackets, and may hold quotes (``test_x[don't]``)."""
+    return "'" + text.replace("'", "'\\''") + "'"
 
 
 @final
@@ -1775,9 +1788,8 @@ class StopKit:
             points, sample, per_site = [self._point], None, None
         if seed is None:
             seed = self._seed
-        hint = None
-        if self._nodeid:
-            hint = f"pytest '{self._nodeid}' --stopscope-point={{point}}"
+        hint = None if not self._nodeid else functools.partial(_replay_command, self._nodeid)
+
         __tracebackhide__ = True
         return await _explore(
             _setup_of(setup, args),
