@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import anyio
+import anyio.abc
 import pytest
 
 from stopscope import Outcome, StopSignal
@@ -196,3 +197,70 @@ class TestBusyCallbacks:
         for run in exploration.runs:
             for failure in run.failures:
                 assert f"busy at {child}" in failure, failure
+
+
+async def spins_briefly(signal: StopSignal) -> None:
+    """A child busy for a moment, then done: the loop settles, and the stop lands once
+    the worker waits, as always."""
+
+    async def burst() -> None:
+        for _ in range(HANG):
+            await anyio.lowlevel.checkpoint()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(burst)
+    await signal.wait()
+
+
+class TestRealTime:
+    """In real time a probe that waits for the worker to wait gives up after *idle*
+    seconds in which the worker took no step and the loop never settled."""
+
+    @pytest.fixture(
+        params=[
+            pytest.param(("asyncio", {}), id="asyncio-real"),
+            pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop-real"),
+            pytest.param(("trio", {}), id="trio-real"),
+        ]
+    )
+    def anyio_backend(self, request: pytest.FixtureRequest) -> object:
+        return request.param
+
+    async def test_probe_once_it_waits_is_stopped(self) -> None:
+        result = await probe(waits_while_a_child_spins, idle=0.2)
+        assert result.outcome is Outcome.STOPPED
+        assert result.moment == "by the hang guard, after 0.2 s in which the loop never went idle"
+        worker = where(
+            waits_while_a_child_spins, "await signal.wait()", "waits_while_a_child_spins"
+        )
+        child = where(spin, "await anyio.lowlevel.checkpoint()", "spin")
+        assert result.failures == (
+            f"the loop never went idle: for 0.2 s a task was ready to run while the worker "
+            f"waited at {worker} without a scheduling point, and a task was busy at {child} "
+            f"(a busy loop in a task the worker started?); the kit requested its stop to end "
+            f"the run (idle=0.2)",
+        )
+        assert result.point is None
+
+    async def test_in_cancel_mode(self) -> None:
+        result = await probe(deaf_while_a_child_spins, idle=0.2, mode="cancel")
+        assert result.outcome is Outcome.CANCELLED
+        assert result.failures[0].startswith("the loop never went idle: for 0.2 s")
+        assert "the kit cancelled it to end the run (idle=0.2)" in result.failures[0]
+
+    async def test_a_worker_that_leaves_a_busy_task_is_a_leak(self) -> None:
+        async def leaves_a_spinner(signal: StopSignal, tg: anyio.abc.TaskGroup) -> None:
+            tg.start_soon(spin, name="spinner")
+
+        async with anyio.create_task_group() as tg:
+            result = await probe(leaves_a_spinner, tg, idle=0.2)
+            tg.cancel_scope.cancel()
+        assert result.outcome is Outcome.FINISHED
+        assert len(result.leaks) == 1
+        assert result.leaks[0].startswith("the worker left a task running: 'spinner'")
+        assert result.failures == result.leaks  # the worker ended: no stop, no hang
+
+    async def test_a_brief_burst_is_no_hang(self) -> None:
+        result = await probe(spins_briefly)
+        assert result.ok, result
+        assert result.moment == "once it was waiting"

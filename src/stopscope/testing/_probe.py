@@ -352,7 +352,7 @@ class _Tracer:
         self.busy_points = 0  # the worker's points when the count began
         self.busy_coro: Any = None  # a coroutine of the busy task, for the report
         self.busy_wake: Callable[[], None] | None = None  # wakes watch_loop()
-        self.busy_stop = False  # the loop guard requested the stop
+        self.busy_stop: str | None = None  # the loop guard requested the stop: when
 
     def suspended(self) -> None:
         if self.exited:
@@ -445,7 +445,7 @@ class _Tracer:
                     f"task the worker started?); the kit {how} to end "
                     f"the run (hang_points={self.hang_points})",
                 )
-                self.busy_stop = True
+                self.busy_stop = f"by the hang guard, after {self.hang_points} busy loop turns"
                 self.request_stop("stopscope.testing: the loop never went idle")
                 continue
             self.hang_at = math.inf
@@ -674,7 +674,7 @@ class _TrioInstrument:
 
         self._tracer = tracer
         self._guard = guard
-        self._stepped: trio.lowlevel.Task | None = None  # the last task that ran
+        self.stepped: trio.lowlevel.Task | None = None  # the last other task that ran
         self._body = trio.lowlevel.current_task()  # the run's own task: never the busy one
         self._runq: Sized | None = None  # trio's run queue, for the loop guard
         if guard is not None:
@@ -693,7 +693,7 @@ class _TrioInstrument:
         if task is self._tracer.task:
             self._tracer.suspended()
         elif task is not self._body:
-            self._stepped = task
+            self.stepped = task
 
     def before_io_wait(self, timeout: float) -> None:
         if self._guard is None:  # real time: no loop guard
@@ -707,7 +707,7 @@ class _TrioInstrument:
 
             busy = timeout == 0 and trio.lowlevel.current_statistics().tasks_runnable > 0
         if self._tracer.turn(busy):
-            self._tracer.wake_watch(getattr(self._stepped, "coro", None))
+            self._tracer.wake_watch(getattr(self.stepped, "coro", None))
 
 
 def _asyncio_turn_hook(tracer: _Tracer, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
@@ -1154,10 +1154,12 @@ async def _run(
                         await tracer.wake.sleep(after)
                         if not tracer.exited:
                             tracer.request_stop(f"stopscope.testing: stop after {after:g} s")
-                    else:
+                    elif virtual:  # the loop guard ends a loop that never settles
                         await anyio.wait_all_tasks_blocked()
                         if not tracer.exited:
                             tracer.request_stop("stopscope.testing: stop once the worker waits")
+                    else:
+                        await _until_waiting(tracer, instrument, idle)
                     if tracer.stop_time is not None:
                         requested_at = time.monotonic()
             except ExceptionGroup:
@@ -1195,8 +1197,8 @@ async def _run(
     latency = None
     if requested and tracer.exit_time is not None and tracer.stop_time is not None:
         latency = max(0.0, tracer.exit_time - tracer.stop_time)
-    if tracer.busy_stop:
-        moment = f"by the hang guard, after {tracer.hang_points} busy loop turns"
+    if tracer.busy_stop is not None:
+        moment = tracer.busy_stop
     elif tracer.hang_stop is not None and at_point is None:
         moment = f"by the hang guard, after {tracer.hang_stop} scheduling points"
     elif tracer.unreached:
@@ -1247,7 +1249,7 @@ async def _run(
         backend=backend,
         virtual=virtual,
         moment=moment,
-        point=at_point if requested and not tracer.busy_stop else None,
+        point=at_point if requested and tracer.busy_stop is None else None,
         requested=requested,
         outcome=outcome,
         latency=latency,
@@ -1283,6 +1285,47 @@ def _split(exc: BaseException | None) -> tuple[bool, BaseException | None]:
         match, rest = exc.split(kind)
         return match is not None, rest
     return False, exc
+
+
+async def _until_waiting(
+    tracer: _Tracer, instrument: _TrioInstrument | None, idle: float | None
+) -> None:
+    """Real time: wait until every task waits, and request the stop.  A worker that
+    goes *idle* seconds (one by default) without a point of its own while the loop
+    never settles waits on a task that never does (a busy loop in a task it started):
+    the hang guard then requests the stop, and the run fails."""
+    idle = DEFAULT_IDLE_REAL if idle is None else idle
+    while True:
+        quiet = tracer.now() - tracer.last_at
+        if quiet >= idle - _IDLE_SLACK:
+            break
+        with anyio.move_on_after(idle - quiet):
+            await anyio.wait_all_tasks_blocked()
+            if not tracer.exited:
+                tracer.request_stop("stopscope.testing: stop once the worker waits")
+            return
+    if tracer.exited:  # it left a busy task behind: the leak check names it
+        return
+    if instrument is not None:
+        busy = _capture(getattr(instrument.stepped, "coro", None))
+    else:
+        current = asyncio.current_task()
+        tasks = [
+            t
+            for t in asyncio.all_tasks()
+            if t is not current and not t.done() and getattr(t, "_fut_waiter", 0) is None
+        ]
+        busy = _capture(tasks[0].get_coro()) if tasks else []
+    where = f"a task was busy at {_where(busy)}" if busy else "no task was (callbacks)"
+    how = "requested its stop" if tracer.mode == "stop" else "cancelled it"
+    tracer.hung += (
+        f"the loop never went idle: for {idle:g} s a task was ready to run while the "
+        f"worker waited at {_where(tracer.last)} without a scheduling point, and {where} "
+        f"(a busy loop in a task the worker started?); the kit {how} to end the run "
+        f"(idle={idle:g})",
+    )
+    tracer.busy_stop = f"by the hang guard, after {idle:g} s in which the loop never went idle"
+    tracer.request_stop("stopscope.testing: the loop never went idle")
 
 
 async def _until_point_any(tracer: _Tracer, idle: float | None, virtual: bool) -> None:
@@ -1391,7 +1434,9 @@ async def probe(
         worker's last one) after which the worker is taken to wait for ever, and
         stopped (default: one second of real time; in virtual time, only once every
         task waits with no timer pending); the result then says it never reached the
-        point
+        point.  Without *at_point* or *after*, in real time: how long the kit waits
+        for every task to wait while the worker takes no step (a task it started
+        keeps the loop busy); then the hang guard requests the stop, and the run fails
     :param mode: ``"stop"`` (default) requests a graceful stop; ``"cancel"`` cancels
         the worker instead, as an enclosing cancel scope does, without setting its
         signal (see :func:`explore`)
