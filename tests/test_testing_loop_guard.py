@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import anyio
@@ -264,3 +266,49 @@ class TestRealTime:
         result = await probe(spins_briefly)
         assert result.ok, result
         assert result.moment == "once it was waiting"
+
+
+class TestAThreadThatWaitsForEver:
+    """Virtual time stands still while a thread of anyio's runs; a worker that waits
+    on a thread that waits for something only a stop can end (a blocking read of a
+    queue nobody feeds) held it still for ever, and the run never ended.  Time stands
+    still for *idle* real seconds at most (one by default) without a worker's point."""
+
+    @pytest.fixture
+    def released(self) -> Iterator[threading.Event]:
+        event = threading.Event()
+        yield event
+        event.set()  # the abandoned threads end
+
+    async def test_probe_past_its_last_point(self, released: threading.Event) -> None:
+        async def reads_for_ever(signal: StopSignal) -> None:
+            with signal.cancel_scope():
+                await anyio.to_thread.run_sync(released.wait, abandon_on_cancel=True)
+
+        result = await probe(reads_for_ever, at_point=50, idle=0.2)
+        assert not result.requested
+        assert result.moment == "at scheduling point 50, which it never reached"
+        assert result.ok, result
+        assert not released.is_set()  # the thread was still waiting: the kit moved on
+
+    async def test_explore_runs_out_of_points(self, released: threading.Event) -> None:
+        async def reads_for_ever(signal: StopSignal) -> None:
+            with signal.cancel_scope():
+                await anyio.to_thread.run_sync(released.wait, abandon_on_cancel=True)
+
+        exploration = await explore(reads_for_ever, within=1.0, idle=0.2)
+        assert exploration.ok, exploration
+        assert exploration.exhausted
+
+    async def test_a_short_thread_still_holds_time(self) -> None:
+        """A thread that ends within the bound keeps virtual time still, as before:
+        a grace of 0.01 s does not run out during a thread call of 50 ms real."""
+
+        async def writes_slowly(signal: StopSignal) -> None:
+            await signal.wait()
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(time.sleep, 0.05)
+
+        result = await probe(writes_slowly, grace=0.01)
+        assert result.outcome is Outcome.STOPPED, result
+        assert result.ok, result

@@ -30,7 +30,6 @@ from ._clock import (
     next_deadline,
     running_virtual,
     set_turn_hook,
-    threads_busy,
     wait_loop_idle,
 )
 from ._leaks import LeakWatch
@@ -1118,7 +1117,10 @@ async def _run(
     tracer.sites = sites
     leaks = LeakWatch(backend, _is_library, scenario.allow_leaks)
     tracer.leak_watch = leaks
-    guard = ThreadGuard() if virtual else None
+    guard = None
+    if virtual:  # a thread may hold virtual time still for idle real seconds at most
+        hold = DEFAULT_IDLE_REAL if idle is None else idle
+        guard = ThreadGuard(hold, lambda: tracer.points)
     instrument: _TrioInstrument | None = None
     if backend == "trio":
         # it counts the worker's steps in graceful mode (in hard-cancel mode the driver
@@ -1149,7 +1151,7 @@ async def _run(
                     if at_point == 0:
                         tracer.request_stop("stopscope.testing: stop before the first step")
                     elif at_point is not None:
-                        await _until_point_any(tracer, idle, virtual)
+                        await _until_point_any(tracer, idle, guard)
                     elif after is not None:
                         await tracer.wake.sleep(after)
                         if not tracer.exited:
@@ -1174,6 +1176,7 @@ async def _run(
             trio.lowlevel.remove_instrument(instrument)  # type: ignore[arg-type]
         elif guard is not None:
             set_turn_hook(asyncio.get_running_loop(), None)
+            guard.uninstall_asyncio(asyncio.get_running_loop())
 
     stopped = tracer.stop_time is not None
     if scope is not None:
@@ -1328,15 +1331,17 @@ async def _until_waiting(
     tracer.request_stop("stopscope.testing: the loop never went idle")
 
 
-async def _until_point_any(tracer: _Tracer, idle: float | None, virtual: bool) -> None:
+async def _until_point_any(tracer: _Tracer, idle: float | None, guard: ThreadGuard | None) -> None:
     """Wait until the stop has landed at its point, or the worker exited, or it waits
     for something only a stop can end.  On a real clock that is *idle* seconds without
     a scheduling point (one second by default).  On a virtual clock it is read from the
     clock: once every task waits and no thread runs, a worker with no timer pending
     (its own or anyone's, before the deadline of a scope around the run) has no more
     points; a pending timer, however far (an ``every(7200)``), is followed.  An
-    explicit *idle* bounds the wait there too."""
-    if not virtual:
+    explicit *idle* bounds the wait there too, and a thread that keeps virtual time
+    still (*guard*) does so for *idle* real seconds (one by default) at most in which
+    the worker goes through no point: it waits for something only a stop can end."""
+    if guard is None:  # real time
         await _until_point(tracer, DEFAULT_IDLE_REAL if idle is None else idle)
         return
     # a timer at or after the deadline around the run (a fail_after in the test) would
@@ -1346,7 +1351,7 @@ async def _until_point_any(tracer: _Tracer, idle: float | None, virtual: bool) -
         await wait_loop_idle()
         if tracer.wake.is_set():
             return
-        if threads_busy():  # virtual time stands still for it: let it finish
+        if guard.holding():  # virtual time stands still for it: let it finish
             await tracer.wake.sleep(_TICK)
             continue
         delay = next_deadline()
