@@ -312,3 +312,16 @@ class TestAThreadThatWaitsForEver:
         result = await probe(writes_slowly, grace=0.01)
         assert result.outcome is Outcome.STOPPED, result
         assert result.ok, result
+
+    async def test_a_thread_holding_time_is_no_busy_loop(self) -> None:
+        """While a thread holds virtual time still the loop naps, turn after turn, with
+        the kit's thread guard ready to run: those turns are not the busy turns of a
+        task the worker started."""
+
+        async def writes_slowly(signal: StopSignal) -> None:
+            await signal.wait()
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(time.sleep, 0.2)
+
+        result = await probe(writes_slowly, grace=0.01, hang_points=20)
+        assert result.ok, result

@@ -350,7 +350,7 @@ class _Tracer:
         self.busy_turns = 0
         self.busy_points = 0  # the worker's points when the count began
         self.busy_coro: Any = None  # a coroutine of the busy task, for the report
-        self.busy_wake: Callable[[], None] | None = None  # wakes watch_loop()
+        self.busy_wake: Callable[[], None] | None = None  # arms the loop guard's action
         self.busy_stop: str | None = None  # the loop guard requested the stop: when
 
     def suspended(self) -> None:
@@ -409,7 +409,7 @@ class _Tracer:
         whether the loop has now stayed *busy* (a task ready to run) for *hang_points*
         turns while the clock stood still and the worker went through no point of its
         own: a busy loop in a task it started, which neither its grace nor a
-        ``fail_after`` can end.  :meth:`watch_loop` then ends the run."""
+        ``fail_after`` can end.  :meth:`loop_busy` then ends the run."""
         if not busy:  # the loop goes idle: only then can a virtual clock move
             self.busy_turns = 0
             return False
@@ -424,65 +424,71 @@ class _Tracer:
         """From the loop, once :meth:`turn` said so: *coro* is the busy task's."""
         wake, self.busy_wake = self.busy_wake, None
         self.busy_coro, self.busy_turns = coro, 0
-        assert wake is not None  # turn() says so only while watch_loop() is parked
+        assert wake is not None  # turn() says so only while the loop guard is armed
         wake()
 
-    async def watch_loop(self) -> None:
-        """The loop guard's task (virtual time): parked until the loop has stayed busy
-        for *hang_points* turns; then it requests the stop (or cancels), and if the
-        loop stays busy as long again, cancels the run from outside."""
-        while True:
-            await self._park()
-            stack = _capture(self.busy_coro)
-            busy = f"a task was busy at {_where(stack)}" if stack else "no task was (callbacks)"
-            turns = f"{self.hang_points} loop turns went by with a task ready to run"
-            if self.stop_time is None:
-                how = "requested its stop" if self.mode == "stop" else "cancelled it"
-                self.hung += (
-                    f"the loop never went idle: {turns} and the clock standing still while "
-                    f"the worker was at {_where(self.last)}, and {busy} (a busy loop in a "
-                    f"task the worker started?); the kit {how} to end "
-                    f"the run (hang_points={self.hang_points})",
-                )
-                self.busy_stop = f"by the hang guard, after {self.hang_points} busy loop turns"
-                self.request_stop("stopscope.testing: the loop never went idle")
-                continue
-            self.hang_at = math.inf
+    def loop_busy(self) -> bool:
+        """In a task, once :meth:`turn` said so: request the stop (or cancel); the
+        second time, cancel the run from outside.  Whether to watch on."""
+        stack = _capture(self.busy_coro)
+        busy = f"a task was busy at {_where(stack)}" if stack else "no task was (callbacks)"
+        turns = f"{self.hang_points} loop turns went by with a task ready to run"
+        if self.stop_time is None:
+            how = "requested its stop" if self.mode == "stop" else "cancelled it"
             self.hung += (
-                f"the loop never went idle after the "
-                f"{'stop request' if self.mode == 'stop' else 'cancellation'}: {turns} and "
-                f"the clock standing still, and {busy} (a busy loop? in virtual "
-                f"time the grace cannot pass while it runs), so the kit cancelled the run "
-                f"to end it (hang_points={self.hang_points})",
+                f"the loop never went idle: {turns} and the clock standing still while "
+                f"the worker was at {_where(self.last)}, and {busy} (a busy loop in a "
+                f"task the worker started?); the kit {how} to end "
+                f"the run (hang_points={self.hang_points})",
             )
-            assert self.escape is not None  # set by the run before the worker starts
-            self.escape.cancel()
-            return
+            self.busy_stop = f"by the hang guard, after {self.hang_points} busy loop turns"
+            self.request_stop("stopscope.testing: the loop never went idle")
+            return True
+        self.hang_at = math.inf
+        self.hung += (
+            f"the loop never went idle after the "
+            f"{'stop request' if self.mode == 'stop' else 'cancellation'}: {turns} and "
+            f"the clock standing still, and {busy} (a busy loop? in virtual "
+            f"time the grace cannot pass while it runs), so the kit cancelled the run "
+            f"to end it (hang_points={self.hang_points})",
+        )
+        assert self.escape is not None  # set by the run before the worker starts
+        self.escape.cancel()
+        return False
 
-    async def _park(self) -> None:
-        if _backend() == "trio":
-            import trio
+    async def watch_loop_trio(self) -> None:
+        """The loop guard's task on trio (virtual time): parked until the loop has
+        stayed busy for *hang_points* turns (woken by the instrument)."""
+        import trio
 
-            task = trio.lowlevel.current_task()
+        task = trio.lowlevel.current_task()
 
-            def abort(_: object) -> trio.lowlevel.Abort:
-                self.busy_wake = None
-                return trio.lowlevel.Abort.SUCCEEDED
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self.busy_wake = None
+            return trio.lowlevel.Abort.SUCCEEDED
 
+        watching = True
+        while watching:
             self.busy_wake = lambda: trio.lowlevel.reschedule(task)
             await trio.lowlevel.wait_task_rescheduled(abort)
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            watching = self.loop_busy()
 
-        def wake() -> None:
-            if not future.done():
-                future.set_result(None)
+    def watch_loop_asyncio(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The loop guard on asyncio (virtual time): no task waits for it (a task per
+        run costs an exploration a sixth of its time); once the loop has stayed busy,
+        the hook starts a task that acts (a stop needs a task to run in)."""
+        handlers: set[asyncio.Task[None]] = set()
 
-        self.busy_wake = wake
-        try:
-            await future
-        finally:
-            self.busy_wake = None
+        async def act() -> None:
+            if self.loop_busy():
+                self.busy_wake = arm
+
+        def arm() -> None:
+            handler = loop.create_task(act())
+            handlers.add(handler)  # held until done: the loop keeps weak references
+            handler.add_done_callback(handlers.discard)
+
+        self.busy_wake = arm
 
     def resumed(self) -> None:
         """Runs in the worker's task context, as it resumes (graceful mode)."""
@@ -697,7 +703,7 @@ class _TrioInstrument:
     def before_io_wait(self, timeout: float) -> None:
         if self._guard is None:  # real time: no loop guard
             return
-        self._guard.before_io_wait()
+        # read before the thread guard wakes its own task: that is no busy task's
         runq = self._runq
         if runq is not None:
             busy = len(runq) > 0
@@ -705,6 +711,7 @@ class _TrioInstrument:
             import trio
 
             busy = timeout == 0 and trio.lowlevel.current_statistics().tasks_runnable > 0
+        self._guard.before_io_wait()
         if self._tracer.turn(busy):
             self._tracer.wake_watch(getattr(self.stepped, "coro", None))
 
@@ -1136,10 +1143,11 @@ async def _run(
     try:
         async with anyio.create_task_group() as helpers:
             tracer.escape = helpers.cancel_scope  # the hang guard's way out
-            if guard is not None:
-                helpers.start_soon(tracer.watch_loop, name="stopscope.testing loop guard")
             if guard is not None and backend == "trio":
+                helpers.start_soon(tracer.watch_loop_trio, name="stopscope.testing loop guard")
                 helpers.start_soon(guard.run_trio, name="stopscope.testing thread guard")
+            elif guard is not None:
+                tracer.watch_loop_asyncio(asyncio.get_running_loop())
             try:
                 async with anyio.create_task_group() if scope is None else scope as group:
                     # hard-cancel mode: a signal never set; the worker is cancelled, not asked
