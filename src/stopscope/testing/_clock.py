@@ -146,7 +146,9 @@ class ThreadGuard:
     trio it is driven by the kit's instrument (:meth:`before_io_wait`), which wakes a
     task parked here so that the run loop is not idle and ``MockClock`` does not
     jump.  Either way the loop naps for a fraction of a millisecond of real time per
-    turn until the thread is done.
+    turn until the thread is done, or for *hold* real seconds in which *progress* (the
+    worker's points, in a run of the kit's) does not move: a thread that runs longer
+    waits for something outside the loop, and time goes on.
     """
 
     __slots__ = ("_hold", "_limiter", "_parked", "_points", "_progress", "_since", "_task")
