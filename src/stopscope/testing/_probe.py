@@ -722,7 +722,10 @@ def _asyncio_turn_hook(tracer: _Tracer, loop: asyncio.AbstractEventLoop) -> Call
     body = asyncio.current_task()  # the run's own task
 
     def hook() -> None:
-        if tracer.turn(bool(ready)):
+        if not ready:  # the common turn, in short: the loop goes idle
+            tracer.busy_turns = 0
+            return
+        if tracer.turn(True):
             # a task's step is a bound method of the task; the run's own task (it
             # polls the loop while it waits for the worker's point) is not the busy one
             tasks = (getattr(getattr(h, "_callback", None), "__self__", None) for h in ready)
