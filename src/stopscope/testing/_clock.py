@@ -146,24 +146,48 @@ class ThreadGuard:
     trio it is driven by the kit's instrument (:meth:`before_io_wait`), which wakes a
     task parked here so that the run loop is not idle and ``MockClock`` does not
     jump.  Either way the loop naps for a fraction of a millisecond of real time per
-    turn until the thread is done.
+    turn until the thread is done, or for *hold* real seconds in which *progress* (the
+    worker's points, in a run of the kit's) does not move: a thread that runs longer
+    waits for something outside the loop, and time goes on.
     """
 
-    __slots__ = ("_limiter", "_parked", "_task")
+    __slots__ = ("_hold", "_limiter", "_parked", "_points", "_progress", "_since", "_task")
 
-    def __init__(self) -> None:
+    def __init__(self, hold: float = math.inf, progress: Callable[[], int] | None = None) -> None:
         self._limiter = anyio.to_thread.current_default_thread_limiter()
         self._task: trio.lowlevel.Task | None = None
         self._parked = False
+        # time stands still for at most *hold* real seconds in which *progress* (the
+        # worker's scheduling points) does not move: a thread that runs longer waits
+        # for something outside the loop (a blocking read only a stop can end)
+        self._hold = hold
+        self._progress = progress
+        self._since: float | None = None
+        self._points = 0
 
-    def _busy(self) -> bool:
-        return self._limiter.borrowed_tokens > 0
+    def holding(self) -> bool:
+        """Whether virtual time stands still for a busy thread now."""
+        if self._limiter.borrowed_tokens == 0:
+            self._since = None
+            return False
+        real = time.monotonic()
+        points = 0 if self._progress is None else self._progress()
+        if self._since is None or points != self._points:
+            self._since, self._points = real, points
+        return real - self._since < self._hold
+
+    _busy = holding
 
     # -- asyncio ---------------------------------------------------------------
 
     def install_asyncio(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Guard a ``looptime`` loop that :func:`virtual_time` did not make."""
+        """Guard a ``looptime`` loop (one that :func:`virtual_time` did not make too):
+        for the run, this guard decides when time stands still."""
         _guard_selector(loop)
+        loop._stopscope_guard = self  # type: ignore[attr-defined]
+
+    def uninstall_asyncio(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop._stopscope_guard = None  # type: ignore[attr-defined]
 
     # -- trio ------------------------------------------------------------------
 
@@ -213,11 +237,17 @@ def _guard_selector(loop: asyncio.AbstractEventLoop) -> None:
 
     def busy() -> bool:
         nonlocal limiter
+        guard: ThreadGuard | None = getattr(loop, "_stopscope_guard", None)
+        if guard is not None:  # a run of the kit's
+            return guard.holding()
         if limiter is None:  # anyio keeps one per loop; found on first use, in the loop
             limiter = anyio.to_thread.current_default_thread_limiter()
         return limiter.borrowed_tokens > 0
 
     def select(timeout: float | None = None) -> Any:
+        hook = getattr(loop, "_stopscope_turn", None)
+        if hook is not None:
+            hook()
         if timeout is not None and 0 < timeout < _TICK:
             timeout = _TICK
         if (timeout is None or timeout > 0) and busy():
@@ -231,9 +261,9 @@ def _guard_selector(loop: asyncio.AbstractEventLoop) -> None:
     loop._stopscope_thread_guard = True  # type: ignore[attr-defined]
 
 
-def threads_busy() -> bool:
-    """Whether a thread of anyio's default limiter is running (call from a task)."""
-    return anyio.to_thread.current_default_thread_limiter().borrowed_tokens > 0
+def set_turn_hook(loop: asyncio.AbstractEventLoop, hook: Callable[[], None] | None) -> None:
+    """Have a guarded ``looptime`` loop call *hook* once per loop turn (``None``: stop)."""
+    loop._stopscope_turn = hook  # type: ignore[attr-defined]
 
 
 def next_deadline() -> float | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import math
 import os
@@ -12,10 +13,10 @@ import re
 import sys
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence, Sized
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Final, Literal, cast, final
+from typing import TYPE_CHECKING, Any, Final, Literal, final
 
 import anyio
 
@@ -24,7 +25,13 @@ from .._report import Outcome, ShutdownReport, StopReason, TaskRecord
 from .._scope import TaskScope
 from .._signal import StopSignal, _backend
 from ._cancel import cut_cleanup, cut_cleanup_failure
-from ._clock import ThreadGuard, next_deadline, running_virtual, threads_busy, wait_loop_idle
+from ._clock import (
+    ThreadGuard,
+    next_deadline,
+    running_virtual,
+    set_turn_hook,
+    wait_loop_idle,
+)
 from ._leaks import LeakWatch
 from ._sites import Site, plan_by_site, site_of
 
@@ -233,27 +240,51 @@ def _format(stack: _Stack) -> str:
 # -------------------------------------------------------------------------- tracer
 
 
+class _Abandoned(Exception):
+    """Raised out of the driver when the kit gives up on a worker that keeps running."""
+
+
+#: coroutines that refused to close (they caught GeneratorExit and awaited again): kept,
+#: so that the garbage collector does not close them a second time, noisily
+_kept: list[Any] = []
+
+
 class _Tracer:
     """Counts the worker's scheduling points and lands the stop after the k-th one.
 
     A scheduling point is a suspension of the worker's task: every await that yields
-    to the loop.  On asyncio (and uvloop) a wrapper around the worker's coroutine sees
+    to the loop.  On asyncio (and uvloop) a driver around the worker's coroutine sees
     each yield; on trio an instrument sees each step of the worker's task.
+
+    In hard-cancel mode (*scope* ``None``) the stop is a cancellation of the worker: a
+    cancel scope of the kit's around it, cancelled where a graceful run requests the
+    stop.  The driver then counts on trio too, sees each cancellation thrown into the
+    worker, and closes a worker that runs on after it (:meth:`giving_up`).
     """
 
     __slots__ = (
+        "abandoned",
+        "busy_coro",
+        "busy_points",
+        "busy_stop",
+        "busy_turns",
+        "busy_wake",
         "coro",
+        "delivered",
         "escape",
         "exit_time",
         "exited",
+        "gave_up",
         "grace",
         "hang_at",
         "hang_points",
         "hang_stop",
+        "hard",
         "hung",
         "last",
         "last_at",
         "leak_watch",
+        "mode",
         "now",
         "points",
         "raised",
@@ -272,14 +303,19 @@ class _Tracer:
     )
 
     def __init__(
-        self, scope: TaskScope, target: int | None, grace: float | None, now: Callable[[], float]
+        self,
+        scope: TaskScope | None,
+        target: int | None,
+        grace: float | None,
+        now: Callable[[], float],
     ) -> None:
         self.scope = scope
+        self.mode: Mode = "stop" if scope is not None else "cancel"
         self.target = target
         self.grace = grace
         self.now = now
         self.coro: Any = None
-        self.task: object = None  # the worker's trio task
+        self.task: object = None  # the worker's trio task (graceful mode)
         self.points = 0
         self.stop_points: int | None = None
         self.last: _Stack = []
@@ -304,6 +340,18 @@ class _Tracer:
         # time means the worker waited (a busy loop never moves a virtual clock)
         self.still_at: float | None = None
         self.leak_watch: LeakWatch | None = None  # told which task is the worker's
+        # hard-cancel mode
+        self.hard: Any = None  # the kit's cancel scope around the worker
+        self.delivered = 0  # cancellations thrown into the worker after the kit's cancel
+        self.abandoned = False
+        self.gave_up: str | None = None  # why the kit closed the worker
+        # the loop guard (virtual time): turns in a row in which a task was ready to run
+        # while the clock stood still and the worker went through no point of its own
+        self.busy_turns = 0
+        self.busy_points = 0  # the worker's points when the count began
+        self.busy_coro: Any = None  # a coroutine of the busy task, for the report
+        self.busy_wake: Callable[[], None] | None = None  # arms the loop guard's action
+        self.busy_stop: str | None = None  # the loop guard requested the stop: when
 
     def suspended(self) -> None:
         if self.exited:
@@ -323,31 +371,127 @@ class _Tracer:
 
     def hang(self) -> None:
         """The hang guard: *hang_points* points went by without the run ending.  Before
-        the stop, request it; after it, cancel the scope from outside, since a worker
-        that never waits keeps virtual time (and so the grace) from passing."""
+        the stop, request it; after it, end the run: a graceful run cancels the scope
+        from outside, since a worker that never waits keeps virtual time (and so the
+        grace) from passing; a hard-cancel run closes the worker (:meth:`giving_up`)."""
         where = _where(self.last)
         if self.stop_time is None:
+            how = "requested its stop" if self.mode == "stop" else "cancelled it"
             self.hung += (
                 f"the worker never waited: {self.points} scheduling points went by "
-                f"without an end, at {where} (a busy loop?); the kit requested its stop "
-                f"to end the run (hang_points={self.hang_points})",
+                f"without an end, at {where} (a busy loop?); the kit {how} to end the run "
+                f"(hang_points={self.hang_points})",
             )
             self.request_stop("stopscope.testing: the worker never waited")
             self.hang_at = self.points + self.hang_points
             self.hang_stop = self.points
             return
         self.hang_at = math.inf
+        after = self.points - (self.stop_points or 0)
+        if self.mode == "cancel":
+            self.gave_up = (
+                f"the worker kept running after the cancellation: {after} scheduling points "
+                f"later it was still at {where}, so the kit closed it "
+                f"(hang_points={self.hang_points})"
+            )
+            return
         self.hung += (
-            f"the worker did not stop: {self.points - (self.stop_points or 0)} scheduling "
-            f"points after the stop request it was still at {where}, without ever waiting "
-            f"(a busy loop? in virtual time its grace cannot pass while it runs), so the "
-            f"kit cancelled it to end the run (hang_points={self.hang_points})",
+            f"the worker did not stop: {after} scheduling points after the stop request it "
+            f"was still at {where}, without ever waiting (a busy loop? in virtual time its "
+            f"grace cannot pass while it runs), so the kit cancelled it to end the run "
+            f"(hang_points={self.hang_points})",
         )
         assert self.escape is not None  # set by the run before the worker starts
         self.escape.cancel()
 
+    def turn(self, busy: bool) -> bool:
+        """The loop guard, once per loop turn in virtual time (called by the loop):
+        whether the loop has now stayed *busy* (a task ready to run) for *hang_points*
+        turns while the clock stood still and the worker went through no point of its
+        own: a busy loop in a task it started, which neither its grace nor a
+        ``fail_after`` can end.  :meth:`loop_busy` then ends the run."""
+        if not busy:  # the loop goes idle: only then can a virtual clock move
+            self.busy_turns = 0
+            return False
+        if self.points != self.busy_points:  # the worker took a step
+            self.busy_points, self.busy_turns = self.points, 0
+        self.busy_turns += 1
+        return (
+            self.busy_turns >= self.hang_points and not self.exited and self.busy_wake is not None
+        )
+
+    def wake_watch(self, coro: Any) -> None:
+        """From the loop, once :meth:`turn` said so: *coro* is the busy task's."""
+        wake, self.busy_wake = self.busy_wake, None
+        self.busy_coro, self.busy_turns = coro, 0
+        assert wake is not None  # turn() says so only while the loop guard is armed
+        wake()
+
+    def loop_busy(self) -> bool:
+        """In a task, once :meth:`turn` said so: request the stop (or cancel); the
+        second time, cancel the run from outside.  Whether to watch on."""
+        stack = _capture(self.busy_coro)
+        busy = f"a task was busy at {_where(stack)}" if stack else "no task was (callbacks)"
+        turns = f"{self.hang_points} loop turns went by with a task ready to run"
+        if self.stop_time is None:
+            how = "requested its stop" if self.mode == "stop" else "cancelled it"
+            self.hung += (
+                f"the loop never went idle: {turns} and the clock standing still while "
+                f"the worker was at {_where(self.last)}, and {busy} (a busy loop in a "
+                f"task the worker started?); the kit {how} to end "
+                f"the run (hang_points={self.hang_points})",
+            )
+            self.busy_stop = f"by the hang guard, after {self.hang_points} busy loop turns"
+            self.request_stop("stopscope.testing: the loop never went idle")
+            return True
+        self.hang_at = math.inf
+        self.hung += (
+            f"the loop never went idle after the "
+            f"{'stop request' if self.mode == 'stop' else 'cancellation'}: {turns} and "
+            f"the clock standing still, and {busy} (a busy loop? in virtual "
+            f"time the grace cannot pass while it runs), so the kit cancelled the run "
+            f"to end it (hang_points={self.hang_points})",
+        )
+        assert self.escape is not None  # set by the run before the worker starts
+        self.escape.cancel()
+        return False
+
+    async def watch_loop_trio(self) -> None:
+        """The loop guard's task on trio (virtual time): parked until the loop has
+        stayed busy for *hang_points* turns (woken by the instrument)."""
+        import trio
+
+        task = trio.lowlevel.current_task()
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self.busy_wake = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        watching = True
+        while watching:
+            self.busy_wake = lambda: trio.lowlevel.reschedule(task)
+            await trio.lowlevel.wait_task_rescheduled(abort)
+            watching = self.loop_busy()
+
+    def watch_loop_asyncio(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The loop guard on asyncio (virtual time): no task waits for it (a task per
+        run costs an exploration a sixth of its time); once the loop has stayed busy,
+        the hook starts a task that acts (a stop needs a task to run in)."""
+        handlers: set[asyncio.Task[None]] = set()
+
+        async def act() -> None:
+            if self.loop_busy():
+                self.busy_wake = arm
+
+        def arm() -> None:
+            handler = loop.create_task(act())
+            handlers.add(handler)  # held until done: the loop keeps weak references
+            handler.add_done_callback(handlers.discard)
+
+        self.busy_wake = arm
+
     def resumed(self) -> None:
-        """Runs in the worker's task context, as it resumes."""
+        """Runs in the worker's task context, as it resumes (graceful mode)."""
         if self.stuck_stack is None and self.stop_time is not None and self.grace is not None:
             # resumed by the grace period's cancellation: where it was is where it
             # was stuck (a cancel scope of its own is no reason, hence the time test;
@@ -359,21 +503,39 @@ class _Tracer:
             ):
                 self.stuck_stack = self.last
 
+    def giving_up(self) -> bool:
+        """Hard-cancel mode: whether the worker runs on after the cancel: for
+        *hang_points* points (see :meth:`hang`), or longer than its grace (checked each
+        time it resumes)."""
+        if self.gave_up is not None:
+            return True
+        grace, stopped = self.grace, self.stop_time
+        if stopped is not None and grace is not None and self.now() - stopped > grace:
+            self.gave_up = (
+                f"the worker kept running after the cancellation: {_ms(grace)} later it "
+                f"was still at {_where(self.last)}, so the kit closed it"
+            )
+            return True
+        return False
+
     def request_stop(self, reason: str) -> None:
         self.stop_time = self.now()
         self.stop_points = self.points
         self.stop_stack = self.last
-        # called by the loop (trio's instrument, asyncio's task step), never by a
-        # signal handler: the scope's loop work runs in place, as from a task, so the
-        # stop lands at the very point explored
-        with not_a_signal_handler():
-            self.scope.stop(reason)
+        if self.scope is None:  # hard-cancel mode: the kit's scope, once the worker has one
+            if self.hard is not None:
+                self.hard.cancel()
+        else:
+            # called by the loop (trio's instrument, asyncio's task step), never by a
+            # signal handler: the scope's loop work runs in place, as from a task, so
+            # the stop lands at the very point explored
+            with not_a_signal_handler():
+                self.scope.stop(reason)
         self.wake.set()
 
     async def run(
         self, signal: StopSignal, worker: Callable[..., Awaitable[object]], args: tuple[Any, ...]
     ) -> None:
-        backend = _backend()
         coro = worker(signal, *args)
         if not inspect.iscoroutine(coro):
             self.exited = True
@@ -384,27 +546,44 @@ class _Tracer:
         self.coro = coro
         if self.leak_watch is not None:
             self.leak_watch.adopt_current()
+        hard = self.scope is None
+        scope: Any = _new_scope() if hard else contextlib.nullcontext()
         try:
-            if backend == "trio":
-                import trio
+            with scope:
+                if hard:
+                    self.hard = scope
+                    if self.stop_time is not None:  # cancelled before its first step
+                        scope.cancel()
+                try:
+                    if not hard and _backend() == "trio":
+                        import trio
 
-                self.task = trio.lowlevel.current_task()
-                await coro
-            else:
-                await _Counted(coro, self)
-        except BaseException as exc:
-            self.raised = exc
-            raise
-        else:
-            self.returned = True
+                        self.task = trio.lowlevel.current_task()  # the instrument counts
+                        await coro
+                    else:
+                        await _Driven(coro, self)
+                except BaseException as exc:
+                    # graceful: what the worker raised, for the cut cleanup; hard-cancel:
+                    # the cancellation (caught by the kit's scope, kept for the cleanup
+                    # check) or the worker's error (a fact of the run, not the kit's)
+                    self.raised = exc
+                    raise
+                self.returned = True
+        except _Abandoned:
+            self.raised = None
+        except Exception:
+            if not hard:
+                raise  # the scope's report records it
         finally:
             self.exited = True
             self.exit_time = self.now()
             self.wake.set()
 
 
-class _Counted:
-    """Drives a coroutine for asyncio's task, telling the tracer about each yield."""
+class _Driven:
+    """Drives the worker's coroutine in its task, telling the tracer about each yield:
+    on asyncio, and in hard-cancel mode on trio too.  In hard-cancel mode it also sees
+    each cancellation thrown into the worker, and closes it when the kit gives up."""
 
     __slots__ = ("_coro", "_tracer")
 
@@ -414,6 +593,8 @@ class _Counted:
 
     def __await__(self) -> Generator[Any, Any, Any]:
         coro, tracer = self._coro, self._tracer
+        hard = tracer.scope is None
+        cancelled = anyio.get_cancelled_exc_class()
         value: Any = None
         error: BaseException | None = None
         while True:
@@ -430,17 +611,84 @@ class _Counted:
             except GeneratorExit:
                 coro.close()
                 raise
-            except BaseException as exc:  # cancellation, thrown in by the task
+            except BaseException as exc:  # asyncio throws the cancellation in
                 value, error = None, exc
-            tracer.resumed()
+            if not hard:
+                tracer.resumed()
+                continue
+            # trio sends its cancellation, as an outcome.Error the trap unwraps
+            thrown = error if error is not None else getattr(value, "error", None)
+            if tracer.stop_time is not None and isinstance(thrown, cancelled):
+                tracer.delivered += _visible(tracer.hard)
+            if tracer.giving_up():
+                tracer.abandoned = True
+                tracer.last = tracer.last or []
+                try:
+                    coro.close()  # its finally blocks and cancel scopes unwind
+                except RuntimeError:  # it awaited again: it cannot be closed
+                    _kept.append(coro)
+                except Exception:  # it raised as it closed: it is closed
+                    pass
+                raise _Abandoned
+
+
+def _visible(hard: Any) -> bool:
+    """Whether the kit's cancellation reaches the worker where it is now, with no
+    shield in between (a cancellation the worker gets inside a shield is its own: a
+    deadline of its own, say).  Reads the backend's scope stack (private attributes,
+    read defensively: without them, every cancellation counts)."""
+    try:
+        if _backend() == "trio":
+            import trio
+
+            status: Any = trio.lowlevel.current_task()._cancel_status
+            while status._scope is not hard:  # the kit's scope is in the chain
+                if status._scope.shield:
+                    return False
+                status = status._parent
+            return True
+        from anyio._backends._asyncio import _task_states
+
+        state = _task_states.get(asyncio.current_task())  # type: ignore[arg-type]
+        scope: Any = state.cancel_scope  # type: ignore[union-attr]
+        while scope is not hard:  # the kit's scope is in the chain
+            if scope._shield:
+                return False
+            scope = scope._parent_scope
+    except (AttributeError, ImportError):  # pragma: no cover - other versions
+        pass
+    return True
+
+
+def _new_scope() -> Any:
+    """The kit's cancel scope in hard-cancel mode: trio's own on trio (its scope stack
+    is what :func:`_visible` reads), anyio's on asyncio."""
+    if _backend() == "trio":
+        import trio
+
+        return trio.CancelScope()
+    return anyio.CancelScope()
 
 
 class _TrioInstrument:
-    """Counts the worker task's steps on trio, and drives the virtual-time thread guard."""
+    """Counts the worker task's steps on trio (graceful mode), and drives the
+    virtual-time thread guard."""
 
     def __init__(self, tracer: _Tracer, guard: ThreadGuard | None) -> None:
+        import trio
+
         self._tracer = tracer
         self._guard = guard
+        self.stepped: trio.lowlevel.Task | None = None  # the last other task that ran
+        self._body = trio.lowlevel.current_task()  # the run's own task: never the busy one
+        self._runq: Sized | None = None  # trio's run queue, for the loop guard
+        if guard is not None:
+            try:  # read directly: the public statistics cost a loop turn's worth
+                from trio._core._run import GLOBAL_RUN_CONTEXT
+
+                self._runq = GLOBAL_RUN_CONTEXT.runner.runq
+            except (AttributeError, ImportError):  # pragma: no cover - other versions
+                self._runq = None
 
     def before_task_step(self, task: trio.lowlevel.Task) -> None:
         if task is self._tracer.task:
@@ -449,10 +697,42 @@ class _TrioInstrument:
     def after_task_step(self, task: trio.lowlevel.Task) -> None:
         if task is self._tracer.task:
             self._tracer.suspended()
+        elif task is not self._body:
+            self.stepped = task
 
     def before_io_wait(self, timeout: float) -> None:
-        if self._guard is not None:
-            self._guard.before_io_wait()
+        if self._guard is None:  # real time: no loop guard
+            return
+        # read before the thread guard wakes its own task: that is no busy task's
+        runq = self._runq
+        if runq is not None:
+            busy = len(runq) > 0
+        else:  # pragma: no cover - other versions of trio
+            import trio
+
+            busy = timeout == 0 and trio.lowlevel.current_statistics().tasks_runnable > 0
+        self._guard.before_io_wait()
+        if self._tracer.turn(busy):
+            self._tracer.wake_watch(getattr(self.stepped, "coro", None))
+
+
+def _asyncio_turn_hook(tracer: _Tracer, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
+    """The loop guard's hook on a ``looptime`` loop: once per turn, before it selects."""
+    ready: Any = getattr(loop, "_ready", ())  # a BaseEventLoop's ready queue
+    body = asyncio.current_task()  # the run's own task
+
+    def hook() -> None:
+        if not ready:  # the common turn, in short: the loop goes idle
+            tracer.busy_turns = 0
+            return
+        if tracer.turn(True):
+            # a task's step is a bound method of the task; the run's own task (it
+            # polls the loop while it waits for the worker's point) is not the busy one
+            tasks = (getattr(getattr(h, "_callback", None), "__self__", None) for h in ready)
+            busy = (t for t in tasks if isinstance(t, asyncio.Task) and t is not body)
+            tracer.wake_watch(next((t.get_coro() for t in busy), None))
+
+    return hook
 
 
 # -------------------------------------------------------------------------- results
@@ -830,18 +1110,11 @@ async def _run(
     allow_cut_cleanup: bool = False,
     sites: list[Site] | None = None,
 ) -> ProbeResult:
-    if mode == "cancel":
-        return await run_cancel(
-            scenario,
-            at_point=at_point,
-            after=after,
-            grace=grace,
-            within=within,
-            idle=idle,
-            hang_points=hang_points,
-            allow_cut_cleanup=allow_cut_cleanup,
-            sites=sites,
-        )
+    """One run: the worker in a scope of the kit's, stopped at its point.  A graceful
+    run (*mode* ``"stop"``) runs it in a :class:`TaskScope` and requests the scope's
+    stop; a hard-cancel run (``"cancel"``) runs it in a plain task group, with a signal
+    that is never set, and cancels it there instead."""
+    hard = mode == "cancel"
     backend = _backend()
     virtual = running_virtual()
     if backend == "trio":
@@ -850,7 +1123,7 @@ async def _run(
         now: Callable[[], float] = trio.current_time
     else:
         now = asyncio.get_running_loop().time
-    scope = TaskScope(grace=grace, name="stopscope.testing")
+    scope = None if hard else TaskScope(grace=grace, name="stopscope.testing")
     tracer = _Tracer(scope, at_point, grace, now)
     tracer.hang_points = hang_points
     tracer.hang_at = (at_point or 0) + hang_points
@@ -858,58 +1131,93 @@ async def _run(
     tracer.sites = sites
     leaks = LeakWatch(backend, _is_library, scenario.allow_leaks)
     tracer.leak_watch = leaks
-    guard = ThreadGuard() if virtual else None
+    guard = None
+    if virtual:  # a thread may hold virtual time still for idle real seconds at most
+        hold = DEFAULT_IDLE_REAL if idle is None else idle
+        guard = ThreadGuard(hold, lambda: tracer.points)
     instrument: _TrioInstrument | None = None
     if backend == "trio":
+        # it counts the worker's steps in graceful mode (in hard-cancel mode the driver
+        # does), and drives the thread guard
         instrument = _TrioInstrument(tracer, guard)
         trio.lowlevel.add_instrument(instrument)  # type: ignore[arg-type]
     elif guard is not None:
         guard.install_asyncio(asyncio.get_running_loop())
+        set_turn_hook(
+            asyncio.get_running_loop(), _asyncio_turn_hook(tracer, asyncio.get_running_loop())
+        )
+    requested_at: float | None = None
     try:
         async with anyio.create_task_group() as helpers:
             tracer.escape = helpers.cancel_scope  # the hang guard's way out
             if guard is not None and backend == "trio":
+                helpers.start_soon(tracer.watch_loop_trio, name="stopscope.testing loop guard")
                 helpers.start_soon(guard.run_trio, name="stopscope.testing thread guard")
+            elif guard is not None:
+                tracer.watch_loop_asyncio(asyncio.get_running_loop())
             try:
-                async with scope:
+                async with anyio.create_task_group() if scope is None else scope as group:
+                    # hard-cancel mode: a signal never set; the worker is cancelled, not asked
+                    signal = StopSignal() if scope is None else scope.signal
                     leaks.start()
-                    scope.start_soon(
-                        tracer.run, scope.signal, scenario.worker, scenario.args, name=scenario.name
+                    group.start_soon(
+                        tracer.run, signal, scenario.worker, scenario.args, name=scenario.name
                     )
                     if at_point == 0:
                         tracer.request_stop("stopscope.testing: stop before the first step")
                     elif at_point is not None:
-                        await _until_point_any(tracer, idle, virtual)
+                        await _until_point_any(tracer, idle, guard)
                     elif after is not None:
                         await tracer.wake.sleep(after)
                         if not tracer.exited:
                             tracer.request_stop(f"stopscope.testing: stop after {after:g} s")
-                    else:
+                    elif virtual:  # the loop guard ends a loop that never settles
                         await anyio.wait_all_tasks_blocked()
                         if not tracer.exited:
                             tracer.request_stop("stopscope.testing: stop once the worker waits")
+                    else:
+                        await _until_waiting(tracer, instrument, idle)
+                    if tracer.stop_time is not None:
+                        requested_at = time.monotonic()
             except ExceptionGroup:
-                pass  # the worker's error: it is in the record
+                if hard:
+                    raise  # the kit's TypeError for a worker that is no async function
+                # graceful: the worker's error, which is in the record
             finally:
                 helpers.cancel_scope.cancel()
     finally:
         leaks.stop()
         if instrument is not None:
             trio.lowlevel.remove_instrument(instrument)  # type: ignore[arg-type]
+        elif guard is not None:
+            set_turn_hook(asyncio.get_running_loop(), None)
+            guard.uninstall_asyncio(asyncio.get_running_loop())
 
-    report = scope.report
-    record = report.tasks[0]
-    requested = (
-        tracer.stop_time is not None
-        and record.outcome is not Outcome.FINISHED
-        and not tracer.unreached
-    )
+    stopped = tracer.stop_time is not None
+    if scope is not None:
+        record = scope.report.tasks[0]
+        outcome, error = record.outcome, record.error
+        swallowed = outcome is Outcome.CANCELLED and tracer.returned
+    else:
+        cancelled, error = _split(tracer.raised)
+        swallowed = tracer.returned and tracer.delivered > 0
+        if error is not None:
+            outcome = Outcome.FAILED
+        elif tracer.abandoned:
+            outcome = Outcome.ABANDONED
+        elif cancelled or swallowed:
+            outcome = Outcome.CANCELLED
+        elif stopped:
+            outcome = Outcome.STOPPED  # it returned before any cancellation reached it
+        else:
+            outcome = Outcome.FINISHED
+    requested = stopped and outcome is not Outcome.FINISHED and not tracer.unreached
     latency = None
     if requested and tracer.exit_time is not None and tracer.stop_time is not None:
         latency = max(0.0, tracer.exit_time - tracer.stop_time)
-    error = record.error
-    swallowed = record.outcome is Outcome.CANCELLED and tracer.returned
-    if tracer.hang_stop is not None and at_point is None:
+    if tracer.busy_stop is not None:
+        moment = tracer.busy_stop
+    elif tracer.hang_stop is not None and at_point is None:
         moment = f"by the hang guard, after {tracer.hang_stop} scheduling points"
     elif tracer.unreached:
         moment = f"at scheduling point {at_point}, which it never reached"
@@ -920,18 +1228,48 @@ async def _run(
     else:
         moment = "once it was waiting"
     stop_stack = tracer.stop_stack or []
-    cut, extra = _graceful_extra(tracer, allow_cut_cleanup)
-    stuck = None
-    if record.outcome in (Outcome.CANCELLED, Outcome.ABANDONED):
-        stuck = tracer.stuck_stack or tracer.last  # else: its last await before the exit
+    extra = list(tracer.hung)
+    if tracer.gave_up is not None:
+        extra.append(tracer.gave_up)
+    if hard and swallowed:
+        extra.append(
+            f"the worker swallowed the cancellation: cancelled "
+            f"{'at ' + _where(stop_stack) if stop_stack else 'before its first step'}"
+            f", it returned normally instead of letting the cancellation propagate"
+        )
+    # a graceful run's worker error or a hard-cancel run's: only a cancellation counts
+    cut = cut_cleanup(tracer.raised, _is_library)
+    if cut is not None and not allow_cut_cleanup:
+        extra.append(cut_cleanup_failure(cut))
+    stuck: _Stack | None = None
+    if scope is not None:
+        report = scope.report
+        if outcome in (Outcome.CANCELLED, Outcome.ABANDONED):
+            stuck = tracer.stuck_stack or tracer.last  # else: its last await before the exit
+    else:
+        record = TaskRecord(
+            name=scenario.name,
+            outcome=outcome,
+            latency=latency,
+            error=error,
+            phase="cancelled-from-outside" if requested else "running",
+            exited_at=time.monotonic(),
+        )
+        report = ShutdownReport(
+            reason=StopReason.CANCELLED if stopped else None,
+            requested_at=requested_at,
+            tasks=(record,),
+        )
+        if tracer.abandoned:
+            stuck = tracer.last
     return ProbeResult(
         worker=scenario.name,
         backend=backend,
         virtual=virtual,
         moment=moment,
-        point=at_point if requested else None,
+        point=at_point if requested and tracer.busy_stop is None else None,
         requested=requested,
-        outcome=record.outcome,
+        outcome=outcome,
         latency=latency,
         error=error,
         swallowed_cancellation=swallowed,
@@ -946,32 +1284,79 @@ async def _run(
         where_at_stop=_where(stop_stack),
         where_at_grace=None if stuck is None else _where(stuck),
         _waited=tracer.unreached,
+        mode=mode,
         cut_cleanup=cut,
-        _extra=extra,
-        _cut_short=bool(tracer.hung) and tracer.hang_at == math.inf,
+        _extra=tuple(extra),
+        _cut_short=not hard and bool(tracer.hung) and tracer.hang_at == math.inf,
         leaks=await leaks.leaks(),
     )
 
 
-def _graceful_extra(tracer: _Tracer, allow_cut_cleanup: bool) -> tuple[str | None, tuple[str, ...]]:
-    """The cleanup await the grace's cancellation cut (if any), and the failures found
-    during a graceful run beyond what the scope's report says."""
-    extra = list(tracer.hung)
-    cut = cut_cleanup(tracer.raised, _is_library)
-    if cut is not None and not allow_cut_cleanup:
-        extra.append(cut_cleanup_failure(cut))
-    return cut, tuple(extra)
+def _split(exc: BaseException | None) -> tuple[bool, BaseException | None]:
+    """Whether *exc* is (or holds) a cancellation, and the rest of it: the worker's error."""
+    kind = anyio.get_cancelled_exc_class()
+    if exc is None:
+        return False, None
+    if isinstance(exc, kind):
+        return True, None
+    if isinstance(exc, BaseExceptionGroup):
+        match, rest = exc.split(kind)
+        return match is not None, rest
+    return False, exc
 
 
-async def _until_point_any(tracer: _Tracer, idle: float | None, virtual: bool) -> None:
+async def _until_waiting(
+    tracer: _Tracer, instrument: _TrioInstrument | None, idle: float | None
+) -> None:
+    """Real time: wait until every task waits, and request the stop.  A worker that
+    goes *idle* seconds (one by default) without a point of its own while the loop
+    never settles waits on a task that never does (a busy loop in a task it started):
+    the hang guard then requests the stop, and the run fails."""
+    idle = DEFAULT_IDLE_REAL if idle is None else idle
+    while True:
+        quiet = tracer.now() - tracer.last_at
+        if quiet >= idle - _IDLE_SLACK:
+            break
+        with anyio.move_on_after(idle - quiet):
+            await anyio.wait_all_tasks_blocked()
+            if not tracer.exited:
+                tracer.request_stop("stopscope.testing: stop once the worker waits")
+            return
+    if tracer.exited:  # it left a busy task behind: the leak check names it
+        return
+    if instrument is not None:
+        busy = _capture(getattr(instrument.stepped, "coro", None))
+    else:
+        current = asyncio.current_task()
+        tasks = [
+            t
+            for t in asyncio.all_tasks()
+            if t is not current and not t.done() and getattr(t, "_fut_waiter", 0) is None
+        ]
+        busy = _capture(tasks[0].get_coro()) if tasks else []
+    where = f"a task was busy at {_where(busy)}" if busy else "no task was (callbacks)"
+    how = "requested its stop" if tracer.mode == "stop" else "cancelled it"
+    tracer.hung += (
+        f"the loop never went idle: for {idle:g} s a task was ready to run while the "
+        f"worker waited at {_where(tracer.last)} without a scheduling point, and {where} "
+        f"(a busy loop in a task the worker started?); the kit {how} to end the run "
+        f"(idle={idle:g})",
+    )
+    tracer.busy_stop = f"by the hang guard, after {idle:g} s in which the loop never went idle"
+    tracer.request_stop("stopscope.testing: the loop never went idle")
+
+
+async def _until_point_any(tracer: _Tracer, idle: float | None, guard: ThreadGuard | None) -> None:
     """Wait until the stop has landed at its point, or the worker exited, or it waits
     for something only a stop can end.  On a real clock that is *idle* seconds without
     a scheduling point (one second by default).  On a virtual clock it is read from the
     clock: once every task waits and no thread runs, a worker with no timer pending
     (its own or anyone's, before the deadline of a scope around the run) has no more
     points; a pending timer, however far (an ``every(7200)``), is followed.  An
-    explicit *idle* bounds the wait there too."""
-    if not virtual:
+    explicit *idle* bounds the wait there too, and a thread that keeps virtual time
+    still (*guard*) does so for *idle* real seconds (one by default) at most in which
+    the worker goes through no point: it waits for something only a stop can end."""
+    if guard is None:  # real time
         await _until_point(tracer, DEFAULT_IDLE_REAL if idle is None else idle)
         return
     # a timer at or after the deadline around the run (a fail_after in the test) would
@@ -981,7 +1366,7 @@ async def _until_point_any(tracer: _Tracer, idle: float | None, virtual: bool) -
         await wait_loop_idle()
         if tracer.wake.is_set():
             return
-        if threads_busy():  # virtual time stands still for it: let it finish
+        if guard.holding():  # virtual time stands still for it: let it finish
             await tracer.wake.sleep(_TICK)
             continue
         delay = next_deadline()
@@ -1069,14 +1454,18 @@ async def probe(
         worker's last one) after which the worker is taken to wait for ever, and
         stopped (default: one second of real time; in virtual time, only once every
         task waits with no timer pending); the result then says it never reached the
-        point
+        point.  Without *at_point* or *after*, in real time: how long the kit waits
+        for every task to wait while the worker takes no step (a task it started
+        keeps the loop busy); then the hang guard requests the stop, and the run fails
     :param mode: ``"stop"`` (default) requests a graceful stop; ``"cancel"`` cancels
         the worker instead, as an enclosing cancel scope does, without setting its
         signal (see :func:`explore`)
     :param hang_points: the hang guard: a worker that goes through this many
         scheduling points past the stop point (or from its start, without one) is
         taken for a busy loop; the kit ends the run and it fails (in virtual time,
-        only points at which the clock stood still count)
+        only points at which the clock stood still count; and as many loop turns in a
+        row with a task ready to run, the clock still and no point of the worker's, a
+        busy task it started, end the run too)
     :param allow_cut_cleanup: do not fail a run in which a cancellation cut a cleanup
         await short (:attr:`ProbeResult.cut_cleanup` still names it)
     :raises ValueError: for a negative point or duration, both *at_point* and *after*,
@@ -1221,7 +1610,9 @@ async def explore(
         scheduling points past a run's point without the run ending is taken for a
         busy loop; the kit ends the run (stop, then cancellation) and it fails.  In
         virtual time only points at which the clock stood still count (a worker that
-        waits moves it)
+        waits moves it), and as many busy loop turns in a row (a task ready to run,
+        the clock still, no point of the worker's: a task it started spinning) end
+        the run too
     :param allow_cut_cleanup: do not fail a run in which a cancellation cut a cleanup
         await short: an unshielded await in a ``finally`` or ``except`` block (flake8-async's
         ASYNC102, at run time); the report still names it
@@ -1262,7 +1653,7 @@ async def _explore(
     sample: int | None,
     seed: int | None,
     idle: float | None,
-    replay_hint: str | None,
+    replay_hint: Callable[[int], str] | None,
     *,
     mode: Mode = "stop",
     hang_points: int = DEFAULT_HANG_POINTS,
@@ -1352,8 +1743,8 @@ async def _explore(
     replay = None
     if failure is not None:
         replay = f"explore(..., points=[{failed_at}])"
-        if replay_hint:
-            replay = f"{replay_hint.format(point=failed_at)} (or {replay})"
+        if replay_hint is not None:
+            replay = f"{replay_hint(failed_at)} (or {replay})"
     return Exploration(
         worker=name,
         runs=tuple(runs),
@@ -1374,6 +1765,18 @@ async def _make(setup: Callable[[], Scenario | Awaitable[Scenario]]) -> Scenario
     if not isinstance(scenario, Scenario):
         raise TypeError(f"`setup` must return a Scenario, got {scenario!r}")
     return scenario
+
+
+def _replay_command(nodeid: str, point: int) -> str:
+    """The pytest command that replays *point* of the test *nodeid* (no ``str.format``:
+    a test id may hold braces)."""
+    return f"pytest {_shell_quoted(nodeid)} --stopscope-point={point}"
+
+
+def _shell_quoted(text: str) -> str:
+    """*text* in single quotes for a POSIX shell, each quote in it closed, escaped and
+    reopened: a test id holds brackets, and may hold quotes (``test_x[don't]``)."""
+    return "'" + text.replace("'", "'\\''") + "'"
 
 
 @final
@@ -1450,9 +1853,8 @@ class StopKit:
             points, sample, per_site = [self._point], None, None
         if seed is None:
             seed = self._seed
-        hint = None
-        if self._nodeid:
-            hint = f"pytest '{self._nodeid}' --stopscope-point={{point}}"
+        hint = None if not self._nodeid else functools.partial(_replay_command, self._nodeid)
+
         __tracebackhide__ = True
         return await _explore(
             _setup_of(setup, args),
@@ -1469,370 +1871,3 @@ class StopKit:
             allow_cut_cleanup=allow_cut_cleanup,
             per_site=per_site,
         )
-
-
-# ------------------------------------------------------- hard-cancel runs: the driver
-
-
-class _Abandoned(Exception):
-    """Raised out of the driver when the kit gives up on a worker that keeps running."""
-
-
-#: coroutines that refused to close (they caught GeneratorExit and awaited again): kept,
-#: so that the garbage collector does not close them a second time, noisily
-_kept: list[Any] = []
-
-
-class _Driven:
-    """Drives the worker's coroutine in its task, on either backend: counts its yields,
-    sees each cancellation thrown into it, and closes it when the kit gives up on it."""
-
-    __slots__ = ("_coro", "_tracer")
-
-    def __init__(self, coro: Any, tracer: _CancelTracer) -> None:
-        self._coro = coro
-        self._tracer = tracer
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        coro, tracer = self._coro, self._tracer
-        cancelled = anyio.get_cancelled_exc_class()
-        value: Any = None
-        error: BaseException | None = None
-        while True:
-            try:
-                if error is None:
-                    yielded = coro.send(value)
-                else:
-                    yielded, error = coro.throw(error), None
-            except StopIteration as done:
-                return done.value
-            tracer.suspended()
-            try:
-                value = yield yielded
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:  # asyncio throws the cancellation in
-                value, error = None, exc
-                if isinstance(exc, cancelled) and tracer.stop_time is not None:
-                    tracer.delivered += _visible(tracer.hard)
-            else:  # trio sends it, as an outcome.Error the trap unwraps
-                if tracer.stop_time is not None and isinstance(
-                    getattr(value, "error", None), cancelled
-                ):
-                    tracer.delivered += _visible(tracer.hard)
-            if tracer.giving_up():
-                tracer.abandoned = True
-                tracer.last = tracer.last or []
-                try:
-                    coro.close()  # its finally blocks and cancel scopes unwind
-                except RuntimeError:  # it awaited again: it cannot be closed
-                    _kept.append(coro)
-                except Exception:  # it raised as it closed: it is closed
-                    pass
-                raise _Abandoned
-
-
-def _visible(hard: Any) -> bool:
-    """Whether the kit's cancellation reaches the worker where it is now, with no
-    shield in between (a cancellation the worker gets inside a shield is its own: a
-    deadline of its own, say).  Reads the backend's scope stack (private attributes,
-    read defensively: without them, every cancellation counts)."""
-    try:
-        if _backend() == "trio":
-            import trio
-
-            status: Any = trio.lowlevel.current_task()._cancel_status
-            while status._scope is not hard:  # the kit's scope is in the chain
-                if status._scope.shield:
-                    return False
-                status = status._parent
-            return True
-        from anyio._backends._asyncio import _task_states
-
-        state = _task_states.get(asyncio.current_task())  # type: ignore[arg-type]
-        scope: Any = state.cancel_scope  # type: ignore[union-attr]
-        while scope is not hard:  # the kit's scope is in the chain
-            if scope._shield:
-                return False
-            scope = scope._parent_scope
-    except (AttributeError, ImportError):  # pragma: no cover - other versions
-        pass
-    return True
-
-
-def _new_scope() -> Any:
-    """The kit's cancel scope: trio's own on trio (its scope stack is what
-    :func:`_visible` reads), anyio's on asyncio."""
-    if _backend() == "trio":
-        import trio
-
-        return trio.CancelScope()
-    return anyio.CancelScope()
-
-
-class _CancelTracer(_Tracer):
-    """The tracer of a hard-cancel run: the stop is a cancellation of the worker."""
-
-    __slots__ = ("abandoned", "cancel_first", "delivered", "gave_up", "hard")
-
-    def __init__(
-        self, target: int | None, grace: float | None, now: Callable[[], float], hang_points: int
-    ) -> None:
-        # no TaskScope: the worker runs in a plain task group, and request_stop is ours
-        super().__init__(cast("TaskScope", None), target, grace, now)
-        self.hang_points = hang_points
-        self.hard: Any = None  # the kit's cancel scope around the worker
-        self.cancel_first = False
-        self.delivered = 0  # cancellations thrown into the worker after the kit's cancel
-        self.abandoned = False
-        self.gave_up: str | None = None  # why the kit closed the worker
-
-    def request_stop(self, reason: str) -> None:
-        self.stop_time = self.now()
-        self.stop_points = self.points
-        self.stop_stack = self.last
-        if self.hard is not None:
-            self.hard.cancel()
-        else:
-            self.cancel_first = True
-        self.wake.set()
-
-    def resumed(self) -> None:
-        """Not used: the driver sees each resumption itself."""
-
-    def giving_up(self) -> bool:
-        """Whether the worker runs on after the cancel: for *hang_points* points (see
-        :meth:`hang`), or longer than its grace (checked each time it resumes)."""
-        if self.gave_up is not None:
-            return True
-        grace, stopped = self.grace, self.stop_time
-        if stopped is not None and grace is not None and self.now() - stopped > grace:
-            self.gave_up = (
-                f"the worker kept running after the cancellation: {_ms(grace)} later it "
-                f"was still at {_where(self.last)}, so the kit closed it"
-            )
-            return True
-        return False
-
-    def hang(self) -> None:
-        if self.stop_time is None:
-            self.hung += (
-                f"the worker never waited: {self.points} scheduling points went by "
-                f"without an end, at {_where(self.last)} (a busy loop?); the kit cancelled "
-                f"it to end the run (hang_points={self.hang_points})",
-            )
-            self.request_stop("stopscope.testing: the worker never waited")
-            self.hang_at = self.points + self.hang_points
-            self.hang_stop = self.points
-            return
-        self.hang_at = math.inf
-        self.gave_up = (
-            f"the worker kept running after the cancellation: "
-            f"{self.points - (self.stop_points or 0)} scheduling points later it was still "
-            f"at {_where(self.last)}, so the kit closed it (hang_points={self.hang_points})"
-        )
-
-    async def run_hard(
-        self, signal: StopSignal, worker: Callable[..., Awaitable[object]], args: tuple[Any, ...]
-    ) -> None:
-        coro = worker(signal, *args)
-        if not inspect.iscoroutine(coro):
-            self.exited = True
-            self.wake.set()
-            raise TypeError(
-                f"the worker must be an async function; {_callable_name(worker)} returned {coro!r}"
-            )
-        self.coro = coro
-        if self.leak_watch is not None:
-            self.leak_watch.adopt_current()
-        try:
-            with _new_scope() as hard:
-                self.hard = hard
-                if self.cancel_first:
-                    hard.cancel()
-                try:
-                    await _Driven(coro, self)
-                except BaseException as exc:
-                    # the cancellation (caught by `hard`, kept for the cleanup check) or
-                    # the worker's error (a fact of the run, not the kit's)
-                    self.raised = exc
-                    raise
-                self.returned = True
-        except _Abandoned:
-            self.raised = None
-        except Exception:
-            pass  # kept in self.raised
-        finally:
-            self.exited = True
-            self.exit_time = self.now()
-            self.wake.set()
-
-
-def _split(exc: BaseException | None) -> tuple[bool, BaseException | None]:
-    """Whether *exc* is (or holds) a cancellation, and the rest of it: the worker's error."""
-    kind = anyio.get_cancelled_exc_class()
-    if exc is None:
-        return False, None
-    if isinstance(exc, kind):
-        return True, None
-    if isinstance(exc, BaseExceptionGroup):
-        match, rest = exc.split(kind)
-        return match is not None, rest
-    return False, exc
-
-
-# ------------------------------------------------------------------ the run
-
-
-async def run_cancel(
-    scenario: Scenario,
-    *,
-    at_point: int | None,
-    after: float | None,
-    grace: float | None,
-    within: float | None,
-    idle: float | None,
-    hang_points: int,
-    allow_cut_cleanup: bool,
-    sites: list[Site] | None = None,
-) -> ProbeResult:
-    """One hard-cancel run: like the graceful run of ``_probe._run``, with a cancellation
-    of the worker where that run requests its stop."""
-    backend = _backend()
-    virtual = running_virtual()
-    if backend == "trio":
-        import trio
-
-        now: Callable[[], float] = trio.current_time
-    else:
-        now = asyncio.get_running_loop().time
-    tracer = _CancelTracer(at_point, grace, now, hang_points)
-    tracer.hang_at = (at_point or 0) + hang_points
-    tracer.still_at = now() if virtual else None
-    tracer.sites = sites
-    leaks = LeakWatch(backend, _is_library, scenario.allow_leaks)
-    tracer.leak_watch = leaks
-    guard = ThreadGuard() if virtual else None
-    instrument: _TrioInstrument | None = None
-    if backend == "trio":
-        # drives the thread guard only: the tracer has no trio task, the driver counts
-        instrument = _TrioInstrument(tracer, guard)
-        trio.lowlevel.add_instrument(instrument)  # type: ignore[arg-type]
-    elif guard is not None:
-        guard.install_asyncio(asyncio.get_running_loop())
-    signal = StopSignal()  # never set: the worker is cancelled, not asked
-    requested_at: float | None = None
-    try:
-        async with anyio.create_task_group() as helpers:
-            if guard is not None and backend == "trio":
-                helpers.start_soon(guard.run_trio, name="stopscope.testing thread guard")
-            try:
-                async with anyio.create_task_group() as group:
-                    leaks.start()
-                    group.start_soon(
-                        tracer.run_hard, signal, scenario.worker, scenario.args, name=scenario.name
-                    )
-                    if at_point == 0:
-                        tracer.request_stop("stopscope.testing: cancel before the first step")
-                    elif at_point is not None:
-                        await _until_point_any(tracer, idle, virtual)
-                    elif after is not None:
-                        await tracer.wake.sleep(after)
-                        if not tracer.exited:
-                            tracer.request_stop(f"stopscope.testing: cancel after {after:g} s")
-                    else:
-                        await anyio.wait_all_tasks_blocked()
-                        if not tracer.exited:
-                            tracer.request_stop("stopscope.testing: cancel once the worker waits")
-                    if tracer.stop_time is not None:
-                        requested_at = time.monotonic()
-            finally:
-                helpers.cancel_scope.cancel()
-    finally:
-        leaks.stop()
-        if instrument is not None:
-            trio.lowlevel.remove_instrument(instrument)  # type: ignore[arg-type]
-
-    raised = tracer.raised
-    cancelled, error = _split(raised)
-    stopped = tracer.stop_time is not None
-    if error is not None:
-        outcome = Outcome.FAILED
-    elif tracer.abandoned:
-        outcome = Outcome.ABANDONED
-    elif cancelled or (tracer.returned and tracer.delivered):
-        outcome = Outcome.CANCELLED
-    elif stopped:
-        outcome = Outcome.STOPPED  # it returned before any cancellation reached it
-    else:
-        outcome = Outcome.FINISHED
-    requested = stopped and outcome is not Outcome.FINISHED and not tracer.unreached
-    latency = None
-    if requested and tracer.exit_time is not None and tracer.stop_time is not None:
-        latency = max(0.0, tracer.exit_time - tracer.stop_time)
-    swallowed = tracer.returned and tracer.delivered > 0
-    if tracer.hang_stop is not None and at_point is None:
-        moment = f"by the hang guard, after {tracer.hang_stop} scheduling points"
-    elif tracer.unreached:
-        moment = f"at scheduling point {at_point}, which it never reached"
-    elif at_point is not None:
-        moment = "before its first step" if at_point == 0 else f"at scheduling point {at_point}"
-    elif after is not None:
-        moment = f"after {after:g} s"
-    else:
-        moment = "once it was waiting"
-    extra = list(tracer.hung)
-    if tracer.gave_up is not None:
-        extra.append(tracer.gave_up)
-    if swallowed:
-        extra.append(
-            f"the worker swallowed the cancellation: cancelled "
-            f"{'at ' + _where(tracer.stop_stack) if tracer.stop_stack else 'before its first step'}"
-            f", it returned normally instead of letting the cancellation propagate"
-        )
-    cut = cut_cleanup(raised if cancelled else None, _is_library)
-    if cut is not None and not allow_cut_cleanup:
-        extra.append(cut_cleanup_failure(cut))
-    record = TaskRecord(
-        name=scenario.name,
-        outcome=outcome,
-        latency=latency,
-        error=error,
-        phase="cancelled-from-outside" if requested else "running",
-        exited_at=time.monotonic(),
-    )
-    report = ShutdownReport(
-        reason=StopReason.CANCELLED if stopped else None,
-        requested_at=requested_at,
-        tasks=(record,),
-    )
-    stop_stack = tracer.stop_stack or []
-    kept = tracer.last if tracer.abandoned else None
-    return ProbeResult(
-        worker=scenario.name,
-        backend=backend,
-        virtual=virtual,
-        moment=moment,
-        point=at_point if requested else None,
-        requested=requested,
-        outcome=outcome,
-        latency=latency,
-        error=error,
-        swallowed_cancellation=swallowed,
-        grace=grace,
-        within=within,
-        reached=tracer.points if tracer.stop_points is None else tracer.stop_points,
-        stack_at_stop=_format(stop_stack) if stop_stack else "",
-        stack_at_grace=None if kept is None else _format(kept),
-        invariant_failures=await _invariant_failures(scenario),
-        record=record,
-        report=report,
-        where_at_stop=_where(stop_stack),
-        where_at_grace=None if kept is None else _where(kept),
-        _waited=tracer.unreached,
-        mode="cancel",
-        cut_cleanup=cut,
-        _extra=tuple(extra),
-        leaks=await leaks.leaks(),
-    )
