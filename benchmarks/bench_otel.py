@@ -154,7 +154,7 @@ def worker(variant: str) -> None:
                 # does (the exporter threads wait on a condition); without this pause
                 # the sample after a flush raced the SDK's threads for the GIL, which
                 # the previous results counted as the stop's cost (1.12x on uvloop)
-                time.sleep(IDLE)
+                await anyio.sleep(IDLE)
             return stops, exports
 
         stops, exports = anyio.run(batch, backend=name, backend_options=options)
