@@ -139,3 +139,17 @@ def test_a_signal_once_the_flush_is_over_cuts_nothing(
     assert result == "returned"
     assert not any("cut short" in r.getMessage() for r in caplog.records)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_handlers_left_alone_when_the_loop_never_ran() -> None:
+    """run()'s handler is put in place only by the trap: when the event loop cannot
+    even start, run() leaves the handlers it found as they are."""
+    mine = signal.getsignal(signal.SIGTERM)
+
+    def no_loop() -> Any:
+        raise RuntimeError("no loop today")
+
+    with pytest.raises(RuntimeError, match="no loop today"):
+        stopscope.run(_first_sigint, backend_options={"loop_factory": no_loop})
+    assert signal.getsignal(signal.SIGTERM) is mine
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

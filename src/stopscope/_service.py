@@ -1155,7 +1155,8 @@ class _AfterMain:
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         trap = self.outcome.trap
-        count = (trap._delivered if trap is not None else 0) + len(self.got) + 1
+        assert trap is not None  # the trap installs this handler as its block ends
+        count = trap._delivered + len(self.got) + 1
         if self.action(count) == "exit":
             _exit_now(signum, count)
         self.got.append((count, signal.Signals(signum)))
