@@ -459,7 +459,8 @@ class SignalTrap:
         label: str,
         notifier: _SystemdNotifier | None = None,
         console: _StderrFallback | None = None,
-        after: Callable[[int, FrameType | None], None] | None = None,
+        # (the frame as Any: strict Sphinx cannot link types.FrameType in the signature)
+        after: Callable[[int, Any], None] | None = None,
     ) -> None:
         self._stop = stop
         #: under run(): the handler left in place of the previous ones when the block
