@@ -419,6 +419,7 @@ class SignalTrap:
     """
 
     __slots__ = (
+        "_after",
         "_arrived_at",
         "_cancel_cause",
         "_chained",
@@ -458,8 +459,13 @@ class SignalTrap:
         label: str,
         notifier: _SystemdNotifier | None = None,
         console: _StderrFallback | None = None,
+        # (the frame as Any: strict Sphinx cannot link types.FrameType in the signature)
+        after: Callable[[int, Any], None] | None = None,
     ) -> None:
         self._stop = stop
+        #: under run(): the handler left in place of the previous ones when the block
+        #: ends (run() counts on the signals that come until its exit, then restores)
+        self._after = after
         self._notifier = notifier
         #: under run(): says the first signal on stderr when logging is not set up
         self._console = console
@@ -580,10 +586,13 @@ class SignalTrap:
         if done is not None:
             done.set()
         self._installed.clear()
+        after = self._after
         for signum, previous in reversed(self._previous.items()):
             with suppress(OSError, ValueError, TypeError):
                 # None: the previous handler was not installed from Python; SIG_DFL is
                 # the closest we can give back
+                if after is not None:
+                    previous = after
                 signal.signal(signum, signal.SIG_DFL if previous is None else previous)
         self._previous.clear()
         self._chained.clear()
@@ -1117,52 +1126,83 @@ class _Outcome:
         self.trap: SignalTrap | None = None
 
 
+@final
+class _AfterMain:
+    """Under :func:`run`: the handler of the service's signals from the end of the
+    trap's block (which leaves it in place of the previous handlers) until ``run()``
+    has flushed its telemetry and puts the previous handlers back.
+
+    The signals keep their escalation there, counted on from those the trap acted on
+    (a signal it caught but had not acted on when the block ended is raised again,
+    for this handler): "exit" exits at once; the others are noted, for the flush to
+    act on.  Without it, a signal in the loop's teardown met Python's handlers (a
+    ``KeyboardInterrupt``, a silent death by SIGTERM)."""
+
+    __slots__ = ("_originals", "actions", "got", "handler", "outcome")
+
+    def __init__(
+        self, signums: tuple[signal.Signals, ...], actions: tuple[Action, ...], outcome: _Outcome
+    ) -> None:
+        self.actions = actions
+        self.outcome = outcome
+        #: (count, signal) of each signal that came, in order
+        self.got: list[tuple[int, signal.Signals]] = []
+        #: the one handler object installed (restore() knows it by identity)
+        self.handler: Callable[[int, FrameType | None], None] = self._on_signal
+        self._originals = {signum: signal.getsignal(signum) for signum in signums}
+
+    def action(self, n: int) -> Action:
+        return self.actions[min(n, len(self.actions)) - 1]
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        trap = self.outcome.trap
+        assert trap is not None  # the trap installs this handler as its block ends
+        count = trap._delivered + len(self.got) + 1
+        if self.action(count) == "exit":
+            _exit_now(signum, count)
+        self.got.append((count, signal.Signals(signum)))
+
+    def cut(self) -> bool:
+        """Whether a signal asked to cut short what runs now."""
+        return any(self.action(n) == "cancel" for n, _ in self.got)
+
+    def restore(self) -> None:
+        """Put back the handlers found before run() (where this one is installed)."""
+        for signum, handler in self._originals.items():
+            with suppress(OSError, ValueError, TypeError):
+                if signal.getsignal(signum) is self.handler:
+                    signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+
 def _flush_telemetry(
-    timeline: Timeline,
-    trap: SignalTrap | None,
-    signums: tuple[signal.Signals, ...],
-    actions: tuple[Action, ...],
-    console: _StderrFallback,
+    timeline: Timeline, after: _AfterMain | None, console: _StderrFallback
 ) -> signal.Signals | None:
     """``main`` is done: stopscope.otel exports the stop, within its reserve (if on);
     the time it took is the budget's "telemetry flush" phase.
 
     The trap's handlers are gone by then, yet the service's signals keep their
-    escalation, counted on from the signals the trap caught: a signal whose action is
-    "stop" lets the flush go on, "cancel" cuts it short, "exit" exits at once.
+    escalation (``after``): a signal whose action is "stop" lets the flush go on,
+    "cancel" cuts it short, "exit" exits at once.
 
-    :return: if a signal cut the flush short, the first signal that came during it
+    :return: if a signal cut the flush short, the first signal that came after ``main``
     """
     observer = _scope._observer
     if observer is None:
         return None
-    if not signums:
+    if after is None:
         began = time.monotonic()
         try:
             observer.at_exit()
         finally:
             timeline.add("telemetry flush", time.monotonic() - began)
         return None
-    count = trap._count if trap is not None else 0
-    got: list[tuple[int, signal.Signals]] = []
-    cut = False
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        # only counts: the wait below acts on it
-        nonlocal count, cut
-        count += 1
-        action = actions[min(count, len(actions)) - 1]
-        if action == "exit":
-            _exit_now(signum, count)
-        got.append((count, signal.Signals(signum)))
-        cut = cut or action == "cancel"
-
+    got = after.got
     said = 0
 
     def say_going_on() -> None:
         nonlocal said
         for n, signum in got[said:]:
-            if actions[min(n, len(actions)) - 1] != "stop":
+            if after.action(n) != "stop":
                 return
             said += 1
             message = (
@@ -1173,11 +1213,8 @@ def _flush_telemetry(
             logger.info("%s", message)
             console.say(logging.INFO, message)
 
-    previous: dict[signal.Signals, _Handler] = {}
     began = time.monotonic()
     try:
-        for signum in signums:
-            previous[signum] = signal.signal(signum, on_signal)
         # on a thread of its own, waited for in slices: the kernel may hand the signal
         # to any thread, and a main thread blocked in a lock would run the handler only
         # once the whole reserve is spent
@@ -1185,14 +1222,12 @@ def _flush_telemetry(
             target=observer.at_exit, name="stopscope telemetry flush", daemon=True
         )
         flusher.start()
-        while flusher.is_alive() and not cut:
+        while flusher.is_alive() and not after.cut():
             flusher.join(_FLUSH_POLL)
             say_going_on()
-        cut = flusher.is_alive()  # a signal once the flush is over cuts nothing
+        # decided once: a signal once the flush is over cuts nothing
+        cut = flusher.is_alive()
     finally:
-        for signum, handler in previous.items():
-            with suppress(OSError, ValueError, TypeError):
-                signal.signal(signum, signal.SIG_DFL if handler is None else handler)
         took = time.monotonic() - began
         timeline.add("telemetry flush", took)
     say_going_on()
@@ -1344,11 +1379,21 @@ def run(
     fallback = _StderrFallback()
 
     timeline = Timeline(budget_s, reserve_s)
+    after = _AfterMain(signums, actions, outcome) if signums else None
 
     async def runner() -> None:
         _timeline.set(timeline)  # the server members inside record their phases in it
         stop = StopSignal()
-        trap = SignalTrap(stop, signums, grace, actions, label, notifier, fallback)
+        trap = SignalTrap(
+            stop,
+            signums,
+            grace,
+            actions,
+            label,
+            notifier,
+            fallback,
+            after.handler if after is not None else None,
+        )
         outcome.trap = trap
         async with trap:
             if ready == "task_status":
@@ -1373,7 +1418,11 @@ def run(
             try:
                 anyio.run(runner, backend=backend, backend_options=backend_options)
             finally:
-                flush_cut = _flush_telemetry(timeline, outcome.trap, signums, actions, fallback)
+                try:
+                    flush_cut = _flush_telemetry(timeline, after, fallback)
+                finally:
+                    if after is not None:
+                        after.restore()
         except Exception as exc:
             _summary(fallback, outcome.trap, label, "raised", None, timeline)
             if _abandoned_threads:
