@@ -7,8 +7,9 @@ server is a member, a set of requests (drawn by hypothesis) is started and held 
 the app until every one of them is in flight, then the scope is stopped, in one of
 the ways a scope stops: ``scope.stop()``, the body ending, the server in a stage of
 its own (stopped after a later stage), the budget given as the member's own ``grace=``
-(the scope waits forever), or a hard stop (the scope cancelled from outside once the
-drain began, as a second signal does).  The model, for a graceful stop:
+(the scope waiting forever, or having a longer grace), or a hard stop (the scope
+cancelled from outside once the drain began, as a second signal does).  The model,
+for a graceful stop:
 
 * a request that ends by itself once the stop comes (a held request that answers, a
   stream that closes, a request that takes a moment more, an event stream whose
@@ -109,7 +110,9 @@ CUT = (*STUCK, *WS_CUT)
 #: the handler's own close code (WS_OWN)
 OWN_CODE = 4000
 #: the ways the scope stops (see the module's docstring)
-STOPS = ("stop", "body_end", "stage", "own_grace", "hard")
+STOPS = ("stop", "body_end", "stage", "own_grace", "own_shorter", "hard")
+#: the scope's grace with `own_shorter` (the member's own grace is GRACE)
+LONGER = 4 * GRACE
 
 
 @dataclass(frozen=True)
@@ -333,7 +336,7 @@ class Run:
 async def _serve(
     plan: ServerPlan, server: ServerName, app: App, scope: TaskScope, results: dict[int, str]
 ) -> None:
-    own_grace = plan.stop == "own_grace"
+    own_grace = plan.stop in ("own_grace", "own_shorter")
     hard = anyio.CancelScope()
     with hard:
         async with scope:
@@ -369,7 +372,8 @@ async def _serve(
 
 async def _run(plan: ServerPlan, server: ServerName, logs: Logs) -> Run:
     results: dict[int, str] = {}
-    scope = TaskScope(grace=None if plan.stop == "own_grace" else GRACE, name="fuzz")
+    grace = {"own_grace": None, "own_shorter": LONGER}.get(plan.stop, GRACE)
+    scope = TaskScope(grace=grace, name="fuzz")
     app = App(scope.signal, len(plan.requests))
     with structured_records() as records, anyio.fail_after(HANG_GUARD):
         await _serve(plan, server, app, scope, results)
@@ -529,3 +533,54 @@ def test_fuzz_servers(
 
     with Telemetry().active() as telemetry:
         fuzz()
+
+
+# ------------------------------------------------------------------ shrunk failures
+
+#: the grace of the regression tests below (real seconds), and a request's shielded
+#: cleanup that outlasts it: the server's own drain cannot end within the grace
+SHORT_GRACE = 0.5
+LONG_CLEANUP = 2 * SHORT_GRACE
+
+
+@pytest.mark.parametrize(("anyio_backend", "server"), COMBOS)
+def test_a_server_cut_at_the_grace_counts_the_requests_cut_with_it(
+    anyio_backend: Backend, server: ServerName
+) -> None:
+    """Found by the fuzzer on a loaded machine: the server's drain overran the grace
+    (here: a request's cleanup is shielded and outlasts it; hypercorn waits for its
+    connections), so the scope cut the member.  It is ``CANCELLED``, and the request
+    cut with it counts in its ``cut`` (and so in the structured record and the
+    telemetry), as when the server's own timeout cuts it."""
+
+    async def main() -> TaskScope:
+        entered = anyio.Event()
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "lifespan":
+                raise RuntimeError("no lifespan here")  # the servers go on without it
+            entered.set()
+            try:
+                await anyio.sleep_forever()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await anyio.sleep(LONG_CLEANUP)
+
+        async def client(info: ServerInfo) -> None:
+            results: dict[int, str] = {}
+            await _client(info, "stuck", results, 0)
+
+        with anyio.fail_after(HANG_GUARD):
+            async with anyio.create_task_group() as clients, TaskScope(grace=SHORT_GRACE) as scope:
+                if server == "uvicorn":
+                    info = await start_uvicorn(scope, app, log_config=None, access_log=False)
+                else:
+                    info = await start_hypercorn(scope, app)
+                clients.start_soon(client, info)
+                await entered.wait()
+                scope.stop("deploy")
+        return scope
+
+    scope = anyio.run(main, backend=anyio_backend[0], backend_options=anyio_backend[1])
+    record = scope.report.by_name(server)
+    assert (record.outcome, record.cut) == (Outcome.CANCELLED, 1), record
