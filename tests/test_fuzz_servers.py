@@ -30,12 +30,13 @@ for a graceful stop:
 * the server's record is ``STOPPED`` exactly when nothing was cut, ``CANCELLED``
   with ``cut`` = the number cut otherwise; the member's log lines count the sessions
   closed, the event streams ended and the requests cut;
-* a hard stop cuts the server: ``CANCELLED``, whatever was in flight.
+* a hard stop cuts the server: ``CANCELLED``, with what was in flight counted as cut.
 
 For every example the structured log record and the OpenTelemetry listener must tell
 the report's story (``fuzz_observe``).  Servers listen on 127.0.0.1 only; the only
 wall-clock assumption is that a request which ends by itself (within the library's
-windows included) does so well within the grace.
+windows included) does so well within the grace: a failed run in which the event loop
+stalled (a loaded machine) is run again, a few times, before it counts.
 """
 
 from __future__ import annotations
@@ -70,6 +71,12 @@ SLOW = 0.05
 DRAIN_DELAYS = (0.0, 0.1)
 #: seconds; only a guard against hangs, never a timing assertion
 HANG_GUARD = 30.0
+#: the loop watcher's tick, and the stall (seconds beyond a tick) after which a failed
+#: run may be the machine's load, not the library: a fraction of the library's windows
+TICK = 0.01
+STALL = 0.05
+#: runs of a failing example whose loop stalled, before it counts as a failure
+ATTEMPTS = 3
 #: examples per (server, backend) pair in CI, and with --long
 CI_EXAMPLES = 8
 LONG_EXAMPLES = 100
@@ -87,8 +94,9 @@ COMBOS = [
 
 #: HTTP requests that end by themselves once the stop comes
 ENDING = ("answer", "slow", "stream")
-#: HTTP requests that never end by themselves: the server must cut them
-STUCK = ("stuck", "stream_stuck")
+#: HTTP requests that never end by themselves: the server must cut them (the last
+#: raises from its cleanup as it is cut: cut all the same, and its error logged)
+STUCK = ("stuck", "stream_stuck", "stuck_error")
 #: event streams: ended by the handler on its signal; ended by the middleware (the
 #: handler ignores its signal; or it swallows the cancellation and sends on)
 SSE_OWN = "sse_end"
@@ -105,6 +113,9 @@ WS_BUG = "ws_cleanup_bug"
 WS_CUT = ("ws_stuck", "ws_stuck_error", "ws_swallow")
 WEBSOCKETS = (WS_OWN, *WS_CLOSED, WS_BUG, *WS_CUT)
 KINDS = (*ENDING, *STUCK, SSE_OWN, *SSE_ENDED, *WEBSOCKETS)
+#: handlers that ignore everything (their signal, the disconnect, the close): a hard
+#: stop cuts them whatever the server does
+IGNORE_ALL = (*STUCK, "sse_ignore", "ws_stuck", "ws_stuck_error")
 #: what a request that is cut counts for
 CUT = (*STUCK, *WS_CUT)
 #: the handler's own close code (WS_OWN)
@@ -201,6 +212,11 @@ class App:
         self._entered()
         if kind == "stuck":
             await anyio.sleep_forever()
+        if kind == "stuck_error":
+            try:
+                await anyio.sleep_forever()
+            finally:
+                raise CleanupBug("the cleanup failed as the request was cut")
         await self.stop.wait()
         if kind == "slow":
             await anyio.sleep(SLOW)
@@ -331,6 +347,8 @@ class Run:
     logs: Logs
     fields: list[dict[str, Any]]
     ws_ends: list[str]
+    #: the longest the event loop stalled during the run (seconds beyond a tick)
+    stall: float = 0.0
 
 
 async def _serve(
@@ -375,9 +393,21 @@ async def _run(plan: ServerPlan, server: ServerName, logs: Logs) -> Run:
     grace = {"own_grace": None, "own_shorter": LONGER}.get(plan.stop, GRACE)
     scope = TaskScope(grace=grace, name="fuzz")
     app = App(scope.signal, len(plan.requests))
+    stall = 0.0
+
+    async def watch_the_loop() -> None:
+        nonlocal stall
+        while True:
+            before = anyio.current_time()
+            await anyio.sleep(TICK)
+            stall = max(stall, anyio.current_time() - before - TICK)
+
     with structured_records() as records, anyio.fail_after(HANG_GUARD):
-        await _serve(plan, server, app, scope, results)
-    return Run(scope, results, logs, records.fields, app.ws_ends)
+        async with anyio.create_task_group() as watcher:
+            watcher.start_soon(watch_the_loop)
+            await _serve(plan, server, app, scope, results)
+            watcher.cancel_scope.cancel()
+    return Run(scope, results, logs, records.fields, app.ws_ends, stall)
 
 
 def run_plan(plan: ServerPlan, server: ServerName, backend: Backend) -> Run:
@@ -413,8 +443,25 @@ def expected_body(plan: ServerPlan, kind: str) -> str | None:
 
 
 def check(plan: ServerPlan, server: ServerName, backend: Backend, telemetry: Telemetry) -> None:
-    run = run_plan(plan, server, backend)
-    spans, grown = telemetry.take()
+    """Run the plan and judge it; a run whose loop stalled (a loaded machine) and
+    failed is run again, up to ATTEMPTS times: the model assumes a loop that runs."""
+    for attempt in range(1, ATTEMPTS + 1):
+        run = run_plan(plan, server, backend)
+        problems = judge(plan, server, run, *telemetry.take())
+        if not problems:
+            return
+        if run.stall <= STALL or attempt == ATTEMPTS:
+            text = "\n  ".join(problems)
+            raise AssertionError(
+                f"{plan!r} on {server} {backend} (attempt {attempt}, the loop stalled "
+                f"{run.stall:.3f} s at most):\n  {text}"
+            )
+
+
+def judge(
+    plan: ServerPlan, server: ServerName, run: Run, spans: list[Any], grown: dict[Any, int]
+) -> list[str]:
+    """The model's differences with one run."""
     scope, lines = run.scope, run.logs.lines
     record = scope.report.by_name(server)
     kinds = Counter(plan.requests)
@@ -429,6 +476,13 @@ def check(plan: ServerPlan, server: ServerName, backend: Backend, telemetry: Tel
     if plan.stop == "hard":
         if record.outcome is not Outcome.CANCELLED:
             problems.append(f"hard stop: the server is {record.outcome.name}/{record.phase}")
+        # cut with the member: at least the handlers that ignore everything (a handler
+        # that reads may hear the server's disconnect and end by itself first; one that
+        # swallows the cancellation and returns is not always seen cut on asyncio, where
+        # nothing may checkpoint after it), at most all
+        floor = sum(kinds[k] for k in IGNORE_ALL)
+        if not floor <= record.cut <= len(plan.requests):
+            problems.append(f"hard stop: cut={record.cut}; model: {floor}..{len(plan.requests)}")
     else:
         want = Outcome.CANCELLED if cut else Outcome.STOPPED
         if record.outcome is not want or record.cut != cut:
@@ -442,9 +496,7 @@ def check(plan: ServerPlan, server: ServerName, backend: Backend, telemetry: Tel
             problems += _check_graceful(plan, server, kinds, cut, run)  # streams end with them)
     if any("did it catch the cancellation?" in m for m in lines):
         problems.append(f"a server member accused of catching the cancellation: {lines}")
-    if problems:
-        text = "\n  ".join(problems)
-        raise AssertionError(f"{plan!r} on {server} {backend}:\n  {text}")
+    return problems
 
 
 def _count_line(lines: list[str], pattern: str) -> int:
@@ -454,6 +506,8 @@ def _count_line(lines: list[str], pattern: str) -> int:
     return found[0] if found else 0
 
 
+#: what asyncio logs (at garbage collection) once hypercorn's shutdown was cut short
+HYPERCORN_CUT = "_GatheringFuture exception was never retrieved"
 #: what uvicorn logs (ERROR, no traceback) when its graceful timeout cancels requests
 UVICORN_TIMEOUT = re.compile(r"Cancel \d+ running task\(s\), timeout graceful shutdown exceeded")
 
@@ -500,12 +554,17 @@ def _check_graceful(
     if +got_ends != +want_ends:
         problems.append(f"the WebSocket handlers saw {dict(got_ends)}; model: {dict(+want_ends)}")
     # the server logged the handlers' own bugs, and nothing else
-    bugs = kinds[WS_BUG] + kinds["ws_stuck_error"]
+    bugs = kinds[WS_BUG] + kinds["ws_stuck_error"] + kinds["stuck_error"]
     errors = run.logs.errors
     logged = [r for r in errors if r.exc_info and r.exc_info[0] is CleanupBug]
     others = [r.getMessage() for r in errors if r not in logged]
     if cut and server == "uvicorn":  # its own line as its timeout cancels (no traceback)
         others = [m for m in others if not UVICORN_TIMEOUT.match(m)]
+    if any(f"member {server!r} did not stop within its grace period" in m for m in lines):
+        # a starved loop (a loaded machine) let the drain overrun the grace: the scope
+        # cut the member, and hypercorn's own cleanup with it, which leaves asyncio a
+        # gathering future nobody asked (as in a hard stop); the model still holds
+        others = [m for m in others if not m.startswith(HYPERCORN_CUT)]
     if len(logged) != bugs or others:
         problems.append(f"the servers logged {len(logged)} CleanupBug (model: {bugs}), {others}")
     return problems
@@ -584,3 +643,21 @@ def test_a_server_cut_at_the_grace_counts_the_requests_cut_with_it(
     scope = anyio.run(main, backend=anyio_backend[0], backend_options=anyio_backend[1])
     record = scope.report.by_name(server)
     assert (record.outcome, record.cut) == (Outcome.CANCELLED, 1), record
+
+
+@pytest.mark.parametrize(("anyio_backend", "server"), COMBOS)
+def test_a_request_whose_cleanup_raises_as_it_is_cut_counts_as_cut(
+    anyio_backend: Backend, server: ServerName
+) -> None:
+    """Found by the fuzzer: a request the server's drain timeout cut, whose cleanup then
+    raised an error of its own (which took the cancellation's place), was not counted:
+    the member said ``STOPPED`` with ``cut=0`` although the client never got its
+    response (the server's 500, or nothing).  It is cut: the member is ``CANCELLED``,
+    and the error is logged."""
+    plan = ServerPlan(requests=("stuck_error",), stop="stop")
+    run = run_plan(plan, server, anyio_backend)
+    record = run.scope.report.by_name(server)
+    assert (record.outcome, record.cut) == (Outcome.CANCELLED, 1), record
+    assert not run.results[0].startswith("200"), run.results  # its response never came
+    logged = [r for r in run.logs.errors if r.exc_info and r.exc_info[0] is CleanupBug]
+    assert len(logged) == 1
