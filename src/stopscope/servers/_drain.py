@@ -321,9 +321,9 @@ class Drain:
         """The member itself is being cut (its grace ran out while the server drained,
         or a hard stop) before it counted what was cut: count it now.  The requests
         still in flight are cut with it; without this the member's record would say
-        ``cut=0`` (idempotent)."""
-        if self.cut is None:
-            self.finished()
+        ``cut=0``.  (Called as the cancellation leaves the member: :meth:`finished`
+        has not run, as nothing awaits after it.)"""
+        self.finished()
 
     def finished(self) -> None:
         """After the server returned (and, with :meth:`settle`, its requests unwound):
