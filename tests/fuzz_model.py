@@ -35,6 +35,7 @@ import anyio.abc
 import anyio.lowlevel
 from hypothesis import strategies as st
 
+from fuzz_observe import Telemetry, disagreements, structured_records
 from stopscope import Outcome, StopReason, StopSignal, TaskScope
 
 if sys.version_info < (3, 11):
@@ -766,6 +767,11 @@ class Observation:
     foreign: set[str] = field(default_factory=set)
     #: what base_err() raises: fuzz (FuzzBaseError) | kbi | exit
     base: str = "fuzz"
+    #: the structured log records of the scopes' stops (``extra={"stopscope": ...}``)
+    fields: list[dict[str, Any]] = field(default_factory=list)
+    #: the spans and counter growth stopscope.otel recorded (None: not instrumented)
+    spans: list[Any] | None = None
+    grown: dict[Any, int] | None = None
 
     def err(self, tag: str) -> FuzzError:
         e = FuzzError(tag)
@@ -1250,12 +1256,20 @@ def backend_options(backend: tuple[str, dict[str, Any]], plan: Plan) -> tuple[di
 
 
 def run_plan(
-    plan: Plan, backend: tuple[str, dict[str, Any]], tolerate: frozenset[str] = KNOWN_DEFECTS
+    plan: Plan,
+    backend: tuple[str, dict[str, Any]],
+    tolerate: frozenset[str] = KNOWN_DEFECTS,
+    telemetry: Telemetry | None = None,
 ) -> tuple[Observation, Expect]:
+    """Run ``plan``; with ``telemetry`` (active), also take what stopscope.otel recorded."""
     options, virtual = backend_options(backend, plan)
     exact = virtual
     runner = Runner(plan, grace_value(plan, virtual), unit(plan, virtual))
-    anyio.run(runner.run, backend=backend[0], backend_options=options)
+    with structured_records() as records:
+        anyio.run(runner.run, backend=backend[0], backend_options=options)
+    runner.obs.fields = records.fields
+    if telemetry is not None:
+        runner.obs.spans, runner.obs.grown = telemetry.take()
     return runner.obs, predict(plan, exact, virtual, tolerate)
 
 
@@ -1453,11 +1467,15 @@ def check(plan: Plan, obs: Observation, exp: Expect) -> list[str]:
         problems.append(f"processes not reaped when the scope exited: {obs.live_procs}")
     if obs.before != obs.after:
         problems.append(f"the report changed after exit: {obs.before} -> {obs.after}")
+    # the observers (structured log record, OpenTelemetry) tell the report's story
+    problems += disagreements(obs.report, "fuzz", obs.fields, obs.spans, obs.grown)
     return problems
 
 
-def run_and_check(plan: Plan, backend: tuple[str, dict[str, Any]]) -> None:
-    obs, exp = run_plan(plan, backend)
+def run_and_check(
+    plan: Plan, backend: tuple[str, dict[str, Any]], telemetry: Telemetry | None = None
+) -> None:
+    obs, exp = run_plan(plan, backend, telemetry=telemetry)
     problems = check(plan, obs, exp)
     if problems:
         lines = "\n  ".join(problems)
@@ -1498,7 +1516,7 @@ def survey(backend: str, examples: int, special: str = "") -> int:
     def one(plan: Plan) -> None:
         runs[0] += 1
         try:
-            obs, exp = run_plan(plan, backends[backend], frozenset())
+            obs, exp = run_plan(plan, backends[backend], frozenset(), telemetry)
             problems = check(plan, obs, exp)
         except Exception as exc:  # a crash of the harness is a finding too
             problems = [f"crash: {_describe(exc)}"]
@@ -1509,7 +1527,8 @@ def survey(backend: str, examples: int, special: str = "") -> int:
             seen.setdefault(key, []).append(plan)
 
     started = time.perf_counter()
-    one()
+    with Telemetry().active() as telemetry:
+        one()
     print(f"{backend}: {runs[0]} examples in {time.perf_counter() - started:.1f}s")
     for key, found in sorted(seen.items(), key=lambda kv: -len(kv[1])):
         smallest = min(found, key=lambda p: (len(p.members), len(repr(p))))

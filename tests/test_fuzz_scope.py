@@ -26,6 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from fuzz_model import Member, Plan, check, plans, run_and_check, run_plan
+from fuzz_observe import Telemetry
 from stopscope import Outcome, StopSignal, TaskScope
 
 #: examples per backend in the CI profile (deterministic: derandomized, no database);
@@ -49,9 +50,10 @@ def test_fuzz_scope(anyio_backend: tuple[str, dict[str, Any]], pytestconfig: pyt
     )
     @given(plan=plans())
     def fuzz(plan: Plan) -> None:
-        run_and_check(plan, anyio_backend)
+        run_and_check(plan, anyio_backend, telemetry)
 
-    fuzz()
+    with Telemetry().active() as telemetry:
+        fuzz()
 
 
 #: examples per backend of the slower profiles (real time: a signal storm, processes)
@@ -78,9 +80,10 @@ def test_fuzz_scope_special(
     )
     @given(plan=plans(special))
     def fuzz(plan: Plan) -> None:
-        run_and_check(plan, anyio_backend)
+        run_and_check(plan, anyio_backend, telemetry)
 
-    fuzz()
+    with Telemetry().active() as telemetry:
+        fuzz()
 
 
 # ------------------------------------------------------------------ shrunk failures

@@ -340,6 +340,14 @@ class Drain:
                 await middleware.wait_idle()
         self.finished()
 
+    def cut_short(self) -> None:
+        """The member itself is being cut (its grace ran out while the server drained,
+        or a hard stop) before it counted what was cut: count it now.  The requests
+        still in flight are cut with it; without this the member's record would say
+        ``cut=0``.  (Called as the cancellation leaves the member: :meth:`finished`
+        has not run, as nothing awaits after it.)"""
+        self.finished()
+
     def finished(self) -> None:
         """After the server returned (and, with :meth:`settle`, its requests unwound):
         record the requests cut in :attr:`cut`, and report them."""

@@ -146,6 +146,21 @@ async def _serve(
     *,
     task_status: anyio.abc.TaskStatus[ServerInfo],
 ) -> None:
+    try:
+        await _serve_and_settle(app, config, address, drain, name, task_status)
+    except anyio.get_cancelled_exc_class():
+        drain.cut_short()  # the member is cut: what was in flight with it
+        raise
+
+
+async def _serve_and_settle(
+    app: ASGIApp,
+    config: Any,
+    address: tuple[str, int],
+    drain: Drain,
+    name: str,
+    task_status: anyio.abc.TaskStatus[ServerInfo],
+) -> None:
     current_record().kind = "server"
     trio = _backend() == "trio"
     if not trio:  # one line for the connections its timeout cancels

@@ -385,7 +385,7 @@ class ReadinessMiddleware:
                 _take_back(exchange._stopper)  # the handler swallowed our cancellation
             await self._end_stream(end)
         except BaseException as exc:
-            if isinstance(exc, anyio.get_cancelled_exc_class()):
+            if isinstance(exc, anyio.get_cancelled_exc_class()) or _raised_while_cut(exc):
                 self.cancelled += 1
             raise
         finally:
@@ -467,8 +467,9 @@ class ReadinessMiddleware:
                 cut = True  # the server's cut
             else:
                 clean = False  # the handler's own error: the server reports it
-                # ...raised as it unwound from the library's cut: cut all the same
-                cut = session.cut_scope.cancel_called
+                # ...raised as it unwound from a cut (the library's, the server's): cut
+                # all the same
+                cut = session.cut_scope.cancel_called or _raised_while_cut(exc)
             raise
         finally:
             if exchange is not None:
@@ -858,6 +859,12 @@ class _Exchange:
             elif not self._complete:
                 watch.start()
         return watch.signal
+
+
+def _raised_while_cut(error: BaseException) -> bool:
+    """Whether ``error`` was raised as a cancellation unwound the handler (from its
+    cleanup): the request was cut, and the error took the cancellation's place."""
+    return isinstance(error.__context__, anyio.get_cancelled_exc_class())
 
 
 def check_sse_retry(value: float | None) -> float | None:

@@ -198,6 +198,9 @@ async def _serve(
     server = _new_server(config)
     try:
         await _serve_and_settle(server, drain, name, task_status)
+    except anyio.get_cancelled_exc_class():
+        drain.cut_short()  # the member is cut: what was in flight with it
+        raise
     finally:
         drain.unquiet()  # the server failed before its drain was over
 
