@@ -277,7 +277,7 @@ class TestAThreadThatWaitsForEver:
     """Virtual time stands still while a thread of anyio's runs; a worker that waits
     on a thread that waits for something only a stop can end (a blocking read of a
     queue nobody feeds) held it still for ever, and the run never ended.  Time stands
-    still for *idle* real seconds at most (one by default) without a worker's point."""
+    still for *idle* real seconds at most (ten by default) without a worker's point."""
 
     @pytest.fixture
     def released(self) -> Iterator[threading.Event]:
