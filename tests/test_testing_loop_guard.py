@@ -394,6 +394,16 @@ class TestNoFalseAlarmByDefault:
         assert result.ok, result
         assert result.moment == "once it was waiting"
 
+    @pytest.mark.parametrize("mode", ["stop", "cancel"])
+    async def test_explore_a_child_busy_for_many_turns(self, mode: Any) -> None:
+        """At point 0 the stop lands before the child's work: it goes on for more turns
+        than the bound, after the stop, and ends well within the grace."""
+        exploration = await explore(
+            lambda: Scenario(computes_then_waits), within=5.0, mode=mode, max_points=3
+        )
+        assert exploration.ok, exploration
+        assert exploration.exhausted
+
     async def test_a_slow_thread_call_holds_time(self) -> None:
         """A thread call of 1.5 s real: virtual time stands still for it, so neither
         the test's ``fail_after`` nor the grace runs out, and the point is reached."""
