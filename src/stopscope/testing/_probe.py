@@ -66,6 +66,12 @@ DEFAULT_IDLE_REAL: Final = 1.0
 #: the scheduling points a run may go through past its stop point (or from its start,
 #: when it has none) before the kit takes the worker for a busy loop and ends the run
 DEFAULT_HANG_POINTS: Final = 10_000
+#: real seconds the loop may stay busy (a task ready to run while the worker takes no
+#: step of its own), or a thread may hold virtual time still, before the kit takes it
+#: for a hang, unless *idle* says otherwise: long, because a child that computes for a
+#: while, two tasks that exchange many messages or a slow thread call are no hang, and
+#: a kit that fails a sound test is worse than a slow end to one that hangs
+DEFAULT_BUSY_REAL: Final = 10.0
 
 #: how a run ends the worker: ask it to stop (its signal, the grace, then a cancel), or
 #: cancel it outright, as an enclosing cancel scope does (anyio's and trio's way)
@@ -265,7 +271,10 @@ class _Tracer:
     __slots__ = (
         "abandoned",
         "busy_coro",
+        "busy_note",
         "busy_points",
+        "busy_real",
+        "busy_since",
         "busy_stop",
         "busy_turns",
         "busy_wake",
@@ -349,9 +358,12 @@ class _Tracer:
         # while the clock stood still and the worker went through no point of its own
         self.busy_turns = 0
         self.busy_points = 0  # the worker's points when the count began
+        self.busy_real = DEFAULT_BUSY_REAL  # and the real seconds it must last, at least
+        self.busy_since = 0.0  # time.monotonic() when the count began
         self.busy_coro: Any = None  # a coroutine of the busy task, for the report
         self.busy_wake: Callable[[], None] | None = None  # arms the loop guard's action
         self.busy_stop: str | None = None  # the loop guard requested the stop: when
+        self.busy_note: str | None = None  # real time: why, if the run then fails
 
     def suspended(self) -> None:
         if self.exited:
@@ -407,17 +419,23 @@ class _Tracer:
     def turn(self, busy: bool) -> bool:
         """The loop guard, once per loop turn in virtual time (called by the loop):
         whether the loop has now stayed *busy* (a task ready to run) for *hang_points*
-        turns while the clock stood still and the worker went through no point of its
-        own: a busy loop in a task it started, which neither its grace nor a
-        ``fail_after`` can end.  :meth:`loop_busy` then ends the run."""
+        turns, and *busy_real* real seconds at least, while the clock stood still and
+        the worker went through no point of its own: a busy loop in a task it started,
+        which neither its grace nor a ``fail_after`` can end.  :meth:`loop_busy` then
+        ends the run."""
         if not busy:  # the loop goes idle: only then can a virtual clock move
             self.busy_turns = 0
             return False
         if self.points != self.busy_points:  # the worker took a step
             self.busy_points, self.busy_turns = self.points, 0
+        if self.busy_turns == 0:
+            self.busy_since = time.monotonic()
         self.busy_turns += 1
         return (
-            self.busy_turns >= self.hang_points and not self.exited and self.busy_wake is not None
+            self.busy_turns >= self.hang_points
+            and not self.exited
+            and self.busy_wake is not None
+            and time.monotonic() - self.busy_since >= self.busy_real
         )
 
     def wake_watch(self, coro: Any) -> None:
@@ -1133,7 +1151,8 @@ async def _run(
     tracer.leak_watch = leaks
     guard = None
     if virtual:  # a thread may hold virtual time still for idle real seconds at most
-        hold = DEFAULT_IDLE_REAL if idle is None else idle
+        hold = DEFAULT_BUSY_REAL if idle is None else idle
+        tracer.busy_real = hold
         guard = ThreadGuard(hold, lambda: tracer.points)
     instrument: _TrioInstrument | None = None
     if backend == "trio":
@@ -1241,6 +1260,12 @@ async def _run(
     cut = cut_cleanup(tracer.raised, _is_library)
     if cut is not None and not allow_cut_cleanup:
         extra.append(cut_cleanup_failure(cut))
+    # real time: a loop that never settled is a failure only if the stop it led to
+    # did not end the run as asked (a busy child deaf to it, cancelled by the grace)
+    if tracer.busy_note is not None and (
+        outcome is not (Outcome.CANCELLED if hard else Outcome.STOPPED) or error is not None
+    ):
+        extra.append(tracer.busy_note)
     stuck: _Stack | None = None
     if scope is not None:
         report = scope.report
@@ -1309,10 +1334,11 @@ async def _until_waiting(
     tracer: _Tracer, instrument: _TrioInstrument | None, idle: float | None
 ) -> None:
     """Real time: wait until every task waits, and request the stop.  A worker that
-    goes *idle* seconds (one by default) without a point of its own while the loop
-    never settles waits on a task that never does (a busy loop in a task it started):
-    the hang guard then requests the stop, and the run fails."""
-    idle = DEFAULT_IDLE_REAL if idle is None else idle
+    goes *idle* seconds (ten by default: a child that computes for a second is no
+    hang) without a point of its own while the loop never settles waits on a task that
+    never does (a busy loop in a task it started): the hang guard then requests the
+    stop, and the run fails if that stop does not end it as asked."""
+    idle = DEFAULT_BUSY_REAL if idle is None else idle
     while True:
         quiet = tracer.now() - tracer.last_at
         if quiet >= idle - _IDLE_SLACK:
@@ -1336,11 +1362,13 @@ async def _until_waiting(
         busy = _capture(tasks[0].get_coro()) if tasks else []
     where = f"a task was busy at {_where(busy)}" if busy else "no task was (callbacks)"
     how = "requested its stop" if tracer.mode == "stop" else "cancelled it"
-    tracer.hung += (
+    # in real time the grace passes: the stop is no failure in itself, only a sign
+    # that the loop never settled; the note explains a run that then fails
+    tracer.busy_note = (
         f"the loop never went idle: for {idle:g} s a task was ready to run while the "
         f"worker waited at {_where(tracer.last)} without a scheduling point, and {where} "
         f"(a busy loop in a task the worker started?); the kit {how} to end the run "
-        f"(idle={idle:g})",
+        f"(idle={idle:g})"
     )
     tracer.busy_stop = f"by the hang guard, after {idle:g} s in which the loop never went idle"
     tracer.request_stop("stopscope.testing: the loop never went idle")
@@ -1354,7 +1382,7 @@ async def _until_point_any(tracer: _Tracer, idle: float | None, guard: ThreadGua
     (its own or anyone's, before the deadline of a scope around the run) has no more
     points; a pending timer, however far (an ``every(7200)``), is followed.  An
     explicit *idle* bounds the wait there too, and a thread that keeps virtual time
-    still (*guard*) does so for *idle* real seconds (one by default) at most in which
+    still (*guard*) does so for *idle* real seconds (ten by default) at most in which
     the worker goes through no point: it waits for something only a stop can end."""
     if guard is None:  # real time
         await _until_point(tracer, DEFAULT_IDLE_REAL if idle is None else idle)
@@ -1456,7 +1484,10 @@ async def probe(
         task waits with no timer pending); the result then says it never reached the
         point.  Without *at_point* or *after*, in real time: how long the kit waits
         for every task to wait while the worker takes no step (a task it started
-        keeps the loop busy); then the hang guard requests the stop, and the run fails
+        keeps the loop busy; ten seconds by default); then the hang guard requests the
+        stop, and the run fails.  In virtual time: how many real seconds a busy loop
+        (after *hang_points* busy turns) or a thread may keep the clock still (ten by
+        default)
     :param mode: ``"stop"`` (default) requests a graceful stop; ``"cancel"`` cancels
         the worker instead, as an enclosing cancel scope does, without setting its
         signal (see :func:`explore`)
