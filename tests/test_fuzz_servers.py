@@ -416,12 +416,25 @@ def run_plan(plan: ServerPlan, server: ServerName, backend: Backend) -> Run:
     logs = Logs()
     root = logging.getLogger()
     root.addHandler(logs)
+    # the servers' records reach the root logger, whatever an earlier test left: an
+    # in-process uvicorn with its default log_config turns the "uvicorn" logger's
+    # propagation off for the rest of the session
+    loggers = [logging.getLogger(name) for name in _SERVER_LOGGERS]
+    saved = [(logger.propagate, logger.disabled) for logger in loggers]
+    for logger in loggers:
+        logger.propagate, logger.disabled = True, False
     try:
         run = anyio.run(_run, plan, server, logs, backend=backend[0], backend_options=backend[1])
         gc.collect()
     finally:
+        for logger, (propagate, disabled) in zip(loggers, saved, strict=True):
+            logger.propagate, logger.disabled = propagate, disabled
         root.removeHandler(logs)
     return run
+
+
+#: the loggers whose records the fuzzer reads, from the root logger
+_SERVER_LOGGERS = ("uvicorn", "uvicorn.error", "hypercorn.error", "asyncio", "stopscope")
 
 
 def expected_body(plan: ServerPlan, kind: str) -> str | None:
