@@ -811,23 +811,8 @@ def test_a_real_sigterm_reaches_the_collector(receiver: Receiver, backend: str) 
         "OTEL_SERVICE_NAME": "otel-e2e",
         "OTEL_METRIC_EXPORT_INTERVAL": "600000",  # only run()'s flush sends them
     }
-    proc = subprocess.Popen(
-        [sys.executable, str(APP), "--backend", backend],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline() == "ready\n"
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=HANG_GUARD)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, stderr
+    returncode, stderr = _sigterm_when_ready(["--backend", backend], env)
+    assert returncode == 0, stderr
     with receiver.lock:
         spans = {span.name: span for span in receiver.spans}
         metrics = {metric.name: metric for metric in receiver.metrics}
@@ -878,23 +863,10 @@ def test_a_collector_that_never_answers_costs_only_the_reserve(backend: str) -> 
             "OTEL_EXPORTER_OTLP_TIMEOUT": str(HANG_GUARD * 3),
             "OTEL_METRIC_EXPORT_INTERVAL": "600000",
         }
-        proc = subprocess.Popen(
-            [sys.executable, str(APP), "--backend", backend, "--flush-reserve", "0.5"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
+        returncode, stderr = _sigterm_when_ready(
+            ["--backend", backend, "--flush-reserve", "0.5"], env
         )
-        try:
-            assert proc.stdout is not None
-            assert proc.stdout.readline() == "ready\n"
-            proc.send_signal(signal.SIGTERM)
-            _, stderr = proc.communicate(timeout=HANG_GUARD)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
-    assert proc.returncode == 0, stderr
+    assert returncode == 0, stderr
     assert "Traceback" not in stderr
 
 
@@ -988,3 +960,25 @@ def test_the_flush_is_a_phase_of_the_budget(
     assert set(fields["phases"]) == {"telemetry flush"}
     assert 0 <= fields["phases"]["telemetry flush"] <= fields["used"]
     assert "telemetry flush " in record.getMessage()
+
+
+def _sigterm_when_ready(args: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Start the service app, send it SIGTERM once it says ``ready``, and wait (bounded)
+    for its exit status and stderr; the child is killed if it outlives the bound."""
+    proc = subprocess.Popen(
+        [sys.executable, str(APP), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=HANG_GUARD)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc.returncode, stderr
