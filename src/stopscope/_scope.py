@@ -47,7 +47,7 @@ from ._report import (
     current_record,
     scope_fields,
 )
-from ._signal import StopSignal, _add_hook, _remove_hook, logger
+from ._signal import StopSignal, _add_hook, _remove_hook, _to_seconds, logger
 
 if sys.version_info >= (3, 11):
     from typing import Self, TypeVarTuple, Unpack
@@ -83,10 +83,7 @@ def _check_grace(value: float | None, none_means: str = "to wait forever") -> fl
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"`grace` must be a number of seconds or None, got {value!r}")
-    try:
-        value = float(value)
-    except OverflowError:  # an int too large for a float: as good as forever (inf)
-        value = math.inf if value > 0 else -math.inf
+    value = _to_seconds(value)  # an int too large for a float: as good as forever
     if math.isnan(value) or value < 0:
         raise ValueError(
             f"`grace` must be a non-negative number of seconds (or None {none_means}), "

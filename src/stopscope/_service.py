@@ -75,7 +75,7 @@ from ._members import _note_scope_report as _note_scope_report
 from ._members import _signal_behind_exit as _signal_behind_exit
 from ._report import LOG_FIELD, TaskRecord, Timeline, _timeline
 from ._scope import _check_grace as _check_grace_of_scope
-from ._signal import StopSignal, logger
+from ._signal import StopSignal, _to_seconds, logger
 
 if sys.version_info >= (3, 11):
     from typing import TypeVarTuple, Unpack
@@ -148,10 +148,7 @@ def _check_seconds(name: str, value: object, *, zero: bool) -> float:
                 else ""
             )
         )
-    try:
-        seconds = float(value)
-    except OverflowError:  # an int beyond any float: not a finite number of seconds
-        seconds = math.inf
+    seconds = _to_seconds(value)  # an int beyond any float: not finite, refused below
     if math.isnan(seconds) or seconds == math.inf or seconds < 0 or (seconds == 0 and not zero):
         kind = "non-negative" if zero else "positive"
         raise ValueError(f"`{name}` must be a finite, {kind} number of seconds, got {value!r}")

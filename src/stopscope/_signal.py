@@ -80,6 +80,16 @@ def _backend() -> str:
     return current().name
 
 
+def _to_seconds(value: float) -> float:
+    """``float(value)``, where an ``int`` too large for a float is as good as infinite
+    (``math.inf``, or ``-math.inf`` below zero): each check then applies its own rule
+    to infinity (wait forever, or refuse it naming the parameter)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
 def _check_duration(value: float, name: str, positive: bool = False) -> float:
     """Validate a duration: an int, a float or another real number (``__float__``).
 
@@ -93,9 +103,7 @@ def _check_duration(value: float, name: str, positive: bool = False) -> float:
         ):
             raise TypeError(f"`{name}` must be a number of seconds, got {value!r}")
         try:
-            value = float(value)
-        except OverflowError:  # an int too large for a float: as good as forever
-            value = math.inf if value > 0 else -math.inf
+            value = _to_seconds(value)
         except (TypeError, ValueError):
             raise TypeError(f"`{name}` must be a number of seconds, got {value!r}") from None
     if math.isnan(value) or value < 0 or (positive and value == 0):

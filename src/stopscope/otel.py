@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import atexit
 import itertools
-import math
 import signal as _signal_module
 import threading
 import time
@@ -33,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from . import _scope
 from ._report import Outcome, TaskRecord
-from ._signal import logger
+from ._signal import _to_seconds, logger
 
 if TYPE_CHECKING:
     from ._scope import TaskScope
@@ -482,10 +481,7 @@ def _make_providers(exporter: str) -> tuple[Any, Any]:
 def _check_reserve(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"`flush_reserve` must be a number of seconds, got {value!r}")
-    try:
-        value = float(value)
-    except OverflowError:  # an int too large for a float: inf, which is refused below
-        value = math.inf if value > 0 else -math.inf
+    value = _to_seconds(value)  # an int too large for a float: inf, refused below
     # a wait longer than threading.TIMEOUT_MAX raises OverflowError (from run()'s end)
     if not 0 <= value <= threading.TIMEOUT_MAX:  # (False for nan too)
         raise ValueError(

@@ -14,7 +14,7 @@ import anyio
 
 from .._report import current_timeline
 from .._scope import TaskScope, _check_grace, current_record
-from .._signal import CallbackHandle, StopSignal, logger
+from .._signal import CallbackHandle, StopSignal, _to_seconds, logger
 from ._readiness import ASGIApp, Readiness, ReadinessMiddleware
 
 __all__ = ["RESERVE_FRACTION", "RESERVE_MAX", "ServerInfo"]
@@ -55,10 +55,7 @@ class ServerInfo:
 def check_drain_delay(value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"`drain_delay` must be a number of seconds, got {value!r}")
-    try:
-        value = float(value)
-    except OverflowError:  # an int too large for a float: inf, which is refused below
-        value = math.inf if value > 0 else -math.inf
+    value = _to_seconds(value)  # an int too large for a float: inf, refused below
     if math.isnan(value) or value < 0 or value == math.inf:
         raise ValueError(
             f"`drain_delay` must be a finite, non-negative number of seconds, got {value!r}"

@@ -14,7 +14,7 @@ from typing import Any, Final, Literal, Protocol, final
 
 import anyio
 
-from .._signal import StopSignal, _backend, logger
+from .._signal import StopSignal, _backend, _to_seconds, logger
 
 #: the current asyncio task, as cheaply as it can be had, for every request: the C
 #: ``current_task`` where there is one (Python 3.12+; the public name is a Python
@@ -873,10 +873,7 @@ def check_sse_retry(value: float | None) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"`sse_retry` must be a number of seconds or None, got {value!r}")
-    try:
-        value = float(value)
-    except OverflowError:  # an int too large for a float: inf, which is refused below
-        value = math.inf if value > 0 else -math.inf
+    value = _to_seconds(value)  # an int too large for a float: inf, refused below
     if not math.isfinite(value) or value < 0:
         raise ValueError(
             f"`sse_retry` must be a finite, non-negative number of seconds, got {value!r}"

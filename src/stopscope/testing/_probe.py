@@ -23,7 +23,7 @@ import anyio
 from .._backends._base import not_a_signal_handler
 from .._report import Outcome, ShutdownReport, StopReason, TaskRecord
 from .._scope import TaskScope
-from .._signal import StopSignal, _backend
+from .._signal import StopSignal, _backend, _to_seconds
 from ._cancel import cut_cleanup, cut_cleanup_failure
 from ._clock import (
     ThreadGuard,
@@ -1068,10 +1068,7 @@ def _check_seconds(value: float | None, name: str, allow_none: bool = True) -> f
         raise TypeError(f"`{name}` must be a number of seconds, got None")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"`{name}` must be a number of seconds, got {value!r}")
-    try:
-        seconds = float(value)
-    except OverflowError:  # an int too large for a float: as good as forever (inf)
-        seconds = math.inf if value > 0 else -math.inf
+    seconds = _to_seconds(value)  # an int too large for a float: as good as forever
     if math.isnan(seconds) or seconds < 0:
         raise ValueError(f"`{name}` must be a non-negative number of seconds, got {value!r}")
     return seconds
