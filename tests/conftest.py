@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 from typing import Any
 
@@ -37,3 +38,13 @@ def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
 @pytest.fixture
 def anyio_backend_name(anyio_backend: tuple[str, dict[str, Any]]) -> str:
     return anyio_backend[0]
+
+
+@pytest.fixture(autouse=True)
+def _garbage_of_earlier_tests(request: pytest.FixtureRequest) -> None:
+    """A test that reads its log (``caplog``) starts with the garbage of the tests
+    before it collected: what the collector logs then (asyncio's "exception was never
+    retrieved" for a future an earlier server test left) goes to the setup phase, not
+    to the test's own records."""
+    if "caplog" in request.fixturenames:
+        gc.collect()
