@@ -22,6 +22,10 @@ of each:
 * ``pass-through`` (only with ``--variants``): the plain server, its app behind a
   one-line ASGI middleware that only awaits the app: what any middleware costs at
   least, the floor under the library's.
+* ``middleware`` (only with ``--variants``): the plain server, its app behind
+  :class:`~stopscope.servers.ReadinessMiddleware` with the default settings (ready),
+  without ``run()`` or a member around it: what the middleware costs in a server,
+  apart from the rest of the library.
 
 The app is raw ASGI by default (``GET /`` answers 200 ``ok``; it handles the
 lifespan), so the servers' and the library's own per-request costs are what is
@@ -67,7 +71,14 @@ from _harness import (
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVERS = ("uvicorn", "hypercorn-asyncio", "hypercorn-trio")
-VARIANTS = ("plain", "stopscope", "stopscope+signal", "stopscope-signals", "pass-through")
+VARIANTS = (
+    "plain",
+    "stopscope",
+    "stopscope+signal",
+    "stopscope-signals",
+    "pass-through",
+    "middleware",
+)
 #: seconds; bounds on waits (never a measurement)
 START_BOUND = 30.0
 STOP_BOUND = 30.0
@@ -144,6 +155,12 @@ def serve(server: str, variant: str, port: int, kind: str = "raw") -> None:
     served = pick_app(kind, variant)
     if variant == "pass-through":
         _serve_plain(server, port, pass_through(served))
+    elif variant == "middleware":
+        from stopscope.servers import Readiness
+
+        readiness = Readiness()
+        readiness.mark_ready()
+        _serve_plain(server, port, readiness.asgi(served))
     elif variant == "plain":
         _serve_plain(server, port, served)
     else:
