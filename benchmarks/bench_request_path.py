@@ -229,10 +229,14 @@ def instructions(variant: str, small: int, large: int) -> tuple[float, list[int]
     return (counts[1] - counts[0]) / (large - small), counts
 
 
+#: the stopscope source tree measured (``--src``)
+_src = ROOT / "src"
+
+
 def _env() -> dict[str, str]:
     return {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "benchmarks")]),
+        "PYTHONPATH": os.pathsep.join([str(_src), str(ROOT / "benchmarks")]),
         "PYTHONHASHSEED": "0",
     }
 
@@ -252,8 +256,18 @@ def main(argv: Sequence[str]) -> int:
         help="a real server's CPU µs per request, for the estimate (default: uvicorn's "
         "plain figure in benchmarks/results/serving.json)",
     )
+    parser.add_argument(
+        "--src",
+        type=Path,
+        default=None,
+        help="the stopscope source tree to measure (a src folder; default: this checkout's)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv[1:])
+    if args.src is not None:
+        global _src
+        _src = args.src.resolve()
+        sys.path.insert(0, str(_src))
     if args.one:
         # ``--one``: one variant under valgrind (a warm-up, then the counted requests)
         variant, n = args.one[0], int(args.one[1])
@@ -323,6 +337,7 @@ def main(argv: Sequence[str]) -> int:
     if args.out is not None:
         meta = run_metadata(argv, "quick" if args.quick else "full", ROOT)
         meta["server_cpu_us_per_request"] = server_us
+        meta["src"] = str(_src)
         meta["requests"] = {"cpu_time": args.n, "passes": args.passes}
         doc = {"conditions": meta, "table": text, "samples": {"rows": rows}}
         args.out.parent.mkdir(parents=True, exist_ok=True)
