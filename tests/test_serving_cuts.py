@@ -21,7 +21,7 @@ import pytest
 
 from loop_leaks import collect_garbage, is_leak, loop_reports
 from stopscope import Outcome, TaskScope
-from stopscope.servers import ServerInfo, _hypercorn, start_hypercorn
+from stopscope.servers import ServerInfo, _hypercorn, start_hypercorn, start_uvicorn
 
 pytestmark = pytest.mark.anyio
 
@@ -256,6 +256,34 @@ class TestGraceSpent:
         assert scope.report.by_name("hypercorn").outcome is Outcome.CANCELLED
         assert app.lifespan == ["shutdown"]
         assert any("left to finish in the background" in r.message for r in caplog.records)
+
+
+class TestUvicornHardStop:
+    @on_asyncio
+    @pytest.mark.parametrize("when", ["serving", "draining"])
+    async def test_a_hard_stop_leaves_nothing_behind(
+        self, when: Literal["serving", "draining"]
+    ) -> None:
+        """The same cut on a uvicorn member: the request is cut and counted, and the
+        app's lifespan task is not left pending (its shutdown runs, as on hypercorn)."""
+        app = App()
+        with loop_reports() as reports:
+            with anyio.fail_after(HANG_GUARD):
+                with anyio.CancelScope() as outer:
+                    async with TaskScope(grace=HANG_GUARD) as scope:
+                        info = await start_uvicorn(scope, app, log_config=None)
+                        stream = await request(info, app)
+                        if when == "draining":
+                            scope.stop("deploy")
+                            await wait_refused(info.port)  # uvicorn waits for it
+                        outer.cancel()
+                await stream.aclose()
+                await collect_garbage()
+        assert [m for m in reports if is_leak(m)] == []  # first: the leak, if any
+        assert outer.cancelled_caught
+        record = scope.report.by_name("uvicorn")
+        assert (record.outcome, record.cut) == (Outcome.CANCELLED, 1)
+        assert app.lifespan == ["shutdown"]
 
 
 class _no_reports:

@@ -18,7 +18,7 @@ import anyio.abc
 from .._scope import TaskScope, current_record
 from .._signal import StopSignal, _backend, logger
 from ._drain import (
-    RESERVE_MAX,
+    CUT_UNWIND,
     Drain,
     ServerInfo,
     check_drain_delay,
@@ -33,10 +33,6 @@ if sys.version_info < (3, 11):
 
 __all__ = ["start_hypercorn"]
 
-#: seconds hypercorn gets on asyncio, once the member is cut, to run its own cleanup
-#: (cancel the connections and wait for them, the app's lifespan shutdown) before it is
-#: cancelled again: the reserve the drain keeps for that same cleanup
-CUT_UNWIND: Final = RESERVE_MAX
 #: seconds: a cut this close to hypercorn's own drain timeout leaves the cancellation of
 #: the connections to hypercorn (its timer may have fired already, on this turn of the
 #: loop), rather than cancel its task as it begins its cleanup
