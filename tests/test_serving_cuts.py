@@ -21,7 +21,7 @@ import pytest
 
 from loop_leaks import collect_garbage, is_leak, loop_reports
 from stopscope import Outcome, TaskScope
-from stopscope.servers import ServerInfo, _hypercorn, start_hypercorn, start_uvicorn
+from stopscope.servers import ServerInfo, _hypercorn, _uvicorn, start_hypercorn, start_uvicorn
 
 pytestmark = pytest.mark.anyio
 
@@ -64,14 +64,18 @@ class App:
     """An ASGI app with a lifespan; its one route holds the request until cancelled,
     and its cleanup, once cancelled, until ``unwind`` is set (if ``stubborn``)."""
 
-    def __init__(self, *, stubborn: bool = False, failing_shutdown: bool = False) -> None:
+    def __init__(
+        self, *, stubborn: bool = False, failing_shutdown: bool = False, slow_shutdown: bool = False
+    ) -> None:
         self.entered = anyio.Event()
         self.unwind = anyio.Event()
         self.cancelled = anyio.Event()
         self.unwound = anyio.Event()
         self.stubborn = stubborn
         self.failing_shutdown = failing_shutdown
+        self.slow_shutdown = slow_shutdown
         self.lifespan: list[str] = []
+        self.lifespan_ended = anyio.Event()
 
     async def __call__(self, scope: Message, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -94,10 +98,13 @@ class App:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 self.lifespan.append("shutdown")
+                if self.slow_shutdown:
+                    await self.unwind.wait()
                 if self.failing_shutdown:
                     await send({"type": "lifespan.shutdown.failed", "message": "no database"})
                 else:
                     await send({"type": "lifespan.shutdown.complete"})
+                self.lifespan_ended.set()
                 return
 
 
@@ -284,6 +291,49 @@ class TestUvicornHardStop:
         record = scope.report.by_name("uvicorn")
         assert (record.outcome, record.cut) == (Outcome.CANCELLED, 1)
         assert app.lifespan == ["shutdown"]
+
+    @on_asyncio
+    async def test_without_a_lifespan_nothing_is_waited_for(self) -> None:
+        """``lifespan="off"``: there is no lifespan to shut down at the cut."""
+        app = App()
+        with loop_reports() as reports:
+            with anyio.fail_after(HANG_GUARD):
+                with anyio.CancelScope() as outer:
+                    async with TaskScope(grace=HANG_GUARD) as scope:
+                        info = await start_uvicorn(scope, app, log_config=None, lifespan="off")
+                        stream = await request(info, app)
+                        outer.cancel()
+                await stream.aclose()
+                await collect_garbage()
+        assert [m for m in reports if is_leak(m)] == []  # first: the leak, if any
+        assert scope.report.by_name("uvicorn").outcome is Outcome.CANCELLED
+        assert app.lifespan == []
+
+    @on_asyncio
+    async def test_a_slow_lifespan_shutdown_is_left_to_finish(
+        self, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A lifespan shutdown longer than ``CUT_UNWIND``: the member ends (with a
+        warning), and the shutdown finishes in the background; nothing is lost."""
+        monkeypatch.setattr(_uvicorn, "CUT_UNWIND", 0.05)
+        caplog.set_level(logging.INFO, "stopscope")
+        app = App(slow_shutdown=True)
+        with loop_reports() as reports:
+            with anyio.fail_after(HANG_GUARD):
+                with anyio.CancelScope() as outer:
+                    async with TaskScope(grace=HANG_GUARD) as scope:
+                        info = await start_uvicorn(scope, app, log_config=None)
+                        stream = await request(info, app)
+                        outer.cancel()
+                assert app.lifespan == ["shutdown"]
+                assert not app.lifespan_ended.is_set()  # the member ended without it
+                app.unwind.set()
+                await app.lifespan_ended.wait()
+                await stream.aclose()
+                await collect_garbage()
+        assert [m for m in reports if is_leak(m)] == []  # first: the leak, if any
+        assert scope.report.by_name("uvicorn").outcome is Outcome.CANCELLED
+        assert any("left to finish in the background" in r.message for r in caplog.records)
 
 
 class _no_reports:

@@ -160,15 +160,12 @@ def _server_class() -> type[uvicorn.Server]:
 
         listening: anyio.Event
         failure: BaseException | None
-        lifespan_began: bool
 
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
             yield  # run() owns SIGINT/SIGTERM; the stop comes through the scope's signal
 
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-            # uvicorn starts the app's lifespan task first thing, before it waits
-            self.lifespan_began = True
             try:
                 await super().startup(sockets)
             except SystemExit as exc:  # uvicorn's way to say the startup failed
@@ -193,7 +190,6 @@ def _new_server(config: uvicorn.Config) -> Any:
     server: Any = _server_cls(config)
     server.listening = anyio.Event()
     server.failure = None
-    server.lifespan_began = False
     return server
 
 
@@ -267,12 +263,12 @@ async def _lifespan_shutdown(server: Any, label: str) -> None:
     will not run.  Run that here, shielded, within :data:`CUT_UNWIND` seconds: else the
     app's lifespan task is left waiting for a message that never comes, and destroyed,
     still pending, by the garbage collector.  (Longer, it is left to finish.)"""
-    if not server.lifespan_began:
-        return
-    lifespan = server.lifespan
+    # uvicorn makes it, then starts its task, with no await in between
+    lifespan = getattr(server, "lifespan", None)
     done = getattr(lifespan, "shutdown_event", None)  # None: no lifespan (lifespan="off")
-    if done is None or done.is_set():
+    if done is None or done.is_set():  # none, or it has ended already
         return
+    assert lifespan is not None
     with anyio.CancelScope(shield=True), anyio.move_on_after(CUT_UNWIND) as bounded:
         await lifespan.shutdown()
     if bounded.cancelled_caught:
