@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import sys
 from collections.abc import MutableMapping
 from typing import Any, Literal
@@ -195,10 +196,11 @@ class TestGraceSpent:
     async def test_a_request_that_unwinds_late_leaves_nothing_behind(
         self, budget: Literal["scope", "member", "stage"]
     ) -> None:
-        """hypercorn's own timeout cancels the request, whose cleanup outlasts the grace:
-        the member is cut (its scope's grace, its own ``grace=``, its stage's share of the
-        scope's) while hypercorn waits for it.  hypercorn is left to finish that wait and
-        its lifespan shutdown (within ``CUT_UNWIND``); nothing is reported lost."""
+        """A request whose cleanup outlasts the grace: the member is cut (its scope's
+        grace, its own ``grace=``, its stage's share of the scope's) while hypercorn
+        waits for the request it cancelled (at its own timeout, or at the cut).
+        hypercorn is left to finish that wait and its lifespan shutdown (within
+        ``CUT_UNWIND``); nothing is reported lost."""
         app = App(stubborn=True)
         with loop_reports() as reports:
             with anyio.fail_after(HANG_GUARD):
@@ -213,24 +215,30 @@ class TestGraceSpent:
     async def cut_while_hypercorn_waits(
         app: App, budget: Literal["scope", "member", "stage"]
     ) -> tuple[Outcome, int]:
-        grace = 0.5
+        grace = 1.0
         scope_grace = grace if budget != "member" else HANG_GUARD
-        async with anyio.create_task_group() as tg, TaskScope(grace=scope_grace) as scope:
-            if budget == "stage":
-                scope.stage("http")
-            info = await start_hypercorn(scope, app, grace=grace if budget == "member" else None)
-            stream = await request(info, app)
-            stopped_at = anyio.current_time()
-            scope.stop("deploy")
-            await app.cancelled.wait()  # hypercorn's own timeout
+        stopped_at = math.inf
 
-            async def unwind_after_the_cut() -> None:
-                # past the member's deadline (the scope's clock is this one): the
-                # member is cut while hypercorn waits for the request
-                await anyio.sleep_until(stopped_at + grace + 0.1)
-                app.unwind.set()
+        async def unwind_after_the_cut() -> None:
+            # outside the scope, which cancels its body at the cut too.  Once hypercorn's
+            # own timeout (or the cut) cancelled the request, the request holds its
+            # cleanup until past the member's deadline (the scope's clock is this one):
+            # the member is cut while hypercorn waits for the request
+            await app.cancelled.wait()
+            await anyio.sleep_until(stopped_at + grace + 0.1)
+            app.unwind.set()
 
+        async with anyio.create_task_group() as tg:
             tg.start_soon(unwind_after_the_cut)
+            async with TaskScope(grace=scope_grace) as scope:
+                if budget == "stage":
+                    scope.stage("http")
+                info = await start_hypercorn(
+                    scope, app, grace=grace if budget == "member" else None
+                )
+                stream = await request(info, app)
+                stopped_at = anyio.current_time()
+                scope.stop("deploy")
         await stream.aclose()
         record = scope.report.by_name("hypercorn")
         return record.outcome, record.cut
