@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import gc
+import logging
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+
+from loop_leaks import LeakRecords
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -48,3 +52,42 @@ def _garbage_of_earlier_tests(request: pytest.FixtureRequest) -> None:
     to the test's own records."""
     if "caplog" in request.fixturenames:
         gc.collect()
+
+
+#: the modules whose tests start servers in-process: each test there fails if asyncio
+#: reports, during it, an error nobody retrieved or a task destroyed while pending
+_SERVER_MODULES = (
+    "test_asgi_",
+    "test_fuzz_servers",
+    "test_many_connections_smoke",
+    "test_observability",
+    "test_one_host",
+    "test_review_round3_serving",
+    "test_scope_trust",
+    "test_servers",
+    "test_serving_",
+    "test_trust_round4",
+    "test_websocket",
+)
+
+
+@pytest.fixture(autouse=True)
+def _nothing_lost_by_servers(request: pytest.FixtureRequest) -> Iterator[None]:
+    """In a server test module: collect the garbage before the test (what earlier tests
+    left is not this one's) and after it, and fail the test if asyncio reported, in
+    between, an exception never retrieved or a pending task destroyed: the leak fails
+    the test that made it, not whichever test the collector happens to run in."""
+    if not request.module.__name__.startswith(_SERVER_MODULES):
+        yield
+        return
+    gc.collect()
+    records = LeakRecords()
+    asyncio_logger = logging.getLogger("asyncio")
+    asyncio_logger.addHandler(records)
+    try:
+        yield
+        gc.collect()
+    finally:
+        asyncio_logger.removeHandler(records)
+    if records.found:
+        pytest.fail(f"asyncio reported something lost during this test: {records.found}")

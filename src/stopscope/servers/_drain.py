@@ -24,6 +24,10 @@ __all__ = ["RESERVE_FRACTION", "RESERVE_MAX", "ServerInfo"]
 RESERVE_FRACTION: Final = 0.1
 #: ... but never more than this many seconds
 RESERVE_MAX: Final = 1.0
+#: seconds a server member, once cut itself (its grace spent, a hard stop), gives the
+#: server's own cleanup (the cancelled connections, the app's lifespan shutdown) before
+#: it ends and leaves the rest to finish in the background: the reserve kept for it
+CUT_UNWIND: Final = RESERVE_MAX
 #: seconds before the server's drain timeout at which the library cuts the WebSocket
 #: sessions still running (at most a tenth of the time they had)
 WEBSOCKET_CUT_MARGIN: Final = 0.1

@@ -2,24 +2,41 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import socket
 import sys
-from typing import Any
+import time
+from collections.abc import Callable, Coroutine
+from functools import partial
+from typing import Any, Final
 
 import anyio
 import anyio.abc
 
 from .._scope import TaskScope, current_record
-from .._signal import StopSignal, _backend
-from ._drain import Drain, ServerInfo, check_drain_delay, check_port, check_scope, refuse_options
+from .._signal import StopSignal, _backend, logger
+from ._drain import (
+    CUT_UNWIND,
+    Drain,
+    ServerInfo,
+    check_drain_delay,
+    check_port,
+    check_scope,
+    refuse_options,
+)
 from ._readiness import ASGIApp, Readiness
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
 __all__ = ["start_hypercorn"]
+
+#: seconds: a cut this close to hypercorn's own drain timeout leaves the cancellation of
+#: the connections to hypercorn (its timer may have fired already, on this turn of the
+#: loop), rather than cancel its task as it begins its cleanup
+_OWN_TIMEOUT_MARGIN: Final = 0.1
 
 _REFUSED = {
     "bind": "pass start_hypercorn(host=..., port=...)",
@@ -181,13 +198,18 @@ async def _serve_and_settle(
         await stop_now.wait()
 
     failure: list[BaseException] = []
+    own_timeout_at = [math.inf]  # see _serve_in_task
     drain.open()
     try:
         async with anyio.create_task_group() as tg:
 
             async def run_server() -> None:
+                run = partial(serve, app, config, shutdown_trigger=shutdown_trigger, mode="asgi")  # type: ignore[arg-type]
                 try:
-                    await serve(app, config, shutdown_trigger=shutdown_trigger, mode="asgi")  # type: ignore[arg-type]
+                    if trio:
+                        await run()
+                    else:
+                        await _serve_in_task(run, config, drain.label, own_timeout_at)
                 except Exception as exc:
                     failure.append(exc)
                 finally:
@@ -203,6 +225,8 @@ async def _serve_and_settle(
             # read by hypercorn once the trigger returns and the listeners are closed
             config.graceful_timeout = (math.inf if trio else None) if timeout is None else timeout
             drain.draining(timeout)
+            if timeout is not None:
+                own_timeout_at[0] = time.monotonic() + timeout
             stop_now.set()
             # hypercorn leaves open WebSocket connections alone until its timeout (then
             # cuts them, logging each): the library closes them while it waits for the
@@ -219,6 +243,79 @@ async def _serve_and_settle(
         await drain.settle()
     finally:
         drain.unquiet()
+
+
+async def _serve_in_task(
+    serve: Callable[[], Coroutine[Any, Any, None]],
+    config: Any,
+    name: str,
+    own_timeout_at: list[float],
+) -> None:
+    """Run hypercorn's asyncio ``serve()`` in an asyncio task of its own; when the
+    member is cut, cancel that task once (or let hypercorn's own timeout do it), then
+    wait for it to end, and raise the member's cancellation.
+
+    hypercorn's cleanup (a ``finally``: cancel the connections and wait for them,
+    retrieve their error, run the app's lifespan shutdown, end the lifespan task) is
+    written for one cancellation.  Awaited in the member's task, it got anyio's
+    cancellation again on every turn of the loop: its wait for the cancelled
+    connections was cut, nobody retrieved their error ("_GatheringFuture exception was
+    never retrieved" when the garbage collector took it), and the lifespan task was
+    left pending, its shutdown never run.
+
+    :param own_timeout_at: ``time.monotonic()`` at which hypercorn's own drain timeout
+        cancels the connections (``inf``: not draining yet, or no limit).  From then on
+        hypercorn is cancelling them and waiting, then running the lifespan shutdown: a
+        cancellation would only cut that short, so the task is left to finish it.
+    """
+    task: asyncio.Task[None] = asyncio.get_running_loop().create_task(
+        serve(), name=f"{name}: serve()"
+    )
+    done = anyio.Event()
+    task.add_done_callback(lambda _: done.set())
+    try:
+        await done.wait()
+    except BaseException:  # the member is cut (or a KeyboardInterrupt)
+        # read by hypercorn once its listeners are closed: a cut before the drain cuts
+        # the connections at once (read already if the drain began)
+        config.graceful_timeout = 0
+        if own_timeout_at[0] - time.monotonic() > _OWN_TIMEOUT_MARGIN:
+            task.cancel()
+        with anyio.CancelScope(shield=True), anyio.move_on_after(CUT_UNWIND):
+            await done.wait()
+        if task.done():
+            _tell_error(task, name)
+        else:
+            # the app holds hypercorn's cleanup up (a request that outlives its
+            # cancellation, a slow lifespan shutdown): cancelled again, hypercorn would
+            # leave its own tasks behind, unfinished; the member ends, and hypercorn
+            # finishes its cleanup as soon as the app lets it
+            logger.warning(
+                "%s: the server is still cleaning up %.3g s after the member was cut (a "
+                "request that outlives its cancellation, or the app's lifespan shutdown); "
+                "left to finish in the background",
+                name,
+                CUT_UNWIND,
+            )
+            _left_behind.add(task)
+            task.add_done_callback(lambda _: _left_behind.discard(task))
+            task.add_done_callback(lambda _: _tell_error(task, name))
+        raise
+    task.result()
+
+
+#: hypercorn tasks still cleaning up after their member was cut: held until they end
+_left_behind: set[asyncio.Task[None]] = set()
+
+
+def _tell_error(task: asyncio.Task[None], name: str) -> None:
+    """hypercorn's task ended after the member was cut: the member's cancellation wins,
+    and an error of hypercorn's (the app's lifespan shutdown failed...) is logged, not
+    lost."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.error(
+            "%s: the server raised after the member was cut", name, exc_info=task.exception()
+        )
 
 
 def _unwrap(error: BaseException) -> BaseException:

@@ -11,8 +11,16 @@ import anyio
 import anyio.abc
 
 from .._scope import TaskScope
-from .._signal import StopSignal, _backend
-from ._drain import Drain, ServerInfo, check_drain_delay, check_port, check_scope, refuse_options
+from .._signal import StopSignal, _backend, logger
+from ._drain import (
+    CUT_UNWIND,
+    Drain,
+    ServerInfo,
+    check_drain_delay,
+    check_port,
+    check_scope,
+    refuse_options,
+)
 from ._readiness import ASGIApp, Readiness
 
 if TYPE_CHECKING:
@@ -211,7 +219,7 @@ async def _serve_and_settle(
     drain.open()
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_run_server, server, tg.cancel_scope)
+            tg.start_soon(_run_server, server, tg.cancel_scope, drain.label)
             await server.listening.wait()
             host, port = server.servers[0].sockets[0].getsockname()[:2]
             drain.readiness.mark_ready()
@@ -235,7 +243,7 @@ async def _serve_and_settle(
     await drain.settle()
 
 
-async def _run_server(server: Any, cancel_scope: anyio.CancelScope) -> None:
+async def _run_server(server: Any, cancel_scope: anyio.CancelScope, label: str) -> None:
     try:
         await server.serve()
     except Exception as exc:  # raised from the member as it is, not in a group
@@ -244,9 +252,32 @@ async def _run_server(server: Any, cancel_scope: anyio.CancelScope) -> None:
             server.failure = exc
     except BaseException:
         _abort(server)
+        await _lifespan_shutdown(server, label)
         raise
     finally:
         cancel_scope.cancel()  # returned on its own (or failed to start): stop waiting
+
+
+async def _lifespan_shutdown(server: Any, label: str) -> None:
+    """The member is cut: uvicorn's own shutdown, which runs the app's lifespan shutdown,
+    will not run.  Run that here, shielded, within :data:`CUT_UNWIND` seconds: else the
+    app's lifespan task is left waiting for a message that never comes, and destroyed,
+    still pending, by the garbage collector.  (Longer, it is left to finish.)"""
+    # uvicorn makes it, then starts its task, with no await in between
+    lifespan = getattr(server, "lifespan", None)
+    done = getattr(lifespan, "shutdown_event", None)  # None: no lifespan (lifespan="off")
+    if done is None or done.is_set():  # none, or it has ended already
+        return
+    assert lifespan is not None
+    with anyio.CancelScope(shield=True), anyio.move_on_after(CUT_UNWIND) as bounded:
+        await lifespan.shutdown()
+    if bounded.cancelled_caught:
+        logger.warning(
+            "%s: the app's lifespan shutdown still runs %.3g s after the member was cut; "
+            "left to finish in the background",
+            label,
+            CUT_UNWIND,
+        )
 
 
 def _abort(server: Any) -> None:
