@@ -25,6 +25,7 @@ import signal as _os_signal
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -422,8 +423,20 @@ def _timeline(plan: Plan) -> list[Verdict]:
         elif m.kind == "shield_obey" and start < deadline:
             exit_at = start + took  # the shielded cleanup runs to its end
         # a slow member cut: its sleep or cleanup cannot end early, and a loop that
-        # stalls makes the stage behind it (and its deadline) later, never earlier
-        robust = took == math.inf or start >= budget or m.kind in TIMED
+        # stalls makes the stage behind it (and its deadline) later, never earlier.
+        # Except in one way: a stall (real time only) that spans both its deadline and
+        # the end of its sleep makes the two due in the same loop turn, and which acts
+        # first is the loop's choice (trio runs the tasks woken in one turn in random
+        # order, and the scope's deadlines act from a task of their own: the timer
+        # service).  A member that runs first and returns before its next checkpoint
+        # was never reached by the cut: STOPPED, as docs/semantics.md says of "a member
+        # the cancellation never reached".  One that passes a checkpoint after its
+        # shielded cleanup meets the cut there, whatever the order.
+        returns_at_its_timer = m.kind == "obey_delay" or (
+            m.kind == "shield_obey" and m.after == "return"
+        )
+        tie = returns_at_its_timer and start < deadline
+        robust = took == math.inf or start >= budget or (m.kind in TIMED and not tie)
         return Verdict(start, deadline, exit_at, True, robust)
 
     start = 0.0
@@ -856,10 +869,15 @@ def _child_code(m: Member) -> str:
 class Runner:
     """Runs one plan and fills an :class:`Observation`."""
 
-    def __init__(self, plan: Plan, grace: float | None, unit: float = SMALL_GRACE_REAL) -> None:
+    def __init__(
+        self, plan: Plan, grace: float | None, unit: float = SMALL_GRACE_REAL, stall: float = 0.0
+    ) -> None:
         self.plan = plan
         self.grace = grace
         self.unit = unit
+        #: seconds the loop is blocked once the stop was requested and every task waits
+        #: (a loaded machine, on purpose: see run_plan)
+        self.stall = stall
         self.obs = Observation(base=plan.base)
         self.procs: dict[int, anyio.abc.Process] = {}
         self.storm: Any = None  # the SIGALRM handler it replaced, while a storm runs
@@ -1098,6 +1116,10 @@ class Runner:
         thread: threading.Thread | None = None
         if src == "stop":
             scope.stop("by-stop")
+            if self.stall:
+                with anyio.CancelScope(shield=True):
+                    await anyio.wait_all_tasks_blocked()  # the members' sleeps are armed
+                time.sleep(self.stall)  # noqa: ASYNC251 - the stall is the point
         elif src == "signal":
             self._start_storm(scope)
         elif src in ("member", "member_base", FOREIGN):
@@ -1260,11 +1282,21 @@ def run_plan(
     backend: tuple[str, dict[str, Any]],
     tolerate: frozenset[str] = KNOWN_DEFECTS,
     telemetry: Telemetry | None = None,
+    stall: float = 0.0,
 ) -> tuple[Observation, Expect]:
-    """Run ``plan``; with ``telemetry`` (active), also take what stopscope.otel recorded."""
+    """Run ``plan``; with ``telemetry`` (active), also take what stopscope.otel recorded.
+
+    :param stall: a plan whose source is ``stop`` and that runs in real time: block the
+        loop for this many small graces once the stop was requested and every task
+        waits, as a loaded machine does now and then (the model must allow what comes)
+    """
     options, virtual = backend_options(backend, plan)
     exact = virtual
-    runner = Runner(plan, grace_value(plan, virtual), unit(plan, virtual))
+    if stall and (virtual or plan.source != "stop"):
+        raise ValueError("stall: only for a plan stopped by stop() in real time")
+    runner = Runner(
+        plan, grace_value(plan, virtual), unit(plan, virtual), stall * unit(plan, virtual)
+    )
     with structured_records() as records:
         anyio.run(runner.run, backend=backend[0], backend_options=options)
     runner.obs.fields = records.fields
@@ -1493,7 +1525,6 @@ def survey(backend: str, examples: int, special: str = "") -> int:
     a third argument, ``signal`` or ``process``, draws the plans of those profiles.
     """
     import re
-    import time
 
     from hypothesis import HealthCheck, Phase, given, settings
 
