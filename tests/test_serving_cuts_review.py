@@ -1,0 +1,122 @@
+"""A server member cut while the server's cleanup is held up (review of issue 16).
+
+The member gives the server's cleanup at most ``CUT_UNWIND`` seconds after the cut,
+then ends and leaves the rest to finish in the background, with a warning of its own.
+That bounded wait is the library's, not a member swallowing its cancellation: the
+scope must not report it as a laggard ("is still running 1 s after it was cancelled
+... swallows cancellation", ``phase="after-cancel"``), which it did whenever the
+bound was used up, the bound being the scope's laggard delay itself.
+
+Real servers on 127.0.0.1, raw TCP clients; the app holds its cleanup on an event set
+only once the member has ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any, Literal
+
+import anyio
+import pytest
+
+from stopscope import Outcome, TaskScope
+from stopscope.servers import _hypercorn, start_hypercorn, start_uvicorn
+
+pytestmark = pytest.mark.anyio
+
+#: seconds; only a guard against hangs, never a timing assertion
+HANG_GUARD = 30.0
+#: the scope's grace: short, as the test waits for it for real
+GRACE = 0.3
+
+Message = MutableMapping[str, Any]
+
+on_asyncio = pytest.mark.parametrize(
+    "anyio_backend",
+    [
+        pytest.param(("asyncio", {"debug": True}), id="asyncio"),
+        pytest.param(
+            ("asyncio", {"use_uvloop": True}),
+            id="asyncio+uvloop",
+            marks=pytest.mark.skipif(sys.platform == "win32", reason="uvloop is POSIX only"),
+        ),
+    ],
+)
+
+
+class HeldApp:
+    """A request that outlives its cancellation, or a lifespan shutdown that takes its
+    time: each holds on until ``release`` is set."""
+
+    def __init__(self, *, hold: Literal["request", "lifespan"]) -> None:
+        self.hold = hold
+        self.entered = anyio.Event()
+        self.release = anyio.Event()
+        self.shutdown_begun = anyio.Event()
+        self.ended = anyio.Event()
+        self.shutdowns = 0
+
+    async def __call__(self, scope: Message, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    self.shutdowns += 1
+                    self.shutdown_begun.set()
+                    if self.hold == "lifespan":
+                        await self.release.wait()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    self.ended.set()
+                    return
+        self.entered.set()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.release.wait()
+
+
+def laggard_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "is still running" in r.getMessage()]
+
+
+@on_asyncio
+@pytest.mark.parametrize("server", ["hypercorn", "uvicorn"])
+async def test_the_bounded_wait_after_a_cut_is_not_a_laggard(
+    server: Literal["hypercorn", "uvicorn"], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The grace runs out while the server's cleanup is held up (hypercorn: a request
+    that outlives its cancellation; uvicorn: the app's lifespan shutdown): the member
+    waits for it for ``CUT_UNWIND`` seconds, then ends, CANCELLED with
+    ``phase="cancelled"`` and its own warning; the scope does not accuse it of
+    swallowing the cancellation."""
+    caplog.set_level(logging.INFO, "stopscope")
+    app = HeldApp(hold="request" if server == "hypercorn" else "lifespan")
+    with anyio.fail_after(HANG_GUARD):
+        async with TaskScope(grace=GRACE) as scope:
+            if server == "hypercorn":
+                info = await start_hypercorn(scope, app)
+                stream = await anyio.connect_tcp("127.0.0.1", info.port)
+                await stream.send(b"GET /held HTTP/1.1\r\nHost: test\r\n\r\n")
+                await app.entered.wait()
+            else:
+                await start_uvicorn(scope, app, log_config=None)
+            scope.stop("deploy")
+        record = scope.report.by_name(server)
+        lagged = laggard_warnings(caplog)
+        # the app lets go only now, the member having ended: what it held ends too
+        app.release.set()
+        if server == "hypercorn":
+            (task,) = _hypercorn._left_behind
+            await asyncio.wait({task})
+            await stream.aclose()
+        else:
+            await app.ended.wait()
+    assert any("left to finish in the background" in r.message for r in caplog.records)
+    assert lagged == []
+    assert (record.outcome, record.phase) == (Outcome.CANCELLED, "cancelled")
