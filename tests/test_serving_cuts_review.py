@@ -120,3 +120,47 @@ async def test_the_bounded_wait_after_a_cut_is_not_a_laggard(
     assert any("left to finish in the background" in r.message for r in caplog.records)
     assert lagged == []
     assert (record.outcome, record.phase) == (Outcome.CANCELLED, "cancelled")
+
+
+class ReadsOnApp:
+    """A lifespan that keeps reading after its shutdown (it does not return), with a
+    shutdown held until ``release`` is set; counts the shutdowns it ran."""
+
+    def __init__(self) -> None:
+        self.release = anyio.Event()
+        self.shutdown_begun = anyio.Event()
+        self.shutdowns = 0
+        self.completed = anyio.Event()
+
+    async def __call__(self, scope: Message, receive: Any, send: Any) -> None:
+        assert scope["type"] == "lifespan"
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.shutdowns += 1
+                self.shutdown_begun.set()
+                await self.release.wait()
+                if self.shutdowns == 1:
+                    await send({"type": "lifespan.shutdown.complete"})
+                    self.completed.set()
+
+
+@on_asyncio
+async def test_a_cut_during_uvicorns_own_lifespan_shutdown_does_not_repeat_it() -> None:
+    """The grace runs out while uvicorn's own shutdown waits for the app's lifespan
+    shutdown: the cut member waits for that shutdown, and does not send the app a
+    second shutdown message (an app that reads on ran its shutdown twice)."""
+    app = ReadsOnApp()
+    with anyio.fail_after(HANG_GUARD):
+        async with TaskScope(grace=GRACE) as scope:
+            await start_uvicorn(scope, app, log_config=None)
+            scope.stop("deploy")
+            await app.shutdown_begun.wait()  # uvicorn's own: the grace runs out in it
+        assert scope.report.by_name("uvicorn").outcome is Outcome.CANCELLED
+        app.release.set()
+        await app.completed.wait()
+        # a second message, if sent, is in the queue: the app reads it at once
+        await anyio.wait_all_tasks_blocked()
+    assert app.shutdowns == 1
