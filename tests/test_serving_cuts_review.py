@@ -14,6 +14,7 @@ only once the member has ended.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sys
 from collections.abc import MutableMapping
@@ -22,6 +23,7 @@ from typing import Any, Literal
 import anyio
 import pytest
 
+from loop_leaks import is_leak
 from stopscope import Outcome, TaskScope
 from stopscope.servers import _hypercorn, start_hypercorn, start_uvicorn
 
@@ -164,3 +166,55 @@ async def test_a_cut_during_uvicorns_own_lifespan_shutdown_does_not_repeat_it() 
         # a second message, if sent, is in the queue: the app reads it at once
         await anyio.wait_all_tasks_blocked()
     assert app.shutdowns == 1
+
+
+@pytest.mark.parametrize(
+    "use_uvloop",
+    [
+        pytest.param(False, id="asyncio"),
+        pytest.param(
+            True,
+            id="asyncio+uvloop",
+            marks=pytest.mark.skipif(sys.platform == "win32", reason="uvloop is POSIX only"),
+        ),
+    ],
+)
+def test_a_cleanup_left_behind_ends_at_the_loops_close(
+    use_uvloop: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """hypercorn's cleanup is left behind (a request outlives its cancellation) and
+    the program ends, as ``run()`` does after a second SIGTERM: ``asyncio.Runner``
+    cancels what is left at the loop's close.  hypercorn's cleanup, cancelled a second
+    time, raised ``InvalidStateError`` ("unhandled exception during asyncio.run()
+    shutdown", and the member's "the server raised after the member was cut") and
+    left its connections' error unretrieved; now it ends its cleanup."""
+    caplog.set_level(logging.INFO)
+    tasks: list[asyncio.Task[None]] = []
+
+    async def main() -> None:
+        app = HeldApp(hold="request")
+        with anyio.fail_after(HANG_GUARD):
+            with anyio.CancelScope() as outer:
+                async with TaskScope(grace=HANG_GUARD) as scope:
+                    info = await start_hypercorn(scope, app)
+                    stream = await anyio.connect_tcp("127.0.0.1", info.port)
+                    await stream.send(b"GET /held HTTP/1.1\r\nHost: test\r\n\r\n")
+                    await app.entered.wait()
+                    outer.cancel()
+            await stream.aclose()
+        tasks.extend(_hypercorn._left_behind)  # the request holds on: left behind
+
+    anyio.run(main, backend="asyncio", backend_options={"use_uvloop": use_uvloop})
+    gc.collect()
+    (task,) = tasks
+    assert task.done()
+    assert task.cancelled() or task.exception() is None
+    assert _hypercorn._left_behind == set()
+    lost = [
+        r.getMessage()
+        for r in caplog.records
+        if is_leak(r.getMessage())
+        or "unhandled exception" in r.getMessage()
+        or "raised after the member was cut" in r.getMessage()
+    ]
+    assert lost == []
