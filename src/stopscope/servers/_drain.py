@@ -13,7 +13,7 @@ from typing import Final
 import anyio
 
 from .._report import current_timeline
-from .._scope import TaskScope, _check_grace, current_record
+from .._scope import AFTER_CANCEL_REPORT_DELAY, TaskScope, _check_grace, current_record
 from .._signal import CallbackHandle, StopSignal, _to_seconds, logger
 from ._readiness import ASGIApp, Readiness, ReadinessMiddleware
 
@@ -26,8 +26,10 @@ RESERVE_FRACTION: Final = 0.1
 RESERVE_MAX: Final = 1.0
 #: seconds a server member, once cut itself (its grace spent, a hard stop), gives the
 #: server's own cleanup (the cancelled connections, the app's lifespan shutdown) before
-#: it ends and leaves the rest to finish in the background: the reserve kept for it
-CUT_UNWIND: Final = RESERVE_MAX
+#: it ends and leaves the rest to finish in the background (with a warning of its own).
+#: Well inside the scope's laggard delay (1 s): a member that waits this bound out must
+#: not be reported as one that swallows its cancellation (``phase="after-cancel"``)
+CUT_UNWIND: Final = AFTER_CANCEL_REPORT_DELAY / 2
 #: seconds before the server's drain timeout at which the library cuts the WebSocket
 #: sessions still running (at most a tenth of the time they had)
 WEBSOCKET_CUT_MARGIN: Final = 0.1

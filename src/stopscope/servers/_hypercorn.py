@@ -268,9 +268,7 @@ async def _serve_in_task(
         hypercorn is cancelling them and waiting, then running the lifespan shutdown: a
         cancellation would only cut that short, so the task is left to finish it.
     """
-    task: asyncio.Task[None] = asyncio.get_running_loop().create_task(
-        serve(), name=f"{name}: serve()"
-    )
+    task = _ServeTask(serve(), loop=asyncio.get_running_loop(), name=f"{name}: serve()")
     done = anyio.Event()
     task.add_done_callback(lambda _: done.set())
     try:
@@ -297,11 +295,29 @@ async def _serve_in_task(
                 name,
                 CUT_UNWIND,
             )
+            task.left_behind = True  # asyncio.Runner cancels it at the loop's close
             _left_behind.add(task)
             task.add_done_callback(lambda _: _left_behind.discard(task))
             task.add_done_callback(lambda _: _tell_error(task, name))
         raise
     task.result()
+
+
+class _ServeTask(asyncio.Task[None]):
+    """The task of hypercorn's ``serve()``.  Once left behind, cancelled already and
+    cleaning up, it refuses any further cancellation: the one that comes is
+    ``asyncio.Runner``'s, at the loop's close, and hypercorn's cleanup, cancelled a
+    second time while it waits for the connections it cancelled, raised
+    ``InvalidStateError``, skipped the lifespan shutdown and left the connections'
+    error unretrieved.  The runner cancels the connections and the lifespan task
+    themselves, and waits for this task, which then ends its cleanup."""
+
+    left_behind = False
+
+    def cancel(self, msg: Any = None) -> bool:
+        if self.left_behind:
+            return False
+        return super().cancel(msg)
 
 
 #: hypercorn tasks still cleaning up after their member was cut: held until they end

@@ -166,6 +166,7 @@ def _server_class() -> type[uvicorn.Server]:
             yield  # run() owns SIGINT/SIGTERM; the stop comes through the scope's signal
 
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            _shutdown_once(self.lifespan)  # made by uvicorn just before
             try:
                 await super().startup(sockets)
             except SystemExit as exc:  # uvicorn's way to say the startup failed
@@ -278,6 +279,28 @@ async def _lifespan_shutdown(server: Any, label: str) -> None:
             label,
             CUT_UNWIND,
         )
+
+
+def _shutdown_once(lifespan: Any) -> None:
+    """Make the lifespan's ``shutdown()`` send the app its shutdown message once: a
+    second call (the member cut while uvicorn's own shutdown waited for the app's) waits
+    for that one to end.  Sent twice, an app that reads on after its shutdown would run
+    its shutdown twice."""
+    done = getattr(lifespan, "shutdown_event", None)
+    if done is None:  # no lifespan (lifespan="off"): nothing to send
+        return
+    ask = lifespan.shutdown
+    asked = False
+
+    async def shutdown() -> None:
+        nonlocal asked
+        if asked:
+            await done.wait()
+            return
+        asked = True
+        await ask()
+
+    lifespan.shutdown = shutdown
 
 
 def _abort(server: Any) -> None:
