@@ -32,11 +32,13 @@ from starlette.routing import Route
 
 import stopscope
 from stopscope import Outcome, TaskScope
+from stopscope._service import EXIT_CUT_SHORT
 from stopscope.asgi import GracefulApp
 from stopscope.servers import (
     Readiness,
     ReadinessMiddleware,
     ServerInfo,
+    WebService,
     _readiness,
     request_signal,
     start_hypercorn,
@@ -346,6 +348,142 @@ class TestOtherStreamsCutAtTheGrace:
             f"{streams} request(s) did not finish within the grace period" in r.getMessage()
             for r in caplog.records
         ), caplog.records
+
+
+#: the grace of the tests whose requests are cut (real seconds: each waits it out)
+CUT_GRACE = 1.0
+#: what a handler that swallows the cut does: stream a download, and return; answer
+#: (the whole response, late); stream an event stream (served without request signals:
+#: the member does not end it), and return
+SWALLOWERS = ("download", "answer", "sse")
+
+
+def swallowing_app(counter: Counter, then: str) -> Callable[..., Awaitable[None]]:
+    """A response that never ends by itself, whose handler catches the cancellation
+    that cuts it and returns normally (``then`` says what it does first)."""
+
+    async def app(scope: Message, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            raise RuntimeError("no lifespan here")  # the servers go on without it
+        if then == "sse":
+            await send(SSE_START)
+        else:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"first\n", "more_body": True})
+        counter.one_more()
+        try:
+            await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class():
+            pass  # swallowed: the handler returns as if it had ended by itself
+        if then == "answer":  # on trio, the send raises the cancellation again
+            await send({"type": "http.response.body", "body": b"late\n"})
+
+    return app
+
+
+class TestHandlersThatSwallowTheCut:
+    """A handler cut by the server's drain timeout, or by a hard stop, that catches the
+    cancellation and returns normally was cut all the same: counted in ``cut``, the
+    member ``CANCELLED``, the warning line says so.  (An event stream the member ends
+    at the drain, whose handler swallows the member's own cancellation, is ended, not
+    cut: see ``TestTheMiddlewareInProcess``.)"""
+
+    @combos
+    @pytest.mark.parametrize("then", SWALLOWERS)
+    async def test_a_cut_at_the_grace_is_counted(
+        self, server: ServerName, then: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.WARNING)
+        counter = Counter(1)
+        data: list[bytes] = []
+
+        async def listen(port: int) -> None:
+            data.append(await raw_get(port, "/", counter))
+
+        with anyio.fail_after(HANG_GUARD):
+            async with TaskScope(grace=CUT_GRACE) as scope:
+                info = await starter(server)(
+                    scope,
+                    swallowing_app(counter, then),
+                    request_signals=then != "sse",
+                    **quiet(server),
+                )
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(listen, info.port)
+                    await counter.all_open.wait()
+                    scope.stop("deploy")
+        record = scope.report.by_name(server)
+        assert (record.outcome, record.cut) == (Outcome.CANCELLED, 1), record
+        assert any(
+            "1 request(s) did not finish within the grace period" in r.getMessage()
+            for r in caplog.records
+        ), caplog.records
+        if then != "answer":  # (one that answers late may get its answer through)
+            assert not data[0].endswith(b"0\r\n\r\n"), data[0][-40:]
+
+    @combos
+    @pytest.mark.parametrize("then", SWALLOWERS)
+    async def test_a_hard_stop_is_counted(
+        self, server: ServerName, then: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Cut with the member at once, once the drain began; an event stream served
+        with request signals included (the hard stop comes before the member's end)."""
+        monkeypatch.setattr(_readiness, "SSE_END_AFTER", HANG_GUARD)
+        counter = Counter(1)
+        hard = anyio.CancelScope()
+
+        async def listen(port: int) -> None:
+            await raw_get(port, "/", counter)
+
+        with anyio.fail_after(HANG_GUARD), hard:
+            async with TaskScope(grace=HANG_GUARD) as scope:
+                info = await starter(server)(scope, swallowing_app(counter, then), **quiet(server))
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(listen, info.port)
+                    await counter.all_open.wait()
+                    scope.stop("deploy")
+                    await info.readiness.draining.wait()
+                    hard.cancel()  # a second signal
+        assert hard.cancelled_caught
+        record = scope.report.by_name(server)
+        assert (record.outcome, record.cut) == (Outcome.CANCELLED, 1), record
+
+
+@pytest.fixture
+def usr1_ignored() -> Iterator[None]:
+    """A SIGUSR1 that reaches the previous handler must not kill pytest."""
+    old = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+
+
+@pytest.mark.usefixtures("usr1_ignored")
+@pytest.mark.parametrize(
+    ("backend", "server"),
+    [("asyncio", "uvicorn"), ("asyncio", "hypercorn"), ("trio", "hypercorn")],
+)
+def test_run_fail_if_cut_short_with_a_swallowed_cut(backend: str, server: ServerName) -> None:
+    """A request whose handler swallowed the cut makes ``run(fail_if_cut_short=True)``
+    exit 70, as any cut."""
+
+    async def main(stop: stopscope.StopSignal) -> None:
+        counter = Counter(1)
+        async with (
+            anyio.create_task_group() as clients,
+            WebService(signal=stop, grace=CUT_GRACE) as service,
+        ):
+            info = await service.serve(
+                swallowing_app(counter, "download"), server=server, **quiet(server)
+            )
+            clients.start_soon(raw_get, info.port, "/", counter)
+            await counter.all_open.wait()
+            signal.raise_signal(signal.SIGUSR1)
+
+    with pytest.raises(SystemExit) as exited:
+        stopscope.run(main, backend=backend, signals=(signal.SIGUSR1,), fail_if_cut_short=True)
+    assert exited.value.code == EXIT_CUT_SHORT == 70
 
 
 class TestBadInput:
@@ -687,3 +825,79 @@ class TestTheMiddlewareInProcess:
                 await task
         assert server.body == b"data: 1\n\n"
         assert (middleware.streams_ended, middleware.cancelled) == (0, 1)
+
+
+class TestASwallowedCutInProcess:
+    """The middleware's count of a cut the handler swallowed, the server faked."""
+
+    @pytest.mark.parametrize("request_signals", [True, False])
+    async def test_the_servers_cut_is_counted(self, request_signals: bool) -> None:
+        server = FakeServer()
+
+        async def app(scope: Message, receive: Any, send: Any) -> None:
+            await send(SSE_START)
+            await send(EVENT)
+            try:
+                await anyio.sleep_forever()
+            except anyio.get_cancelled_exc_class():
+                pass  # swallowed
+
+        middleware = ReadinessMiddleware(app, Readiness(), request_signals=request_signals)
+        with anyio.fail_after(HANG_GUARD):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(middleware, dict(HTTP_SCOPE), server.receive, server.send)
+                await server.started.wait()
+                tg.cancel_scope.cancel()  # the server's cut
+        assert (middleware.cancelled, middleware.streams_ended, middleware.in_flight) == (1, 0, 0)
+
+    @pytest.mark.parametrize("request_signals", [True, False])
+    async def test_a_handlers_own_timeout_is_not_a_cut(self, request_signals: bool) -> None:
+        """A cancellation of the handler's own (its timeout), caught inside it, is taken
+        back by its cancel scope: the request ended by itself."""
+        server = FakeServer()
+
+        async def app(scope: Message, receive: Any, send: Any) -> None:
+            await send(SSE_START)
+            with anyio.move_on_after(0):
+                try:
+                    await anyio.sleep_forever()
+                except anyio.get_cancelled_exc_class():
+                    pass  # swallowed, inside its own scope
+            await send({"type": "http.response.body", "body": b"data: 1\n\n"})
+
+        middleware = ReadinessMiddleware(app, Readiness(), request_signals=request_signals)
+        with anyio.fail_after(HANG_GUARD):
+            await middleware(dict(HTTP_SCOPE), server.receive, server.send)
+        assert server.body == b"data: 1\n\n"
+        assert (middleware.cancelled, middleware.streams_ended, middleware.in_flight) == (0, 0, 0)
+
+    @pytest.mark.parametrize("anyio_backend", [ASYNCIO, UVLOOP], ids=["asyncio", "uvloop"])
+    async def test_ended_and_cut_at_once_is_a_cut(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The middleware ends an event stream as the server cuts it (both cancel the
+        task before it runs again), and the handler swallows the one cancellation it
+        gets: the middleware takes back its own; the server's makes it a cut, and the
+        stream is not ended."""
+        monkeypatch.setattr(_readiness, "SSE_END_AFTER", 0)
+        server = FakeServer()
+
+        async def app(scope: Message, receive: Any, send: Any) -> None:
+            await send(SSE_START)
+            await send(EVENT)
+            try:
+                await anyio.sleep_forever()
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                assert task is not None
+                task.cancel()  # the server's cut, as the handler returns
+            # swallowed
+
+        readiness = Readiness()
+        middleware = ReadinessMiddleware(app, readiness)
+        task = asyncio.ensure_future(middleware(dict(HTTP_SCOPE), server.receive, server.send))
+        with anyio.fail_after(HANG_GUARD):
+            await server.started.wait()
+            readiness.mark_draining()
+            with pytest.raises(asyncio.CancelledError):
+                await task  # (the server's cancellation, still pending, ends the task)
+        assert server.body == b"data: 1\n\n"
+        assert (middleware.streams_ended, middleware.cancelled, middleware.in_flight) == (0, 1, 0)

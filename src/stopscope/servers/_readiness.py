@@ -228,7 +228,8 @@ class ReadinessMiddleware:
 
     :attr:`in_flight` counts the HTTP requests and WebSocket sessions being handled;
     :attr:`cancelled` counts those cut short by cancellation (the server's drain
-    timeout); :attr:`websockets_closed` counts the WebSocket sessions the library
+    timeout, a hard stop), a handler that caught the cancellation and returned
+    included (except on asyncio under Python 3.10, which keeps no trace of it); :attr:`websockets_closed` counts the WebSocket sessions the library
     closed that then ended by themselves; :attr:`streams_ended` counts the event
     streams the middleware ended at the drain (not cut: the client got a complete
     stream).  All are plain counters.
@@ -347,6 +348,8 @@ class ReadinessMiddleware:
         try:
             if not self.request_signals:
                 await self.app(scope, receive, send)
+                if self._swallowed_cut():
+                    self.cancelled += 1
                 return
             outer = scope.get(SCOPE_KEY)
             exchange = _Exchange(
@@ -381,8 +384,14 @@ class ReadinessMiddleware:
             else:
                 end = exchange._stream_end
                 if end is None or not end.ending:
+                    if _still_cancelled(exchange._stopper):
+                        self.cancelled += 1  # the handler swallowed the server's cut
                     return
-                _take_back(exchange._stopper)  # the handler swallowed our cancellation
+                # the handler swallowed our cancellation; the server's cut too, if
+                # someone else cancelled it as well: then it was cut, not ended
+                if _take_back(exchange._stopper):
+                    self.cancelled += 1
+                    return
             await self._end_stream(end)
         except BaseException as exc:
             if isinstance(exc, anyio.get_cancelled_exc_class()) or _raised_while_cut(exc):
@@ -405,6 +414,16 @@ class ReadinessMiddleware:
         if on_trio is None:
             on_trio = self._trio = _backend() == "trio"
         return on_trio
+
+    def _swallowed_cut(self) -> bool:
+        """The handler returned normally: whether it was cut all the same (it caught
+        the cancellation of the server's drain timeout, or of a hard stop, and
+        returned).  A cut is a fact, however the handler unwound."""
+        if self._on_trio():
+            return _trio_cancelled()
+        return _still_cancelled(
+            _tasks_by_loop.get(_running_loop()) if _current_task is None else _current_task()
+        )
 
     def _drain_signal(self, scope: Scope) -> StopSignal:
         """What sets a request's signal at the drain: this readiness's, and also the
@@ -455,9 +474,10 @@ class ReadinessMiddleware:
                     if not session.caused(exc):
                         raise
                     # an error the library's close caused: the session is over, cleanly
-            # cut if the library cancelled the handler while it ran, however it then
-            # unwound (a cancellation it swallowed included: it did not end by itself)
-            cut = session.cut_scope.cancel_called
+            # cut if the library cancelled the handler while it ran, or the server (its
+            # drain timeout, a hard stop), however it then unwound (a cancellation it
+            # swallowed included: it did not end by itself)
+            cut = session.cut_scope.cancel_called or self._swallowed_cut()
             if not cut:
                 # the close frame goes out before the server hears that the session
                 # ended (hypercorn would close the connection first)
@@ -538,7 +558,9 @@ class ReadinessMiddleware:
             await self.app(scope, exchange.receive, exchange.send)
         end = exchange._stream_end
         if end is not None and end.ending:
-            await self._end_stream(end)
+            await self._end_stream(end)  # (a checkpoint: raises if it was cut too)
+        elif _trio_cancelled():
+            self.cancelled += 1  # the handler swallowed the server's cut
 
     async def _end_stream(self, end: _StreamEnd) -> None:
         """The handler of an event stream was stopped at the drain: end the response."""
@@ -879,6 +901,30 @@ def check_sse_retry(value: float | None) -> float | None:
             f"`sse_retry` must be a finite, non-negative number of seconds, got {value!r}"
         )
     return value
+
+
+if sys.version_info >= (3, 11):
+
+    def _still_cancelled(task: Any) -> bool:
+        """Whether an asyncio task that runs on was cancelled, its cancellation caught
+        and not taken back (as an anyio cancel scope or ``asyncio.timeout()`` takes back
+        their own): a handler swallowed a cut (``Task.cancelling()``)."""
+        return task is not None and task.cancelling() > 0
+
+else:  # pragma: no cover - Python 3.10
+
+    def _still_cancelled(task: Any) -> bool:
+        """Python 3.10 keeps no count of a task's cancellations: a cancellation
+        the handler caught leaves no trace."""
+        return False
+
+
+def _trio_cancelled() -> bool:
+    """Whether the running trio task is in a cancelled scope (a handler that returned
+    normally swallowed the cut: trio would raise it again at its next checkpoint)."""
+    import trio
+
+    return trio.current_effective_deadline() == -math.inf
 
 
 def _take_back(task: Any) -> bool:
