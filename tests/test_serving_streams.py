@@ -358,6 +358,13 @@ CUT_GRACE = 1.0
 SWALLOWERS = ("download", "answer", "sse")
 
 
+def swallowed_seen(backend: str) -> bool:
+    """Whether a cut the handler swallowed is seen, and counted: everywhere but on
+    asyncio under Python 3.10, which keeps no count of a task's cancellations (see
+    docs/semantics.md)."""
+    return backend == "trio" or sys.version_info >= (3, 11)
+
+
 def swallowing_app(counter: Counter, then: str) -> Callable[..., Awaitable[None]]:
     """A response that never ends by itself, whose handler catches the cancellation
     that cuts it and returns normally (``then`` says what it does first)."""
@@ -391,7 +398,11 @@ class TestHandlersThatSwallowTheCut:
     @combos
     @pytest.mark.parametrize("then", SWALLOWERS)
     async def test_a_cut_at_the_grace_is_counted(
-        self, server: ServerName, then: str, caplog: pytest.LogCaptureFixture
+        self,
+        server: ServerName,
+        then: str,
+        anyio_backend_name: str,
+        caplog: pytest.LogCaptureFixture,
     ) -> None:
         caplog.set_level(logging.WARNING)
         counter = Counter(1)
@@ -413,8 +424,10 @@ class TestHandlersThatSwallowTheCut:
                     await counter.all_open.wait()
                     scope.stop("deploy")
         record = scope.report.by_name(server)
-        assert (record.outcome, record.cut) == (Outcome.CANCELLED, 1), record
-        assert any(
+        seen = swallowed_seen(anyio_backend_name)
+        want = (Outcome.CANCELLED, 1) if seen else (Outcome.STOPPED, 0)
+        assert (record.outcome, record.cut) == want, record
+        assert seen == any(
             "1 request(s) did not finish within the grace period" in r.getMessage()
             for r in caplog.records
         ), caplog.records
@@ -424,7 +437,11 @@ class TestHandlersThatSwallowTheCut:
     @combos
     @pytest.mark.parametrize("then", SWALLOWERS)
     async def test_a_hard_stop_is_counted(
-        self, server: ServerName, then: str, monkeypatch: pytest.MonkeyPatch
+        self,
+        server: ServerName,
+        then: str,
+        anyio_backend_name: str,
+        monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         """Cut with the member at once, once the drain began; an event stream served
         with request signals included (the hard stop comes before the member's end)."""
@@ -446,7 +463,8 @@ class TestHandlersThatSwallowTheCut:
                     hard.cancel()  # a second signal
         assert hard.cancelled_caught
         record = scope.report.by_name(server)
-        assert (record.outcome, record.cut) == (Outcome.CANCELLED, 1), record
+        cut = 1 if swallowed_seen(anyio_backend_name) else 0
+        assert (record.outcome, record.cut) == (Outcome.CANCELLED, cut), record
 
 
 @pytest.fixture
@@ -466,7 +484,7 @@ def usr1_ignored() -> Iterator[None]:
 )
 def test_run_fail_if_cut_short_with_a_swallowed_cut(backend: str, server: ServerName) -> None:
     """A request whose handler swallowed the cut makes ``run(fail_if_cut_short=True)``
-    exit 70, as any cut."""
+    exit 70, as any cut (where it is seen)."""
 
     async def main(stop: stopscope.StopSignal) -> None:
         counter = Counter(1)
@@ -481,6 +499,9 @@ def test_run_fail_if_cut_short_with_a_swallowed_cut(backend: str, server: Server
             await counter.all_open.wait()
             signal.raise_signal(signal.SIGUSR1)
 
+    if not swallowed_seen(backend):
+        stopscope.run(main, backend=backend, signals=(signal.SIGUSR1,), fail_if_cut_short=True)
+        return
     with pytest.raises(SystemExit) as exited:
         stopscope.run(main, backend=backend, signals=(signal.SIGUSR1,), fail_if_cut_short=True)
     assert exited.value.code == EXIT_CUT_SHORT == 70
@@ -628,7 +649,8 @@ def test_sigterm_to_a_server_process_ends_naive_streams_cleanly(
         assert b"transfer-encoding: chunked" in cut.lower()
         assert not cut.endswith(b"0\r\n\r\n")
     assert f"ended {PROCESS_CLIENTS} event stream(s) at the drain, with retry: 1000 ms" in log
-    assert "2 request(s) did not finish within the grace period" in log, log
+    counted = 2 if swallowed_seen("trio" if command.endswith("trio") else "asyncio") else 1
+    assert f"{counted} request(s) did not finish within the grace period" in log, log
     assert "app report: http" in log, log
     assert "cancelled" in log, log
     assert "Traceback" not in log
@@ -833,7 +855,9 @@ class TestASwallowedCutInProcess:
     """The middleware's count of a cut the handler swallowed, the server faked."""
 
     @pytest.mark.parametrize("request_signals", [True, False])
-    async def test_the_servers_cut_is_counted(self, request_signals: bool) -> None:
+    async def test_the_servers_cut_is_counted(
+        self, request_signals: bool, anyio_backend_name: str
+    ) -> None:
         server = FakeServer()
 
         async def app(scope: Message, receive: Any, send: Any) -> None:
@@ -850,7 +874,8 @@ class TestASwallowedCutInProcess:
                 tg.start_soon(middleware, dict(HTTP_SCOPE), server.receive, server.send)
                 await server.started.wait()
                 tg.cancel_scope.cancel()  # the server's cut
-        assert (middleware.cancelled, middleware.streams_ended, middleware.in_flight) == (1, 0, 0)
+        cut = 1 if swallowed_seen(anyio_backend_name) else 0
+        assert (middleware.cancelled, middleware.streams_ended, middleware.in_flight) == (cut, 0, 0)
 
     @pytest.mark.parametrize("request_signals", [True, False])
     async def test_a_handlers_own_timeout_is_not_a_cut(self, request_signals: bool) -> None:
@@ -873,6 +898,7 @@ class TestASwallowedCutInProcess:
         assert server.body == b"data: 1\n\n"
         assert (middleware.cancelled, middleware.streams_ended, middleware.in_flight) == (0, 0, 0)
 
+    @pytest.mark.skipif(sys.version_info < (3, 11), reason="Task.uncancel() is Python 3.11+")
     @pytest.mark.parametrize("anyio_backend", [ASYNCIO, UVLOOP], ids=["asyncio", "uvloop"])
     async def test_ended_and_cut_at_once_is_a_cut(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """The middleware ends an event stream as the server cuts it (both cancel the

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from typing import Any, Literal
@@ -80,6 +81,12 @@ def starter(server: ServerName) -> Callable[..., Awaitable[ServerInfo]]:
 
 def quiet(server: ServerName) -> dict[str, Any]:
     return {"log_config": None, "access_log": False} if server == "uvicorn" else {}
+
+
+def swallowed_seen(backend: str) -> bool:
+    """Whether a cut the handler swallowed is seen, and counted: everywhere but on
+    asyncio under Python 3.10, which keeps no count of a task's cancellations."""
+    return backend == "trio" or sys.version_info >= (3, 11)
 
 
 def assert_no_traceback(caplog: pytest.LogCaptureFixture) -> None:
@@ -378,7 +385,7 @@ class TestCut:
 class TestSwallowedCut:
     @combos
     async def test_a_hard_stop_the_handler_swallows_is_counted(
-        self, server: ServerName, caplog: pytest.LogCaptureFixture
+        self, server: ServerName, anyio_backend_name: str, caplog: pytest.LogCaptureFixture
     ) -> None:
         """A hard stop once the drain began, before the library's close: the server
         cuts the session, its handler catches the cancellation and returns; it was cut
@@ -397,12 +404,11 @@ class TestSwallowedCut:
         assert hard.cancelled_caught
         assert app.swallowed == 1
         record = scope.report.by_name(server)
-        assert (record.outcome, record.cut) == (Outcome.CANCELLED, 1), record
+        seen = swallowed_seen(anyio_backend_name)
+        assert (record.outcome, record.cut) == (Outcome.CANCELLED, 1 if seen else 0), record
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-        assert (
-            f"{server}: 1 request(s) did not finish within the grace period and were cancelled"
-            in (warnings)
-        )
+        line = f"{server}: 1 request(s) did not finish within the grace period and were cancelled"
+        assert (line in warnings) == seen, warnings
 
 
 class TestBadCode:
@@ -563,7 +569,9 @@ class TestSessionsInMemory:
         )
 
     @pytest.mark.parametrize("request_signals", [True, False])
-    async def test_a_cut_by_the_server_swallowed_is_counted(self, request_signals: bool) -> None:
+    async def test_a_cut_by_the_server_swallowed_is_counted(
+        self, request_signals: bool, anyio_backend_name: str
+    ) -> None:
         """The handler catches the server's cancellation and returns: cut all the same
         (with ``request_signals=False``, as GracefulApp serves it, too)."""
         readiness = Readiness()
@@ -580,8 +588,9 @@ class TestSessionsInMemory:
             )
             await handler.accepted.wait()
             tg.cancel_scope.cancel()  # the server's own cut (a hard stop)
+        cut = 1 if swallowed_seen(anyio_backend_name) else 0
         assert (middleware.cancelled, middleware.websockets_closed, middleware.in_flight) == (
-            1,
+            cut,
             0,
             0,
         )
