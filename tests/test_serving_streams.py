@@ -929,3 +929,32 @@ class TestASwallowedCutInProcess:
                 await task  # (the server's cancellation, still pending, ends the task)
         assert server.body == b"data: 1\n\n"
         assert (middleware.streams_ended, middleware.cancelled, middleware.in_flight) == (0, 1, 0)
+
+    @pytest.mark.parametrize("anyio_backend", [TRIO], ids=["trio"])
+    async def test_ended_and_cut_at_once_is_a_cut_on_trio(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The same on trio: the server's scope is cancelled as the middleware ends the
+        stream, and the handler swallows the cancellation: a cut, not ended."""
+        monkeypatch.setattr(_readiness, "SSE_END_AFTER", 0)
+        server = FakeServer()
+        readiness = Readiness()
+        with anyio.CancelScope() as server_scope:  # the server's, around the request
+
+            async def app(scope: Message, receive: Any, send: Any) -> None:
+                await send(SSE_START)
+                await send(EVENT)
+                try:
+                    await anyio.sleep_forever()
+                except anyio.get_cancelled_exc_class():
+                    server_scope.cancel()  # the server's cut, as the handler returns
+                # swallowed
+
+            middleware = ReadinessMiddleware(app, readiness)
+            with anyio.fail_after(HANG_GUARD):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(middleware, dict(HTTP_SCOPE), server.receive, server.send)
+                    await server.started.wait()
+                    readiness.mark_draining()
+        assert server.body == b"data: 1\n\n"
+        assert (middleware.streams_ended, middleware.cancelled, middleware.in_flight) == (0, 1, 0)

@@ -229,7 +229,8 @@ class ReadinessMiddleware:
     :attr:`in_flight` counts the HTTP requests and WebSocket sessions being handled;
     :attr:`cancelled` counts those cut short by cancellation (the server's drain
     timeout, a hard stop), a handler that caught the cancellation and returned
-    included (except on asyncio under Python 3.10, which keeps no trace of it); :attr:`websockets_closed` counts the WebSocket sessions the library
+    included (except on asyncio under Python 3.10, which keeps no trace of it);
+    :attr:`websockets_closed` counts the WebSocket sessions the library
     closed that then ended by themselves; :attr:`streams_ended` counts the event
     streams the middleware ended at the drain (not cut: the client got a complete
     stream).  All are plain counters.
@@ -556,11 +557,15 @@ class ReadinessMiddleware:
         with trio.CancelScope() as stopper:
             exchange._stopper = stopper
             await self.app(scope, exchange.receive, exchange.send)
+        # the app returned (or our own cancellation of an event stream was caught):
+        # if an enclosing scope is cancelled too, the handler swallowed the server's
+        # cut: it was cut, and the stream is not ended
+        if _trio_cancelled():
+            self.cancelled += 1
+            return
         end = exchange._stream_end
         if end is not None and end.ending:
-            await self._end_stream(end)  # (a checkpoint: raises if it was cut too)
-        elif _trio_cancelled():
-            self.cancelled += 1  # the handler swallowed the server's cut
+            await self._end_stream(end)
 
     async def _end_stream(self, end: _StreamEnd) -> None:
         """The handler of an event stream was stopped at the drain: end the response."""
