@@ -958,3 +958,57 @@ class TestASwallowedCutInProcess:
                     readiness.mark_draining()
         assert server.body == b"data: 1\n\n"
         assert (middleware.streams_ended, middleware.cancelled, middleware.in_flight) == (0, 1, 0)
+
+
+async def _failing_child() -> None:
+    await asyncio.sleep(0)
+    raise ValueError("a child of the handler's task group failed")
+
+
+async def fan_out_and_catch() -> None:
+    """What many handlers do: fan out in an ``asyncio.TaskGroup``, and answer even if a
+    child fails.  On Python 3.11 and 3.12 the group leaves its task's ``cancelling()``
+    count at 1 (the child fails while the group waits in ``__aexit__``): a count that
+    nobody acted on, no cut."""
+    try:
+        async with asyncio.TaskGroup() as tg:  # type: ignore[attr-defined,unused-ignore]
+            tg.create_task(_failing_child())
+    except Exception:  # the group's ExceptionGroup: the handler answers all the same
+        pass
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.TaskGroup is Python 3.11+")
+@pytest.mark.parametrize("anyio_backend", [ASYNCIO, UVLOOP], ids=["asyncio", "uvloop"])
+class TestALeftoverCountIsNoCut:
+    """A ``cancelling()`` count the handler's own ``asyncio.TaskGroup`` left behind is
+    no evidence of a cut (as for the members of a scope: docs/semantics.md)."""
+
+    async def test_an_event_stream_is_ended_not_cut(self) -> None:
+        """The member ends an event stream whose handler fanned out first: its own
+        cancellation is the only one (ended, with the ``retry:`` field), not a second
+        one by someone else."""
+        server = FakeServer()
+
+        async def app(scope: Message, receive: Any, send: Any) -> None:
+            await fan_out_and_catch()
+            await send(SSE_START)
+            await send(EVENT)
+            await anyio.sleep_forever()  # ignores its signal: the member ends it
+
+        middleware = await serve_one(app, server)
+        assert server.body == b"data: 1\n\nretry: 1000\n\n"
+        assert (middleware.streams_ended, middleware.cancelled, middleware.in_flight) == (1, 0, 0)
+
+    async def test_an_event_stream_that_swallows_the_end_is_ended(self) -> None:
+        server = FakeServer()
+
+        async def app(scope: Message, receive: Any, send: Any) -> None:
+            await fan_out_and_catch()
+            await send(SSE_START)
+            await send(EVENT)
+            with contextlib.suppress(asyncio.CancelledError):  # the member's end, swallowed
+                await anyio.sleep_forever()
+
+        middleware = await serve_one(app, server)
+        assert server.body == b"data: 1\n\nretry: 1000\n\n"
+        assert (middleware.streams_ended, middleware.cancelled, middleware.in_flight) == (1, 0, 0)

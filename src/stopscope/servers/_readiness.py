@@ -380,7 +380,7 @@ class ReadinessMiddleware:
                 await self.app(scope, exchange.receive, exchange.send)
             except _AsyncioCancelled:
                 end = exchange._stream_end
-                if end is None or not end.ending or _take_back(exchange._stopper):
+                if end is None or not end.ending or _take_back(exchange._stopper, end):
                     raise  # not ours, or cancelled by someone else too
             else:
                 end = exchange._stream_end
@@ -390,7 +390,7 @@ class ReadinessMiddleware:
                     return
                 # the handler swallowed our cancellation; the server's cut too, if
                 # someone else cancelled it as well: then it was cut, not ended
-                if _take_back(exchange._stopper):
+                if _take_back(exchange._stopper, end):
                     self.cancelled += 1
                     return
             await self._end_stream(end)
@@ -942,12 +942,14 @@ def _trio_cancelled() -> bool:
     return probe()
 
 
-def _take_back(task: Any) -> bool:
+def _take_back(task: Any, end: _StreamEnd) -> bool:
     """Undo the middleware's ``cancel()`` of a request's task; whether the task is still
-    being cancelled (by someone else).  Python 3.10 does not count cancellations: there,
-    the middleware's is the only one it can know of."""
+    being cancelled by someone else: more than before the middleware's own (a count the
+    handler left behind earlier, as the ``asyncio.TaskGroup`` of Python 3.11 and 3.12
+    does, is no cut).  Python 3.10 does not count cancellations: there, the
+    middleware's is the only one it can know of."""
     uncancel = getattr(task, "uncancel", None)
-    return bool(uncancel and uncancel())
+    return uncancel is not None and uncancel() > end.before
 
 
 @final
@@ -960,7 +962,7 @@ class _StreamEnd:
     and cancelled when the request is over.
     """
 
-    __slots__ = ("_cancel", "_exchange", "_send", "ended", "ending")
+    __slots__ = ("_cancel", "_exchange", "_send", "before", "ended", "ending")
 
     def __init__(self, exchange: _Exchange) -> None:
         self._exchange: _Exchange | None = exchange
@@ -968,6 +970,7 @@ class _StreamEnd:
         self._cancel: Callable[[], object] | None = None
         self.ending = False  # the handler is being stopped: the middleware ends the stream
         self.ended = False  # the middleware sent the end of the stream
+        self.before = 0  # the asyncio task's cancellations pending before the end's own
         if _backend() == "trio":
             import trio
 
@@ -1001,6 +1004,9 @@ class _StreamEnd:
         # from here on, what the handler sends goes nowhere: the stream is the middleware's
         self._send = exchange._raw_send
         exchange._raw_send = _dropped_send
+        cancelling = getattr(stopper, "cancelling", None)  # an asyncio task's count
+        if cancelling is not None:
+            self.before = cancelling()
         stopper.cancel()
 
     async def finish(self, retry: float | None) -> None:
