@@ -123,8 +123,8 @@ KINDS = (*ENDING, *STUCK, SSE_OWN, *SSE_ENDED, *WEBSOCKETS)
 #: the cancellation that cuts them: a hard stop (before the event streams' end and the
 #: library's close) cuts them whatever the server does
 IGNORE_ALL = (*STUCK, "sse_ignore", "sse_swallow", "ws_stuck", "ws_stuck_error", "ws_swallow")
-#: the handlers that swallow the server's cut (or a hard stop's): counted as cut
-#: except on asyncio under Python 3.10, which keeps no count of a task's cancellations
+#: the handlers that swallow the server's cut (or a hard stop's): counted as cut on
+#: trio, and on asyncio from Python 3.13 on (before, a task's count is no evidence)
 SWALLOWERS = ("stream_swallow", "sse_swallow", "ws_swallow")
 #: what a request that is cut counts for
 CUT = (*STUCK, *WS_CUT)
@@ -442,7 +442,7 @@ def run_plan(plan: ServerPlan, server: ServerName, backend: Backend) -> Run:
         logger.propagate, logger.disabled = True, False
     try:
         run = anyio.run(_run, plan, server, logs, backend=backend[0], backend_options=backend[1])
-        run.seen = backend[0] == "trio" or sys.version_info >= (3, 11)
+        run.seen = backend[0] == "trio" or sys.version_info >= (3, 13)
         gc.collect()
     finally:
         for logger, (propagate, disabled) in zip(loggers, saved, strict=True):
