@@ -385,8 +385,8 @@ class ReadinessMiddleware:
             else:
                 end = exchange._stream_end
                 if end is None or not end.ending:
-                    if _still_cancelled(exchange._stopper):
-                        self.cancelled += 1  # the handler swallowed the server's cut
+                    if _still_cancelled(exchange._stopper):  # the handler swallowed the cut
+                        self.cancelled += 1  # pragma: no cover - Python 3.13+
                     return
                 # the handler swallowed our cancellation; the server's cut too, if
                 # someone else cancelled it as well: then it was cut, not ended
