@@ -32,11 +32,13 @@ from starlette.routing import Route
 
 import stopscope
 from stopscope import Outcome, TaskScope
+from stopscope._service import EXIT_CUT_SHORT
 from stopscope.asgi import GracefulApp
 from stopscope.servers import (
     Readiness,
     ReadinessMiddleware,
     ServerInfo,
+    WebService,
     _readiness,
     request_signal,
     start_hypercorn,
@@ -348,6 +350,163 @@ class TestOtherStreamsCutAtTheGrace:
         ), caplog.records
 
 
+#: the grace of the tests whose requests are cut (real seconds: each waits it out)
+CUT_GRACE = 1.0
+#: what a handler that swallows the cut does: stream a download, and return; answer
+#: (the whole response, late); stream an event stream (served without request signals:
+#: the member does not end it), and return
+SWALLOWERS = ("download", "answer", "sse")
+
+
+def swallowed_seen(backend: str) -> bool:
+    """Whether a cut the handler swallowed is seen, and counted: on trio, and on
+    asyncio from Python 3.13 on (before, a task's cancellation count is no evidence:
+    see docs/semantics.md)."""
+    return backend == "trio" or sys.version_info >= (3, 13)
+
+
+def swallowing_app(counter: Counter, then: str) -> Callable[..., Awaitable[None]]:
+    """A response that never ends by itself, whose handler catches the cancellation
+    that cuts it and returns normally (``then`` says what it does first)."""
+
+    async def app(scope: Message, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            raise RuntimeError("no lifespan here")  # the servers go on without it
+        if then == "sse":
+            await send(SSE_START)
+        else:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"first\n", "more_body": True})
+        counter.one_more()
+        try:
+            await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class():
+            pass  # swallowed: the handler returns as if it had ended by itself
+        if then == "answer":  # on trio, the send raises the cancellation again
+            await send({"type": "http.response.body", "body": b"late\n"})
+
+    return app
+
+
+class TestHandlersThatSwallowTheCut:
+    """A handler cut by the server's drain timeout, or by a hard stop, that catches the
+    cancellation and returns normally was cut all the same: counted in ``cut``, the
+    member ``CANCELLED``, the warning line says so.  (An event stream the member ends
+    at the drain, whose handler swallows the member's own cancellation, is ended, not
+    cut: see ``TestTheMiddlewareInProcess``.)"""
+
+    @combos
+    @pytest.mark.parametrize("then", SWALLOWERS)
+    async def test_a_cut_at_the_grace_is_counted(
+        self,
+        server: ServerName,
+        then: str,
+        anyio_backend_name: str,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        caplog.set_level(logging.WARNING)
+        counter = Counter(1)
+        data: list[bytes] = []
+
+        async def listen(port: int) -> None:
+            data.append(await raw_get(port, "/", counter))
+
+        with anyio.fail_after(HANG_GUARD):
+            async with TaskScope(grace=CUT_GRACE) as scope:
+                info = await starter(server)(
+                    scope,
+                    swallowing_app(counter, then),
+                    request_signals=then != "sse",
+                    **quiet(server),
+                )
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(listen, info.port)
+                    await counter.all_open.wait()
+                    scope.stop("deploy")
+        record = scope.report.by_name(server)
+        seen = swallowed_seen(anyio_backend_name)
+        want = (Outcome.CANCELLED, 1) if seen else (Outcome.STOPPED, 0)
+        assert (record.outcome, record.cut) == want, record
+        assert seen == any(
+            "1 request(s) did not finish within the grace period" in r.getMessage()
+            for r in caplog.records
+        ), caplog.records
+        if then != "answer":  # (one that answers late may get its answer through)
+            assert not data[0].endswith(b"0\r\n\r\n"), data[0][-40:]
+
+    @combos
+    @pytest.mark.parametrize("then", SWALLOWERS)
+    async def test_a_hard_stop_is_counted(
+        self,
+        server: ServerName,
+        then: str,
+        anyio_backend_name: str,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Cut with the member at once, once the drain began; an event stream served
+        with request signals included (the hard stop comes before the member's end)."""
+        monkeypatch.setattr(_readiness, "SSE_END_AFTER", HANG_GUARD)
+        counter = Counter(1)
+        hard = anyio.CancelScope()
+
+        async def listen(port: int) -> None:
+            await raw_get(port, "/", counter)
+
+        with anyio.fail_after(HANG_GUARD), hard:
+            async with TaskScope(grace=HANG_GUARD) as scope:
+                info = await starter(server)(scope, swallowing_app(counter, then), **quiet(server))
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(listen, info.port)
+                    await counter.all_open.wait()
+                    scope.stop("deploy")
+                    await info.readiness.draining.wait()
+                    hard.cancel()  # a second signal
+        assert hard.cancelled_caught
+        record = scope.report.by_name(server)
+        cut = 1 if swallowed_seen(anyio_backend_name) else 0
+        assert (record.outcome, record.cut) == (Outcome.CANCELLED, cut), record
+
+
+@pytest.fixture
+def usr1_ignored() -> Iterator[None]:
+    """A SIGUSR1 that reaches the previous handler must not kill pytest."""
+    old = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+
+
+@pytest.mark.usefixtures("usr1_ignored")
+@pytest.mark.parametrize(
+    ("backend", "server"),
+    [("asyncio", "uvicorn"), ("asyncio", "hypercorn"), ("trio", "hypercorn")],
+)
+def test_run_fail_if_cut_short_with_a_swallowed_cut(backend: str, server: ServerName) -> None:
+    """A request whose handler swallowed the cut makes ``run(fail_if_cut_short=True)``
+    exit 70, as any cut (where it is seen)."""
+
+    async def main(stop: stopscope.StopSignal) -> None:
+        counter = Counter(1)
+        async with (
+            anyio.create_task_group() as clients,
+            WebService(signal=stop, grace=CUT_GRACE) as service,
+        ):
+            info = await service.serve(
+                swallowing_app(counter, "download"), server=server, **quiet(server)
+            )
+            clients.start_soon(raw_get, info.port, "/", counter)
+            await counter.all_open.wait()
+            signal.raise_signal(signal.SIGUSR1)
+
+    if not swallowed_seen(backend):
+        stopscope.run(main, backend=backend, signals=(signal.SIGUSR1,), fail_if_cut_short=True)
+        return
+    with pytest.raises(SystemExit) as exited:
+        stopscope.run(main, backend=backend, signals=(signal.SIGUSR1,), fail_if_cut_short=True)
+    assert exited.value.code == EXIT_CUT_SHORT == 70
+
+
 class TestBadInput:
     @pytest.mark.parametrize("value", [-1, -0.5, math.nan, math.inf, -math.inf])
     def test_a_bad_value_is_refused(self, value: float) -> None:
@@ -458,14 +617,15 @@ def test_sigterm_to_a_server_process_ends_naive_streams_cleanly(
     command: str, processes: list[ServerProcess], tmp_path: Path
 ) -> None:
     """GracefulApp under ``uvicorn sse_app:app`` / ``hypercorn sse_app:app``: a real
-    SIGTERM with 20 naive SSE clients and one endless download.  The SSE clients get
-    ``retry: 1000`` and the chunked terminator; the download is cut (no terminator);
-    the report counts the one cut, and the log has no traceback."""
+    SIGTERM with 20 naive SSE clients and two endless downloads, one whose handler
+    swallows the cut.  The SSE clients get ``retry: 1000`` and the chunked terminator;
+    the downloads are cut (no terminator); the report counts the two cuts, and the log
+    has no traceback."""
     server = ServerProcess(command, tmp_path)
     processes.append(server)
     server.wait_listening()
-    counter = Counter(PROCESS_CLIENTS + 1)
-    data: dict[str, list[bytes]] = {"/naive": [], "/download": []}
+    counter = Counter(PROCESS_CLIENTS + 2)
+    data: dict[str, list[bytes]] = {"/naive": [], "/download": [], "/swallow": []}
 
     async def listen(path: str) -> None:
         data[path].append(await raw_get(server.port, path, counter))
@@ -476,6 +636,7 @@ def test_sigterm_to_a_server_process_ends_naive_streams_cleanly(
                 for _ in range(PROCESS_CLIENTS):
                     tg.start_soon(listen, "/naive")
                 tg.start_soon(listen, "/download")
+                tg.start_soon(listen, "/swallow")
                 await counter.all_open.wait()
                 server.proc.send_signal(signal.SIGTERM)  # the process we started
 
@@ -484,11 +645,12 @@ def test_sigterm_to_a_server_process_ends_naive_streams_cleanly(
     log = server.log
     for raw in data["/naive"]:
         assert raw.endswith(b"retry: 1000\n\n\r\n0\r\n\r\n"), (raw[-80:], log)
-    [cut] = data["/download"]
-    assert b"transfer-encoding: chunked" in cut.lower()
-    assert not cut.endswith(b"0\r\n\r\n")
+    for cut in data["/download"] + data["/swallow"]:
+        assert b"transfer-encoding: chunked" in cut.lower()
+        assert not cut.endswith(b"0\r\n\r\n")
     assert f"ended {PROCESS_CLIENTS} event stream(s) at the drain, with retry: 1000 ms" in log
-    assert "1 request(s) did not finish within the grace period" in log, log
+    counted = 2 if swallowed_seen("trio" if command.endswith("trio") else "asyncio") else 1
+    assert f"{counted} request(s) did not finish within the grace period" in log, log
     assert "app report: http" in log, log
     assert "cancelled" in log, log
     assert "Traceback" not in log
@@ -687,3 +849,217 @@ class TestTheMiddlewareInProcess:
                 await task
         assert server.body == b"data: 1\n\n"
         assert (middleware.streams_ended, middleware.cancelled) == (0, 1)
+
+
+class TestASwallowedCutInProcess:
+    """The middleware's count of a cut the handler swallowed, the server faked."""
+
+    @pytest.mark.parametrize("request_signals", [True, False])
+    async def test_the_servers_cut_is_counted(
+        self, request_signals: bool, anyio_backend_name: str
+    ) -> None:
+        server = FakeServer()
+
+        async def app(scope: Message, receive: Any, send: Any) -> None:
+            await send(SSE_START)
+            await send(EVENT)
+            try:
+                await anyio.sleep_forever()
+            except anyio.get_cancelled_exc_class():
+                pass  # swallowed
+
+        middleware = ReadinessMiddleware(app, Readiness(), request_signals=request_signals)
+        with anyio.fail_after(HANG_GUARD):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(middleware, dict(HTTP_SCOPE), server.receive, server.send)
+                await server.started.wait()
+                tg.cancel_scope.cancel()  # the server's cut
+        cut = 1 if swallowed_seen(anyio_backend_name) else 0
+        assert (middleware.cancelled, middleware.streams_ended, middleware.in_flight) == (cut, 0, 0)
+
+    @pytest.mark.parametrize("request_signals", [True, False])
+    async def test_a_handlers_own_timeout_is_not_a_cut(self, request_signals: bool) -> None:
+        """A cancellation of the handler's own (its timeout), caught inside it, is taken
+        back by its cancel scope: the request ended by itself."""
+        server = FakeServer()
+
+        async def app(scope: Message, receive: Any, send: Any) -> None:
+            await send(SSE_START)
+            with anyio.move_on_after(0):
+                try:
+                    await anyio.sleep_forever()
+                except anyio.get_cancelled_exc_class():
+                    pass  # swallowed, inside its own scope
+            await send({"type": "http.response.body", "body": b"data: 1\n\n"})
+
+        middleware = ReadinessMiddleware(app, Readiness(), request_signals=request_signals)
+        with anyio.fail_after(HANG_GUARD):
+            await middleware(dict(HTTP_SCOPE), server.receive, server.send)
+        assert server.body == b"data: 1\n\n"
+        assert (middleware.cancelled, middleware.streams_ended, middleware.in_flight) == (0, 0, 0)
+
+    @pytest.mark.skipif(sys.version_info < (3, 11), reason="Task.uncancel() is Python 3.11+")
+    @pytest.mark.parametrize("anyio_backend", [ASYNCIO, UVLOOP], ids=["asyncio", "uvloop"])
+    async def test_ended_and_cut_at_once_is_a_cut(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The middleware ends an event stream as the server cuts it (both cancel the
+        task before it runs again), and the handler swallows the one cancellation it
+        gets: the middleware takes back its own; the server's makes it a cut, and the
+        stream is not ended."""
+        monkeypatch.setattr(_readiness, "SSE_END_AFTER", 0)
+        server = FakeServer()
+
+        async def app(scope: Message, receive: Any, send: Any) -> None:
+            await send(SSE_START)
+            await send(EVENT)
+            try:
+                await anyio.sleep_forever()
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                assert task is not None
+                task.cancel()  # the server's cut, as the handler returns
+            # swallowed
+
+        readiness = Readiness()
+        middleware = ReadinessMiddleware(app, readiness)
+        task = asyncio.ensure_future(middleware(dict(HTTP_SCOPE), server.receive, server.send))
+        with anyio.fail_after(HANG_GUARD):
+            await server.started.wait()
+            readiness.mark_draining()
+            with pytest.raises(asyncio.CancelledError):
+                await task  # (the server's cancellation, still pending, ends the task)
+        assert server.body == b"data: 1\n\n"
+        assert (middleware.streams_ended, middleware.cancelled, middleware.in_flight) == (0, 1, 0)
+
+    @pytest.mark.parametrize("anyio_backend", [TRIO], ids=["trio"])
+    async def test_ended_and_cut_at_once_is_a_cut_on_trio(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The same on trio: the server's scope is cancelled as the middleware ends the
+        stream, and the handler swallows the cancellation: a cut, not ended."""
+        monkeypatch.setattr(_readiness, "SSE_END_AFTER", 0)
+        server = FakeServer()
+        readiness = Readiness()
+        with anyio.CancelScope() as server_scope:  # the server's, around the request
+
+            async def app(scope: Message, receive: Any, send: Any) -> None:
+                await send(SSE_START)
+                await send(EVENT)
+                try:
+                    await anyio.sleep_forever()
+                except anyio.get_cancelled_exc_class():
+                    server_scope.cancel()  # the server's cut, as the handler returns
+                # swallowed
+
+            middleware = ReadinessMiddleware(app, readiness)
+            with anyio.fail_after(HANG_GUARD):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(middleware, dict(HTTP_SCOPE), server.receive, server.send)
+                    await server.started.wait()
+                    readiness.mark_draining()
+        assert server.body == b"data: 1\n\n"
+        assert (middleware.streams_ended, middleware.cancelled, middleware.in_flight) == (0, 1, 0)
+
+
+async def _failing_child() -> None:
+    await asyncio.sleep(0)
+    raise ValueError("a child of the handler's task group failed")
+
+
+async def fan_out_and_catch() -> None:
+    """What many handlers do: fan out in an ``asyncio.TaskGroup``, and answer even if a
+    child fails.  On Python 3.11 and 3.12 the group leaves its task's ``cancelling()``
+    count at 1 (the child fails while the group waits in ``__aexit__``): a count that
+    nobody acted on, no cut."""
+    try:
+        async with asyncio.TaskGroup() as tg:  # type: ignore[attr-defined,unused-ignore]
+            tg.create_task(_failing_child())
+    except Exception:  # the group's ExceptionGroup: the handler answers all the same
+        pass
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.TaskGroup is Python 3.11+")
+@pytest.mark.parametrize("anyio_backend", [ASYNCIO, UVLOOP], ids=["asyncio", "uvloop"])
+class TestALeftoverCountIsNoCut:
+    """A ``cancelling()`` count the handler's own ``asyncio.TaskGroup`` left behind is
+    no evidence of a cut (as for the members of a scope: docs/semantics.md)."""
+
+    async def test_an_event_stream_is_ended_not_cut(self) -> None:
+        """The member ends an event stream whose handler fanned out first: its own
+        cancellation is the only one (ended, with the ``retry:`` field), not a second
+        one by someone else."""
+        server = FakeServer()
+
+        async def app(scope: Message, receive: Any, send: Any) -> None:
+            await fan_out_and_catch()
+            await send(SSE_START)
+            await send(EVENT)
+            await anyio.sleep_forever()  # ignores its signal: the member ends it
+
+        middleware = await serve_one(app, server)
+        assert server.body == b"data: 1\n\nretry: 1000\n\n"
+        assert (middleware.streams_ended, middleware.cancelled, middleware.in_flight) == (1, 0, 0)
+
+    async def test_an_event_stream_that_swallows_the_end_is_ended(self) -> None:
+        server = FakeServer()
+
+        async def app(scope: Message, receive: Any, send: Any) -> None:
+            await fan_out_and_catch()
+            await send(SSE_START)
+            await send(EVENT)
+            with contextlib.suppress(asyncio.CancelledError):  # the member's end, swallowed
+                await anyio.sleep_forever()
+
+        middleware = await serve_one(app, server)
+        assert server.body == b"data: 1\n\nretry: 1000\n\n"
+        assert (middleware.streams_ended, middleware.cancelled, middleware.in_flight) == (1, 0, 0)
+
+
+ASYNCIO_COMBOS = [combo for combo in COMBOS if combo.values[0] != TRIO]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.TaskGroup is Python 3.11+")
+@pytest.mark.parametrize(("anyio_backend", "server"), ASYNCIO_COMBOS)
+@pytest.mark.parametrize("request_signals", [True, False])
+async def test_an_answer_after_a_task_group_is_not_a_cut(
+    server: ServerName, request_signals: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A request in flight when the drain begins, whose handler then fans out in an
+    ``asyncio.TaskGroup`` (a child fails, the handler catches the group's error) and
+    answers in full within the grace, was not cut: the member is ``STOPPED``, ``cut``
+    is 0, and no warning says otherwise."""
+    caplog.set_level(logging.WARNING)
+    counter = Counter(1)
+    data: list[bytes] = []
+    draining: list[anyio.Event] = []
+
+    async def app(scope: Message, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            raise RuntimeError("no lifespan here")  # the servers go on without it
+        start = {"type": "http.response.start", "status": 200, "headers": []}
+        await send({**start, "headers": [(b"content-length", b"4")]})
+        await send({"type": "http.response.body", "body": b"ab", "more_body": True})
+        counter.one_more()
+        await draining[0].wait()
+        await fan_out_and_catch()
+        await send({"type": "http.response.body", "body": b"cd"})
+
+    async def listen(port: int) -> None:
+        data.append(await raw_get(port, "/", counter))
+
+    with anyio.fail_after(HANG_GUARD):
+        async with TaskScope(grace=HANG_GUARD) as scope:
+            info = await starter(server)(
+                scope, app, request_signals=request_signals, **quiet(server)
+            )
+            drained = anyio.Event()
+            draining.append(drained)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(listen, info.port)
+                await counter.all_open.wait()
+                scope.stop("deploy")
+                await info.readiness.draining.wait()
+                drained.set()
+    record = scope.report.by_name(server)
+    assert (record.outcome, record.cut) == (Outcome.STOPPED, 0), record
+    assert data[0].endswith(b"\r\n\r\nabcd"), data[0][-40:]
+    assert not any("did not finish" in r.getMessage() for r in caplog.records), caplog.records

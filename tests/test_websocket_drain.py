@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from typing import Any, Literal
@@ -82,6 +83,12 @@ def quiet(server: ServerName) -> dict[str, Any]:
     return {"log_config": None, "access_log": False} if server == "uvicorn" else {}
 
 
+def swallowed_seen(backend: str) -> bool:
+    """Whether a cut the handler swallowed is seen, and counted: on trio, and on
+    asyncio from Python 3.13 on (before, a task's cancellation count is no evidence)."""
+    return backend == "trio" or sys.version_info >= (3, 13)
+
+
 def assert_no_traceback(caplog: pytest.LogCaptureFixture) -> None:
     bad = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
     assert not bad, [r.getMessage() for r in bad]
@@ -97,6 +104,7 @@ class App:
     * ``/ticker``: sends forever without reading, ignores the stop
     * ``/ticker-wrapped``: the same, turning the send's error into its own
     * ``/stubborn``: accepts, then ignores everything
+    * ``/swallow``: the same, but catches the cancellation that cuts it and returns
     * ``/late``: accepts only once the drain has begun and ``/naive`` saw its close
     """
 
@@ -108,6 +116,7 @@ class App:
         self.first_disconnect = anyio.Event()
         self.send_errors: list[BaseException] = []
         self.ended = 0
+        self.swallowed = 0
 
     def _accepted(self) -> None:
         self.accepted += 1
@@ -142,6 +151,11 @@ class App:
                         raise RuntimeError("the feed is gone") from exc
                     raise
                 await anyio.sleep(0.01)  # the app's own pace, not the test's ordering
+        elif path == "/swallow":
+            try:
+                await anyio.sleep_forever()
+            except anyio.get_cancelled_exc_class():
+                self.swallowed += 1  # and returns, as if it had ended by itself
         else:
             assert path == "/stubborn"
             await anyio.sleep_forever()
@@ -368,6 +382,35 @@ class TestCut:
         assert_no_traceback(caplog)
 
 
+class TestSwallowedCut:
+    @combos
+    async def test_a_hard_stop_the_handler_swallows_is_counted(
+        self, server: ServerName, anyio_backend_name: str, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A hard stop once the drain began, before the library's close: the server
+        cuts the session, its handler catches the cancellation and returns; it was cut
+        all the same (and not closed by the library)."""
+        caplog.set_level(logging.WARNING)
+        app = App(expected=1)
+        hard = anyio.CancelScope()
+        with anyio.fail_after(HANG_GUARD), hard:
+            async with anyio.create_task_group() as clients, TaskScope(grace=HANG_GUARD) as scope:
+                info = await starter(server)(scope, app, **quiet(server))
+                clients.start_soon(Client(info, "/swallow").run)
+                await app.all_accepted.wait()
+                scope.stop("deploy")
+                await info.readiness.draining.wait()
+                hard.cancel()  # a second signal
+        assert hard.cancelled_caught
+        assert app.swallowed == 1
+        record = scope.report.by_name(server)
+        seen = swallowed_seen(anyio_backend_name)
+        assert (record.outcome, record.cut) == (Outcome.CANCELLED, 1 if seen else 0), record
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        line = f"{server}: 1 request(s) did not finish within the grace period and were cancelled"
+        assert (line in warnings) == seen, warnings
+
+
 class TestBadCode:
     @pytest.mark.parametrize("code", [999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, -1])
     def test_a_code_an_endpoint_may_not_send(self, code: int) -> None:
@@ -455,6 +498,11 @@ class Handler:
         self.accepted.set()
         if self.then == "forever":
             await anyio.sleep_forever()
+        if self.then == "swallow":
+            try:
+                await anyio.sleep_forever()
+            except anyio.get_cancelled_exc_class():
+                return  # swallowed
         if self.then == "send-later":
             await self.proceed.wait()
             await send({"type": "websocket.send", "text": "late"})
@@ -516,6 +564,33 @@ class TestSessionsInMemory:
             tg.cancel_scope.cancel()  # the server's own cut
         assert (middleware.cancelled, middleware.websockets_closed, middleware.in_flight) == (
             1,
+            0,
+            0,
+        )
+
+    @pytest.mark.parametrize("request_signals", [True, False])
+    async def test_a_cut_by_the_server_swallowed_is_counted(
+        self, request_signals: bool, anyio_backend_name: str
+    ) -> None:
+        """The handler catches the server's cancellation and returns: cut all the same
+        (with ``request_signals=False``, as GracefulApp serves it, too)."""
+        readiness = Readiness()
+        middleware = ReadinessMiddleware(
+            Handler("swallow"), readiness, request_signals=request_signals
+        )
+        handler = middleware.app
+        assert isinstance(handler, Handler)
+        server = FakeServer()
+        signal = None if request_signals else readiness.draining.child()
+        async with bounded_group() as tg:
+            tg.start_soon(
+                middleware._websocket, dict(WS_SCOPE), server.receive, server.send, signal
+            )
+            await handler.accepted.wait()
+            tg.cancel_scope.cancel()  # the server's own cut (a hard stop)
+        cut = 1 if swallowed_seen(anyio_backend_name) else 0
+        assert (middleware.cancelled, middleware.websockets_closed, middleware.in_flight) == (
+            cut,
             0,
             0,
         )

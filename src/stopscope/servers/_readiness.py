@@ -228,7 +228,9 @@ class ReadinessMiddleware:
 
     :attr:`in_flight` counts the HTTP requests and WebSocket sessions being handled;
     :attr:`cancelled` counts those cut short by cancellation (the server's drain
-    timeout); :attr:`websockets_closed` counts the WebSocket sessions the library
+    timeout, a hard stop), a handler that caught the cancellation and returned
+    included (on asyncio from Python 3.13 on: see the semantics page);
+    :attr:`websockets_closed` counts the WebSocket sessions the library
     closed that then ended by themselves; :attr:`streams_ended` counts the event
     streams the middleware ended at the drain (not cut: the client got a complete
     stream).  All are plain counters.
@@ -347,6 +349,8 @@ class ReadinessMiddleware:
         try:
             if not self.request_signals:
                 await self.app(scope, receive, send)
+                if self._swallowed_cut():
+                    self.cancelled += 1
                 return
             outer = scope.get(SCOPE_KEY)
             exchange = _Exchange(
@@ -376,13 +380,19 @@ class ReadinessMiddleware:
                 await self.app(scope, exchange.receive, exchange.send)
             except _AsyncioCancelled:
                 end = exchange._stream_end
-                if end is None or not end.ending or _take_back(exchange._stopper):
+                if end is None or not end.ending or _take_back(exchange._stopper, end):
                     raise  # not ours, or cancelled by someone else too
             else:
                 end = exchange._stream_end
                 if end is None or not end.ending:
+                    if _still_cancelled(exchange._stopper):  # the handler swallowed the cut
+                        self.cancelled += 1  # pragma: no cover - Python 3.13+
                     return
-                _take_back(exchange._stopper)  # the handler swallowed our cancellation
+                # the handler swallowed our cancellation; the server's cut too, if
+                # someone else cancelled it as well: then it was cut, not ended
+                if _take_back(exchange._stopper, end):
+                    self.cancelled += 1
+                    return
             await self._end_stream(end)
         except BaseException as exc:
             if isinstance(exc, anyio.get_cancelled_exc_class()) or _raised_while_cut(exc):
@@ -405,6 +415,16 @@ class ReadinessMiddleware:
         if on_trio is None:
             on_trio = self._trio = _backend() == "trio"
         return on_trio
+
+    def _swallowed_cut(self) -> bool:
+        """The handler returned normally: whether it was cut all the same (it caught
+        the cancellation of the server's drain timeout, or of a hard stop, and
+        returned).  A cut is a fact, however the handler unwound."""
+        if self._on_trio():
+            return _trio_cancelled()
+        return _still_cancelled(
+            _tasks_by_loop.get(_running_loop()) if _current_task is None else _current_task()
+        )
 
     def _drain_signal(self, scope: Scope) -> StopSignal:
         """What sets a request's signal at the drain: this readiness's, and also the
@@ -455,9 +475,10 @@ class ReadinessMiddleware:
                     if not session.caused(exc):
                         raise
                     # an error the library's close caused: the session is over, cleanly
-            # cut if the library cancelled the handler while it ran, however it then
-            # unwound (a cancellation it swallowed included: it did not end by itself)
-            cut = session.cut_scope.cancel_called
+            # cut if the library cancelled the handler while it ran, or the server (its
+            # drain timeout, a hard stop), however it then unwound (a cancellation it
+            # swallowed included: it did not end by itself)
+            cut = session.cut_scope.cancel_called or self._swallowed_cut()
             if not cut:
                 # the close frame goes out before the server hears that the session
                 # ended (hypercorn would close the connection first)
@@ -536,6 +557,12 @@ class ReadinessMiddleware:
         with trio.CancelScope() as stopper:
             exchange._stopper = stopper
             await self.app(scope, exchange.receive, exchange.send)
+        # the app returned (or our own cancellation of an event stream was caught):
+        # if an enclosing scope is cancelled too, the handler swallowed the server's
+        # cut: it was cut, and the stream is not ended
+        if _trio_cancelled():
+            self.cancelled += 1
+            return
         end = exchange._stream_end
         if end is not None and end.ending:
             await self._end_stream(end)
@@ -881,12 +908,51 @@ def check_sse_retry(value: float | None) -> float | None:
     return value
 
 
-def _take_back(task: Any) -> bool:
+if sys.version_info >= (3, 13):  # pragma: no cover - Python 3.13+
+
+    def _still_cancelled(task: Any) -> bool:
+        """Whether an asyncio task that runs on was cancelled, its cancellation caught
+        and not taken back (as an anyio cancel scope or ``asyncio.timeout()`` takes back
+        their own): a handler swallowed a cut (``Task.cancelling()``)."""
+        return task is not None and task.cancelling() > 0
+
+else:
+
+    def _still_cancelled(task: Any) -> bool:
+        """No evidence before Python 3.13: 3.10 keeps no count of a task's
+        cancellations, and the ``asyncio.TaskGroup`` of 3.11 and 3.12 leaves one
+        behind when a child fails while the group waits in ``__aexit__``: a handler
+        that fanned out, caught the group's error and answered in full would count
+        as cut."""
+        return False
+
+
+#: trio's "is the running task in a cancelled scope?", once a request ran on trio
+_trio_probe: Callable[[], bool] | None = None
+
+
+def _trio_cancelled() -> bool:
+    """Whether the running trio task is in a cancelled scope (a handler that returned
+    normally swallowed the cut: trio would raise it again at its next checkpoint).
+    The trio backend's probe: ``current_effective_deadline()`` walks the whole tree
+    of cancel scopes, microseconds per request under a server."""
+    global _trio_probe
+    probe = _trio_probe
+    if probe is None:
+        from .._backends import current
+
+        probe = _trio_probe = current().cancel_probe()
+    return probe()
+
+
+def _take_back(task: Any, end: _StreamEnd) -> bool:
     """Undo the middleware's ``cancel()`` of a request's task; whether the task is still
-    being cancelled (by someone else).  Python 3.10 does not count cancellations: there,
-    the middleware's is the only one it can know of."""
+    being cancelled by someone else: more than before the middleware's own (a count the
+    handler left behind earlier, as the ``asyncio.TaskGroup`` of Python 3.11 and 3.12
+    does, is no cut).  Python 3.10 does not count cancellations: there, the
+    middleware's is the only one it can know of."""
     uncancel = getattr(task, "uncancel", None)
-    return bool(uncancel and uncancel())
+    return uncancel is not None and uncancel() > end.before
 
 
 @final
@@ -899,7 +965,7 @@ class _StreamEnd:
     and cancelled when the request is over.
     """
 
-    __slots__ = ("_cancel", "_exchange", "_send", "ended", "ending")
+    __slots__ = ("_cancel", "_exchange", "_send", "before", "ended", "ending")
 
     def __init__(self, exchange: _Exchange) -> None:
         self._exchange: _Exchange | None = exchange
@@ -907,6 +973,7 @@ class _StreamEnd:
         self._cancel: Callable[[], object] | None = None
         self.ending = False  # the handler is being stopped: the middleware ends the stream
         self.ended = False  # the middleware sent the end of the stream
+        self.before = 0  # the asyncio task's cancellations pending before the end's own
         if _backend() == "trio":
             import trio
 
@@ -940,6 +1007,9 @@ class _StreamEnd:
         # from here on, what the handler sends goes nowhere: the stream is the middleware's
         self._send = exchange._raw_send
         exchange._raw_send = _dropped_send
+        cancelling = getattr(stopper, "cancelling", None)  # an asyncio task's count
+        if cancelling is not None:
+            self.before = cancelling()
         stopper.cancel()
 
     async def finish(self, retry: float | None) -> None:
