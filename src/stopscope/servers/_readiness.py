@@ -349,7 +349,12 @@ class ReadinessMiddleware:
         try:
             if not self.request_signals:
                 await self.app(scope, receive, send)
-                if self._swallowed_cut():
+                # (no call on asyncio before 3.13, where a swallowed cut leaves no
+                # evidence: readiness and the in-flight count stay all this path costs)
+                on_trio = self._trio
+                if on_trio is None:
+                    on_trio = self._on_trio()
+                if (_SWALLOWED_EVIDENCE or on_trio) and self._swallowed_cut():
                     self.cancelled += 1
                 return
             outer = scope.get(SCOPE_KEY)
@@ -385,7 +390,8 @@ class ReadinessMiddleware:
             else:
                 end = exchange._stream_end
                 if end is None or not end.ending:
-                    if _still_cancelled(exchange._stopper):  # the handler swallowed the cut
+                    if _SWALLOWED_EVIDENCE and _still_cancelled(exchange._stopper):
+                        # the handler swallowed the cut
                         self.cancelled += 1  # pragma: no cover - Python 3.13+
                     return
                 # the handler swallowed our cancellation; the server's cut too, if
@@ -907,6 +913,9 @@ def check_sse_retry(value: float | None) -> float | None:
         )
     return value
 
+
+#: whether an asyncio task's cancellation count is evidence of a swallowed cut
+_SWALLOWED_EVIDENCE: Final = sys.version_info >= (3, 13)
 
 if sys.version_info >= (3, 13):  # pragma: no cover - Python 3.13+
 
