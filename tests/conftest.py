@@ -54,6 +54,21 @@ def _garbage_of_earlier_tests(request: pytest.FixtureRequest) -> None:
         gc.collect()
 
 
+@pytest.fixture
+def python_sigint() -> Iterator[None]:
+    """SIGINT handled by Python's own handler during the test, as in a process started
+    from a terminal, whatever this one started with (a job started in the background
+    by a shell without job control starts with SIGINT ignored): for tests that check
+    what ``run()`` puts back."""
+    import signal
+
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
 #: the modules whose tests start servers in-process: each test there fails if asyncio
 #: reports, during it, an error nobody retrieved or a task destroyed while pending
 _SERVER_MODULES = (

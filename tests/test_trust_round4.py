@@ -485,6 +485,7 @@ class TestSummaryFromTheSignalsArrival:
         assert fields["used"] >= busy[0]
 
 
+@pytest.mark.usefixtures("python_sigint")  # it checks the SIGINT handler put back
 class TestSignalDuringTheFlushInProcess:
     """The same as :class:`TestSignalDuringTheFlush`, in this process: a thread sends
     the signals to this process once the flush hangs."""

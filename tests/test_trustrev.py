@@ -14,7 +14,12 @@ import pytest
 import stopscope
 from stopscope import StopSignal, TaskScope
 
-pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning"),
+    # each test checks the SIGINT handler run() puts back: start from Python's own
+    pytest.mark.usefixtures("python_sigint"),
+]
+
 
 #: the longest any wait of these tests may take (never reached when they pass)
 HANG_GUARD = 20.0
