@@ -11,10 +11,11 @@ app has entered it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Literal
 
 import anyio
@@ -131,6 +132,31 @@ async def wait_refused(port: int) -> None:
         await anyio.sleep(0.01)
 
 
+async def cut_from_outside(
+    start: Callable[[TaskScope, App], Awaitable[ServerInfo]],
+    app: App,
+    when: Literal["serving", "draining"],
+    on_asyncio: bool,
+) -> tuple[list[str], TaskScope]:
+    """Start a member, put a request in flight, and cancel an enclosing scope while the
+    member serves, or drains (the listener closed, the request still running); then
+    collect the garbage.  What the loop reported (asyncio), and the scope."""
+    with loop_reports() if on_asyncio else _no_reports() as reports:
+        with anyio.fail_after(HANG_GUARD):
+            with anyio.CancelScope() as outer:
+                async with TaskScope(grace=HANG_GUARD) as scope:
+                    info = await start(scope, app)
+                    stream = await request(info, app)
+                    if when == "draining":
+                        scope.stop("deploy")
+                        await wait_refused(info.port)  # the server waits for it
+                    outer.cancel()
+            await stream.aclose()
+            await collect_garbage()
+    assert outer.cancelled_caught
+    return reports, scope
+
+
 class TestHardStop:
     @on_all
     @pytest.mark.parametrize("when", ["serving", "draining"])
@@ -142,20 +168,10 @@ class TestHardStop:
         CANCELLED, the cancellation is raised; on asyncio, hypercorn's cleanup ran to
         its end (the app's lifespan shutdown included) and nothing is reported lost."""
         app = App()
-        with loop_reports() if anyio_backend_name == "asyncio" else _no_reports() as reports:
-            with anyio.fail_after(HANG_GUARD):
-                with anyio.CancelScope() as outer:
-                    async with TaskScope(grace=HANG_GUARD) as scope:
-                        info = await start_hypercorn(scope, app)
-                        stream = await request(info, app)
-                        if when == "draining":
-                            scope.stop("deploy")
-                            await wait_refused(info.port)  # hypercorn waits for it
-                        outer.cancel()
-                await stream.aclose()
-                await collect_garbage()
+        reports, scope = await cut_from_outside(
+            start_hypercorn, app, when, anyio_backend_name == "asyncio"
+        )
         assert [m for m in reports if is_leak(m)] == []  # first: the leak, if any
-        assert outer.cancelled_caught
         record = scope.report.by_name("hypercorn")
         assert (record.outcome, record.phase) == (Outcome.CANCELLED, "cancelled-from-outside")
         assert record.cut == 1
@@ -282,20 +298,9 @@ class TestUvicornHardStop:
         """The same cut on a uvicorn member: the request is cut and counted, and the
         app's lifespan task is not left pending (its shutdown runs, as on hypercorn)."""
         app = App()
-        with loop_reports() as reports:
-            with anyio.fail_after(HANG_GUARD):
-                with anyio.CancelScope() as outer:
-                    async with TaskScope(grace=HANG_GUARD) as scope:
-                        info = await start_uvicorn(scope, app, log_config=None)
-                        stream = await request(info, app)
-                        if when == "draining":
-                            scope.stop("deploy")
-                            await wait_refused(info.port)  # uvicorn waits for it
-                        outer.cancel()
-                await stream.aclose()
-                await collect_garbage()
+        start = functools.partial(start_uvicorn, log_config=None)
+        reports, scope = await cut_from_outside(start, app, when, True)
         assert [m for m in reports if is_leak(m)] == []  # first: the leak, if any
-        assert outer.cancelled_caught
         record = scope.report.by_name("uvicorn")
         assert (record.outcome, record.cut) == (Outcome.CANCELLED, 1)
         assert app.lifespan == ["shutdown"]
