@@ -428,7 +428,7 @@ class ReadinessMiddleware:
         returned).  A cut is a fact, however the handler unwound."""
         if self._on_trio():
             return _trio_cancelled()
-        return _still_cancelled(
+        return _SWALLOWED_EVIDENCE and _still_cancelled(
             _tasks_by_loop.get(_running_loop()) if _current_task is None else _current_task()
         )
 
@@ -914,26 +914,19 @@ def check_sse_retry(value: float | None) -> float | None:
     return value
 
 
-#: whether an asyncio task's cancellation count is evidence of a swallowed cut
+#: whether an asyncio task's cancellation count is evidence of a swallowed cut: only
+#: from Python 3.13 on.  3.10 keeps no count of a task's cancellations, and the
+#: ``asyncio.TaskGroup`` of 3.11 and 3.12 leaves one behind when a child fails while
+#: the group waits in ``__aexit__``: a handler that fanned out, caught the group's
+#: error and answered in full would count as cut
 _SWALLOWED_EVIDENCE: Final = sys.version_info >= (3, 13)
 
-if sys.version_info >= (3, 13):  # pragma: no cover - Python 3.13+
 
-    def _still_cancelled(task: Any) -> bool:
-        """Whether an asyncio task that runs on was cancelled, its cancellation caught
-        and not taken back (as an anyio cancel scope or ``asyncio.timeout()`` takes back
-        their own): a handler swallowed a cut (``Task.cancelling()``)."""
-        return task is not None and task.cancelling() > 0
-
-else:
-
-    def _still_cancelled(task: Any) -> bool:
-        """No evidence before Python 3.13: 3.10 keeps no count of a task's
-        cancellations, and the ``asyncio.TaskGroup`` of 3.11 and 3.12 leaves one
-        behind when a child fails while the group waits in ``__aexit__``: a handler
-        that fanned out, caught the group's error and answered in full would count
-        as cut."""
-        return False
+def _still_cancelled(task: Any) -> bool:  # pragma: no cover - with _SWALLOWED_EVIDENCE only
+    """Whether an asyncio task that runs on was cancelled, its cancellation caught and
+    not taken back (as an anyio cancel scope or ``asyncio.timeout()`` takes back their
+    own): a handler swallowed a cut (``Task.cancelling()``)."""
+    return task is not None and task.cancelling() > 0
 
 
 #: trio's "is the running task in a cancelled scope?", once a request ran on trio
