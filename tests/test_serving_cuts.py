@@ -188,17 +188,8 @@ class TestHardStop:
         cancellation still wins (the member is CANCELLED), and the error is logged."""
         caplog.set_level(logging.INFO, "stopscope")
         app = App(failing_shutdown=True)
-        with loop_reports() as reports:
-            with anyio.fail_after(HANG_GUARD):
-                with anyio.CancelScope() as outer:
-                    async with TaskScope(grace=HANG_GUARD) as scope:
-                        info = await start_hypercorn(scope, app)
-                        stream = await request(info, app)
-                        outer.cancel()
-                await stream.aclose()
-                await collect_garbage()
+        reports, scope = await cut_from_outside(start_hypercorn, app, "serving", True)
         assert [m for m in reports if is_leak(m)] == []  # first: the leak, if any
-        assert outer.cancelled_caught
         assert scope.report.by_name("hypercorn").outcome is Outcome.CANCELLED
         errors = [r for r in caplog.records if "raised after the member was cut" in r.message]
         assert len(errors) == 1
